@@ -43,17 +43,22 @@ def compare_logits(test, ref):
     }
 
 
-def run_accuracy(weights, tokens, prefill, dtype=np.float64):
-    """Integer vs float logits for ``tokens``: the first ``prefill`` in one chunk, the rest one by one."""
-    im, fm = IntegerModel(weights), FloatModel(weights, dtype)
+def run_accuracy(weights, tokens, prefill, dtype=np.float64, integer=True):
+    """Integer and float logits for ``tokens``: the first ``prefill`` in one chunk, the rest one by one.
+
+    Returns ``(integer_logits or None, float_logits)``.
+    """
+    models = [FloatModel(weights, dtype)] + ([IntegerModel(weights)] if integer else [])
     n = len(tokens)
-    ic, fc = im.new_cache(n), fm.new_cache(n)
-    li = [im.forward(tokens[:prefill], ic)]
-    lf = [fm.forward(tokens[:prefill], fc)]
-    for i in range(prefill, n):
-        li.append(im.forward(tokens[i:i + 1], ic))
-        lf.append(fm.forward(tokens[i:i + 1], fc))
-    return np.concatenate(li) / 65536.0, np.concatenate(lf)
+    outs = []
+    for m in models:
+        cache = m.new_cache(n)
+        parts = [m.forward(tokens[:prefill], cache)]
+        parts += [m.forward(tokens[i:i + 1], cache) for i in range(prefill, n)]
+        outs.append(np.concatenate(parts).astype(np.float64))
+    lf = outs[0]
+    li = outs[1] / 65536.0 if integer else None
+    return li, lf
 
 
 def _small(act, kv_heads, **kw):
@@ -86,6 +91,11 @@ def accuracy_report(positions=256, prefill=128, seed=0, models=None, progress=No
         t0 = time.perf_counter()
         li, lf = run_accuracy(w, tokens, min(prefill, positions))
         fig = compare_logits(li, lf)
+        # The floor set by the model itself: the same reference in float32 against float64.
+        _, lf32 = run_accuracy(w, tokens, min(prefill, positions), dtype=np.float32, integer=False)
+        base = compare_logits(lf32, lf)
+        fig["float32_ref_top1_agreement"] = base["top1_agreement"]
+        fig["float32_ref_cosine_min"] = base["cosine_min"]
         fig["seconds"] = round(time.perf_counter() - t0, 2)
         fig["target_family"] = target
         results[name] = fig

@@ -143,7 +143,7 @@ class IntegerModel:
         """Embedding rows in Q.16: ``round_shift(q * m16, -(e + 16))`` per row."""
         e = self.embed
         rows = np.asarray(tokens, dtype=np.int64)
-        return saturate(round_shift(e.q[rows] * e.m16[rows, None], -(e.e[rows, None] + RES_FRAC)), 32)
+        return saturate(round_shift(e.q[rows].astype(np.int64) * e.m16[rows, None], -(e.e[rows, None] + RES_FRAC)), 32)
 
     def forward(self, tokens, cache, all_logits=True):
         """Run a chunk of tokens (a prefill chunk, or one decode token) and append to the cache.

@@ -311,7 +311,7 @@ def quantise_rows(w, bits):
     qmax = (1 << (bits - 1)) - 1
     amax = np.max(np.abs(w), axis=1)
     safe = np.where(amax > 0, amax, 1.0)
-    q = np.clip(np.rint(w * (qmax / safe)[:, None]), -qmax, qmax).astype(np.int64)
+    q = np.clip(np.rint(w * (qmax / safe)[:, None]), -qmax, qmax).astype(np.int16 if bits <= 16 else np.int32)
     fr, ex = np.frexp(safe / qmax)
     m16 = np.rint(np.ldexp(fr, 16)).astype(np.int64)
     carry = m16 >= (1 << 16)

@@ -138,8 +138,11 @@ def random_model(config, seed=0, *, embed_std=1.0, logit_gain=1.0, norm_spread=0
     c = config
 
     def linear(out, inp):
-        p_nz = (1 - sparsity) / 2
-        codes = rng.choice(np.array([-1, 0, 1], np.int8), size=(out, inp), p=[p_nz, sparsity, p_nz])
+        if abs(sparsity - 1 / 3) < 1e-12:  # uniform codes: the fast path for full-size benchmark models
+            codes = (rng.integers(0, 3, size=(out, inp), dtype=np.int8) - 1).astype(np.int8)
+        else:
+            p_nz = (1 - sparsity) / 2
+            codes = rng.choice(np.array([-1, 0, 1], np.int8), size=(out, inp), p=[p_nz, sparsity, p_nz])
         # Scale so the output variance roughly matches the input's (absmean weight ~ 1/sqrt(in)).
         scale = np.float32(1.0 / np.sqrt(inp * (1 - sparsity)))
         return TernaryLinear(codes, scale)

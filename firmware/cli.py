@@ -1,0 +1,260 @@
+"""The ``trillium`` command line.
+
+Every failure a user can cause (bad paths, corrupt checkpoints, bad configs, too-long prompts) ends with
+one readable line on stderr and exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+__all__ = ["main", "build_parser"]
+
+EPILOG = """\
+examples:
+  trillium demo                                   build a small model and generate text (golden backend)
+  trillium generate --model DIR --prompt "def main():" --max-new-tokens 32
+  trillium generate --model DIR --prompt "x" --temperature 0.8 --top-p 0.9 --seed 1 --json
+  trillium logits --model DIR --tokens 1,2,3 --backend golden --out logits.npy
+  trillium accuracy                               integer model vs float reference on random models
+  trillium bench golden --shape bitnet-large --json
+  trillium config --hw tellme-kv260               show a validated hardware config
+"""
+
+
+class UserError(Exception):
+    """An error to report as one line, without a traceback."""
+
+
+def _parse_tokens(text):
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise UserError(f"--tokens must be comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise UserError("--tokens is empty")
+    return ids
+
+
+def _load(model_dir, backend):
+    from golden.weights import ModelWeights  # noqa: F401  (keeps import errors readable)
+
+    from .checkpoint import load_checkpoint
+    from .generate import make_backend
+
+    weights = load_checkpoint(model_dir)
+    return weights, make_backend(backend, weights)
+
+
+def cmd_generate(args):
+    from .generate import Generator
+    from .tokenizer import load_tokenizer
+
+    weights, backend = _load(args.model, args.backend)
+    tok = load_tokenizer(args.model)
+    gen = Generator(backend, tok)
+    stream = not args.json
+
+    def on_token(_id, piece):
+        if stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    if stream:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+    res = gen.generate(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed, stop=tuple(args.stop or ()), on_token=on_token)
+    if args.json:
+        out = res.to_json()
+        out["backend"] = args.backend
+        print(json.dumps(out))
+    else:
+        t = res.to_json()["timing"]
+        sys.stdout.write("\n")
+        print(f"[{len(res.prompt_tokens)} prompt tokens, {len(res.tokens)} generated, stop: {res.stop_reason}; "
+              f"first token {t['time_to_first_token_s']:.3f} s, {t['decode_tokens_per_s'] or 0:.2f} tok/s "
+              f"on the {args.backend} backend (host time)]", file=sys.stderr)
+    return 0
+
+
+def cmd_logits(args):
+    tokens = _parse_tokens(args.tokens)
+    weights, backend = _load(args.model, args.backend)
+    vocab = weights.config.vocab_size
+    bad = [t for t in tokens if not 0 <= t < vocab]
+    if bad:
+        raise UserError(f"token id {bad[0]} is outside the vocabulary 0..{vocab - 1}")
+    if len(tokens) > weights.config.max_position_embeddings:
+        raise UserError(f"{len(tokens)} tokens exceed the model's context of "
+                        f"{weights.config.max_position_embeddings}")
+    cache = backend.new_cache(len(tokens))
+    logits = backend.forward(np.asarray(tokens), cache, all_logits=True).astype(np.float32)
+    np.save(args.out, logits)
+    print(f"wrote {args.out}: float32 logits, shape {list(logits.shape)} ({args.backend} backend)")
+    return 0
+
+
+def cmd_accuracy(args):
+    from tqdm import tqdm
+
+    from golden.accuracy import ACCURACY_MODELS, accuracy_report
+
+    bar = tqdm(total=len(ACCURACY_MODELS), desc="accuracy", disable=args.json, leave=False)
+    rep = accuracy_report(positions=args.positions, prefill=min(args.prefill, args.positions), seed=args.seed,
+                          progress=lambda name: bar.update(1))
+    bar.close()
+    if args.json:
+        print(json.dumps(rep, indent=1))
+    else:
+        print(rep["method"])
+        print(f"{'model':<20} {'cos min':>9} {'cos mean':>9} {'KL mean':>9} {'top-1':>7} {'ref p(max)':>10} "
+              f"{'f32 top-1':>9}  target")
+        for name, r in rep["models"].items():
+            print(f"{name:<20} {r['cosine_min']:>9.5f} {r['cosine_mean']:>9.5f} {r['kl_mean']:>9.2e} "
+                  f"{r['top1_agreement']:>7.2%} {r['ref_max_prob_mean']:>10.3f} "
+                  f"{r['float32_ref_top1_agreement']:>9.2%}  {'yes' if r['target_family'] else 'no'}")
+        print("f32 top-1: the float reference run in float32 against float64, the floor set by the model itself")
+        t = rep["targets"]
+        print(f"targets (peaked models): cosine >= {t['cosine_min']}, top-1 >= {t['top1_agreement']:.0%}: "
+              f"{'met' if rep['targets_met'] else 'NOT met'}")
+    return 0 if rep["targets_met"] else 1
+
+
+def cmd_bench(args):
+    if args.what == "golden":
+        from .bench_golden import bench_golden
+
+        res = bench_golden(args.shape, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
+                           progress=None if args.json else (lambda m: print(m, file=sys.stderr)))
+        if args.json:
+            print(json.dumps(res, indent=1))
+        else:
+            print(f"golden integer decode, {res['shape']}: {res['tokens_per_second']} tokens/s "
+                  f"({res['ms_per_token_median']} ms/token median)\nmethod: {res['method']}")
+        return 0
+    raise UserError(f"unknown benchmark '{args.what}'")
+
+
+def cmd_config(args):
+    from hw.config import available_hw_configs, load_hw_config
+
+    names = [args.hw] if args.hw else available_hw_configs()
+    out = {}
+    for n in names:
+        c = load_hw_config(n)
+        d = c.to_dict()
+        d["derived"] = {"tlmm_macs_per_cycle": c.tlmm.macs_per_cycle, "weight_word_bits": c.tlmm.word_bits,
+                        "config_hash": f"0x{c.config_hash:08x}"}
+        out[c.name] = d
+    print(json.dumps(out if not args.hw else out[next(iter(out))], indent=1))
+    return 0
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+
+    return run_demo(json_only=args.json, max_new_tokens=args.max_new_tokens, prompt=args.prompt)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="trillium", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Ternary (BitNet b1.58) LLM inference on FPGAs: run models on the bit-exact golden "
+                    "model, the float reference, and (later) the simulated or real accelerator.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    g = sub.add_parser("generate", help="generate text from a prompt",
+                       description="Generate text from a Hugging Face BitNet checkpoint directory. Tokens are "
+                                   "streamed as they are made; greedy unless --temperature > 0.")
+    g.add_argument("--model", required=True, help="checkpoint directory (config.json, *.safetensors, tokenizer.json)")
+    g.add_argument("--backend", default="golden", choices=("golden", "float"),
+                   help="golden: bit-exact integer model of the accelerator; float: float reference (default golden)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="sampler seed for reproducible sampling")
+    g.add_argument("--stop", action="append", help="stop when the text ends with this string (repeatable)")
+    g.add_argument("--json", action="store_true",
+                   help="print one JSON object (prompt_tokens, tokens, text, timing) instead of streaming")
+    g.set_defaults(func=cmd_generate)
+
+    lg = sub.add_parser("logits", help="logits for every position of a token sequence",
+                        description="Run a token sequence and save float32 logits of shape [n_tokens, vocab].")
+    lg.add_argument("--model", required=True)
+    lg.add_argument("--tokens", required=True, help="comma-separated token ids, e.g. 1,2,3")
+    lg.add_argument("--backend", default="golden", choices=("golden", "float"))
+    lg.add_argument("--out", required=True, help="output .npy file")
+    lg.set_defaults(func=cmd_logits)
+
+    d = sub.add_parser("demo", help="build a small model and generate text on it",
+                       description="Build (once, cached) a small BitNet model in the Hugging Face packed "
+                                   "layout with a BPE tokenizer, generate text on the golden backend and "
+                                   "print a report.")
+    d.add_argument("--json", action="store_true", help="print the report as JSON only")
+    d.add_argument("--max-new-tokens", type=int, default=24)
+    d.add_argument("--prompt", default="def ")
+    d.set_defaults(func=cmd_demo)
+
+    a = sub.add_parser("accuracy", help="integer model vs float reference (cosine, KL, top-1)")
+    a.add_argument("--positions", type=int, default=256)
+    a.add_argument("--prefill", type=int, default=128)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_accuracy)
+
+    b = sub.add_parser("bench", help="benchmarks (golden: integer-model speed)")
+    b.add_argument("what", choices=("golden",))
+    b.add_argument("--shape", default="bitnet-large", help="bitnet-large, bitnet-3b or bitnet-2b4t")
+    b.add_argument("--prompt-tokens", type=int, default=8)
+    b.add_argument("--decode-tokens", type=int, default=8)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("config", help="show validated hardware configs")
+    c.add_argument("--hw", default=None, help="config name or YAML path (default: all bundled)")
+    c.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("trillium: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every user-caused failure becomes one line
+        if args.debug or not _is_user_error(exc):
+            raise
+        msg = " ".join(str(exc).split())
+        print(f"trillium: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(exc):
+    from golden.model_config import ModelConfigError
+    from golden.model_int import ContextOverflowError
+    from hw.config import ConfigError
+
+    kinds = [UserError, ModelConfigError, ContextOverflowError, ConfigError, FileNotFoundError, ValueError,
+             IsADirectoryError, PermissionError]
+    try:
+        from .checkpoint import CheckpointError
+        kinds.append(CheckpointError)
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(kinds))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
