@@ -1,0 +1,1 @@
+"""Tiny Amaranth designs used only by the test-suite to exercise the ``sim`` toolchain."""
