@@ -1,0 +1,7 @@
+"""Table-lookup ternary matmul (TLMM) engine: table builder, signed lookup, pipelined engine."""
+
+from .layouts import act_step_layout, sums_layout, token_bits
+from .tables import SignedLookup, TableBuilder
+from .engine import TlmmEngine
+
+__all__ = ["TableBuilder", "SignedLookup", "TlmmEngine", "act_step_layout", "sums_layout", "token_bits"]

@@ -1,0 +1,69 @@
+"""Turns a matmul problem into the TLMM engine's act-step and weight-word streams, and back.
+
+Shared by the Amaranth-simulator and cocotb testbenches (and later the memory-system tests) so every
+bench drives the engine the same way: row-tile-major, k-step, bit plane, then token.
+"""
+
+import numpy as np
+
+from golden.tlmm import GROUP_SIZE, pack_bitserial, pack_ternary
+
+
+def words_as_ints(packed):
+    """The packed words as Python ints (little-endian bytes)."""
+    return [int.from_bytes(bytes(row), "little") for row in packed.data]
+
+
+def schedule(x, packed, bits=1):
+    """Yield ``(word_index, step)`` in engine order for activations ``x`` (M, K) int8.
+
+    ``step`` is a dict for ``act_step_layout``; ``word_index`` indexes :func:`words_as_ints`.
+    """
+    m_tokens, k = x.shape
+    t_count = packed.tables
+    kpad = packed.k_steps * t_count * GROUP_SIZE
+    xp = np.zeros((m_tokens, kpad), np.int64)
+    xp[:, :k] = x
+    for rt in range(packed.row_tiles):
+        for ks in range(packed.k_steps):
+            xs = xp[:, ks * t_count * GROUP_SIZE:(ks + 1) * t_count * GROUP_SIZE]
+            for plane in range(bits):
+                word = (rt * packed.k_steps + ks) * bits + plane
+                for tok in range(m_tokens):
+                    yield word, {
+                        "x": [int(v) for v in xs[tok]],
+                        "token": tok,
+                        "first": int(ks == 0 and plane == 0),
+                        "last": int(ks == packed.k_steps - 1 and plane == bits - 1),
+                        "release": int(tok == m_tokens - 1),
+                        "shift": plane if bits > 1 else 0,
+                        "negate": int(bits > 1 and plane == bits - 1),
+                    }
+
+
+def expected_outputs(y, lanes):
+    """Expected ``(token, sums)`` in emission order for results ``y`` (M, R): row-tile-major, then token."""
+    m_tokens, rows = y.shape
+    tiles = -(-rows // lanes)
+    yp = np.zeros((m_tokens, tiles * lanes), np.int64)
+    yp[:, :rows] = y
+    return [(tok, [int(v) for v in yp[tok, rt * lanes:(rt + 1) * lanes]])
+            for rt in range(tiles) for tok in range(m_tokens)]
+
+
+def make_problem(rng, m_tokens, rows, k, tables, lanes, bits=1, kind="random"):
+    """A random (or corner-case) problem: returns ``(x, w, packed)``."""
+    if kind == "extreme":
+        x = rng.choice(np.array([-128, 127], np.int8), (m_tokens, k))
+    else:
+        x = rng.integers(-128, 128, (m_tokens, k), dtype=np.int8)
+    if bits == 1:
+        w = rng.integers(-1, 2, (rows, k), dtype=np.int8)
+        if kind == "extreme":
+            w = np.where(x[:1] < 0, -1, 1).repeat(rows, 0).astype(np.int8)  # every product at -128*-1 or 127
+        return x, w, pack_ternary(w, tables, lanes)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    w = rng.integers(lo, hi + 1, (rows, k)).astype(np.int8)
+    if kind == "extreme":
+        w = np.full((rows, k), lo, np.int8)
+    return x, w, pack_bitserial(w, bits, tables, lanes)
