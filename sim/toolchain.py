@@ -44,6 +44,10 @@ MIN_VERILATOR = (5, 36)
 # part of the build cache key (see ``sim.build``) because they change the
 # compiled model.
 OPT_FAST = "-O2"
+# The wheel's verilated.mk was configured with an empty CFG_CXXFLAGS_PCH_I, so once a design spans
+# several C++ files make passes the precompiled header as a bare file name and g++ fails
+# ("linker input file not found"). g++ includes a PCH with -include.
+PCH_INCLUDE = "-include"
 
 
 class ToolchainError(RuntimeError):
@@ -138,7 +142,7 @@ def _prepend_path(bin_dir: Path) -> None:
 
 
 def _append_makeflags() -> None:
-    wanted = {"PYTHON3": sys.executable, "OPT_FAST": OPT_FAST}
+    wanted = {"PYTHON3": sys.executable, "OPT_FAST": OPT_FAST, "CFG_CXXFLAGS_PCH_I": PCH_INCLUDE}
     flags = os.environ.get("MAKEFLAGS", "").split()
     present = {f.split("=", 1)[0] for f in flags if "=" in f}
     # Respect a value the user chose (e.g. OPT_FAST=-O0 for debugging).
