@@ -27,5 +27,15 @@ def test_tlmm_engine_cocotb(cfg_name, tmp_path):
               "acc_bits": eng.acc_bits, "report": str(report)}
     res = run_cocotb(build, TB, test_dir=COCOTB_DIR, extra_env={"TLMM_PARAMS": json.dumps(params)},
                      seed=1234, run_dir=tmp_path / "run")
-    assert len(res.passed) == 3, res
+    assert len(res.passed) == 3 and len(res.skipped) == 1, res
     assert json.loads(report.read_text())["steady_state_efficiency"] >= 0.97
+
+
+def test_tlmm_engine_accumulator_extremes(tmp_path):
+    """A 20-bit accumulator build: sums reach exactly -2^19 and just below 2^19 (no wrap, no loss)."""
+    eng = TlmmEngine(4, 4, acc_bits=20, max_tokens=2)
+    build = build_component(eng, "tlmm_engine")
+    params = {"tables": 4, "lanes": 4, "max_tokens": 2, "acc_bits": 20}
+    res = run_cocotb(build, TB, test_dir=COCOTB_DIR, extra_env={"TLMM_PARAMS": json.dumps(params)},
+                     seed=7, testcase="test_accumulator_extremes", run_dir=tmp_path / "run")
+    assert tuple(res.passed) == (f"{TB}.test_accumulator_extremes",), res

@@ -149,3 +149,27 @@ async def test_throughput(dut):
         with open(P["report"], "w") as f:
             json.dump(report, f)
     assert efficiency >= 0.97, report
+
+
+@cocotb.test(skip=ACC >= 32)
+async def test_accumulator_extremes(dut):
+    """A narrow-accumulator build driven to exactly its most negative value and near its maximum."""
+    await reset(dut)
+    rng = np.random.default_rng(2)
+    from golden.tlmm import pack_bitserial, pack_ternary
+    lo = 1 << (ACC - 1)
+    k_min = lo // 128                                   # 128 * K = 2^(acc-1): the most negative sum
+    x = np.full((1, k_min), -128, np.int8)
+    w = np.ones((N, k_min), np.int8)
+    got, *_ = await run_problem(dut, x, w, pack_ternary(w, T, N), 1, rng, 0.1, 0.1)
+    assert got[0][1][0] == -lo
+    k_max = (lo - 1) // 127                             # 127 * K <= 2^(acc-1) - 1
+    x = np.full((1, k_max), 127, np.int8)
+    w = np.ones((N, k_max), np.int8)
+    got, *_ = await run_problem(dut, x, w, pack_ternary(w, T, N), 1, rng, 0.1, 0.1)
+    assert got[0][1][0] == 127 * k_max
+    k8 = (lo - 1) // (128 * 128)                        # int8 bit-serial: (-128) * (-128) per column
+    x = np.full((1, k8), -128, np.int8)
+    w = np.full((N, k8), -128, np.int8)
+    got, *_ = await run_problem(dut, x, w, pack_bitserial(w, 8, T, N), 8, rng, 0.1, 0.1)
+    assert got[0][1][0] == 128 * 128 * k8
