@@ -1,15 +1,13 @@
 """The TLMM engine on Verilator (cocotb) against the golden model, for three hardware configs."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from hw.config import load_hw_config
 from hw.tlmm import TlmmEngine
 from sim import build_component, run_cocotb
-
-COCOTB_DIR = Path(__file__).resolve().parent / "cocotb_tests"
+from sim.testbenches import TESTBENCH_DIR as COCOTB_DIR
 TB = "tb_tlmm_engine"
 
 

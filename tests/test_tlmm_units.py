@@ -6,7 +6,7 @@ from amaranth.sim import Simulator
 
 from golden.tlmm import build_tables, encode_groups, lookup, reference_matmul
 from hw.tlmm import SignedLookup, TableBuilder, TlmmEngine
-from tlmm_driver import expected_outputs, make_problem, schedule, words_as_ints
+from sim.tlmm_driver import expected_outputs, make_problem, schedule, words_as_ints
 
 RNG = np.random.default_rng(99)
 

@@ -1,7 +1,8 @@
 """Turns a matmul problem into the TLMM engine's act-step and weight-word streams, and back.
 
-Shared by the Amaranth-simulator and cocotb testbenches (and later the memory-system tests) so every
-bench drives the engine the same way: row-tile-major, k-step, bit plane, then token.
+The order is the engine's contract (row tile, k-step, bit plane, then token; a word released after the
+last token). The Amaranth-simulator tests, the cocotb testbench and the benchmarks all drive the engine
+through these functions.
 """
 
 import numpy as np

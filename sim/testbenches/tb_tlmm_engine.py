@@ -18,7 +18,7 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
-from tlmm_driver import expected_outputs, make_problem, schedule, words_as_ints
+from sim.tlmm_driver import expected_outputs, make_problem, schedule, words_as_ints
 
 from golden.tlmm import reference_matmul
 from hw.tlmm.layouts import act_step_layout, sums_layout
