@@ -22,6 +22,7 @@ examples:
   trillium logits --model DIR --tokens 1,2,3 --backend golden --out logits.npy
   trillium accuracy                               integer model vs float reference on random models
   trillium bench golden --shape bitnet-large --json
+  trillium bench tlmm --hw ecp5 --json            TLMM cost vs adder-tree baseline, and throughput
   trillium config --hw tellme-kv260               show a validated hardware config
 """
 
@@ -137,6 +138,22 @@ def cmd_bench(args):
             print(f"golden integer decode, {res['shape']}: {res['tokens_per_second']} tokens/s "
                   f"({res['ms_per_token_median']} ms/token median)\nmethod: {res['method']}")
         return 0
+    if args.what == "tlmm":
+        from .bench_tlmm import bench_tlmm
+
+        res = bench_tlmm(args.hw, progress=None if args.json else (lambda m: print(m, file=sys.stderr)))
+        if args.json:
+            print(json.dumps(res, indent=1))
+        else:
+            print(f"TLMM {res['tables']} tables x {res['lanes']} lanes = {res['macs_per_cycle']} ternary MACs/cycle "
+                  f"({res['hw']})")
+            print(f"{'per MAC/cycle':<16} {'TLMM':>9} {'baseline':>9} {'ratio':>7}")
+            for k in ("lut4_equivalent", "lut4", "ccu2c", "ff", "dsp", "bram"):
+                a, b = res["tlmm"]["per_mac"][k], res["baseline"]["per_mac"][k]
+                print(f"{k:<16} {a:>9.3f} {b:>9.3f} {(a / b if b else float('nan')):>7.3f}")
+            print(f"steady-state efficiency: {res['steady_state_efficiency']:.4f} of T x N lookups per cycle")
+            print(f"method: {res['method']}")
+        return 0
     raise UserError(f"unknown benchmark '{args.what}'")
 
 
@@ -211,8 +228,12 @@ def build_parser():
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_accuracy)
 
-    b = sub.add_parser("bench", help="benchmarks (golden: integer-model speed)")
-    b.add_argument("what", choices=("golden",))
+    b = sub.add_parser("bench", help="benchmarks: golden (integer-model speed), tlmm (engine cost and throughput)",
+                       description="golden: golden integer decode speed on a full-size random model. tlmm: the "
+                                   "TLMM engine's ECP5 cost per MAC/cycle against an adder-tree baseline "
+                                   "(Yosys synth_ecp5) and its sustained throughput in Verilator RTL cycles.")
+    b.add_argument("what", choices=("golden", "tlmm"))
+    b.add_argument("--hw", default="tiny", help="hardware config for tlmm (default tiny)")
     b.add_argument("--shape", default="bitnet-large", help="bitnet-large, bitnet-3b or bitnet-2b4t")
     b.add_argument("--prompt-tokens", type=int, default=8)
     b.add_argument("--decode-tokens", type=int, default=8)

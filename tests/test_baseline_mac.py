@@ -159,3 +159,15 @@ def test_interface_shapes():
 def test_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdderTreeMac(**kwargs)
+
+
+def test_same_streams_as_tlmm_engine():
+    """Only the weight word differs from the product engine's interface (2-bit codes vs 5-bit indices)."""
+    from hw.tlmm import TlmmEngine
+
+    ours, engine = AdderTreeMac(4, 4, acc_bits=24, max_tokens=8), TlmmEngine(4, 4, acc_bits=24, max_tokens=8)
+    for name in ("acts", "sums"):
+        assert ours.signature.members[name] == engine.signature.members[name]
+    assert ours.signature.members["weights"].flow == engine.signature.members["weights"].flow
+    for d in (ours, engine):
+        d._MustUse__silence = True

@@ -100,3 +100,12 @@ def test_entry_point_help():
     exe = [sys.executable, "-m", "firmware.cli", "--help"]
     res = subprocess.run(exe, capture_output=True, text=True, check=True)
     assert "examples:" in res.stdout and "trillium demo" in res.stdout
+
+
+@pytest.mark.slow
+def test_bench_tlmm_json(capsys):
+    code, out, _ = run(capsys, "bench", "tlmm", "--hw", "tiny", "--json")
+    res = json.loads(out)
+    assert code == 0
+    assert {"lut4_per_mac", "baseline_lut4_per_mac", "lut_ratio", "steady_state_efficiency"} <= set(res)
+    assert res["steady_state_efficiency"] >= 0.97

@@ -1,0 +1,216 @@
+"""A plain ternary adder-tree MAC array: the cost baseline for the table-lookup (TLMM) engine.
+
+**Comparison baseline only, kept out of the product.** Nothing in the accelerator instantiates it; it
+exists so that ``python -m hw.synth`` can put the TLMM engine's LUT4/FF/DSP/BRAM per MAC/cycle next
+to those of the obvious alternative with the same peak rate (3 x T x N ternary MACs per cycle) and
+the same stream interface and semantics.
+
+Each lane multiplies the 3T activations of a k-step by its own 3T ternary weights and sums the
+products in a pipelined binary adder tree. A product is ``x`` gated and, for a -1 weight, inverted:
+``-x = ~x + 1``, and the ``+1`` of every inverted term is fed as the carry-in of one tree adder
+(free in an ECP5 carry chain). The tree has one adder fewer than it has terms, so the first term is
+negated exactly instead.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Shape
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+# The engine's own layouts: the baseline must stay stream-compatible with it.
+from hw.tlmm.layouts import SHIFT_BITS, act_step_layout, sums_layout
+
+__all__ = ["AdderTreeMac", "WEIGHT_CODE_BITS"]
+
+#: Bits per weight in a weight word: two's complement of w in {-1, 0, +1} (0 -> 0b00, +1 -> 0b01,
+#: -1 -> 0b11). Code 0b10 ("negative zero") decodes to 0, like TL2 index 16; encoders never emit it.
+WEIGHT_CODE_BITS = 2
+#: Adder-tree levels between pipeline registers.
+LEVELS_PER_STAGE = 2
+#: Activation width (int8).
+ACT_BITS = 8
+
+
+def _check_int(name, value, lo, hi):
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"AdderTreeMac: {name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+class AdderTreeMac(wiring.Component):
+    """Ternary matmul by adder trees, stream-compatible with the TLMM engine (baseline only).
+
+    Every accepted act step for token ``m`` is combined with the current weight word (the head of
+    ``weights``): lane ``n`` forms ``p_n = sum_c w[n][c] * x[c]``, scales it to
+    ``c_n = -1**negate * (p_n << shift)`` and updates ``acc[m][n] = (0 if first else acc[m][n]) + c_n``
+    (two's complement, wrapping at ``acc_bits``). A step with ``last`` emits ``{y: acc[m], token: m}``
+    on ``sums``; a step with ``release`` consumes the weight word, so one word can serve several
+    tokens (prefill reuse) and several bit-planes. An act step waits for a valid weight word.
+
+    One act step per cycle in steady state. When ``sums`` is full and not ready the whole pipeline
+    holds. Accumulators live in a memory of ``max_tokens`` words of ``N * acc_bits`` bits with an
+    asynchronous read port (ECP5 distributed RAM, ``TRELLIS_DPR16X4``); a token updated on
+    consecutive cycles gets its new value by forwarding. Pipeline: leaves and two adder levels,
+    a register every two levels and after the last one, the shifter, then the accumulate stage and
+    the output register.
+
+    Parameters
+    ----------
+    tables : int
+        T, 1..64; a k-step covers ``3 * tables`` activations.
+    lanes : int
+        N, 1..64 output rows in parallel.
+    acc_bits : int
+        Accumulator width, 8..64 (see :func:`golden.tlmm.acc_bits_needed`).
+    max_tokens : int
+        Accumulator sets (tokens in flight), 1..4096. ``token`` must be below it.
+
+    Attributes
+    ----------
+    weights : stream of ``unsigned(2 * 3T * N)``, in
+        Weight words; lane ``n``, column ``c`` at bit ``2 * (n*3T + c)`` (see :data:`WEIGHT_CODE_BITS`).
+    acts : stream of :func:`hw.tlmm.layouts.act_step_layout`, in
+    sums : stream of :func:`hw.tlmm.layouts.sums_layout`, out
+    """
+
+    def __init__(self, tables, lanes, *, acc_bits=32, max_tokens=16):
+        try:
+            self.tables = _check_int("tables", tables, 1, 64)
+            self.lanes = _check_int("lanes", lanes, 1, 64)
+            self.acc_bits = _check_int("acc_bits", acc_bits, 8, 64)
+            self.max_tokens = _check_int("max_tokens", max_tokens, 1, 4096)
+        except ValueError:
+            self._MustUse__silence = True  # a design that was never built is not an unused one
+            raise
+        self.cols = 3 * tables
+        super().__init__({
+            "weights": In(stream.Signature(unsigned(WEIGHT_CODE_BITS * self.cols * lanes))),
+            "acts": In(stream.Signature(act_step_layout(tables, max_tokens))),
+            "sums": Out(stream.Signature(sums_layout(lanes, acc_bits, max_tokens))),
+        })
+
+    @property
+    def macs_per_cycle(self):
+        """Peak ternary MACs per cycle: 3 x T x N."""
+        return self.cols * self.lanes
+
+    def elaborate(self, platform):
+        m = Module()
+        act, word = self.acts.payload, self.weights.payload
+
+        # Global stall: everything moves together unless the output register is full and unread.
+        advance = Signal()
+        take = Signal()
+        m.d.comb += [
+            advance.eq(~self.sums.valid | self.sums.ready),
+            take.eq(advance & self.acts.valid & self.weights.valid),
+            self.acts.ready.eq(advance & self.weights.valid),
+            self.weights.ready.eq(take & act.release),
+        ]
+
+        def register(values, name):
+            """Pipeline registers for ``values`` that load only when the pipeline advances."""
+            regs = []
+            for i, v in enumerate(values):
+                r = Signal(Shape.cast(v.shape()), name=f"{name}_{i}", reset_less=True)
+                with m.If(advance):
+                    m.d.sync += r.eq(v)
+                regs.append(r)
+            return regs
+
+        # Leaves: per lane 3T terms and the pending "+1" carries of inverted terms.
+        lanes = []
+        for n in range(self.lanes):
+            terms, carries = [], []
+            for c in range(self.cols):
+                lo = WEIGHT_CODE_BITS * (n * self.cols + c)
+                nonzero, neg = word[lo], word[lo + 1] ^ act.negate  # negate flips every weight
+                x = act.x[c]
+                if c == 0:
+                    terms.append(Mux(nonzero, Mux(neg, -x, x), 0))
+                else:
+                    inv = (x.as_unsigned() ^ neg.replicate(ACT_BITS)).as_signed()
+                    terms.append(Mux(nonzero, inv, 0))
+                    carries.append(nonzero & neg)
+            lanes.append((terms, carries))
+
+        meta = [act.token, act.first, act.last, act.shift]
+        valid = take
+        level = 0
+        while len(lanes[0][0]) > 1:
+            next_lanes = []
+            for n, (terms, carries) in enumerate(lanes):
+                summed = []
+                for i in range(0, len(terms) - 1, 2):
+                    # a + b + a 1-bit carry maps to one carry chain with that carry-in. A named
+                    # signal per adder stops Yosys' alumacc from merging the whole tree into one
+                    # $macc, which maccmap builds from LUTs at about twice the area of CCU2C chains.
+                    a, b = terms[i], terms[i + 1]
+                    total = Signal(signed(max(len(a), len(b)) + 1), name=f"sum{level}_{n}_{i // 2}")
+                    m.d.comb += total.eq(a + b + carries.pop(0))
+                    summed.append(total)
+                if len(terms) % 2:
+                    summed.append(terms[-1])
+                next_lanes.append((summed, carries))
+            lanes = next_lanes
+            level += 1
+            if level % LEVELS_PER_STAGE == 0 or len(lanes[0][0]) == 1:
+                lanes = [(register(t, f"l{level}_t"), register(cy, f"l{level}_c")) for t, cy in lanes]
+                meta = register(meta, f"l{level}_meta")
+                valid_r = Signal(name=f"l{level}_valid")
+                with m.If(advance):
+                    m.d.sync += valid_r.eq(valid)
+                valid = valid_r
+        for terms, carries in lanes:
+            assert len(terms) == 1 and not carries
+
+        # Stage C: the scaled lane sums and the accumulators they add to.
+        token, first, last, shift = meta
+        scaled = []
+        for n in range(self.lanes):
+            # A log shifter, one 2:1 mux level per shift bit: about half the LUT4s that Yosys
+            # spends on ``p << shift`` written as one expression (an 8:1 mux per output bit).
+            v = lanes[n][0][0]
+            for i in range(SHIFT_BITS):
+                nxt = Signal(signed(len(v) + (1 << i)), name=f"shift{i}_{n}")
+                m.d.comb += nxt.eq(Mux(shift[i], v << (1 << i), v))
+                v = nxt
+            scaled.append(v)
+        scaled = register(scaled, "scaled")
+        c_token, c_last = register([token, last], "c_meta")
+        c_valid = Signal()
+        with m.If(advance):
+            m.d.sync += c_valid.eq(valid)
+
+        m.submodules.acc = acc = Memory(shape=data.ArrayLayout(signed(self.acc_bits), self.lanes),
+                                        depth=self.max_tokens, init=[])
+        wr = acc.write_port()
+        rd = acc.read_port(domain="comb")
+        # The accumulator read happens as a step enters stage C, registered into ``base``. A step
+        # for the token that stage C writes in the same cycle takes the written value instead
+        # (forwarding: consecutive updates of one token, e.g. decode). ``first`` clears ``base``,
+        # which maps to the flip-flops' synchronous reset rather than to a LUT per bit.
+        forward = Signal()
+        base = Signal.like(rd.data, reset_less=True)
+        m.d.comb += [
+            rd.addr.eq(token),
+            forward.eq(c_valid & (c_token == token)),
+            wr.addr.eq(c_token),
+            wr.en.eq(c_valid & advance),
+        ]
+        with m.If(advance):
+            m.d.sync += base.eq(Mux(first, 0, Mux(forward, wr.data, rd.data)))
+        for n in range(self.lanes):
+            m.d.comb += wr.data[n].eq(base[n] + scaled[n])
+
+        # Output register.
+        with m.If(advance):
+            m.d.sync += [
+                self.sums.valid.eq(c_valid & c_last),
+                self.sums.payload.y.eq(wr.data),
+                self.sums.payload.token.eq(c_token),
+            ]
+        return m
