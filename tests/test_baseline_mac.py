@@ -81,7 +81,7 @@ def run(dut, words, steps, expected, *, seed=0, p_valid=1.0, p_ready=1.0):
                                                                    dut.sums.payload)
             cycles[0] += 1
             if valid and ready:
-                got.append((int(payload.token), [int(v) for v in payload.y]))
+                got.append((int(payload.slot), [int(v) for v in payload.y]))
             assert cycles[0] < 20 * len(steps) + 100, "pipeline hung"
 
     sim = Simulator(dut)

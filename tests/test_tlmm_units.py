@@ -93,7 +93,7 @@ def test_engine_short_run_with_stalls(bits):
                 _, _, valid, payload = await ctx.tick().sample(dut.sums.valid, dut.sums.payload)
                 if ready and valid:
                     break
-            assert (payload.token, [payload.y[n] for n in range(lanes)]) == (tok, sums)
+            assert (payload.slot, [payload.y[n] for n in range(lanes)]) == (tok, sums)
             received.append(tok)
         ctx.set(dut.sums.ready, 0)
 

@@ -211,6 +211,6 @@ class AdderTreeMac(wiring.Component):
             m.d.sync += [
                 self.sums.valid.eq(c_valid & c_last),
                 self.sums.payload.y.eq(wr.data),
-                self.sums.payload.token.eq(c_token),
+                self.sums.payload.slot.eq(c_token),
             ]
         return m

@@ -22,12 +22,13 @@ The accumulator read port is transparent for the write port, so a token updated 
 """
 
 from amaranth.hdl import Module, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.tlmm import INDEX_BITS, MAG_MASK, SIGN_SHIFT, TABLE_ENTRY_BITS
 
 from .layouts import act_step_layout, sums_layout
+from .reduce import reduce_and_accumulate, tree_plan
 from .tables import TableBuilder, lookup_entry, table_layout
 
 __all__ = ["TlmmEngine"]
@@ -79,18 +80,13 @@ class TlmmEngine(wiring.Component):
     @property
     def latency(self):
         """Cycles from an accepted step to its sum appearing on ``sums`` (without stalls)."""
-        return 5 + len(self._tree_plan()) + 1
-
-    def _tree_plan(self):
-        """Number of adder levels between register stages: two levels per stage."""
-        levels = max(0, (self.tables - 1).bit_length())
-        return [min(2, levels - i) for i in range(0, levels, 2)]
+        return 6 + len(tree_plan(self.tables))
 
     def elaborate(self, platform):
         m = Module()
         T, N = self.tables, self.lanes
-        ctrl_layout = data.StructLayout({k: self.act_layout[k].shape
-                                         for k in ("token", "first", "last", "shift", "negate")})
+        ctrl_layout = data.StructLayout({"slot": self.act_layout["token"].shape,
+                                         **{k: self.act_layout[k].shape for k in ("first", "last", "shift", "negate")}})
 
         # Global advance: everything moves unless the output register is full and not being taken.
         en = Signal()
@@ -108,7 +104,7 @@ class TlmmEngine(wiring.Component):
             return reg
 
         def ctrl_of(payload):
-            return {k: payload[k] for k in ctrl_layout.members}
+            return {"slot": payload.token, **{k: payload[k] for k in ("first", "last", "shift", "negate")}}
 
         # A: register the inputs.
         a_valid = stage("a_valid", 1, fire)
@@ -143,53 +139,6 @@ class TlmmEngine(wiring.Component):
                 row.append(stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), value))
             level.append(row)
 
-        # D: adder tree per lane, registered every two levels.
-        valid, ctrl = c_valid, c_ctrl
-        for s, depth in enumerate(self._tree_plan()):
-            for _ in range(depth):
-                level = [[row[i] + row[i + 1] if i + 1 < len(row) else row[i] for i in range(0, len(row), 2)]
-                         for row in level]
-            width = TABLE_ENTRY_BITS + sum(self._tree_plan()[:s + 1])
-            level = [[stage(f"d{s}_{n}_{i}", signed(width), v) for i, v in enumerate(row)]
-                     for n, row in enumerate(level)]
-            valid = stage(f"d{s}_valid", 1, valid)
-            ctrl = stage(f"d{s}_ctrl", ctrl_layout, ctrl)
-        lane_sums = [row[0] for row in level]
-
-        # P: apply the bit-plane weight; issue the accumulator read for this step's token.
-        acc_shape = signed(self.acc_bits)
-        p_valid = stage("p_valid", 1, valid)
-        p_ctrl = stage("p_ctrl", ctrl_layout, ctrl)
-        p_contrib = []
-        for n, v in enumerate(lane_sums):
-            shifted = Signal(acc_shape, name=f"shifted_{n}")
-            m.d.comb += shifted.eq(v << ctrl.shift)
-            with m.If(ctrl.negate):
-                m.d.comb += shifted.eq(-(v << ctrl.shift))
-            p_contrib.append(stage(f"p_{n}", acc_shape, shifted))
-
-        acc_layout = data.ArrayLayout(acc_shape, N)
-        m.submodules.acc = acc_mem = memory.Memory(shape=acc_layout, depth=self.max_tokens, init=[])
-        wr = acc_mem.write_port()
-        rd = acc_mem.read_port(domain="sync", transparent_for=(wr,))
-        m.d.comb += [rd.addr.eq(p_ctrl.token), rd.en.eq(en)]
-
-        # Q: accumulate and write back; a finished token goes to the output register.
-        q_valid = stage("q_valid", 1, p_valid)
-        q_ctrl = stage("q_ctrl", ctrl_layout, p_ctrl)
-        q_contrib = [stage(f"q_{n}", acc_shape, v) for n, v in enumerate(p_contrib)]
-        q_new = Signal(acc_layout)
-        for n in range(N):
-            m.d.comb += q_new[n].eq(q_contrib[n] + rd.data[n])
-            with m.If(q_ctrl.first):
-                m.d.comb += q_new[n].eq(q_contrib[n])
-        m.d.comb += [wr.addr.eq(q_ctrl.token), wr.data.eq(q_new), wr.en.eq(en & q_valid)]
-
-        # O: output register (the sums stream payload).
-        with m.If(en):
-            m.d.sync += [
-                self.sums.valid.eq(q_valid & q_ctrl.last),
-                self.sums.payload.y.eq(q_new),
-                self.sums.payload.token.eq(q_ctrl.token),
-            ]
+        reduce_and_accumulate(m, stage, en, c_valid, c_ctrl, ctrl_layout, level, acc_bits=self.acc_bits,
+                              depth=self.max_tokens, sums=self.sums)
         return m

@@ -47,8 +47,8 @@ def act_step_layout(tables, max_tokens):
 
 
 def sums_layout(lanes, acc_bits, max_tokens):
-    """The engine's output: one accumulated sum per lane, and the token slot it belongs to."""
+    """The engine's output: one accumulated sum per lane, and the accumulator slot it belongs to."""
     return data.StructLayout({
         "y": data.ArrayLayout(signed(acc_bits), lanes),
-        "token": unsigned(token_bits(max_tokens)),
+        "slot": unsigned(token_bits(max_tokens)),
     })

@@ -35,7 +35,7 @@ def pack_step(step):
 
 def unpack_sums(bits):
     c = SUMS.from_bits(bits)
-    return int(c.token), [int(c.y[n]) for n in range(N)]
+    return int(c.slot), [int(c.y[n]) for n in range(N)]
 
 
 async def reset(dut):
