@@ -68,3 +68,40 @@ def make_problem(rng, m_tokens, rows, k, tables, lanes, bits=1, kind="random"):
     if kind == "extreme":
         w = np.full((rows, k), lo, np.int8)
     return x, w, pack_bitserial(w, bits, tables, lanes)
+
+
+def schedule_stationary(x, packed, bits=1):
+    """Table-stationary order for :class:`hw.tlmm.TlmmLutEngine`.
+
+    Yields ``("acts", [3T ints])`` for each table set and ``("word", word_index, step)`` for each word:
+    for each k-step, for each token: one table set, then every row tile (and bit plane) of that k-step.
+    The accumulator slot of (token, row tile) is ``token * row_tiles + row_tile``.
+    """
+    m_tokens, k = x.shape
+    t_count = packed.tables
+    kpad = packed.k_steps * t_count * GROUP_SIZE
+    xp = np.zeros((m_tokens, kpad), np.int64)
+    xp[:, :k] = x
+    for ks in range(packed.k_steps):
+        for tok in range(m_tokens):
+            yield ("acts", [int(v) for v in xp[tok, ks * t_count * GROUP_SIZE:(ks + 1) * t_count * GROUP_SIZE]])
+            for rt in range(packed.row_tiles):
+                for plane in range(bits):
+                    yield ("word", (rt * packed.k_steps + ks) * bits + plane, {
+                        "slot": tok * packed.row_tiles + rt,
+                        "first": int(ks == 0 and plane == 0),
+                        "last": int(ks == packed.k_steps - 1 and plane == bits - 1),
+                        "shift": plane if bits > 1 else 0,
+                        "negate": int(bits > 1 and plane == bits - 1),
+                        "done": int(rt == packed.row_tiles - 1 and plane == bits - 1),
+                    })
+
+
+def expected_outputs_stationary(y, lanes):
+    """Expected ``(slot, sums)`` in emission order for the table-stationary order (token, then row tile)."""
+    m_tokens, rows = y.shape
+    tiles = -(-rows // lanes)
+    yp = np.zeros((m_tokens, tiles * lanes), np.int64)
+    yp[:, :rows] = y
+    return [(tok * tiles + rt, [int(v) for v in yp[tok, rt * lanes:(rt + 1) * lanes]])
+            for tok in range(m_tokens) for rt in range(tiles)]

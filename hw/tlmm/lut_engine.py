@@ -1,0 +1,175 @@
+"""Table-stationary TLMM engine: tables in distributed RAM, reused across many weight words.
+
+On LUT4 fabrics the cost of the TLMM is the per-lane lookup. A 14:1 multiplexer of 10-bit entries maps
+to about 155 LUT4, but an asynchronous-read distributed RAM (ECP5 DPR16X4: 16 x 4 bits) holds a table
+for about 18 LUT4-equivalents per lane. A RAM is written one entry per cycle, so this engine keeps a
+table set resident while a whole run of weight words streams past it:
+
+* ``acts`` delivers one table set: the 3T activations of one k-step of one token. The engine builds the
+  14 entries of each table and writes them into every lane's copy, one entry per cycle (14 cycles).
+* ``weights`` then delivers words, each with its accumulator ``slot`` and ``first``/``last``/
+  ``shift``/``negate`` flags, exactly as in :class:`~hw.tlmm.engine.TlmmEngine`. A word with ``done``
+  set is the last one for the current table set, and the next ``acts`` transfer refills the tables.
+
+Decode streams, per k-step, every row tile's word against one table set (slot = row tile). Prefill
+replays a row block's words per token from a small word cache (slot = token x tile), so the weight
+buffer itself is still read once per chunk. The fill costs 14 cycles per table set; the engine otherwise
+accepts one word per cycle.
+"""
+
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.tlmm import GROUP_SIZE, INDEX_BITS, MAG_MASK, SIGN_SHIFT, TABLE_ENTRIES, TABLE_ENTRY_BITS
+
+from .layouts import SHIFT_BITS, sums_layout, token_bits
+from .reduce import reduce_and_accumulate, tree_plan
+from .tables import TableBuilder
+
+__all__ = ["TlmmLutEngine", "word_step_layout"]
+
+#: Table RAM depth (the 14 entries use addresses 0..13).
+TABLE_DEPTH = 16
+
+
+def word_step_layout(tables, lanes, slots):
+    """A weight word with its accumulation control (see the module docstring)."""
+    return data.StructLayout({
+        "word": unsigned(INDEX_BITS * tables * lanes),
+        "slot": unsigned(token_bits(slots)),
+        "first": 1,
+        "last": 1,
+        "shift": unsigned(SHIFT_BITS),
+        "negate": 1,
+        "done": 1,
+    })
+
+
+class TlmmLutEngine(wiring.Component):
+    """Table-lookup ternary matmul engine with table-stationary distributed-RAM tables.
+
+    Parameters
+    ----------
+    tables, lanes : int
+        T and N, as for :class:`~hw.tlmm.engine.TlmmEngine`.
+    acc_bits : int
+        Accumulator width.
+    slots : int
+        Accumulator slots (row tiles x tokens held on chip at once).
+    """
+
+    def __init__(self, tables, lanes, *, acc_bits=32, slots=64):
+        for name, value, lo, hi in (("tables", tables, 1, 64), ("lanes", lanes, 1, 64),
+                                    ("acc_bits", acc_bits, 16, 64), ("slots", slots, 1, 65536)):
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        self.tables, self.lanes, self.acc_bits, self.slots = tables, lanes, acc_bits, slots
+        self.word_layout = word_step_layout(tables, lanes, slots)
+        super().__init__({
+            "acts": In(stream.Signature(data.ArrayLayout(signed(8), GROUP_SIZE * tables))),
+            "weights": In(stream.Signature(self.word_layout)),
+            "sums": Out(stream.Signature(sums_layout(lanes, acc_bits, slots))),
+        })
+
+    @property
+    def macs_per_cycle(self):
+        return 3 * self.tables * self.lanes
+
+    @property
+    def fill_cycles(self):
+        """Cycles between accepting a table set and accepting its first word."""
+        return TABLE_ENTRIES + 1
+
+    @property
+    def latency(self):
+        return 5 + len(tree_plan(self.tables))
+
+    def elaborate(self, platform):
+        m = Module()
+        T, N = self.tables, self.lanes
+        ctrl_layout = data.StructLayout({k: self.word_layout[k].shape
+                                         for k in ("slot", "first", "last", "shift", "negate")})
+
+        en = Signal()
+        m.d.comb += en.eq(~self.sums.valid | self.sums.ready)
+
+        def stage(name, shape, value):
+            reg = Signal(shape, name=name)
+            with m.If(en):
+                m.d.sync += reg.eq(value)
+            return reg
+
+        # Table fill: latch a table set, build its entries, shift them into the RAMs one per cycle.
+        m.submodules.builder = builder = TableBuilder(T)
+        x_reg = Signal.like(self.acts.payload)
+        m.d.comb += builder.x.eq(x_reg)
+        chain = [Signal(data.ArrayLayout(signed(TABLE_ENTRY_BITS), T), name=f"fill_{e}")
+                 for e in range(TABLE_ENTRIES)]
+        fill_addr = Signal(range(TABLE_DEPTH))
+        writing = Signal()
+
+        a_valid = Signal()
+        # A word still waiting in stage A reads the RAM until it moves on: hold writes until then.
+        can_write = Signal()
+        m.d.comb += can_write.eq(~a_valid | en)
+
+        word_fire = Signal()
+        with m.FSM(name="tables"):
+            with m.State("LOAD"):
+                m.d.comb += self.acts.ready.eq(1)
+                with m.If(self.acts.valid):
+                    m.d.sync += x_reg.eq(self.acts.payload)
+                    m.next = "BUILD"
+            with m.State("BUILD"):
+                for e in range(TABLE_ENTRIES):
+                    for t in range(T):
+                        m.d.sync += chain[e][t].eq(builder.tables[t][e])
+                m.d.sync += fill_addr.eq(0)
+                m.next = "FILL"
+            with m.State("FILL"):
+                m.d.comb += writing.eq(can_write)
+                with m.If(can_write):
+                    for e in range(TABLE_ENTRIES - 1):
+                        m.d.sync += chain[e].eq(chain[e + 1])
+                    m.d.sync += fill_addr.eq(fill_addr + 1)
+                    with m.If(fill_addr == TABLE_ENTRIES - 1):
+                        m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.weights.ready.eq(en)
+                m.d.comb += word_fire.eq(self.weights.valid & en)
+                with m.If(word_fire & self.weights.payload.done):
+                    m.next = "LOAD"
+
+        # A: register the word and its control.
+        with m.If(en):
+            m.d.sync += a_valid.eq(word_fire)
+        a_word = stage("a_word", unsigned(INDEX_BITS * T * N), self.weights.payload.word)
+        a_ctrl = Signal(ctrl_layout, name="a_ctrl")
+        with m.If(en):
+            m.d.sync += [a_ctrl[k].eq(self.weights.payload[k]) for k in ctrl_layout.members]
+
+        # Per table: one RAM, written by the fill, read by every lane (one DPR16X4 copy per read port).
+        lookups = [[None] * T for _ in range(N)]
+        for t in range(T):
+            ram = memory.Memory(shape=signed(TABLE_ENTRY_BITS), depth=TABLE_DEPTH, init=[])
+            m.submodules[f"table_{t}"] = ram
+            wr = ram.write_port()
+            m.d.comb += [wr.addr.eq(fill_addr), wr.data.eq(chain[0][t]), wr.en.eq(writing)]
+            for n in range(N):
+                rd = ram.read_port(domain="comb")
+                index = a_word[INDEX_BITS * (n * T + t):INDEX_BITS * (n * T + t + 1)]
+                m.d.comb += rd.addr.eq(index & MAG_MASK)
+                # Magnitudes 14 and 15 are never produced by the packer; they read RAM addresses
+                # 14 and 15, which are never written (zero after reset in simulation).
+                value = Signal(signed(TABLE_ENTRY_BITS), name=f"lk_{n}_{t}")
+                m.d.comb += value.eq(rd.data)
+                with m.If(index[SIGN_SHIFT]):
+                    m.d.comb += value.eq(-rd.data)
+                lookups[n][t] = stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), value)
+        c_valid = stage("c_valid", 1, a_valid)
+        c_ctrl = stage("c_ctrl", ctrl_layout, a_ctrl)
+
+        reduce_and_accumulate(m, stage, en, c_valid, c_ctrl, ctrl_layout, lookups, acc_bits=self.acc_bits,
+                              depth=self.slots, sums=self.sums)
+        return m
