@@ -414,8 +414,10 @@ def save_checkpoint(weights, path, *, weight_format="packed", linear_class="auto
     _check_arguments(weights, weight_format, linear_class, dtype, sub_norm_names)
     if max_shard_bytes is not None and max_shard_bytes < 1:
         raise ValueError(f"max_shard_bytes={max_shard_bytes!r} must be positive")
+    packed = weight_format == "packed"
     config = dataclasses.replace(weights.config, weight_format=weight_format,
-                                 linear_class=linear_class if weight_format == "packed" else None)
+                                 linear_class=linear_class if packed else None,
+                                 model_type="bitnet" if packed else weights.config.model_type)
     path = _prepare_directory(path)
     loaded = {}
     entries = _plan(weights, weight_format, linear_class, dtype, sub_norm_names, loaded)

@@ -214,7 +214,8 @@ class ModelConfig:
         """A Hugging Face style ``config.json`` mapping for this config (used to write test checkpoints)."""
         d = {
             "architectures": ["BitNetForCausalLM"] if self.weight_format == "packed" else ["BitnetForCausalLM"],
-            "model_type": self.model_type,
+            # transformers loads packed ternary checkpoints only as model_type "bitnet".
+            "model_type": "bitnet" if self.weight_format == "packed" else self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,

@@ -250,7 +250,8 @@ def test_config_json_describes_what_was_written(tmp_path):
                                          "quantization_mode": "offline"}
     assert hf["torch_dtype"] == "bfloat16" and hf["hidden_act"] == "silu"
     config = load_model_config(path)
-    assert config == dataclasses.replace(small_config("1bitllm"), weight_format="packed", linear_class="bitlinear")
+    assert config == dataclasses.replace(small_config("1bitllm"), weight_format="packed", linear_class="bitlinear",
+                                         model_type="bitnet")  # packed checkpoints are model_type bitnet
     float_path, _ = write(tmp_path, model("2b4t"), name="f", weight_format="float")
     assert "quantization_config" not in json.loads((float_path / "config.json").read_text())
     assert load_model_config(float_path).weight_format == "float"
