@@ -15,21 +15,18 @@ negated exactly instead.
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.hdl import Shape
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 # The engine's own layouts: the baseline must stay stream-compatible with it.
-from hw.tlmm.layouts import SHIFT_BITS, act_step_layout, sums_layout
+from hw.tlmm.layouts import act_step_layout, sums_layout
+from hw.tlmm.reduce import reduce_and_accumulate
 
 __all__ = ["AdderTreeMac", "WEIGHT_CODE_BITS"]
 
 #: Bits per weight in a weight word: two's complement of w in {-1, 0, +1} (0 -> 0b00, +1 -> 0b01,
 #: -1 -> 0b11). Code 0b10 ("negative zero") decodes to 0, like TL2 index 16; encoders never emit it.
 WEIGHT_CODE_BITS = 2
-#: Adder-tree levels between pipeline registers.
-LEVELS_PER_STAGE = 2
 #: Activation width (int8).
 ACT_BITS = 8
 
@@ -53,9 +50,9 @@ class AdderTreeMac(wiring.Component):
     One act step per cycle in steady state. When ``sums`` is full and not ready the whole pipeline
     holds. Accumulators live in a memory of ``max_tokens`` words of ``N * acc_bits`` bits with an
     asynchronous read port (ECP5 distributed RAM, ``TRELLIS_DPR16X4``); a token updated on
-    consecutive cycles gets its new value by forwarding. Pipeline: leaves and two adder levels,
-    a register every two levels and after the last one, the shifter, then the accumulate stage and
-    the output register.
+    consecutive cycles gets its new value by forwarding. Everything after the leaves (tree, shifter,
+    accumulate, output) is ``hw.tlmm.reduce.reduce_and_accumulate``, shared with the TLMM engines, so
+    the cost comparison measures the front ends alone.
 
     Parameters
     ----------
@@ -111,16 +108,6 @@ class AdderTreeMac(wiring.Component):
             self.weights.ready.eq(take & act.release),
         ]
 
-        def register(values, name):
-            """Pipeline registers for ``values`` that load only when the pipeline advances."""
-            regs = []
-            for i, v in enumerate(values):
-                r = Signal(Shape.cast(v.shape()), name=f"{name}_{i}", reset_less=True)
-                with m.If(advance):
-                    m.d.sync += r.eq(v)
-                regs.append(r)
-            return regs
-
         # Leaves: per lane 3T terms and the pending "+1" carries of inverted terms.
         lanes = []
         for n in range(self.lanes):
@@ -137,80 +124,6 @@ class AdderTreeMac(wiring.Component):
                     carries.append(nonzero & neg)
             lanes.append((terms, carries))
 
-        meta = [act.token, act.first, act.last, act.shift]
-        valid = take
-        level = 0
-        while len(lanes[0][0]) > 1:
-            next_lanes = []
-            for n, (terms, carries) in enumerate(lanes):
-                summed = []
-                for i in range(0, len(terms) - 1, 2):
-                    # a + b + a 1-bit carry maps to one carry chain with that carry-in. A named
-                    # signal per adder stops Yosys' alumacc from merging the whole tree into one
-                    # $macc, which maccmap builds from LUTs at about twice the area of CCU2C chains.
-                    a, b = terms[i], terms[i + 1]
-                    total = Signal(signed(max(len(a), len(b)) + 1), name=f"sum{level}_{n}_{i // 2}")
-                    m.d.comb += total.eq(a + b + carries.pop(0))
-                    summed.append(total)
-                if len(terms) % 2:
-                    summed.append(terms[-1])
-                next_lanes.append((summed, carries))
-            lanes = next_lanes
-            level += 1
-            if level % LEVELS_PER_STAGE == 0 or len(lanes[0][0]) == 1:
-                lanes = [(register(t, f"l{level}_t"), register(cy, f"l{level}_c")) for t, cy in lanes]
-                meta = register(meta, f"l{level}_meta")
-                valid_r = Signal(name=f"l{level}_valid")
-                with m.If(advance):
-                    m.d.sync += valid_r.eq(valid)
-                valid = valid_r
-        for terms, carries in lanes:
-            assert len(terms) == 1 and not carries
-
-        # Stage C: the scaled lane sums and the accumulators they add to.
-        token, first, last, shift = meta
-        scaled = []
-        for n in range(self.lanes):
-            # A log shifter, one 2:1 mux level per shift bit: about half the LUT4s that Yosys
-            # spends on ``p << shift`` written as one expression (an 8:1 mux per output bit).
-            v = lanes[n][0][0]
-            for i in range(SHIFT_BITS):
-                nxt = Signal(signed(len(v) + (1 << i)), name=f"shift{i}_{n}")
-                m.d.comb += nxt.eq(Mux(shift[i], v << (1 << i), v))
-                v = nxt
-            scaled.append(v)
-        scaled = register(scaled, "scaled")
-        c_token, c_last = register([token, last], "c_meta")
-        c_valid = Signal()
-        with m.If(advance):
-            m.d.sync += c_valid.eq(valid)
-
-        m.submodules.acc = acc = Memory(shape=data.ArrayLayout(signed(self.acc_bits), self.lanes),
-                                        depth=self.max_tokens, init=[])
-        wr = acc.write_port()
-        rd = acc.read_port(domain="comb")
-        # The accumulator read happens as a step enters stage C, registered into ``base``. A step
-        # for the token that stage C writes in the same cycle takes the written value instead
-        # (forwarding: consecutive updates of one token, e.g. decode). ``first`` clears ``base``,
-        # which maps to the flip-flops' synchronous reset rather than to a LUT per bit.
-        forward = Signal()
-        base = Signal.like(rd.data, reset_less=True)
-        m.d.comb += [
-            rd.addr.eq(token),
-            forward.eq(c_valid & (c_token == token)),
-            wr.addr.eq(c_token),
-            wr.en.eq(c_valid & advance),
-        ]
-        with m.If(advance):
-            m.d.sync += base.eq(Mux(first, 0, Mux(forward, wr.data, rd.data)))
-        for n in range(self.lanes):
-            m.d.comb += wr.data[n].eq(base[n] + scaled[n])
-
-        # Output register.
-        with m.If(advance):
-            m.d.sync += [
-                self.sums.valid.eq(c_valid & c_last),
-                self.sums.payload.y.eq(wr.data),
-                self.sums.payload.slot.eq(c_token),
-            ]
+        reduce_and_accumulate(m, advance, take, (act.token, act.first, act.last, act.shift), lanes,
+                              acc_bits=self.acc_bits, depth=self.max_tokens, sums=self.sums)
         return m

@@ -21,14 +21,14 @@ The accumulator read port is transparent for the write port, so a token updated 
 (decode, M = 1) reads the value written in the same cycle.
 """
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.tlmm import INDEX_BITS, MAG_MASK, SIGN_SHIFT, TABLE_ENTRY_BITS
 
 from .layouts import act_step_layout, sums_layout
-from .reduce import reduce_and_accumulate, tree_plan
+from .reduce import complement_term, reduce_and_accumulate, tree_stages
 from .tables import TableBuilder, lookup_entry, table_layout
 
 __all__ = ["TlmmEngine"]
@@ -80,7 +80,7 @@ class TlmmEngine(wiring.Component):
     @property
     def latency(self):
         """Cycles from an accepted step to its sum appearing on ``sums`` (without stalls)."""
-        return 6 + len(tree_plan(self.tables))
+        return 6 + tree_stages(self.tables)
 
     def elaborate(self, platform):
         m = Module()
@@ -123,22 +123,24 @@ class TlmmEngine(wiring.Component):
         b_word = stage("b_word", unsigned(INDEX_BITS * T * N), a_word)
         b_ctrl = stage("b_ctrl", ctrl_layout, a_ctrl)
 
-        # C: N x T signed lookups.
+        # C: N x T lookups as (term, carry) leaves: a negative lookup (index sign, or the step's
+        # negated bit plane) is its one's complement plus a carry that a tree adder absorbs.
         c_valid = stage("c_valid", 1, b_valid)
         c_ctrl = stage("c_ctrl", ctrl_layout, b_ctrl)
-        level = []
+        lanes = []
         for n in range(N):
-            row = []
+            terms, carries = [], []
             for t in range(T):
                 index = b_word[INDEX_BITS * (n * T + t):INDEX_BITS * (n * T + t + 1)]
                 entry = lookup_entry(m, b_tables[t], index & MAG_MASK)
-                value = Signal(signed(TABLE_ENTRY_BITS), name=f"lk_{n}_{t}")
-                m.d.comb += value.eq(entry)
-                with m.If(index[SIGN_SHIFT]):
-                    m.d.comb += value.eq(-entry)
-                row.append(stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), value))
-            level.append(row)
-
-        reduce_and_accumulate(m, stage, en, c_valid, c_ctrl, ctrl_layout, level, acc_bits=self.acc_bits,
-                              depth=self.max_tokens, sums=self.sums)
+                negative = index[SIGN_SHIFT] ^ b_ctrl.negate
+                if t == 0:
+                    term = Mux(negative, -entry, entry)
+                else:
+                    term = complement_term(entry, negative)
+                    carries.append(stage(f"c_carry_{n}_{t}", 1, negative))
+                terms.append(stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), term))
+            lanes.append((terms, carries))
+        reduce_and_accumulate(m, en, c_valid, (c_ctrl.slot, c_ctrl.first, c_ctrl.last, c_ctrl.shift), lanes,
+                              acc_bits=self.acc_bits, depth=self.max_tokens, sums=self.sums)
         return m

@@ -5,8 +5,9 @@ to about 155 LUT4, but an asynchronous-read distributed RAM (ECP5 DPR16X4: 16 x 
 for about 18 LUT4-equivalents per lane. A RAM is written one entry per cycle, so this engine keeps a
 table set resident while a whole run of weight words streams past it:
 
-* ``acts`` delivers one table set: the 3T activations of one k-step of one token. The engine builds the
-  14 entries of each table and writes them into every lane's copy, one entry per cycle (14 cycles).
+* ``acts`` delivers one table set: the 3T activations of one k-step of one token. The engine computes
+  entry e of each table from the digits of e (``golden.tlmm.MAG_TO_TRITS``) and writes it into every
+  lane's copy, one entry per cycle (14 cycles).
 * ``weights`` then delivers words, each with its accumulator ``slot`` and ``first``/``last``/
   ``shift``/``negate`` flags, exactly as in :class:`~hw.tlmm.engine.TlmmEngine`. A word with ``done``
   set is the last one for the current table set, and the next ``acts`` transfer refills the tables.
@@ -17,15 +18,14 @@ buffer itself is still read once per chunk. The fill costs 14 cycles per table s
 accepts one word per cycle.
 """
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.tlmm import GROUP_SIZE, INDEX_BITS, MAG_MASK, SIGN_SHIFT, TABLE_ENTRIES, TABLE_ENTRY_BITS
+from golden.tlmm import GROUP_SIZE, INDEX_BITS, MAG_MASK, MAG_TO_TRITS, SIGN_SHIFT, TABLE_ENTRIES, TABLE_ENTRY_BITS
 
 from .layouts import SHIFT_BITS, sums_layout, token_bits
-from .reduce import reduce_and_accumulate, tree_plan
-from .tables import TableBuilder
+from .reduce import complement_term, reduce_and_accumulate, tree_stages
 
 __all__ = ["TlmmLutEngine", "word_step_layout"]
 
@@ -83,7 +83,7 @@ class TlmmLutEngine(wiring.Component):
 
     @property
     def latency(self):
-        return 5 + len(tree_plan(self.tables))
+        return 5 + tree_stages(self.tables)
 
     def elaborate(self, platform):
         m = Module()
@@ -100,14 +100,29 @@ class TlmmLutEngine(wiring.Component):
                 m.d.sync += reg.eq(value)
             return reg
 
-        # Table fill: latch a table set, build its entries, shift them into the RAMs one per cycle.
-        m.submodules.builder = builder = TableBuilder(T)
+        # Table fill: latch a table set, then write entry e = d0*b0 + d1*b1 + d2*b2 (the balanced-ternary
+        # digits of e) into every lane's RAM, one entry per cycle: one small adder path per table.
         x_reg = Signal.like(self.acts.payload)
-        m.d.comb += builder.x.eq(x_reg)
-        chain = [Signal(data.ArrayLayout(signed(TABLE_ENTRY_BITS), T), name=f"fill_{e}")
-                 for e in range(TABLE_ENTRIES)]
         fill_addr = Signal(range(TABLE_DEPTH))
         writing = Signal()
+        entry = [Signal(signed(TABLE_ENTRY_BITS), name=f"fill_entry_{t}") for t in range(T)]
+        digits = [Signal(signed(2), name=f"digit_{i}") for i in range(GROUP_SIZE)]
+        with m.Switch(fill_addr):
+            for e in range(TABLE_ENTRIES):
+                with m.Case(e):
+                    m.d.comb += [digits[i].eq(int(MAG_TO_TRITS[e][i])) for i in range(GROUP_SIZE)]
+        for t in range(T):
+            terms = []
+            for i in range(GROUP_SIZE):
+                b = x_reg[GROUP_SIZE * t + i]
+                term = Signal(signed(9), name=f"fill_term_{t}_{i}")
+                with m.Switch(digits[i]):
+                    with m.Case(1):
+                        m.d.comb += term.eq(b)
+                    with m.Case(-1):
+                        m.d.comb += term.eq(-b)
+                terms.append(term)
+            m.d.comb += entry[t].eq(terms[0] + terms[1] + terms[2])
 
         a_valid = Signal()
         # A word still waiting in stage A reads the RAM until it moves on: hold writes until then.
@@ -119,19 +134,11 @@ class TlmmLutEngine(wiring.Component):
             with m.State("LOAD"):
                 m.d.comb += self.acts.ready.eq(1)
                 with m.If(self.acts.valid):
-                    m.d.sync += x_reg.eq(self.acts.payload)
-                    m.next = "BUILD"
-            with m.State("BUILD"):
-                for e in range(TABLE_ENTRIES):
-                    for t in range(T):
-                        m.d.sync += chain[e][t].eq(builder.tables[t][e])
-                m.d.sync += fill_addr.eq(0)
-                m.next = "FILL"
+                    m.d.sync += [x_reg.eq(self.acts.payload), fill_addr.eq(0)]
+                    m.next = "FILL"
             with m.State("FILL"):
                 m.d.comb += writing.eq(can_write)
                 with m.If(can_write):
-                    for e in range(TABLE_ENTRIES - 1):
-                        m.d.sync += chain[e].eq(chain[e + 1])
                     m.d.sync += fill_addr.eq(fill_addr + 1)
                     with m.If(fill_addr == TABLE_ENTRIES - 1):
                         m.next = "RUN"
@@ -149,27 +156,32 @@ class TlmmLutEngine(wiring.Component):
         with m.If(en):
             m.d.sync += [a_ctrl[k].eq(self.weights.payload[k]) for k in ctrl_layout.members]
 
-        # Per table: one RAM, written by the fill, read by every lane (one DPR16X4 copy per read port).
-        lookups = [[None] * T for _ in range(N)]
-        for t in range(T):
-            ram = memory.Memory(shape=signed(TABLE_ENTRY_BITS), depth=TABLE_DEPTH, init=[])
-            m.submodules[f"table_{t}"] = ram
-            wr = ram.write_port()
-            m.d.comb += [wr.addr.eq(fill_addr), wr.data.eq(chain[0][t]), wr.en.eq(writing)]
-            for n in range(N):
-                rd = ram.read_port(domain="comb")
-                index = a_word[INDEX_BITS * (n * T + t):INDEX_BITS * (n * T + t + 1)]
-                m.d.comb += rd.addr.eq(index & MAG_MASK)
-                # Magnitudes 14 and 15 are never produced by the packer; they read RAM addresses
-                # 14 and 15, which are never written (zero after reset in simulation).
-                value = Signal(signed(TABLE_ENTRY_BITS), name=f"lk_{n}_{t}")
-                m.d.comb += value.eq(rd.data)
-                with m.If(index[SIGN_SHIFT]):
-                    m.d.comb += value.eq(-rd.data)
-                lookups[n][t] = stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), value)
+        # One RAM per (table, lane), all written identically by the fill: a single read port each maps
+        # one-to-one onto distributed RAM (with many read ports on one memory, Yosys falls back to
+        # flip-flops and multiplexers).
         c_valid = stage("c_valid", 1, a_valid)
         c_ctrl = stage("c_ctrl", ctrl_layout, a_ctrl)
-
-        reduce_and_accumulate(m, stage, en, c_valid, c_ctrl, ctrl_layout, lookups, acc_bits=self.acc_bits,
-                              depth=self.slots, sums=self.sums)
+        lanes = []
+        for n in range(N):
+            terms, carries = [], []
+            for t in range(T):
+                ram = memory.Memory(shape=signed(TABLE_ENTRY_BITS), depth=TABLE_DEPTH, init=[])
+                m.submodules[f"table_{t}_{n}"] = ram
+                wr = ram.write_port()
+                m.d.comb += [wr.addr.eq(fill_addr), wr.data.eq(entry[t]), wr.en.eq(writing)]
+                rd = ram.read_port(domain="comb")
+                index = a_word[INDEX_BITS * (n * T + t):INDEX_BITS * (n * T + t + 1)]
+                # Magnitudes 14 and 15 are never produced by the packer; they read RAM addresses 14
+                # and 15, which are never written.
+                m.d.comb += rd.addr.eq(index & MAG_MASK)
+                negative = index[SIGN_SHIFT] ^ a_ctrl.negate
+                if t == 0:
+                    term = Mux(negative, -rd.data, rd.data)
+                else:
+                    term = complement_term(rd.data, negative)
+                    carries.append(stage(f"c_carry_{n}_{t}", 1, negative))
+                terms.append(stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), term))
+            lanes.append((terms, carries))
+        reduce_and_accumulate(m, en, c_valid, (c_ctrl.slot, c_ctrl.first, c_ctrl.last, c_ctrl.shift), lanes,
+                              acc_bits=self.acc_bits, depth=self.slots, sums=self.sums)
         return m

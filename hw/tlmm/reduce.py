@@ -1,91 +1,133 @@
-"""The back half shared by the TLMM engines: adder tree, bit-plane weighting, accumulation, output.
+"""The back half shared by every ternary MAC engine: adder tree, bit-plane shift, accumulation, output.
 
-Both engines produce N x T signed lookup values per step in registers; from there on the arithmetic and
-the pipeline are identical, so they are built here once.
+The TLMM engines (table lookups) and the adder-tree baseline (gated inputs) differ only in how they
+produce each lane's terms; from the terms on, the datapath is this one function, so cost comparisons
+between them measure the front ends alone.
+
+Terms arrive as ``(terms, carries)`` per lane: a negative term is given as its one's complement plus a
+pending ``+1`` carry, which an adder of the tree absorbs as its carry-in (free on ECP5 carry chains).
 """
 
-from amaranth.hdl import Signal, signed
-from amaranth.lib import data, memory
+from amaranth.hdl import Mux, Shape, Signal, signed
+from amaranth.lib import data
+from amaranth.lib.memory import Memory
 
-from golden.tlmm import TABLE_ENTRY_BITS
+from .layouts import SHIFT_BITS
 
-__all__ = ["tree_plan", "reduce_and_accumulate"]
+__all__ = ["LEVELS_PER_STAGE", "tree_stages", "complement_term", "reduce_and_accumulate"]
 
-
-def tree_plan(tables):
-    """Adder levels per register stage of the lane adder tree: two levels per stage."""
-    levels = max(0, (tables - 1).bit_length())
-    return [min(2, levels - i) for i in range(0, levels, 2)]
+#: Adder-tree levels between pipeline registers.
+LEVELS_PER_STAGE = 2
 
 
-def reduce_and_accumulate(m, stage, en, valid, ctrl, ctrl_layout, lookups, *, acc_bits, depth, sums):
-    """Build stages D (tree), P (shift/negate + accumulator read), Q (accumulate) and O (output).
+def tree_stages(terms):
+    """Pipeline register stages of a tree over ``terms`` leaves."""
+    levels = max(0, (terms - 1).bit_length())
+    return -(-levels // LEVELS_PER_STAGE)
+
+
+def complement_term(value, negative):
+    """``value`` or its one's complement: with a pending ``+1`` carry this is ``-value``."""
+    return (value.as_unsigned() ^ negative.replicate(len(value))).as_signed()
+
+
+def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, sums):
+    """Sum each lane's terms, weight by the bit-plane shift, accumulate per slot, emit finished slots.
 
     Parameters
     ----------
     m : Module
-    stage : callable
-        ``stage(name, shape, value)`` returns a register loaded with ``value`` when ``en``.
-    en : Value
-        Pipeline advance.
-    valid, ctrl :
-        The registered valid bit and control struct (fields ``slot``, ``first``, ``last``, ``shift``,
-        ``negate``) travelling with ``lookups``.
-    lookups : list of list of Value
-        ``lookups[n][t]``: registered signed lookup values of lane n.
+    advance : Value
+        Pipeline advance (everything holds while it is low).
+    valid : Value
+        Valid bit of the step whose terms are in ``lanes``.
+    meta : tuple
+        ``(slot, first, last, shift)`` of that step.
+    lanes : list of (list of Value, list of Value)
+        Per lane: terms, and pending carries (one fewer than terms at most).
     acc_bits, depth : int
-        Accumulator width and number of accumulator slots.
+        Accumulator width and slots.
     sums : stream interface
-        The engine's output stream (payload fields ``y`` and ``slot``).
+        Output stream with payload fields ``y`` and ``slot``.
     """
-    plan = tree_plan(len(lookups[0]))
-    level = lookups
-    for s, depth_s in enumerate(plan):
-        for _ in range(depth_s):
-            level = [[row[i] + row[i + 1] if i + 1 < len(row) else row[i] for i in range(0, len(row), 2)]
-                     for row in level]
-        width = TABLE_ENTRY_BITS + sum(plan[:s + 1])
-        level = [[stage(f"d{s}_{n}_{i}", signed(width), v) for i, v in enumerate(row)]
-                 for n, row in enumerate(level)]
-        valid = stage(f"d{s}_valid", 1, valid)
-        ctrl = stage(f"d{s}_ctrl", ctrl_layout, ctrl)
-    lane_sums = [row[0] for row in level]
+    def register(values, name):
+        regs = []
+        for i, v in enumerate(values):
+            r = Signal(Shape.cast(v.shape()), name=f"{name}_{i}", reset_less=True)
+            with m.If(advance):
+                m.d.sync += r.eq(v)
+            regs.append(r)
+        return regs
 
-    # P: apply the bit-plane weight; issue the accumulator read for this step's slot.
-    acc_shape = signed(acc_bits)
-    p_valid = stage("p_valid", 1, valid)
-    p_ctrl = stage("p_ctrl", ctrl_layout, ctrl)
-    p_contrib = []
-    for n, v in enumerate(lane_sums):
-        shifted = Signal(acc_shape, name=f"shifted_{n}")
-        m.d.comb += shifted.eq(v << ctrl.shift)
-        with m.If(ctrl.negate):
-            m.d.comb += shifted.eq(-(v << ctrl.shift))
-        p_contrib.append(stage(f"p_{n}", acc_shape, shifted))
+    meta = list(meta)
+    level = 0
+    while len(lanes[0][0]) > 1:
+        next_lanes = []
+        for n, (terms, carries) in enumerate(lanes):
+            carries = list(carries)
+            summed = []
+            for i in range(0, len(terms) - 1, 2):
+                # One named signal per adder: otherwise alumacc merges the tree into one $macc that
+                # maccmap builds from LUTs at about twice the area of CCU2C chains.
+                a, b = terms[i], terms[i + 1]
+                total = Signal(signed(max(len(a), len(b)) + 1), name=f"sum{level}_{n}_{i // 2}")
+                m.d.comb += total.eq(a + b + (carries.pop(0) if carries else 0))
+                summed.append(total)
+            if len(terms) % 2:
+                summed.append(terms[-1])
+            next_lanes.append((summed, carries))
+        lanes = next_lanes
+        level += 1
+        if level % LEVELS_PER_STAGE == 0 or len(lanes[0][0]) == 1:
+            lanes = [(register(t, f"l{level}_t"), register(cy, f"l{level}_c")) for t, cy in lanes]
+            meta = register(meta, f"l{level}_meta")
+            valid_r = Signal(name=f"l{level}_valid")
+            with m.If(advance):
+                m.d.sync += valid_r.eq(valid)
+            valid = valid_r
+    for terms, carries in lanes:
+        assert len(terms) == 1 and not carries, "every carry must be absorbed by an adder"
 
-    lanes = len(lookups)
-    acc_layout = data.ArrayLayout(acc_shape, lanes)
-    m.submodules.acc = acc_mem = memory.Memory(shape=acc_layout, depth=depth, init=[])
-    wr = acc_mem.write_port()
-    # Transparent: a slot updated on consecutive cycles reads the value written in the same cycle.
-    rd = acc_mem.read_port(domain="sync", transparent_for=(wr,))
-    m.d.comb += [rd.addr.eq(p_ctrl.slot), rd.en.eq(en)]
+    # Bit-plane weight: a log shifter (one 2:1 mux level per shift bit), registered before the
+    # accumulator adder so no mux sits in a carry-chain stage.
+    slot, first, last, shift = meta
+    scaled = []
+    for n, (terms, _) in enumerate(lanes):
+        v = terms[0]
+        for i in range(SHIFT_BITS):
+            nxt = Signal(signed(len(v) + (1 << i)), name=f"shift{i}_{n}")
+            m.d.comb += nxt.eq(Mux(shift[i], v << (1 << i), v))
+            v = nxt
+        scaled.append(v)
+    scaled = register(scaled, "scaled")
+    c_slot, c_last = register([slot, last], "c_meta")
+    c_valid = Signal()
+    with m.If(advance):
+        m.d.sync += c_valid.eq(valid)
 
-    # Q: accumulate and write back; a finished slot goes to the output register.
-    q_valid = stage("q_valid", 1, p_valid)
-    q_ctrl = stage("q_ctrl", ctrl_layout, p_ctrl)
-    q_contrib = [stage(f"q_{n}", acc_shape, v) for n, v in enumerate(p_contrib)]
-    q_new = Signal(acc_layout)
-    for n in range(lanes):
-        m.d.comb += q_new[n].eq(q_contrib[n] + rd.data[n])
-        with m.If(q_ctrl.first):
-            m.d.comb += q_new[n].eq(q_contrib[n])
-    m.d.comb += [wr.addr.eq(q_ctrl.slot), wr.data.eq(q_new), wr.en.eq(en & q_valid)]
+    m.submodules.acc = acc = Memory(shape=data.ArrayLayout(signed(acc_bits), len(lanes)), depth=depth, init=[])
+    wr = acc.write_port()
+    rd = acc.read_port(domain="comb")
+    # The accumulator is read as a step enters the accumulate stage, into ``base``. A step for the slot
+    # being written in the same cycle takes the written value (forwarding: consecutive updates of one
+    # slot, e.g. decode). ``first`` clears ``base``, which maps to the flip-flops' synchronous reset.
+    forward = Signal()
+    base = Signal.like(rd.data, reset_less=True)
+    m.d.comb += [
+        rd.addr.eq(slot),
+        forward.eq(c_valid & (c_slot == slot)),
+        wr.addr.eq(c_slot),
+        wr.en.eq(c_valid & advance),
+    ]
+    with m.If(advance):
+        m.d.sync += base.eq(Mux(first, 0, Mux(forward, wr.data, rd.data)))
+    for n in range(len(lanes)):
+        m.d.comb += wr.data[n].eq(base[n] + scaled[n])
 
-    # O: output register (the sums stream payload).
-    with m.If(en):
+    # Output register: the sums stream payload.
+    with m.If(advance):
         m.d.sync += [
-            sums.valid.eq(q_valid & q_ctrl.last),
-            sums.payload.y.eq(q_new),
-            sums.payload.slot.eq(q_ctrl.slot),
+            sums.valid.eq(c_valid & c_last),
+            sums.payload.y.eq(wr.data),
+            sums.payload.slot.eq(c_slot),
         ]
