@@ -108,22 +108,16 @@ class AdderTreeMac(wiring.Component):
             self.weights.ready.eq(take & act.release),
         ]
 
-        # Leaves: per lane 3T terms and the pending "+1" carries of inverted terms.
+        # Leaves: per lane 3T gated activations with their signs (the tree applies the signs).
         lanes = []
         for n in range(self.lanes):
-            terms, carries = [], []
+            terms = []
             for c in range(self.cols):
                 lo = WEIGHT_CODE_BITS * (n * self.cols + c)
                 nonzero, neg = word[lo], word[lo + 1] ^ act.negate  # negate flips every weight
-                x = act.x[c]
-                if c == 0:
-                    terms.append(Mux(nonzero, Mux(neg, -x, x), 0))
-                else:
-                    inv = (x.as_unsigned() ^ neg.replicate(ACT_BITS)).as_signed()
-                    terms.append(Mux(nonzero, inv, 0))
-                    carries.append(nonzero & neg)
-            lanes.append((terms, carries))
+                terms.append((Mux(nonzero, act.x[c], 0), nonzero & neg))
+            lanes.append(terms)
 
         reduce_and_accumulate(m, advance, take, (act.token, act.first, act.last, act.shift), lanes,
-                              acc_bits=self.acc_bits, depth=self.max_tokens, sums=self.sums)
+                              acc_bits=self.acc_bits, depth=self.max_tokens, sums=self.sums, signs="carry")
         return m

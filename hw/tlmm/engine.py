@@ -21,14 +21,14 @@ The accumulator read port is transparent for the write port, so a token updated 
 (decode, M = 1) reads the value written in the same cycle.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.tlmm import INDEX_BITS, MAG_MASK, SIGN_SHIFT, TABLE_ENTRY_BITS
 
 from .layouts import act_step_layout, sums_layout
-from .reduce import complement_term, reduce_and_accumulate, tree_stages
+from .reduce import reduce_and_accumulate, tree_stages
 from .tables import TableBuilder, lookup_entry, table_layout
 
 __all__ = ["TlmmEngine"]
@@ -129,18 +129,14 @@ class TlmmEngine(wiring.Component):
         c_ctrl = stage("c_ctrl", ctrl_layout, b_ctrl)
         lanes = []
         for n in range(N):
-            terms, carries = [], []
+            terms = []
             for t in range(T):
                 index = b_word[INDEX_BITS * (n * T + t):INDEX_BITS * (n * T + t + 1)]
                 entry = lookup_entry(m, b_tables[t], index & MAG_MASK)
                 negative = index[SIGN_SHIFT] ^ b_ctrl.negate
-                if t == 0:
-                    term = Mux(negative, -entry, entry)
-                else:
-                    term = complement_term(entry, negative)
-                    carries.append(stage(f"c_carry_{n}_{t}", 1, negative))
-                terms.append(stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), term))
-            lanes.append((terms, carries))
+                terms.append((stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), entry),
+                              stage(f"c_neg_{n}_{t}", 1, negative)))
+            lanes.append(terms)
         reduce_and_accumulate(m, en, c_valid, (c_ctrl.slot, c_ctrl.first, c_ctrl.last, c_ctrl.shift), lanes,
                               acc_bits=self.acc_bits, depth=self.max_tokens, sums=self.sums)
         return m

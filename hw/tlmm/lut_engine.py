@@ -18,14 +18,14 @@ buffer itself is still read once per chunk. The fill costs 14 cycles per table s
 accepts one word per cycle.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.tlmm import GROUP_SIZE, INDEX_BITS, MAG_MASK, MAG_TO_TRITS, SIGN_SHIFT, TABLE_ENTRIES, TABLE_ENTRY_BITS
 
 from .layouts import SHIFT_BITS, sums_layout, token_bits
-from .reduce import complement_term, reduce_and_accumulate, tree_stages
+from .reduce import reduce_and_accumulate, tree_stages
 
 __all__ = ["TlmmLutEngine", "word_step_layout"]
 
@@ -163,7 +163,7 @@ class TlmmLutEngine(wiring.Component):
         c_ctrl = stage("c_ctrl", ctrl_layout, a_ctrl)
         lanes = []
         for n in range(N):
-            terms, carries = [], []
+            terms = []
             for t in range(T):
                 ram = memory.Memory(shape=signed(TABLE_ENTRY_BITS), depth=TABLE_DEPTH, init=[])
                 m.submodules[f"table_{t}_{n}"] = ram
@@ -175,13 +175,9 @@ class TlmmLutEngine(wiring.Component):
                 # and 15, which are never written.
                 m.d.comb += rd.addr.eq(index & MAG_MASK)
                 negative = index[SIGN_SHIFT] ^ a_ctrl.negate
-                if t == 0:
-                    term = Mux(negative, -rd.data, rd.data)
-                else:
-                    term = complement_term(rd.data, negative)
-                    carries.append(stage(f"c_carry_{n}_{t}", 1, negative))
-                terms.append(stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), term))
-            lanes.append((terms, carries))
+                terms.append((stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), rd.data),
+                              stage(f"c_neg_{n}_{t}", 1, negative)))
+            lanes.append(terms)
         reduce_and_accumulate(m, en, c_valid, (c_ctrl.slot, c_ctrl.first, c_ctrl.last, c_ctrl.shift), lanes,
                               acc_bits=self.acc_bits, depth=self.slots, sums=self.sums)
         return m

@@ -4,17 +4,25 @@ The TLMM engines (table lookups) and the adder-tree baseline (gated inputs) diff
 produce each lane's terms; from the terms on, the datapath is this one function, so cost comparisons
 between them measure the front ends alone.
 
-Terms arrive as ``(terms, carries)`` per lane: a negative term is given as its one's complement plus a
-pending ``+1`` carry, which an adder of the tree absorbs as its carry-in (free on ECP5 carry chains).
+Terms arrive as ``(value, negative)`` pairs per lane. Two ways of applying the signs, each the
+cheaper one for one kind of front end (measured with Yosys synth_ecp5):
+
+``"propagate"`` (table lookups)
+    Signs travel up the tree: a node combines ``(a, sa)`` and ``(b, sb)`` into ``(a + b', sa)``, ``b'``
+    being ``b`` or ``-b`` as ``sa ^ sb`` says, computed as ``a + (b ^ m) + m`` on one carry chain. The
+    root's sign becomes an add/subtract in the accumulator adder. Leaves need no logic at all.
+``"carry"`` (gated inputs)
+    A negative leaf becomes its one's complement with a pending ``+1`` that a tree adder absorbs as its
+    carry-in; the XOR merges with the leaf's own gating logic.
 """
 
-from amaranth.hdl import Mux, Shape, Signal, signed
+from amaranth.hdl import Const, Mux, Shape, Signal, signed
 from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
 from .layouts import SHIFT_BITS
 
-__all__ = ["LEVELS_PER_STAGE", "tree_stages", "complement_term", "reduce_and_accumulate"]
+__all__ = ["LEVELS_PER_STAGE", "tree_stages", "reduce_and_accumulate"]
 
 #: Adder-tree levels between pipeline registers.
 LEVELS_PER_STAGE = 2
@@ -26,12 +34,12 @@ def tree_stages(terms):
     return -(-levels // LEVELS_PER_STAGE)
 
 
-def complement_term(value, negative):
-    """``value`` or its one's complement: with a pending ``+1`` carry this is ``-value``."""
+def _flip(value, negative):
+    """``value`` or its one's complement (``-value - 1``)."""
     return (value.as_unsigned() ^ negative.replicate(len(value))).as_signed()
 
 
-def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, sums):
+def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, sums, signs="propagate"):
     """Sum each lane's terms, weight by the bit-plane shift, accumulate per slot, emit finished slots.
 
     Parameters
@@ -43,10 +51,12 @@ def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, su
         Valid bit of the step whose terms are in ``lanes``.
     meta : tuple
         ``(slot, first, last, shift)`` of that step.
-    lanes : list of (list of Value, list of Value)
-        Per lane: terms, and pending carries (one fewer than terms at most).
+    lanes : list of list of (Value, Value)
+        Per lane: ``(value, negative)`` terms; the lane sum is ``sum(-v if neg else v)``.
     acc_bits, depth : int
         Accumulator width and slots.
+    signs : str
+        ``"propagate"`` or ``"carry"`` (see the module docstring).
     sums : stream interface
         Output stream with payload fields ``y`` and ``slot``.
     """
@@ -59,47 +69,71 @@ def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, su
             regs.append(r)
         return regs
 
+    if signs not in ("propagate", "carry"):
+        raise ValueError(f"signs must be 'propagate' or 'carry', got {signs!r}")
     meta = list(meta)
+    # Each term is (value, sign, pending carries); in carry mode signs are applied at the leaves.
+    if signs == "carry":
+        lanes = [[(Mux(g, -v, v) if i == 0 else _flip(v, g), Const(0), [] if i == 0 else [g])
+                  for i, (v, g) in enumerate(terms)] for terms in lanes]
+    else:
+        lanes = [[(v, g, []) for v, g in terms] for terms in lanes]
     level = 0
-    while len(lanes[0][0]) > 1:
+    while len(lanes[0]) > 1:
         next_lanes = []
-        for n, (terms, carries) in enumerate(lanes):
-            carries = list(carries)
+        for n, terms in enumerate(lanes):
             summed = []
             for i in range(0, len(terms) - 1, 2):
+                (a, sa, ca), (b, sb, cb) = terms[i], terms[i + 1]
                 # One named signal per adder: otherwise alumacc merges the tree into one $macc that
                 # maccmap builds from LUTs at about twice the area of CCU2C chains.
-                a, b = terms[i], terms[i + 1]
-                total = Signal(signed(max(len(a), len(b)) + 1), name=f"sum{level}_{n}_{i // 2}")
-                m.d.comb += total.eq(a + b + (carries.pop(0) if carries else 0))
-                summed.append(total)
+                width = max(len(a), len(b)) + 1
+                total = Signal(signed(width), name=f"sum{level}_{n}_{i // 2}")
+                pending = ca + cb
+                if signs == "carry":
+                    m.d.comb += total.eq(a + b + pending.pop(0))
+                else:
+                    sub = Signal(name=f"sub{level}_{n}_{i // 2}")
+                    m.d.comb += [sub.eq(sa ^ sb), total.eq(a + _flip(b, sub) + sub)]
+                summed.append((total, sa, pending))
             if len(terms) % 2:
                 summed.append(terms[-1])
-            next_lanes.append((summed, carries))
+            next_lanes.append(summed)
         lanes = next_lanes
         level += 1
-        if level % LEVELS_PER_STAGE == 0 or len(lanes[0][0]) == 1:
-            lanes = [(register(t, f"l{level}_t"), register(cy, f"l{level}_c")) for t, cy in lanes]
+        if level % LEVELS_PER_STAGE == 0 or len(lanes[0]) == 1:
+            lanes = [[(register([v], f"l{level}_v{n}_{i}")[0], register([g], f"l{level}_s{n}_{i}")[0],
+                       register(c, f"l{level}_c{n}_{i}")) for i, (v, g, c) in enumerate(t)]
+                     for n, t in enumerate(lanes)]
             meta = register(meta, f"l{level}_meta")
             valid_r = Signal(name=f"l{level}_valid")
             with m.If(advance):
                 m.d.sync += valid_r.eq(valid)
             valid = valid_r
-    for terms, carries in lanes:
-        assert len(terms) == 1 and not carries, "every carry must be absorbed by an adder"
+    if level == 0:  # a single term per lane: still register it once
+        lanes = [[(register([v], f"l0_v{n}")[0], register([g], f"l0_s{n}")[0], c) for v, g, c in t]
+                 for n, t in enumerate(lanes)]
+        meta = register(meta, "l0_meta")
+        valid_r = Signal(name="l0_valid")
+        with m.If(advance):
+            m.d.sync += valid_r.eq(valid)
+        valid = valid_r
 
     # Bit-plane weight: a log shifter (one 2:1 mux level per shift bit), registered before the
     # accumulator adder so no mux sits in a carry-chain stage.
     slot, first, last, shift = meta
-    scaled = []
-    for n, (terms, _) in enumerate(lanes):
-        v = terms[0]
+    scaled, lane_signs = [], []
+    for n, terms in enumerate(lanes):
+        v, negative, pending = terms[0]
+        assert not pending, "every carry must be absorbed by an adder"
+        lane_signs.append(negative)
         for i in range(SHIFT_BITS):
             nxt = Signal(signed(len(v) + (1 << i)), name=f"shift{i}_{n}")
             m.d.comb += nxt.eq(Mux(shift[i], v << (1 << i), v))
             v = nxt
         scaled.append(v)
     scaled = register(scaled, "scaled")
+    lane_signs = register(lane_signs, "sign")
     c_slot, c_last = register([slot, last], "c_meta")
     c_valid = Signal()
     with m.If(advance):
@@ -122,7 +156,8 @@ def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, su
     with m.If(advance):
         m.d.sync += base.eq(Mux(first, 0, Mux(forward, wr.data, rd.data)))
     for n in range(len(lanes)):
-        m.d.comb += wr.data[n].eq(base[n] + scaled[n])
+        # base - scaled as base + ~scaled + 1: the lane's sign is the adder's carry-in.
+        m.d.comb += wr.data[n].eq(base[n] + _flip(scaled[n], lane_signs[n]) + lane_signs[n])
 
     # Output register: the sums stream payload.
     with m.If(advance):
