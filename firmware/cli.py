@@ -146,12 +146,14 @@ def cmd_bench(args):
             print(json.dumps(res, indent=1))
         else:
             print(f"TLMM {res['tables']} tables x {res['lanes']} lanes = {res['macs_per_cycle']} ternary MACs/cycle "
-                  f"({res['hw']})")
-            print(f"{'per MAC/cycle':<16} {'TLMM':>9} {'baseline':>9} {'ratio':>7}")
-            for k in ("lut4_equivalent", "lut4", "ccu2c", "ff", "dsp", "bram"):
-                a, b = res["tlmm"]["per_mac"][k], res["baseline"]["per_mac"][k]
-                print(f"{k:<16} {a:>9.3f} {b:>9.3f} {(a / b if b else float('nan')):>7.3f}")
-            print(f"steady-state efficiency: {res['steady_state_efficiency']:.4f} of T x N lookups per cycle")
+                  f"({res['hw']}; configured table storage: {res['table_storage']})")
+            print(f"{'per MAC/cycle':<16} {'lutram':>9} {'mux':>9} {'baseline':>9}")
+            eng, base = res["engines"], res["baseline"]["per_mac"]
+            for k in ("lut4_equivalent", "lut4", "ccu2c", "dpr16x4", "ff", "dsp", "bram"):
+                print(f"{k:<16} {eng['lutram']['per_mac'][k]:>9.3f} {eng['mux']['per_mac'][k]:>9.3f} {base[k]:>9.3f}")
+            print(f"{'LUT ratio':<16} {eng['lutram']['lut_ratio']:>9.3f} {eng['mux']['lut_ratio']:>9.3f} {1.0:>9.3f}")
+            print(f"{'efficiency':<16} {eng['lutram']['steady_state_efficiency']:>9.4f} "
+                  f"{eng['mux']['steady_state_efficiency']:>9.4f}")
             print(f"method: {res['method']}")
         return 0
     raise UserError(f"unknown benchmark '{args.what}'")

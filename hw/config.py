@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -54,6 +54,8 @@ class _Field:
     check: object = None  # optional (predicate, description)
 
     def describe(self):
+        if self.kind is str:
+            return f"str, {self.check[1]}"
         text = f"{self.kind.__name__} in [{self.lo}, {self.hi}]"
         if self.check is not None:
             text += f", {self.check[1]}"
@@ -70,14 +72,20 @@ class TlmmConfig:
         T, activation groups of three looked up per lane per cycle.
     lanes : int
         N, output rows computed in parallel.
+    table_storage : str
+        ``"lutram"``: tables in distributed RAM, table-stationary (cheapest in LUTs; a 15-cycle fill per
+        table set). ``"mux"``: tables in registers, rebuilt every step (no fill, about 2x the LUTs).
+        See docs/tlmm-engine.md for the measurements behind the choice.
     """
 
     tables: int
     lanes: int
+    table_storage: str = "lutram"
 
     _schema = {
         "tables": _Field(int, 1, 64),
         "lanes": _Field(int, 1, 64),
+        "table_storage": _Field(str, 0, 0, (lambda v: v in ("lutram", "mux"), "one of lutram, mux")),
     }
 
     @property
@@ -262,6 +270,10 @@ def _check(source, key, value, spec):
         raise ConfigError(f"{source}: key '{key}' = {value!r}: expected {spec.describe()}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{source}: key '{key}' = {value!r}: expected {spec.describe()}")
+    if spec.kind is str:
+        if spec.check is not None and not spec.check[0](value):
+            raise ConfigError(f"{source}: key '{key}' = {value!r} is not allowed: expected {spec.check[1]}")
+        return value
     if not (spec.lo <= value <= spec.hi) or (spec.check is not None and not spec.check[0](value)):
         raise ConfigError(f"{source}: key '{key}' = {value!r} is out of range: expected {spec.describe()}")
     return value
@@ -279,6 +291,8 @@ def _build_section(source, name, data, section):
     values = {}
     for f in fields(section):
         if f.name not in data:
+            if f.default is not MISSING:
+                continue
             raise ConfigError(f"{source}: missing key '{name}.{f.name}'")
         values[f.name] = _check(source, f"{name}.{f.name}", data[f.name], schema[f.name])
     return section(**values)

@@ -114,3 +114,12 @@ def test_missing_field_and_bad_json(tmp_path):
         ModelConfig.from_json_file(p)
     p.write_text(json.dumps(HF_2B4T))
     assert ModelConfig.from_json_file(p).num_hidden_layers == 30
+
+
+def test_table_storage_choice(tmp_path):
+    d = _base()
+    d["tlmm"]["table_storage"] = "bram"
+    with pytest.raises(ConfigError, match=r"'tlmm.table_storage' = 'bram' is not allowed: expected one of lutram, mux"):
+        load_hw_config(_write(tmp_path, d))
+    d["tlmm"].pop("table_storage")
+    assert load_hw_config(_write(tmp_path, d, "b.yaml")).tlmm.table_storage == "lutram"  # the default
