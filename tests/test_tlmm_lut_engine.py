@@ -118,5 +118,6 @@ def test_lut_engine_cocotb(cfg_name, tmp_path):
                      extra_env={"TLMM_PARAMS": json.dumps(params)}, run_dir=tmp_path / "run")
     assert len(res.passed) == 3, res
     tp = json.loads(report.read_text())
-    # One word per cycle between table fills: the measured rate is the fill bound to within a cycle.
-    assert tp["steady_state_efficiency"] >= tp["fill_bound"] - 0.01, tp
+    # One word per cycle between table fills (16 cycles each: accept, 14 writes, first word): the
+    # measured rate is the fill bound.
+    assert tp["steady_state_efficiency"] >= tp["fill_bound"] - 0.005, tp
