@@ -15,19 +15,25 @@ def words_as_ints(packed):
     return [int.from_bytes(bytes(row), "little") for row in packed.data]
 
 
+def _k_step_activations(x, packed):
+    """Activations zero-padded to whole k-steps: shape ``(M, k_steps, 3T)``."""
+    m_tokens, k = x.shape
+    width = packed.tables * GROUP_SIZE
+    xp = np.zeros((m_tokens, packed.k_steps * width), np.int64)
+    xp[:, :k] = x
+    return xp.reshape(m_tokens, packed.k_steps, width)
+
+
 def schedule(x, packed, bits=1):
     """Yield ``(word_index, step)`` in engine order for activations ``x`` (M, K) int8.
 
     ``step`` is a dict for ``act_step_layout``; ``word_index`` indexes :func:`words_as_ints`.
     """
-    m_tokens, k = x.shape
-    t_count = packed.tables
-    kpad = packed.k_steps * t_count * GROUP_SIZE
-    xp = np.zeros((m_tokens, kpad), np.int64)
-    xp[:, :k] = x
+    m_tokens = x.shape[0]
+    xp = _k_step_activations(x, packed)
     for rt in range(packed.row_tiles):
         for ks in range(packed.k_steps):
-            xs = xp[:, ks * t_count * GROUP_SIZE:(ks + 1) * t_count * GROUP_SIZE]
+            xs = xp[:, ks]
             for plane in range(bits):
                 word = (rt * packed.k_steps + ks) * bits + plane
                 for tok in range(m_tokens):
@@ -77,14 +83,11 @@ def schedule_stationary(x, packed, bits=1):
     for each k-step, for each token: one table set, then every row tile (and bit plane) of that k-step.
     The accumulator slot of (token, row tile) is ``token * row_tiles + row_tile``.
     """
-    m_tokens, k = x.shape
-    t_count = packed.tables
-    kpad = packed.k_steps * t_count * GROUP_SIZE
-    xp = np.zeros((m_tokens, kpad), np.int64)
-    xp[:, :k] = x
+    m_tokens = x.shape[0]
+    xp = _k_step_activations(x, packed)
     for ks in range(packed.k_steps):
         for tok in range(m_tokens):
-            yield ("acts", [int(v) for v in xp[tok, ks * t_count * GROUP_SIZE:(ks + 1) * t_count * GROUP_SIZE]])
+            yield ("acts", [int(v) for v in xp[tok, ks]])
             for rt in range(packed.row_tiles):
                 for plane in range(bits):
                     yield ("word", (rt * packed.k_steps + ks) * bits + plane, {

@@ -6,8 +6,8 @@ Environment (from ``run_cocotb(extra_env=...)``):
     JSON: ``tables``, ``lanes``, ``max_tokens``, ``acc_bits``, and ``report`` (a path where the
     throughput test writes its measurement as JSON).
 
-All three streams are driven at the falling edge and sampled in ReadOnly, one loop per cycle; valid is
-held until the transfer happens, and the output payload must stay stable while it is stalled.
+Streams are driven by ``sim.cocotb_streams.run_streams`` (falling-edge drive, ReadOnly sampling, valid
+held until the transfer, output payload stable while stalled).
 """
 
 import json
@@ -16,12 +16,11 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 from sim.tlmm_driver import expected_outputs, make_problem, schedule, words_as_ints
 
 from golden.tlmm import reference_matmul
 from hw.tlmm.layouts import act_step_layout, sums_layout
+from sim import cocotb_streams as streams
 
 P = json.loads(os.environ["TLMM_PARAMS"])
 T, N, MAX_TOK, ACC = P["tables"], P["lanes"], P["max_tokens"], P["acc_bits"]
@@ -39,59 +38,21 @@ def unpack_sums(bits):
 
 
 async def reset(dut):
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.rst.value = 1
-    for name in ("acts__valid", "weights__valid", "sums__ready"):
-        getattr(dut, name).value = 0
-    await ClockCycles(dut.clk, 3)
-    await FallingEdge(dut.clk)
-    dut.rst.value = 0
+    await streams.reset(dut, inputs=("acts", "weights"), outputs=("sums",))
 
 
-async def run_problem(dut, x, w, packed, bits, rng, p_in_stall, p_out_stall, max_cycles=None):
-    """Stream one matmul through the engine; returns (outputs, cycles, accepted act steps)."""
-    words = words_as_ints(packed)
+async def run_problem(dut, x, w, packed, bits, rng, p_in_stall, p_out_stall):
+    """Stream one matmul through the engine; returns (outputs, cycles, accepted act steps, accept span)."""
     steps = list(schedule(x, packed, bits=bits))
-    acts = [pack_step(s) for _, s in steps]
     want = expected_outputs(reference_matmul(x, w), N)
-    wi = ai = 0
-    w_valid = a_valid = False
-    got, held = [], None
-    cycles, first_accept, last_accept = 0, None, None
-    limit = max_cycles or 20 * (len(acts) + 10) + 1000
-    while len(got) < len(want):
-        assert cycles < limit, f"timeout: {len(got)}/{len(want)} outputs after {cycles} cycles"
-        # Drive (falling edge): valid, once raised, stays up until the transfer.
-        if not w_valid and wi < len(words) and rng.random() >= p_in_stall:
-            w_valid = True
-            dut.weights__payload.value = words[wi]
-        if not a_valid and ai < len(acts) and rng.random() >= p_in_stall:
-            a_valid = True
-            dut.acts__payload.value = acts[ai]
-        dut.weights__valid.value = int(w_valid)
-        dut.acts__valid.value = int(a_valid)
-        out_ready = rng.random() >= p_out_stall
-        dut.sums__ready.value = int(out_ready)
-        await ReadOnly()
-        if int(dut.sums__valid.value):
-            payload = int(dut.sums__payload.value)
-            if held is not None:
-                assert payload == held, "sums payload changed while stalled"
-            held = None if out_ready else payload
-            if out_ready:
-                got.append(unpack_sums(payload))
-        if a_valid and int(dut.acts__ready.value):
-            first_accept = cycles if first_accept is None else first_accept
-            last_accept = cycles
-            a_valid, ai = False, ai + 1
-        if w_valid and int(dut.weights__ready.value):
-            w_valid, wi = False, wi + 1
-        await FallingEdge(dut.clk)
-        cycles += 1
-    assert ai == len(acts) and wi == len(words), "engine finished without consuming every input"
+    run = await streams.run_streams(
+        dut, {"weights": words_as_ints(packed), "acts": [pack_step(s) for _, s in steps]}, "sums", len(want),
+        rng, p_in_stall, p_out_stall)
+    got = [unpack_sums(p) for p in run.received]
     for k, (g, e) in enumerate(zip(got, want)):
-        assert g == e, f"output {k}: got token {g[0]} {g[1]}, expected token {e[0]} {e[1]}"
-    return got, cycles, ai, (last_accept - first_accept + 1) if ai else 0
+        assert g == e, f"output {k}: got slot {g[0]} {g[1]}, expected slot {e[0]} {e[1]}"
+    acc = run.accepted["acts"]
+    return got, run.cycles, len(acc), acc[-1] - acc[0] + 1
 
 
 CASES = [

@@ -3,8 +3,7 @@
 Environment: ``TLMM_PARAMS`` JSON with ``tables``, ``lanes``, ``slots``, ``acc_bits`` and optionally
 ``report`` (path for the throughput measurement) and ``rows``/``k`` (its matrix shape).
 
-Streams are driven at the falling edge and sampled in ReadOnly; valid is held until the transfer, and
-the output payload must stay stable while stalled.
+Streams are driven by ``sim.cocotb_streams.run_streams``.
 """
 
 import json
@@ -13,12 +12,11 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 
 from golden.tlmm import pack_ternary, reference_matmul
 from hw.tlmm.layouts import sums_layout
 from hw.tlmm.lut_engine import word_step_layout
+from sim import cocotb_streams as streams
 from sim.tlmm_driver import expected_outputs_stationary, make_problem, schedule_stationary, words_as_ints
 
 P = json.loads(os.environ["TLMM_PARAMS"])
@@ -28,13 +26,7 @@ SUMS = sums_layout(N, ACC, SLOTS)
 
 
 async def reset(dut):
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.rst.value = 1
-    for name in ("acts__valid", "weights__valid", "sums__ready"):
-        getattr(dut, name).value = 0
-    await ClockCycles(dut.clk, 3)
-    await FallingEdge(dut.clk)
-    dut.rst.value = 0
+    await streams.reset(dut, inputs=("acts", "weights"), outputs=("sums",))
 
 
 def pack_acts(values):
@@ -48,44 +40,16 @@ async def run_problem(dut, x, w, packed, bits, rng, p_in_stall, p_out_stall):
     acts = [pack_acts(it[1]) for it in items if it[0] == "acts"]
     steps = [WORD.const({"word": words[it[1]], **it[2]}).as_bits() for it in items if it[0] == "word"]
     want = expected_outputs_stationary(reference_matmul(x, w), N)
-    ai = wi = 0
-    a_valid = w_valid = False
-    got, held = [], None
-    cycles, first, last = 0, None, None
-    limit = 30 * (len(steps) + 20 * len(acts)) + 1000
-    while len(got) < len(want):
-        assert cycles < limit, f"timeout: {len(got)}/{len(want)} outputs after {cycles} cycles"
-        if not a_valid and ai < len(acts) and rng.random() >= p_in_stall:
-            a_valid = True
-            dut.acts__payload.value = acts[ai]
-        if not w_valid and wi < len(steps) and rng.random() >= p_in_stall:
-            w_valid = True
-            dut.weights__payload.value = steps[wi]
-        dut.acts__valid.value = int(a_valid)
-        dut.weights__valid.value = int(w_valid)
-        out_ready = rng.random() >= p_out_stall
-        dut.sums__ready.value = int(out_ready)
-        await ReadOnly()
-        if int(dut.sums__valid.value):
-            payload = int(dut.sums__payload.value)
-            if held is not None:
-                assert payload == held, "sums payload changed while stalled"
-            held = None if out_ready else payload
-            if out_ready:
-                c = SUMS.from_bits(payload)
-                got.append((int(c.slot), [int(c.y[n]) for n in range(N)]))
-        if a_valid and int(dut.acts__ready.value):
-            first = cycles if first is None else first  # the span starts with the first table fill
-            a_valid, ai = False, ai + 1
-        if w_valid and int(dut.weights__ready.value):
-            last = cycles
-            w_valid, wi = False, wi + 1
-        await FallingEdge(dut.clk)
-        cycles += 1
-    assert ai == len(acts) and wi == len(steps), "finished without consuming every input"
+    run = await streams.run_streams(dut, {"acts": acts, "weights": steps}, "sums", len(want), rng,
+                                    p_in_stall, p_out_stall)
+    got = []
+    for payload in run.received:
+        c = SUMS.from_bits(payload)
+        got.append((int(c.slot), [int(c.y[n]) for n in range(N)]))
     for k, (g, e) in enumerate(zip(got, want)):
         assert g == e, f"output {k}: got slot {g[0]} {g[1]}, expected slot {e[0]} {e[1]}"
-    return cycles, wi, last - first + 1
+    # The span starts with the first table fill and ends with the last word.
+    return run.cycles, len(steps), run.accepted["weights"][-1] - run.accepted["acts"][0] + 1
 
 
 def fits(m, r):
