@@ -22,7 +22,7 @@ DSP is ``MULT18X18D + MULT9X9D + ALU54B + ALU24B``; BRAM is ``DP16KD + PDPW16KD`
 
 Script and ABC flavour
 ----------------------
-``read_rtlil; synth_ecp5 -top <name>; stat``. In Yosys 0.70 ``synth_ecp5`` is a wrapper of
+``read_rtlil; rename -hide w:*[*; synth_ecp5 -top <name>; stat``. In Yosys 0.70 ``synth_ecp5`` is a wrapper of
 ``synth_lattice -family ecp5``, which always maps LUTs with ``abc9 -W 300`` (timing-driven); the
 ``-abc9`` flag is accepted but changes nothing (identical counts, checked on the adder-tree baseline),
 so it is not passed. Extra ``synth_ecp5`` options go in ``synth_opts``; the counts are only
@@ -292,6 +292,10 @@ def _script(name, extra):
     synth = f"synth_ecp5 -top {name}" + (f" {extra}" if extra else "")
     return "\n".join([
         "read_rtlil design.il",
+        # Amaranth names each element of an array-typed signal ``field[i]``, which Yosys 0.70's abc9
+        # confuses with bit i of ``field`` ("GetSize(conn.first) == GetSize(conn.second)" / "count_id"
+        # assertions). Hiding those names changes no cell count.
+        "rename -hide w:*[*",
         synth,
         "tee -q -o stat.json stat -json",
         "",

@@ -1,0 +1,346 @@
+"""Streaming rotary position embedding (RoPE), bit-exact with :func:`golden.numerics.rope_apply`.
+
+One head vector of ``head_dim = d`` Q.16 values streams through as ``d/2`` (lo, hi) pairs: pair ``i``
+is element ``i`` (lo) and element ``i + d/2`` (hi) of the head ("rotate half" pairing). Each beat of
+the ``pairs`` stream carries ``lanes`` consecutive pairs, so a head vector takes
+``beats = ceil(d/2 / lanes)`` beats; lane ``l`` of beat ``b`` is pair ``i = b * lanes + l``.
+
+Beat structure
+--------------
+* ``first`` marks the first beat of a head vector; it restarts the unit's beat counter. The counter
+  also wraps by itself after the last beat, so ``first`` is only needed to resynchronise (a driver
+  that sets it on every head vector's first beat is always right).
+* ``pos`` is the token position of the beat, sampled on every beat (the driver holds it for the
+  whole head vector). It is ``pos_bits`` wide, 16 by default.
+* If ``d/2`` is not a multiple of ``lanes``, the last beat is partial: its lanes
+  ``l >= d/2 - (beats - 1) * lanes`` are padding. The frequency ROM holds 0 for them, so they rotate
+  by angle 0 and come out as ``round_shift(x * 2^14, 14) = x``: the padding passes through
+  unchanged, and the consumer ignores it.
+* The ``rotated`` stream has the same beat structure (one output beat per input beat, in order),
+  with ``first`` and ``last`` flags of the head vector.
+
+Arithmetic (``docs/numerics.md``, "Rotary embeddings")
+-------------------------------------------------------
+Per lane, exactly as :func:`golden.numerics.rope_cos_sin` and :func:`golden.numerics.rope_apply`:
+
+* ``phase = (pos * F_i) mod 2^32`` with ``F_i`` from a ROM of the constructor's frequency table
+  (:func:`golden.numerics.rope_freq_table`, one read per beat, ``lanes`` x 32 bits wide);
+* angle index ``idx = ((phase + 2^19) >> 20) mod 4096``, quadrant ``q = idx >> 10``, ``k = idx mod 1024``;
+* ``sin`` and ``cos`` magnitudes are ``S[k]`` and ``S[1024 - k]`` (swapped in odd quadrants) from the
+  quarter-wave Q1.14 table :func:`golden.numerics.sin_quarter_table`. The table has 1025 entries; the
+  ROM keeps the first 1024 (one 1024 x 15 block RAM with two read ports per lane) and
+  ``S[1024] = 2^14`` is a constant for ``k = 0``. ``sin`` is negative in quadrants 2, 3 and ``cos``
+  in quadrants 1, 2;
+* the complex product ``(lo + j hi)(c + j s)`` with three multiplications (Gauss):
+  ``k1 = c (lo + hi)``, ``k2 = lo (s - c)``, ``k3 = hi (c + s)``; ``lo * c - hi * s = k1 - k3`` and
+  ``hi * c + lo * s = k1 + k2``, exact in integers;
+* ``lo' = sat32((k1 - k3 + 2^13) >> 14)``, ``hi' = sat32((k1 + k2 + 2^13) >> 14)`` (round half up).
+  For int32 inputs ``|lo*c - hi*s| <= 2^31 * max(|c| + |s|) < 2^46``, so products and sums are kept
+  modulo 2^47 (:data:`SUM_BITS`) and the wrapped results are exact.
+
+Pipeline
+--------
+Every stage advances together when the output register is empty or being read
+(``en = ~rotated.valid | rotated.ready``), so the unit accepts one beat (``lanes`` pairs, ``2 lanes``
+elements) per cycle with backpressure, and holds :attr:`RopeUnit.latency` beats in flight.
+
+Cost
+----
+Per lane: two multipliers for the phase (16 x 32 bits, low 32 bits kept) and three for the rotation
+(33 x 16 and 2 x 32 x 16), each two MULT18X18D on ECP5 (8 per lane; four real multiplications would
+take 10), and one 1024 x 15 ROM with two read ports (one DP16KD). ``synth_ecp5`` of
+``RopeUnit(128, lanes, rope_freq_table(128, 10000.0))`` (Yosys 0.70; other theta differ by a few LUT4s):
+
+=====  =====  =====  ======  =====  ====
+lanes  LUT4   CCU2C  FF      DSP    BRAM
+=====  =====  =====  ======  =====  ====
+4      684    780    3046    32     4
+16     2044   3120   11608   128    16
+=====  =====  =====  ======  =====  ====
+
+About 130 LUT4 + 195 CCU2C + 725 FF per lane; the frequency ROM is LUT4s (``beats`` x ``32 lanes``
+bits). The flip-flops are mostly the (lo, hi) values carried for five stages while the angle is
+computed (320 per lane) and the product/sum registers.
+"""
+
+import numbers
+
+from amaranth.hdl import Cat, Format, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.numerics import RES_FRAC, ROPE_FRAC, ROPE_PHASE_BITS, ROPE_TABLE_BITS, sin_quarter_table
+
+__all__ = ["RopeUnit", "LaneArray", "rope_pairs_layout", "rope_rotated_layout"]
+
+#: Width of the Q.16 residual-stream values rotated by the unit.
+VALUE_BITS = 32
+#: Quarter-wave table steps (1024): the angle index is ``ROPE_TABLE_BITS`` = 12 bits, 2 of them quadrant.
+QUARTER = 1 << (ROPE_TABLE_BITS - 2)
+#: Bits of a sin/cos magnitude (0 ..= 2^14).
+MAG_BITS = ROPE_FRAC + 1
+#: Bits of a signed Q1.14 cos/sin (and of s - c, c + s, whose magnitudes stay below 2^15).
+TRIG_BITS = ROPE_FRAC + 2
+
+#: Largest |cos| + |sin| in the table (about 2^14 sqrt 2, at 45 degrees).
+MAX_COS_PLUS_SIN = max(int(a) + int(b) for a, b in zip(sin_quarter_table(), sin_quarter_table()[::-1]))
+#: Signed width of ``lo*c - hi*s + 2^13`` and ``hi*c + lo*s + 2^13`` for any int32 lo, hi (47).
+SUM_BITS = ((1 << (VALUE_BITS - 1)) * MAX_COS_PLUS_SIN + (1 << (ROPE_FRAC - 1))).bit_length() + 1
+
+assert RES_FRAC == 16  # the values are Q.16 int32; the rotation is independent of the fraction
+
+
+class LaneArray(data.ArrayLayout):
+    """``ArrayLayout(signed(32), lanes)`` whose netlist and waveform format is the flat value.
+
+    Amaranth names each element of an array-typed field ``<field>[i]``, the same name Yosys gives to bit
+    ``i`` of the field's own wire. Yosys 0.70 ``abc9`` (in ``synth_ecp5``) then fails an assertion
+    (``GetSize(conn.first) == GetSize(conn.second)``) when it reconnects such a bit, depending on the
+    mapping: with ``lanes = 8`` it always does. Without per-element names there is no clash; the
+    layout is otherwise an ordinary :class:`~amaranth.lib.data.ArrayLayout` (``payload.lo[n]``).
+    """
+
+    def __init__(self, lanes):
+        super().__init__(signed(VALUE_BITS), lanes)
+
+    def format(self, value, format_spec):
+        if format_spec != "":
+            raise ValueError(f"Format specifier {format_spec!r} is not supported for layouts")
+        return Format("{}", Value.cast(value))
+
+
+def rope_pairs_layout(lanes, pos_bits=16):
+    """Payload of the input stream: ``lanes`` (lo, hi) pairs, the position and the first-beat flag."""
+    return data.StructLayout({
+        "lo": LaneArray(lanes),
+        "hi": LaneArray(lanes),
+        "pos": unsigned(pos_bits),
+        "first": 1,
+    })
+
+
+def rope_rotated_layout(lanes):
+    """Payload of the output stream: ``lanes`` rotated (lo', hi') pairs and the head-vector flags."""
+    return data.StructLayout({
+        "lo": LaneArray(lanes),
+        "hi": LaneArray(lanes),
+        "first": 1,
+        "last": 1,
+    })
+
+
+def _check_int(name, value, lo, hi):
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+class RopeUnit(wiring.Component):
+    """Fully pipelined rotary embedding of one head vector at a time, ``lanes`` pairs per cycle.
+
+    Parameters
+    ----------
+    head_dim : int
+        Elements per head vector ``d`` (even); the unit rotates ``d/2`` pairs.
+    lanes : int
+        Pairs per beat (each pair is two elements, so ``2 * lanes`` elements per cycle).
+    freq_table : sequence of int
+        The ``d/2`` phase increments ``F_i`` in turns per position, unsigned Q0.32, as made by
+        :func:`golden.numerics.rope_freq_table` from the model's ``theta``. Stored in a ROM.
+    pos_bits : int
+        Width of the token position ``pos``.
+
+    Attributes
+    ----------
+    pairs : In(stream.Signature(rope_pairs_layout(lanes, pos_bits)))
+        Input pairs (see the module docstring for the beat structure).
+    rotated : Out(stream.Signature(rope_rotated_layout(lanes)))
+        Rotated pairs, one beat per input beat.
+    beats : int
+        Beats per head vector, ``ceil(d/2 / lanes)``.
+    latency : int
+        Cycles from accepting a beat to presenting it on ``rotated`` (no stalls).
+    """
+
+    def __init__(self, head_dim, lanes, freq_table, *, pos_bits=16):
+        _check_int("head_dim", head_dim, 2, 1 << 16)
+        if head_dim % 2:
+            raise ValueError(f"head_dim must be even, got {head_dim}")
+        _check_int("lanes", lanes, 1, 64)
+        _check_int("pos_bits", pos_bits, 1, 32)
+        freq = list(freq_table)
+        if len(freq) != head_dim // 2:
+            raise ValueError(f"freq_table must hold head_dim/2 = {head_dim // 2} entries, got {len(freq)}")
+        for i, f in enumerate(freq):
+            if not isinstance(f, numbers.Integral) or isinstance(f, bool) or not 0 <= f < 1 << ROPE_PHASE_BITS:
+                raise ValueError(f"freq_table[{i}] = {f!r} is not an unsigned {ROPE_PHASE_BITS}-bit integer")
+        freq = [int(f) for f in freq]
+        self.head_dim, self.lanes, self.pos_bits = head_dim, lanes, pos_bits
+        self.freq_table = tuple(freq)
+        self.half = head_dim // 2
+        self.beats = -(-self.half // lanes)
+        super().__init__({
+            "pairs": In(stream.Signature(rope_pairs_layout(lanes, pos_bits))),
+            "rotated": Out(stream.Signature(rope_rotated_layout(lanes))),
+        })
+
+    #: Pipeline registers between the input and the output (see :meth:`elaborate`).
+    latency = 8
+
+    @property
+    def pairs_per_cycle(self):
+        """Peak (and sustained, without backpressure) pairs per cycle."""
+        return self.lanes
+
+    def freq_rom_init(self):
+        """ROM words: beat ``b`` holds ``F[b * lanes + l]`` in bits ``32 l`` .. ``32 l + 31`` (0 = padding)."""
+        words = []
+        for b in range(self.beats):
+            word = 0
+            for lane in range(self.lanes):
+                i = b * self.lanes + lane
+                if i < self.half:
+                    word |= self.freq_table[i] << (ROPE_PHASE_BITS * lane)
+            words.append(word)
+        return words
+
+    def elaborate(self, platform):
+        m = Module()
+        N = self.lanes
+        inp, out = self.pairs.payload, self.rotated.payload
+
+        en = Signal()
+        m.d.comb += en.eq(~self.rotated.valid | self.rotated.ready)
+        m.d.comb += self.pairs.ready.eq(en)
+        fire = Signal()
+        m.d.comb += fire.eq(self.pairs.valid & en)
+
+        def stage(name, shape, value):
+            reg = Signal(shape, name=name)
+            with m.If(en):
+                m.d.sync += reg.eq(value)
+            return reg
+
+        # Beat counter: restarts on `first`, wraps after the last beat of a head vector.
+        beat = Signal(range(self.beats), name="beat")
+        cur = Signal(range(self.beats), name="cur_beat")
+        last = Signal()
+        m.d.comb += [cur.eq(Mux(inp.first, 0, beat)), last.eq(cur == self.beats - 1)]
+        with m.If(fire):
+            m.d.sync += beat.eq(Mux(last, 0, cur + 1))
+
+        # Stage 1: the beat's frequencies are read from the ROM; register the inputs.
+        freq_rom = memory.Memory(shape=unsigned(ROPE_PHASE_BITS * N), depth=self.beats,
+                                 init=self.freq_rom_init())
+        m.submodules.freq_rom = freq_rom
+        rd_f = freq_rom.read_port()
+        m.d.comb += [rd_f.addr.eq(cur), rd_f.en.eq(en)]
+        valid = [stage("v1", 1, fire)]
+        flags = [stage("flags1", 2, (cur == 0) | (last << 1))]
+        pos1 = stage("pos1", unsigned(self.pos_bits), inp.pos)
+        # The lanes' values travel alongside until the multipliers (stage 5).
+        lo_hi = stage("x1", unsigned(2 * VALUE_BITS * N), Cat(inp.lo.as_value(), inp.hi.as_value()))
+
+        def value(x, j):
+            """Value ``j`` of the carried bits: lo of lane ``j`` for ``j < N``, else hi of lane ``j - N``."""
+            return x[VALUE_BITS * j:VALUE_BITS * (j + 1)].as_signed()
+
+        def carry(s, bits):
+            """Pass the valid bit, flags and values on by one stage."""
+            valid.append(stage(f"v{s}", 1, valid[-1]))
+            flags.append(stage(f"flags{s}", 2, flags[-1]))
+            return stage(f"x{s}", unsigned(len(bits)), bits)
+
+        # Stage 2: phase = pos * F mod 2^32 (two 18x18 multipliers per lane).
+        phase = [stage(f"phase_{n}", unsigned(ROPE_PHASE_BITS),
+                       (pos1 * rd_f.data[ROPE_PHASE_BITS * n:ROPE_PHASE_BITS * (n + 1)])[:ROPE_PHASE_BITS])
+                 for n in range(N)]
+        x2 = carry(2, lo_hi)
+
+        # Stage 3: angle index; the two ROM reads per lane are S[k] and S[1024 - k] (S[1024] = 2^14 for
+        # k = 0 is not in the ROM). Registered here: the quadrant and the k = 0 flag.
+        drop = ROPE_PHASE_BITS - ROPE_TABLE_BITS
+        table = [int(v) for v in sin_quarter_table()]
+        quad3, zero3, mags = [], [], []
+        for n in range(N):
+            idx = Signal(unsigned(ROPE_TABLE_BITS), name=f"idx_{n}")
+            # ((phase + 2^19) >> 20) mod 4096 = ((phase >> 19) + 1) >> 1 mod 4096
+            m.d.comb += idx.eq(((phase[n][drop - 1:] + 1) >> 1)[:ROPE_TABLE_BITS])
+            k = idx[:ROPE_TABLE_BITS - 2]
+            rom = memory.Memory(shape=unsigned(MAG_BITS), depth=QUARTER, init=table[:QUARTER])
+            m.submodules[f"sin_rom_{n}"] = rom
+            rd_a, rd_b = rom.read_port(), rom.read_port()
+            m.d.comb += [rd_a.addr.eq(k), rd_b.addr.eq(-k), rd_a.en.eq(en), rd_b.en.eq(en)]
+            quad3.append(stage(f"quad_{n}", 2, idx[ROPE_TABLE_BITS - 2:]))
+            zero3.append(stage(f"kzero_{n}", 1, k == 0))
+            mags.append((rd_a.data, rd_b.data))
+        x3 = carry(3, x2)
+
+        # Stage 4: signed cos and sin.
+        cs4 = []
+        for n in range(N):
+            s_k = mags[n][0]
+            s_mk = Mux(zero3[n], table[QUARTER], mags[n][1])  # S[1024 - k]
+            odd, q = quad3[n][0], quad3[n]
+            sin_mag = Mux(odd, s_mk, s_k)
+            cos_mag = Mux(odd, s_k, s_mk)
+            sin_neg = q[1]
+            cos_neg = q[0] ^ q[1]
+            c = stage(f"cos_{n}", signed(TRIG_BITS), Mux(cos_neg, -cos_mag, cos_mag))
+            s = stage(f"sin_{n}", signed(TRIG_BITS), Mux(sin_neg, -sin_mag, sin_mag))
+            cs4.append((c, s))
+        x4 = carry(4, x3)
+
+        # Stage 5: the multiplicands of the three-multiplication complex product.
+        pre5 = []
+        for n in range(N):
+            c, s = cs4[n]
+            lo, hi = value(x4, n), value(x4, N + n)
+            pre5.append((stage(f"c5_{n}", signed(TRIG_BITS), c),
+                         stage(f"s_minus_c_{n}", signed(TRIG_BITS), s - c),
+                         stage(f"c_plus_s_{n}", signed(TRIG_BITS), c + s),
+                         stage(f"lo_plus_hi_{n}", signed(VALUE_BITS + 1), lo + hi)))
+        x5 = carry(5, x4)
+
+        # Stage 6: products, kept modulo 2^SUM_BITS: the sums below fit in SUM_BITS signed bits, so
+        # their wrapped values are exact (narrower multipliers and adders, fewer registers).
+        prod6 = []
+        for n in range(N):
+            c, s_minus_c, c_plus_s, lo_plus_hi = pre5[n]
+            lo, hi = value(x5, n), value(x5, N + n)
+            prod6.append((stage(f"k1_{n}", signed(SUM_BITS), c * lo_plus_hi),
+                          stage(f"k2_{n}", signed(SUM_BITS), lo * s_minus_c),
+                          stage(f"k3_{n}", signed(SUM_BITS), hi * c_plus_s)))
+        valid.append(stage("v6", 1, valid[-1]))
+        flags.append(stage("flags6", 2, flags[-1]))
+
+        # Stage 7: lo*c - hi*s and hi*c + lo*s. The rounding half is added in the next stage: written
+        # here as a third operand, Yosys turns each sum into a LUT4 adder ($macc), which measured about
+        # 135 LUT4-equivalents per lane more than the separate 17-CCU2C incrementers.
+        sum7 = []
+        for n in range(N):
+            k1, k2, k3 = prod6[n]
+            sum7.append((stage(f"re_{n}", signed(SUM_BITS), k1 - k3),
+                         stage(f"im_{n}", signed(SUM_BITS), k1 + k2)))
+        valid.append(stage("v7", 1, valid[-1]))
+        flags.append(stage("flags7", 2, flags[-1]))
+
+        # Stage 8 (the output register): round half up, shift and saturate to int32.
+        lim_hi, lim_lo = (1 << (VALUE_BITS - 1)) - 1, -(1 << (VALUE_BITS - 1))
+
+        def round_sat(v, name):
+            rounded = Signal(signed(SUM_BITS), name=name)
+            m.d.comb += rounded.eq(v + (1 << (ROPE_FRAC - 1)))
+            shifted = rounded[ROPE_FRAC:]
+            top = shifted[VALUE_BITS - 1:]  # all ones or all zeros when it fits in int32
+            fits = (top == 0) | (top == (1 << len(top)) - 1)
+            return Mux(fits, shifted[:VALUE_BITS], Mux(rounded[-1], lim_lo, lim_hi))
+
+        with m.If(en):
+            m.d.sync += [self.rotated.valid.eq(valid[-1]),
+                         out.first.eq(flags[-1][0]), out.last.eq(flags[-1][1])]
+            for n in range(N):
+                re, im = sum7[n]
+                m.d.sync += [out.lo[n].eq(round_sat(re, f"re_rounded_{n}")),
+                             out.hi[n].eq(round_sat(im, f"im_rounded_{n}"))]
+        assert len(valid) == self.latency - 1
+        return m
