@@ -1,0 +1,379 @@
+"""RMSNorm fused with per-token absmax int8 quantisation: the prologue of every linear layer.
+
+:class:`NormQuant` is bit-exact with :func:`golden.numerics.norm_quant` (``docs/numerics.md``, section
+"RMSNorm fused with int8 quantisation").
+
+Interface (one vector at a time)
+--------------------------------
+``cfg`` (one transfer per vector, accepted only while idle)
+    ``n`` (1 <= n <= max_n), ``sx`` (the vector's SFloat scale), ``shift`` (the gain's power-of-two
+    exponent, signed 8 bits) and ``eps`` (SFloat). All must be normalised SFloats (as ``golden``'s are).
+``i`` (``ceil(n / lanes)`` beats after ``cfg``)
+    ``x``: ``lanes`` signed ``x_bits``-bit elements (:func:`~hw.vector.epilogue.vector_layout`), ``g``:
+    the matching ``lanes`` int16 gain values (``NormGain.q``). The gain travels on the same beats as
+    ``x`` (a producer that holds the gain in a memory reads it alongside); both are stored on chip.
+    Lanes of the last beat beyond ``n`` are ignored.
+``o`` (``ceil(n / lanes)`` beats)
+    ``q``: ``lanes`` int8 values in [-127, 127] (lanes beyond ``n`` in the last beat are 0), ``last``
+    on the vector's last beat.
+``s`` (one transfer per vector)
+    ``sq``, the output SFloat scale (a zero scale has ``m = 0, e = 0``), and ``overflow`` (some scalar-unit
+    result's exponent did not fit ``e_bits``; never happens for the model's ranges).
+
+Input width: ``x_bits`` (default 63) signed bits, so ``|x| <= 2^62`` — the golden model's int64 range
+(``|x| < 2^62``). Smaller ``x_bits`` (at least 24) shrink the buffer and the shifters.
+
+Passes
+------
+1. LOAD: ``i`` at one beat per cycle; each beat is written to the buffer (one memory word per beat:
+   ``lanes * (x_bits + 16)`` bits) and the OR of ``|x|`` over all elements is accumulated;
+   ``b = bitlen(mx) = bitlen(OR |x|)`` (one cycle after the last beat).
+2. PASS2: the buffer is read at one beat per cycle through a lock-step pipeline: per lane
+   ``xs = ((x << 23) >> b)[0:24] = shift_floor(x, b - 23)`` (one barrel shifter, arithmetic right shift),
+   ``xt = xs >> 8 = shift_floor(x, b - 15)`` (nested floors compose), ``v = xs * g`` (40-bit signed),
+   ``xt^2``; a lane adder tree accumulates ``ss`` and a lane max tree ``mv = max|v|``.
+3. SCALAR: ``bv = bitlen(mv)``, ``mvn = ((mv << 16) >> bv) = shift_floor(mv, bv - 16)``, and
+   ``R = floor(127 * 2^24 / mvn)`` by a 16-step restoring divider (R < 2^16). At the same time the
+   internal :class:`~hw.vector.scalar_unit.ScalarUnit` sequencer starts (see below); it runs in parallel
+   with pass 3.
+4. PASS3: the same pipeline recomputes ``v`` and continues: ``vn = ((v << 16) >> bv)`` (17-bit signed,
+   ``= shift_floor(v, ev)``), ``p = vn * R``, ``xq = clamp((p + 2^23) >> 24, -127, 127)`` into ``o``;
+   ``o`` backpressure stalls the whole pipeline (``en = ~o.valid | o.ready``).
+5. The unit is idle again when the last ``o`` beat and the ``s`` transfer have both been taken.
+
+``mv == 0`` (all-zero ``x`` or zero gain) gives ``R = 0`` so ``xq = 0``, and ``num = 0`` so
+``sq = 0`` (the scalar unit's DIV of zero, or its divide-by-zero result when ``eps = 0``).
+
+Scalar sequence (the golden order; ``t1``, ``t2`` are registers, ``C127 = from_int(127)`` a constant)::
+
+    t1 = FROM_INT(ss); t1 = SCALE_POW2(t1, 2 (b - 15)); t2 = MUL(sx, sx); t1 = MUL(t1, t2)
+    t2 = FROM_INT(n);  t1 = DIV(t1, t2);  t1 = ADD(t1, eps); t1 = SQRT(t1); t1 = MUL(t1, C127)
+    t2 = FROM_INT(mv); t2 = SCALE_POW2(t2, b - 23 - shift); t2 = MUL(t2, sx); sq = DIV(t2, t1)
+
+(``a.mul(b)`` is symmetric, so operand order is immaterial.) About 370 cycles with the serial
+multiplier, independent of ``lanes``.
+
+Timing (``B = ceil(n / lanes)`` beats, no stalls): LOAD ``B``, bitlen 1, PASS2 ``B`` plus a 4-cycle
+drain, bitlen(mv) and ``mvn`` 2, divider 16, then PASS3 (``B`` plus a 6-cycle drain) in parallel with the
+scalar sequence (``S`` ~ 280 cycles, data dependent: FROM_INT takes ``50 - bitlen``, ADD ``3 + |ea - eb|``).
+From the ``cfg`` transfer to the later of the last ``o`` beat and ``s``::
+
+    cycles = 2 B + 25 + max(B + 6, S)          (:meth:`NormQuant.cycles_model`)
+
+Measured on Verilator (``tests/test_norm_quant_unit.py``): 307 cycles for ``n = 1``; lanes 1, n = 320:
+991; lanes 4, n = 1280: 991, n = 2560: 1951. At lanes 16 and ``n = 1536`` (``B = 96``) the model gives
+``192 + 25 + 280 = 497`` cycles, against 1824 cycles of the TLMM engine for the following 1536 x 1536
+linear layer (T = 28, N = 16); the scalar sequence dominates there (a DSP multiplier,
+``multiplier="dsp"``, saves ~90 cycles).
+
+Cost (Yosys 0.70 ``synth_ecp5``, ``NormQuant(4, 2560)``, default ``x_bits = 63``, serial scalar unit):
+LUT4 4485, CCU2C 526 (LUT4-eq 5537), FF 1151, MULT18X18D 16 (4 per lane: ``xs * g`` 2, ``xt^2`` 1,
+``vn * R`` 1), DP16KD 18 (the 640 x 316-bit buffer). Most LUTs are the per-lane 86-bit barrel shifter
+``(x << 23) >> b`` and the 40-bit ``(v << 16) >> bv`` shifter; ``x_bits = 48`` shrinks both and the
+buffer (256 bits per word).
+"""
+
+from functools import reduce
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.sfloat import SFloat
+
+from .epilogue import lane, vector_layout
+from .scalar_unit import E_BITS, INT_BITS, Op, ScalarUnit, sfloat_layout
+
+__all__ = ["NormQuant", "norm_cfg_layout", "norm_in_layout", "norm_out_layout", "norm_scale_layout",
+           "GAIN_SHIFT_BITS"]
+
+#: Width of the signed ``shift`` (gain exponent) field of ``cfg``.
+GAIN_SHIFT_BITS = 8
+_G_BITS = 16
+_XS_BITS = 24   # |xs| < 2^23
+_XT_BITS = 16   # |xt| < 2^15
+_V_BITS = 40    # v = xs * g, |v| <= 2^38
+_VN_BITS = 17   # vn in [-2^16, 2^16)
+_R_BITS = 16    # R = floor(127 * 2^24 / mvn) <= 65024
+
+
+def norm_cfg_layout(max_n, e_bits=E_BITS):
+    return data.StructLayout({
+        "n": unsigned(max(1, int(max_n).bit_length())),
+        "sx": sfloat_layout(e_bits),
+        "shift": signed(GAIN_SHIFT_BITS),
+        "eps": sfloat_layout(e_bits),
+    })
+
+
+def norm_in_layout(lanes, x_bits=63):
+    return data.StructLayout({"x": vector_layout(lanes, x_bits), "g": vector_layout(lanes, _G_BITS)})
+
+
+def norm_out_layout(lanes):
+    return data.StructLayout({"q": vector_layout(lanes, 8), "last": 1})
+
+
+def norm_scale_layout(e_bits=E_BITS):
+    return data.StructLayout({"sq": sfloat_layout(e_bits), "overflow": 1})
+
+
+def _bitlen(m, value, name):
+    """Combinational bit length of an unsigned value."""
+    out = Signal(range(len(value) + 1), name=name)
+    for k in range(len(value)):
+        with m.If(value[k]):
+            m.d.comb += out.eq(k + 1)
+    return out
+
+
+class NormQuant(wiring.Component):
+    """Fused RMSNorm + int8 quantiser (see the module docstring).
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per beat, 1 to 64.
+    max_n : int
+        Largest vector length (sets the on-chip buffer: ``ceil(max_n / lanes)`` words).
+    x_bits : int
+        Signed input width, 24 to 63.
+    e_bits : int
+        SFloat exponent width of ``cfg``, ``s`` and the internal scalar unit.
+    multiplier : {"serial", "dsp"}
+        Scalar-unit multiplier.
+    """
+
+    def __init__(self, lanes, max_n, *, x_bits=63, e_bits=E_BITS, multiplier="serial"):
+        if not isinstance(lanes, int) or isinstance(lanes, bool) or not 1 <= lanes <= 64:
+            raise ValueError(f"lanes must be an integer in [1, 64], got {lanes!r}")
+        if not isinstance(max_n, int) or isinstance(max_n, bool) or not 1 <= max_n or max_n * (1 << 30) >= 1 << INT_BITS:
+            raise ValueError(f"max_n must be an integer in [1, 2^18), got {max_n!r}")
+        if not isinstance(x_bits, int) or not 24 <= x_bits <= 63:
+            raise ValueError(f"x_bits must be in [24, 63], got {x_bits!r}")
+        self.lanes, self.max_n, self.x_bits, self.e_bits = lanes, max_n, x_bits, e_bits
+        self.multiplier = multiplier
+        self.depth = -(-max_n // lanes)
+        super().__init__({
+            "cfg": In(stream.Signature(norm_cfg_layout(max_n, e_bits))),
+            "i": In(stream.Signature(norm_in_layout(lanes, x_bits))),
+            "o": Out(stream.Signature(norm_out_layout(lanes))),
+            "s": Out(stream.Signature(norm_scale_layout(e_bits))),
+        })
+
+    def cycles_model(self, n, scalar=280):
+        """Cycles per vector (``cfg`` transfer to the later of the last ``o`` and the ``s`` transfer) with
+        no stalls: ``2 B + 25 + max(B + 6, scalar)``, ``B = ceil(n / lanes)``; ``scalar`` (the
+        data-dependent scalar-unit sequence, about 270 to 300 cycles) is a typical value."""
+        beats = -(-n // self.lanes)
+        return 2 * beats + 25 + max(beats + 6, scalar)
+
+    def elaborate(self, platform):
+        m = Module()
+        L, XB, E = self.lanes, self.x_bits, self.e_bits
+        m.submodules.su = su = ScalarUnit(e_bits=E, multiplier=self.multiplier)
+
+        # -- per-vector registers ----------------------------------------------------------------------
+        n = Signal.like(self.cfg.payload.n)
+        sx = Signal(sfloat_layout(E))
+        eps = Signal(sfloat_layout(E))
+        gshift = Signal(signed(GAIN_SHIFT_BITS))
+        orx = Signal(XB)                 # OR of |x|
+        b = Signal(range(XB + 1))        # bitlen(max|x|)
+        ss = Signal(INT_BITS)
+        mv = Signal(_V_BITS - 1)
+        bv = Signal(range(_V_BITS))      # bitlen(mv)
+        recip = Signal(_R_BITS)
+        rem = Signal(31)
+        dstep = Signal(range(_R_BITS + 1))
+        dv = Signal(31)                  # mvn << (step - 1)
+
+        # -- buffer ------------------------------------------------------------------------------------
+        in_layout = norm_in_layout(L, XB)
+        m.submodules.mem = mem = memory.Memory(shape=unsigned(in_layout.size), depth=self.depth, init=[])
+        wr = mem.write_port()
+        rd = mem.read_port(domain="sync")
+        addr = Signal(range(self.depth + 1))
+        left = Signal(range(self.max_n + L + 1))  # elements not yet loaded / issued, incl. this beat
+
+        ipay = self.i.payload
+        m.d.comb += [wr.addr.eq(addr), wr.data.eq(ipay.as_value())]
+        absx = []
+        for l in range(L):
+            x = lane(ipay.x, l)
+            a = Signal(XB, name=f"absx{l}")
+            m.d.comb += a.eq(Mux((x < 0) & (l < left), -x, Mux(l < left, x, 0)))
+            absx.append(a)
+        or_beat = reduce(lambda p, q: p | q, absx)
+        b_comb = _bitlen(m, orx, "b_comb")
+
+        # -- pass 2 / 3 pipeline -----------------------------------------------------------------------
+        pass3 = Signal()
+        en = Signal()
+        issuing = Signal()
+        vA, vB, vC, vD, vE, oV = (Signal(name=f"valid_{s}") for s in "ABCDEO")
+        leftA = Signal.like(left)
+        lastA, lastB, lastC, lastD, lastE = (Signal(name=f"last_{s}") for s in "ABCDE")
+        m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
+        rview = data.View(in_layout, rd.data)
+
+        xsB = [Signal(signed(_XS_BITS), name=f"xs{l}") for l in range(L)]
+        gB = [Signal(signed(_G_BITS), name=f"g{l}") for l in range(L)]
+        vCs = [Signal(signed(_V_BITS), name=f"v{l}") for l in range(L)]
+        tC = [Signal(2 * _XT_BITS - 1, name=f"xt2_{l}") for l in range(L)]
+        vnD = [Signal(signed(_VN_BITS), name=f"vn{l}") for l in range(L)]
+        pE = [Signal(signed(_VN_BITS + _R_BITS + 1), name=f"p{l}") for l in range(L)]
+        oq = Signal(norm_out_layout(L))
+
+        with m.If(en):
+            m.d.sync += [vA.eq(issuing), vB.eq(vA), vC.eq(vB), vD.eq(vC & pass3), vE.eq(vD), oV.eq(vE),
+                         lastA.eq(issuing & (left <= L)), lastB.eq(lastA), lastC.eq(lastB),
+                         lastD.eq(lastC), lastE.eq(lastD), oq.last.eq(lastE)]
+            with m.If(issuing):
+                m.d.sync += leftA.eq(left)
+            for l in range(L):
+                x = lane(rview.x, l)
+                wide = Signal(signed(XB + 23), name=f"xw{l}")
+                m.d.comb += wide.eq(Cat(Const(0, 23), x).as_signed() >> b)
+                m.d.sync += [
+                    xsB[l].eq(Mux(l < leftA, wide[:_XS_BITS], 0)),
+                    gB[l].eq(lane(rview.g, l)),
+                    vCs[l].eq(xsB[l] * gB[l]),
+                    tC[l].eq(xsB[l][8:].as_signed() * xsB[l][8:].as_signed()),
+                ]
+                vw = Signal(signed(_V_BITS + 16), name=f"vw{l}")
+                m.d.comb += vw.eq(Cat(Const(0, 16), vCs[l]).as_signed() >> bv)
+                m.d.sync += [vnD[l].eq(vw[:_VN_BITS]), pE[l].eq(vnD[l] * recip)]
+                r = Signal(signed(len(pE[l]) - 24 + 1), name=f"r{l}")
+                m.d.comb += r.eq((pE[l] + (1 << 23)) >> 24)
+                m.d.sync += lane(oq.q, l).eq(Mux(r > 127, 127, Mux(r < -127, -127, r)))
+
+        # pass-2 reductions (stage C)
+        absv = []
+        for l in range(L):
+            a = Signal(_V_BITS - 1, name=f"absv{l}")
+            m.d.comb += a.eq(Mux(vCs[l] < 0, -vCs[l], vCs[l]))
+            absv.append(a)
+        beat_max = reduce(lambda p, q: Mux(p > q, p, q), absv)
+        beat_ss = reduce(lambda p, q: p + q, tC)
+        with m.If(vC & ~pass3):
+            m.d.sync += [ss.eq(ss + beat_ss), mv.eq(Mux(beat_max > mv, beat_max, mv))]
+
+        m.d.comb += [self.o.valid.eq(oV), self.o.payload.eq(oq)]
+        drained = ~(vA | vB | vC | vD | vE | oV)
+
+        # -- scalar-unit sequencer ---------------------------------------------------------------------
+        seq_start = Signal()
+        seq_busy = Signal()
+        t1 = Signal(sfloat_layout(E))
+        t2 = Signal(sfloat_layout(E))
+        ovf = Signal()
+        c127 = SFloat.from_int(127)
+        C127 = Const({"m": int(c127.m), "e": int(c127.e)}, sfloat_layout(E))
+        e16 = Signal(signed(9))
+        m.d.comb += e16.eq(b - 15)
+        k_ss = Signal(signed(E))
+        k_mv = Signal(signed(E))
+        m.d.comb += [k_ss.eq(e16 * 2), k_mv.eq(b - 23 - gshift)]
+        steps = [  # (op, a, b, k, i, dst)
+            (Op.FROM_INT, None, None, None, ss, t1),
+            (Op.SCALE_POW2, t1, None, k_ss, None, t1),
+            (Op.MUL, sx, sx, None, None, t2),
+            (Op.MUL, t1, t2, None, None, t1),
+            (Op.FROM_INT, None, None, None, n, t2),
+            (Op.DIV, t1, t2, None, None, t1),
+            (Op.ADD, t1, eps, None, None, t1),
+            (Op.SQRT, t1, None, None, None, t1),
+            (Op.MUL, t1, C127, None, None, t1),
+            (Op.FROM_INT, None, None, None, mv, t2),
+            (Op.SCALE_POW2, t2, None, k_mv, None, t2),
+            (Op.MUL, t2, sx, None, None, t2),
+            (Op.DIV, t2, t1, None, None, t2),
+        ]
+        cmd = su.cmd.payload
+        m.d.comb += self.s.payload.sq.eq(t2)
+        m.d.comb += self.s.payload.overflow.eq(ovf)
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                with m.If(seq_start):
+                    m.d.sync += [seq_busy.eq(1), ovf.eq(0)]
+                    m.next = "I0"
+            for k, (op, sa, sb, sk, si, dst) in enumerate(steps):
+                with m.State(f"I{k}"):
+                    m.d.comb += [su.cmd.valid.eq(1), cmd.op.eq(op)]
+                    if sa is not None:
+                        m.d.comb += cmd.a.eq(sa)
+                    if sb is not None:
+                        m.d.comb += cmd.b.eq(sb)
+                    if sk is not None:
+                        m.d.comb += cmd.k.eq(sk)
+                    if si is not None:
+                        m.d.comb += cmd.i.eq(si)
+                    with m.If(su.cmd.ready):
+                        m.next = f"W{k}"
+                with m.State(f"W{k}"):
+                    m.d.comb += su.res.ready.eq(1)
+                    with m.If(su.res.valid):
+                        m.d.sync += [dst.eq(su.res.payload.value), ovf.eq(ovf | su.res.payload.overflow)]
+                        m.next = f"I{k + 1}" if k + 1 < len(steps) else "OUT"
+            with m.State("OUT"):
+                m.d.comb += self.s.valid.eq(1)
+                with m.If(self.s.ready):
+                    m.d.sync += seq_busy.eq(0)
+                    m.next = "IDLE"
+
+        # -- main control ------------------------------------------------------------------------------
+        bv_comb = _bitlen(m, mv, "bv_comb")
+        shifted_mv = Signal(_V_BITS + 16)
+        m.d.comb += shifted_mv.eq(Cat(Const(0, 16), mv) >> bv)
+        trial = Signal(signed(32))
+        m.d.comb += trial.eq(rem - dv)
+
+        with m.FSM(name="ctl"):
+            with m.State("IDLE"):
+                m.d.comb += self.cfg.ready.eq(1)
+                with m.If(self.cfg.valid):
+                    c = self.cfg.payload
+                    m.d.sync += [n.eq(c.n), sx.eq(c.sx), eps.eq(c.eps), gshift.eq(c.shift),
+                                 addr.eq(0), left.eq(c.n), orx.eq(0)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += [self.i.ready.eq(1), wr.en.eq(self.i.valid)]
+                with m.If(self.i.valid):
+                    m.d.sync += [orx.eq(orx | or_beat), addr.eq(addr + 1), left.eq(left - L)]
+                    with m.If(left <= L):
+                        m.next = "BITLEN"
+            with m.State("BITLEN"):
+                m.d.sync += [b.eq(b_comb), addr.eq(0), left.eq(n), ss.eq(0), mv.eq(0), pass3.eq(0)]
+                m.next = "PASS"
+            with m.State("PASS"):
+                m.d.comb += [en.eq(~oV | self.o.ready), issuing.eq(left != 0)]
+                with m.If(en & issuing):
+                    m.d.sync += [addr.eq(addr + 1), left.eq(Mux(left > L, left - L, 0))]
+                with m.If((left == 0) & drained):
+                    m.next = "AFTER"
+            with m.State("AFTER"):
+                with m.If(pass3):
+                    with m.If(~seq_busy):
+                        m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += bv.eq(bv_comb)
+                    m.next = "MVN"
+            with m.State("MVN"):
+                m.d.comb += seq_start.eq(1)
+                m.d.sync += [dv.eq(shifted_mv[:16] << (_R_BITS - 1)), rem.eq(127 << 24), recip.eq(0), dstep.eq(_R_BITS)]
+                m.next = "DIVIDE"
+            with m.State("DIVIDE"):
+                with m.If(dv == 0):
+                    m.d.sync += recip.eq(0)
+                    m.next = "START3"
+                with m.Else():
+                    with m.If(trial >= 0):
+                        m.d.sync += rem.eq(trial)
+                    m.d.sync += [recip.eq(Cat(trial >= 0, recip[:-1])), dstep.eq(dstep - 1), dv.eq(dv >> 1)]
+                    with m.If(dstep == 1):
+                        m.next = "START3"
+            with m.State("START3"):
+                m.d.sync += [addr.eq(0), left.eq(n), pass3.eq(1)]
+                m.next = "PASS"
+        return m
