@@ -476,7 +476,19 @@ class ResidualAdd(_Unit):
 
 
 # -- GateSilu --------------------------------------------------------------------------------------------
-class GateSilu(_Unit):
+class _Gate(_Unit):
+    """The two gating units' common ports: ``gate`` and ``up`` zipped beat by beat, int64 out."""
+
+    def __init__(self, lanes):
+        self.lanes = _check_lanes(lanes)
+        super().__init__({
+            "gate": In(stream.Signature(vector_layout(lanes))),
+            "up": In(stream.Signature(vector_layout(lanes))),
+            "o": Out(stream.Signature(vector_layout(lanes, OUT_BITS))),
+        })
+
+
+class GateSilu(_Gate):
     """SiLU gating ``h = silu_q16(g) * u`` per lane (int64 out).
 
     Parameters
@@ -496,14 +508,6 @@ class GateSilu(_Unit):
     """
 
     latency = 8
-
-    def __init__(self, lanes):
-        self.lanes = _check_lanes(lanes)
-        super().__init__({
-            "gate": In(stream.Signature(vector_layout(lanes))),
-            "up": In(stream.Signature(vector_layout(lanes))),
-            "o": Out(stream.Signature(vector_layout(lanes, OUT_BITS))),
-        })
 
     def elaborate(self, platform):
         m, pipe = self._start()
@@ -579,7 +583,7 @@ class GateSilu(_Unit):
 
 
 # -- GateRelu2 -------------------------------------------------------------------------------------------
-class GateRelu2(_Unit):
+class GateRelu2(_Gate):
     """ReLU^2 gating on accumulators, ``h = max(ag, 0)^2 * au`` per lane (exact int64).
 
     Parameters
@@ -598,14 +602,6 @@ class GateRelu2(_Unit):
     """
 
     latency = 8
-
-    def __init__(self, lanes):
-        self.lanes = _check_lanes(lanes)
-        super().__init__({
-            "gate": In(stream.Signature(vector_layout(lanes))),
-            "up": In(stream.Signature(vector_layout(lanes))),
-            "o": Out(stream.Signature(vector_layout(lanes, OUT_BITS))),
-        })
 
     def elaborate(self, platform):
         m, pipe = self._start()
