@@ -21,6 +21,7 @@ from amaranth.lib.wiring import In, Out
 # The engine's own layouts: the baseline must stay stream-compatible with it.
 from hw.tlmm.layouts import act_step_layout, sums_layout
 from hw.tlmm.reduce import reduce_and_accumulate
+from hw.params import check_int
 
 __all__ = ["AdderTreeMac", "WEIGHT_CODE_BITS"]
 
@@ -29,12 +30,6 @@ __all__ = ["AdderTreeMac", "WEIGHT_CODE_BITS"]
 WEIGHT_CODE_BITS = 2
 #: Activation width (int8).
 ACT_BITS = 8
-
-
-def _check_int(name, value, lo, hi):
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ValueError(f"AdderTreeMac: {name} must be an integer in [{lo}, {hi}], got {value!r}")
-    return value
 
 
 class AdderTreeMac(wiring.Component):
@@ -75,10 +70,10 @@ class AdderTreeMac(wiring.Component):
 
     def __init__(self, tables, lanes, *, acc_bits=32, max_tokens=16):
         try:
-            self.tables = _check_int("tables", tables, 1, 64)
-            self.lanes = _check_int("lanes", lanes, 1, 64)
-            self.acc_bits = _check_int("acc_bits", acc_bits, 8, 64)
-            self.max_tokens = _check_int("max_tokens", max_tokens, 1, 4096)
+            self.tables = check_int("tables", tables, 1, 64, owner="AdderTreeMac")
+            self.lanes = check_int("lanes", lanes, 1, 64, owner="AdderTreeMac")
+            self.acc_bits = check_int("acc_bits", acc_bits, 8, 64, owner="AdderTreeMac")
+            self.max_tokens = check_int("max_tokens", max_tokens, 1, 4096, owner="AdderTreeMac")
         except ValueError:
             self._MustUse__silence = True  # a design that was never built is not an unused one
             raise

@@ -31,6 +31,8 @@ from .layouts import act_step_layout, sums_layout
 from .reduce import reduce_and_accumulate, tree_stages
 from .tables import TableBuilder, lookup_entry, table_layout
 
+from ..params import check_int
+
 __all__ = ["TlmmEngine"]
 
 
@@ -57,14 +59,10 @@ class TlmmEngine(wiring.Component):
     """
 
     def __init__(self, tables, lanes, *, acc_bits=32, max_tokens=16):
-        for name, value, lo, hi in (("tables", tables, 1, 64), ("lanes", lanes, 1, 64),
-                                    ("acc_bits", acc_bits, 16, 64), ("max_tokens", max_tokens, 1, 4096)):
-            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-        self.tables = tables
-        self.lanes = lanes
-        self.acc_bits = acc_bits
-        self.max_tokens = max_tokens
+        self.tables = check_int("tables", tables, 1, 64)
+        self.lanes = check_int("lanes", lanes, 1, 64)
+        self.acc_bits = check_int("acc_bits", acc_bits, 16, 64)
+        self.max_tokens = check_int("max_tokens", max_tokens, 1, 4096)
         self.act_layout = act_step_layout(tables, max_tokens)
         self.sums_layout = sums_layout(lanes, acc_bits, max_tokens)
         super().__init__({

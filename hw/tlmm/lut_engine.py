@@ -27,6 +27,8 @@ from golden.tlmm import GROUP_SIZE, INDEX_BITS, MAG_MASK, MAG_TO_TRITS, SIGN_SHI
 from .layouts import SHIFT_BITS, sums_layout, token_bits
 from .reduce import reduce_and_accumulate, tree_stages
 
+from ..params import check_int
+
 __all__ = ["TlmmLutEngine", "word_step_layout"]
 
 #: Table RAM depth (the 14 entries use addresses 0..13).
@@ -60,11 +62,10 @@ class TlmmLutEngine(wiring.Component):
     """
 
     def __init__(self, tables, lanes, *, acc_bits=32, slots=64):
-        for name, value, lo, hi in (("tables", tables, 1, 64), ("lanes", lanes, 1, 64),
-                                    ("acc_bits", acc_bits, 16, 64), ("slots", slots, 1, 65536)):
-            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-        self.tables, self.lanes, self.acc_bits, self.slots = tables, lanes, acc_bits, slots
+        self.tables = check_int("tables", tables, 1, 64)
+        self.lanes = check_int("lanes", lanes, 1, 64)
+        self.acc_bits = check_int("acc_bits", acc_bits, 16, 64)
+        self.slots = check_int("slots", slots, 1, 65536)
         self.word_layout = word_step_layout(tables, lanes, slots)
         super().__init__({
             "acts": In(stream.Signature(data.ArrayLayout(signed(8), GROUP_SIZE * tables))),

@@ -117,6 +117,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden.numerics import RES_FRAC, SIG_ENTRIES, SIG_FRAC, SIG_STEP_BITS, sigmoid_table
 
+from ..params import check_int
+
 __all__ = [
     "Dequant", "ResidualAdd", "GateSilu", "GateRelu2",
     "dequant_in_layout", "vector_layout", "lane",
@@ -290,12 +292,6 @@ def _small_terms(big, big_offset, small, small_offset):
     return out
 
 
-def _check_lanes(lanes):
-    if not isinstance(lanes, int) or isinstance(lanes, bool) or not 1 <= lanes <= 64:
-        raise ValueError(f"lanes must be an integer in [1, 64], got {lanes!r}")
-    return lanes
-
-
 class _Unit(wiring.Component):
     """Common part: the output stream ``o`` and the pipeline enable."""
 
@@ -353,7 +349,7 @@ class Dequant(_Unit):
     latency = 6
 
     def __init__(self, lanes):
-        self.lanes = _check_lanes(lanes)
+        self.lanes = check_int("lanes", lanes, 1, 64)
         super().__init__({
             "i": In(stream.Signature(dequant_in_layout(lanes))),
             "o": Out(stream.Signature(vector_layout(lanes))),
@@ -453,7 +449,7 @@ class ResidualAdd(_Unit):
     latency = 1
 
     def __init__(self, lanes):
-        self.lanes = _check_lanes(lanes)
+        self.lanes = check_int("lanes", lanes, 1, 64)
         layout = vector_layout(lanes)
         super().__init__({
             "x": In(stream.Signature(layout)),
@@ -480,7 +476,7 @@ class _Gate(_Unit):
     """The two gating units' common ports: ``gate`` and ``up`` zipped beat by beat, int64 out."""
 
     def __init__(self, lanes):
-        self.lanes = _check_lanes(lanes)
+        self.lanes = check_int("lanes", lanes, 1, 64)
         super().__init__({
             "gate": In(stream.Signature(vector_layout(lanes))),
             "up": In(stream.Signature(vector_layout(lanes))),

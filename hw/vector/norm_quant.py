@@ -83,6 +83,7 @@ from golden.sfloat import SFloat
 
 from .epilogue import lane, vector_layout
 from .scalar_unit import E_BITS, INT_BITS, Op, ScalarUnit, sfloat_layout
+from ..params import check_int
 
 __all__ = ["NormQuant", "norm_cfg_layout", "norm_in_layout", "norm_out_layout", "norm_scale_layout",
            "GAIN_SHIFT_BITS"]
@@ -145,8 +146,7 @@ class NormQuant(wiring.Component):
     """
 
     def __init__(self, lanes, max_n, *, x_bits=63, e_bits=E_BITS, multiplier="serial"):
-        if not isinstance(lanes, int) or isinstance(lanes, bool) or not 1 <= lanes <= 64:
-            raise ValueError(f"lanes must be an integer in [1, 64], got {lanes!r}")
+        check_int("lanes", lanes, 1, 64)
         if not isinstance(max_n, int) or isinstance(max_n, bool) or not 1 <= max_n or max_n * (1 << 30) >= 1 << INT_BITS:
             raise ValueError(f"max_n must be an integer in [1, 2^18), got {max_n!r}")
         if not isinstance(x_bits, int) or not 24 <= x_bits <= 63:

@@ -71,6 +71,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden.numerics import RES_FRAC, ROPE_FRAC, ROPE_PHASE_BITS, ROPE_TABLE_BITS, sin_quarter_table
 
+from ..params import check_int
+
 __all__ = ["RopeUnit", "LaneArray", "rope_pairs_layout", "rope_rotated_layout"]
 
 #: Width of the Q.16 residual-stream values rotated by the unit.
@@ -129,11 +131,6 @@ def rope_rotated_layout(lanes):
     })
 
 
-def _check_int(name, value, lo, hi):
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-
-
 class RopeUnit(wiring.Component):
     """Fully pipelined rotary embedding of one head vector at a time, ``lanes`` pairs per cycle.
 
@@ -162,11 +159,11 @@ class RopeUnit(wiring.Component):
     """
 
     def __init__(self, head_dim, lanes, freq_table, *, pos_bits=16):
-        _check_int("head_dim", head_dim, 2, 1 << 16)
+        check_int("head_dim", head_dim, 2, 1 << 16)
         if head_dim % 2:
             raise ValueError(f"head_dim must be even, got {head_dim}")
-        _check_int("lanes", lanes, 1, 64)
-        _check_int("pos_bits", pos_bits, 1, 32)
+        check_int("lanes", lanes, 1, 64)
+        check_int("pos_bits", pos_bits, 1, 32)
         freq = list(freq_table)
         if len(freq) != head_dim // 2:
             raise ValueError(f"freq_table must hold head_dim/2 = {head_dim // 2} entries, got {len(freq)}")

@@ -85,6 +85,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden.sfloat import MANT_BITS, SFloat
 
+from ..params import check_int
+
 __all__ = ["E_BITS", "INT_BITS", "SFLOAT", "Op", "ScalarUnit", "cmd_layout", "res_layout", "sfloat_layout",
            "reference_result"]
 
@@ -205,8 +207,7 @@ class ScalarUnit(wiring.Component):
     """
 
     def __init__(self, *, e_bits=E_BITS, multiplier="serial"):
-        if not isinstance(e_bits, int) or isinstance(e_bits, bool) or not 8 <= e_bits <= 32:
-            raise ValueError(f"e_bits must be an integer in [8, 32], got {e_bits!r}")
+        check_int("e_bits", e_bits, 8, 32)
         if multiplier not in _MULTIPLIERS:
             raise ValueError(f"multiplier must be one of {_MULTIPLIERS}, got {multiplier!r}")
         self.e_bits = e_bits
