@@ -33,7 +33,8 @@ async def reset(dut, inputs=(), outputs=(), cycles=3):
 class StreamRun:
     """What :func:`run_streams` observed."""
 
-    received: list = field(default_factory=list)   # output payloads (ints), in order
+    received: list = field(default_factory=list)   # payloads (ints) of the first output port, in order
+    outputs: dict = field(default_factory=dict)    # output port -> payloads in order
     accepted: dict = field(default_factory=dict)   # input name -> cycles at which transfers happened
     cycles: int = 0
 
@@ -41,33 +42,45 @@ class StreamRun:
 async def run_streams(dut, sources, sink, expect, rng, p_in_stall=0.0, p_out_stall=0.0, limit=None):
     """Drive ``sources`` (``{port: [payload ints]}``) and collect ``expect`` payloads from port ``sink``.
 
-    Each cycle every idle source raises valid with probability ``1 - p_in_stall``, and the sink is
-    ready with probability ``1 - p_out_stall``. Fails on a timeout (``limit`` cycles), on an output
-    payload that changes while stalled, or if inputs remain unconsumed at the end.
+    ``sink`` may also be a list of output ports with ``expect`` a list of counts: each port is stalled
+    independently and collected into ``run.outputs[port]``. Each cycle every idle source raises valid
+    with probability ``1 - p_in_stall``, and each sink is ready with probability ``1 - p_out_stall``.
+    Fails on a timeout (``limit`` cycles), on an output payload that changes while stalled, or if inputs
+    remain unconsumed at the end.
     """
+    sinks = [sink] if isinstance(sink, str) else list(sink)
+    wants = [expect] if isinstance(sink, str) else list(expect)
     queues = {name: list(items) for name, items in sources.items()}
     index = {name: 0 for name in sources}
     pending = {name: False for name in sources}
-    run = StreamRun(accepted={name: [] for name in sources})
-    held = None
-    limit = limit or 40 * (sum(len(q) for q in queues.values()) + expect) + 1000
-    while len(run.received) < expect:
-        assert run.cycles < limit, f"timeout: {len(run.received)}/{expect} outputs after {run.cycles} cycles"
+    run = StreamRun(accepted={name: [] for name in sources}, outputs={name: [] for name in sinks})
+    run.received = run.outputs[sinks[0]]
+    held = {name: None for name in sinks}
+    limit = limit or 40 * (sum(len(q) for q in queues.values()) + sum(wants)) + 1000
+
+    def missing():
+        return [f"{n} {len(run.outputs[n])}/{w}" for n, w in zip(sinks, wants) if len(run.outputs[n]) < w]
+
+    while missing():
+        assert run.cycles < limit, f"timeout after {run.cycles} cycles: outputs {', '.join(missing())}"
         for name, items in queues.items():
             if not pending[name] and index[name] < len(items) and rng.random() >= p_in_stall:
                 pending[name] = True
                 getattr(dut, f"{name}__payload").value = items[index[name]]
             getattr(dut, f"{name}__valid").value = int(pending[name])
-        out_ready = rng.random() >= p_out_stall
-        getattr(dut, f"{sink}__ready").value = int(out_ready)
+        ready = {}
+        for name in sinks:
+            ready[name] = rng.random() >= p_out_stall
+            getattr(dut, f"{name}__ready").value = int(ready[name])
         await ReadOnly()
-        if int(getattr(dut, f"{sink}__valid").value):
-            payload = int(getattr(dut, f"{sink}__payload").value)
-            if held is not None:
-                assert payload == held, f"{sink} payload changed while stalled"
-            held = None if out_ready else payload
-            if out_ready:
-                run.received.append(payload)
+        for name in sinks:
+            if int(getattr(dut, f"{name}__valid").value):
+                payload = int(getattr(dut, f"{name}__payload").value)
+                if held[name] is not None:
+                    assert payload == held[name], f"{name} payload changed while stalled"
+                held[name] = None if ready[name] else payload
+                if ready[name]:
+                    run.outputs[name].append(payload)
         for name in queues:
             if pending[name] and int(getattr(dut, f"{name}__ready").value):
                 pending[name] = False

@@ -1,0 +1,204 @@
+"""Int8 quantisation with a power-of-two scale per vector: Q, K and V on their way to attention.
+
+:class:`QuantPow2` is bit-exact with :func:`golden.numerics.quant_pow2` (``docs/numerics.md``, section
+"Attention operands"): for one head vector ``x`` (``d`` Q.16 int32 values)::
+
+    e = max(0, bitlen(max|x|) - 7)          q = clamp(round_shift(x, e), -127, 127)
+
+so ``q * 2^(e - 16)`` is the real value. ``bitlen(max|x|) = bitlen(OR of |x|)``: one OR per beat, no
+comparator tree.
+
+Interleaved vectors (prefill)
+-----------------------------
+The TLMM engine emits a row tile for every token of a chunk before the next row tile, so the beats of
+one token's head vector arrive interleaved with other tokens' beats. Every input beat therefore carries
+the ``slot`` (token) it belongs to, and the unit keeps per-slot state: a beat counter, the OR of ``|x|``
+and a phase choosing one of four buffer regions. A vector is complete after its
+``beats = ceil(d / lanes)``-th beat; it is then queued for output while the slot's next vectors fill the
+other regions. A beat whose region still holds a vector waiting for output is held
+(``ready`` low), so nothing is overwritten under any backpressure.
+
+Streams
+-------
+``i``: ``x`` (``lanes`` x int32 Q.16, :func:`~hw.vector.epilogue.vector_layout`) and ``slot``. Lanes of
+a partial last beat beyond ``d`` are ignored.
+``o``: ``q`` (``lanes`` x int8; lanes beyond ``d`` are 0), ``e`` (0..25), ``slot``, ``first``, ``last``:
+the ``beats`` beats of one vector back to back, vectors in completion order.
+
+Throughput: one beat in and one beat out per cycle (``lanes`` elements each way).
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.numerics import KV_QMAX
+
+from .epilogue import lane, vector_layout
+from ..params import check_int
+from ..tlmm.layouts import token_bits
+
+__all__ = ["QuantPow2", "quant_in_layout", "quant_out_layout", "E_FIELD_BITS", "Q_BITS"]
+
+_X_BITS = 32
+#: Bits of the stored exponent ``e`` (at most 32 - 7 = 25).
+E_FIELD_BITS = 5
+#: Bits of the output values.
+Q_BITS = 8
+_QBITS_KEPT = 7   # e = bitlen - 7 keeps 7 magnitude bits
+_REGIONS_PER_SLOT = 4
+
+
+def quant_in_layout(lanes, slots):
+    return data.StructLayout({"x": vector_layout(lanes, _X_BITS), "slot": unsigned(token_bits(slots))})
+
+
+def quant_out_layout(lanes, slots):
+    return data.StructLayout({
+        "q": vector_layout(lanes, Q_BITS),
+        "e": unsigned(E_FIELD_BITS),
+        "slot": unsigned(token_bits(slots)),
+        "first": 1,
+        "last": 1,
+    })
+
+
+class QuantPow2(wiring.Component):
+    """Per-vector power-of-two int8 quantiser for interleaved vectors (see the module docstring).
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per beat, 1..64.
+    length : int
+        Vector length ``d`` (the head dimension), 1..4096.
+    slots : int
+        Vectors that may be in progress at once (tokens of a prefill chunk), 1..256. The buffer holds
+        ``4 * 2^ceil(log2(slots)) * ceil(length / lanes)`` beats.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(quant_in_layout(lanes, slots)))
+    o : Out(stream.Signature(quant_out_layout(lanes, slots)))
+    """
+
+    def __init__(self, lanes, length, slots=1):
+        self.lanes = check_int("lanes", lanes, 1, 64)
+        self.length = check_int("length", length, 1, 4096)
+        self.slots = check_int("slots", slots, 1, 256)
+        self.beats = -(-length // lanes)
+        super().__init__({
+            "i": In(stream.Signature(quant_in_layout(lanes, slots))),
+            "o": Out(stream.Signature(quant_out_layout(lanes, slots))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L, B, S = self.lanes, self.beats, self.slots
+        tail = self.length - (B - 1) * L       # live lanes of the last beat
+
+        # Four regions per slot: one filling, one being sent, and two of slack so the output's start-up
+        # latency (queue + read) never stalls the input. Region = (phase, slot) as bits, so slot counts
+        # that are not powers of two leave holes.
+        regions = _REGIONS_PER_SLOT << token_bits(S) if S > 1 else _REGIONS_PER_SLOT
+        m.submodules.mem = mem = memory.Memory(shape=unsigned(L * _X_BITS), depth=regions * B, init=[])
+        wr = mem.write_port()
+        rd = mem.read_port(domain="sync")
+        m.submodules.done = done = fifo.SyncFIFOBuffered(
+            width=len(Signal(range(regions))) + E_FIELD_BITS, depth=max(regions, 4))  # >= 4: no 0-bit address
+
+        # -- per-slot fill state ------------------------------------------------------------------------
+        cnt = Array(Signal(range(B), name=f"cnt_{s}") for s in range(S))
+        phase = Array(Signal(2, name=f"phase_{s}") for s in range(S))
+        orx = Array(Signal(_X_BITS + 1, name=f"or_{s}") for s in range(S))
+        busy = Signal(regions)          # region holds a complete vector not yet sent
+        busy_set = Signal(regions)
+        busy_clr = Signal(regions)
+        m.d.sync += busy.eq((busy | busy_set) & ~busy_clr)
+
+        ipay = self.i.payload
+        slot = ipay.slot if S > 1 else Const(0, 1)
+        region = Signal(range(regions))
+        m.d.comb += region.eq(Cat(slot, phase[slot]) if S > 1 else phase[0])
+        beat = cnt[slot]
+        is_last_beat = beat == B - 1
+        m.d.comb += self.i.ready.eq(~busy.bit_select(region, 1) & done.w_rdy)
+        fire = self.i.valid & self.i.ready
+
+        # OR of |x| over this beat's live lanes (padding lanes of the last beat are masked).
+        beat_or = Signal(_X_BITS + 1)
+        terms = []
+        for n in range(L):
+            x = lane(ipay.x, n)
+            mag = Mux(x < 0, -x, x)[:_X_BITS + 1]
+            live = Const(1) if n < tail else ~is_last_beat
+            terms.append(Mux(live, mag, 0))
+        m.d.comb += beat_or.eq(Cat(*[Cat(*[t[k] for t in terms]).any() for k in range(_X_BITS + 1)]))
+        total_or = Signal(_X_BITS + 1)
+        m.d.comb += total_or.eq(Mux(beat == 0, 0, orx[slot]) | beat_or)
+
+        e_new = Signal(E_FIELD_BITS)
+        for k in range(_QBITS_KEPT + 1, _X_BITS + 2):   # bitlen = k  ->  e = k - 7
+            with m.If(total_or[k - 1]):
+                m.d.comb += e_new.eq(k - _QBITS_KEPT)
+
+        m.d.comb += [
+            wr.addr.eq(region * B + beat),
+            wr.data.eq(ipay.x.as_value()),
+            wr.en.eq(fire),
+            done.w_data.eq(Cat(region, e_new)),
+            done.w_en.eq(fire & is_last_beat),
+        ]
+        with m.If(fire):
+            m.d.sync += orx[slot].eq(total_or)
+            with m.If(is_last_beat):
+                m.d.sync += [cnt[slot].eq(0), phase[slot].eq(phase[slot] + 1)]
+                m.d.comb += busy_set.eq(1 << region)
+            with m.Else():
+                m.d.sync += cnt[slot].eq(beat + 1)
+
+        # -- output: read a queued vector and round, 3 stages --------------------------------------------
+        en = Signal()
+        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        out_region = done.r_data[:len(region)]
+        out_e = done.r_data[len(region):]
+        out_beat = Signal(range(B))
+        issue = done.r_rdy & en
+        m.d.comb += [rd.addr.eq(out_region * B + out_beat), rd.en.eq(en)]
+        with m.If(issue):
+            with m.If(out_beat == B - 1):
+                m.d.sync += out_beat.eq(0)
+                m.d.comb += [done.r_en.eq(1), busy_clr.eq(1 << out_region)]
+            with m.Else():
+                m.d.sync += out_beat.eq(out_beat + 1)
+
+        def stage(value, name, shape=None):
+            r = Signal(value.shape() if shape is None else shape, name=name)
+            with m.If(en):
+                m.d.sync += r.eq(value)
+            return r
+
+        # Stage 1 (read data valid): flags; stage 2: x + half; stage 3: shift and clamp into o.
+        v1 = stage(issue, "v1")
+        e1 = stage(out_e, "e1")
+        slot1 = stage(out_region[:token_bits(S)] if S > 1 else Const(0, 1), "slot1")
+        first1 = stage(out_beat == 0, "first1")
+        last1 = stage(out_beat == B - 1, "last1")
+        words = data.View(vector_layout(L, _X_BITS), rd.data)
+        half = Signal(_X_BITS)
+        m.d.comb += half.eq((Const(1, _X_BITS) << e1)[1:])   # 2^(e-1), or 0 for e = 0
+        biased = [stage(lane(words, n) + half, f"biased_{n}", signed(_X_BITS + 1)) for n in range(L)]
+        v2, e2, slot2, first2, last2 = (stage(s, f"{s.name}_2") for s in (v1, e1, slot1, first1, last1))
+        pay = self.o.payload
+        with m.If(en):
+            m.d.sync += [
+                self.o.valid.eq(v2), pay.e.eq(e2), pay.slot.eq(slot2) if S > 1 else pay.slot.eq(0),
+                pay.first.eq(first2), pay.last.eq(last2),
+            ]
+            for n in range(L):
+                r = Signal(signed(_X_BITS + 1), name=f"shifted_{n}")
+                m.d.comb += r.eq(biased[n] >> e2)
+                clamped = Mux(r > KV_QMAX, KV_QMAX, Mux(r < -KV_QMAX, -KV_QMAX, r))
+                live = Const(1) if n < tail else ~last2
+                m.d.sync += lane(pay.q, n).eq(Mux(live, clamped, 0))
+        return m
