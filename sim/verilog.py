@@ -39,6 +39,8 @@ WAIVER_RULES: tuple[str, ...] = (
     # submodule outputs unconnected.
     "DECLFILENAME",
     "PINCONNECTEMPTY",
+    # A struct field that is never driven becomes ``always @* x = const;`` with nothing to wait on.
+    "ALWNEVER",
 )
 
 

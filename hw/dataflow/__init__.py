@@ -1,0 +1,1 @@
+"""Dataflow assemblies: linear layers with their fused prologue and epilogue."""

@@ -1,0 +1,336 @@
+"""One linear layer as one stream: RMSNorm + int8 quantise -> TLMM -> dequantise, nothing through DRAM.
+
+:class:`LinearCore` chains the prologue (:class:`~hw.vector.norm_quant.NormQuant`), an on-chip
+activation buffer, the TLMM engine (:class:`~hw.tlmm.engine.TlmmEngine`) and the dequantiser
+(:class:`~hw.vector.epilogue.Dequant`) for a chunk of ``tokens`` (1 in decode). It computes, per token
+``t`` and output row ``r`` (``docs/numerics.md``)::
+
+    xq[t], sq[t] = norm_quant(x[t], sx, gain)
+    acc[t, r]    = sum_k xq[t, k] * w[r, k]                  (ternary w, TLMM)
+    y[t, r]      = dequant_q16(acc[t, r], sq[t] * s_w[group(r)])
+
+and emits both ``acc`` and ``y`` so the epilogue that follows (residual add, RoPE + power-of-two quantise,
+SiLU / ReLU^2 gate) takes what it needs. The epilogue assemblies live next to this file.
+
+Command (``cfg``)
+-----------------
+``n`` (K), ``k_steps`` (``ceil(K / 3T)``), ``row_tiles`` (``ceil(R / N)``), ``tokens`` (chunk size),
+the norm's ``sx``, gain ``shift`` and ``eps`` (as :class:`NormQuant`), and up to three weight scales
+``sw0..sw2``. A row tile's scale group is ``tile & 1`` when ``interleave`` is set (a fused gate|up
+matmul whose packed rows alternate gate and up tiles) and otherwise ``(tile >= bound0) + (tile >=
+bound1)`` (a fused q|k|v matmul: q tiles, then k, then v). ``k_steps`` and ``row_tiles`` are what the
+host packed the weights with (:func:`golden.tlmm.pack_ternary`); the unit trusts them.
+
+Streams
+-------
+``x``: the ``tokens`` input vectors one after another, ``ceil(n / vec_lanes)`` beats each
+(:func:`~hw.vector.norm_quant.norm_in_layout`: values and the gain); ``weights``: the packed weight
+words in engine order (row tile, then k-step), each word used by every token; ``o``: one beat per
+(row tile, token) in that order: ``acc`` and ``y`` (``lanes`` x int32 each), ``slot`` (token), ``tile``.
+
+Sequence
+--------
+1. For each token: :class:`NormQuant` runs its three passes; its int8 beats are packed by a gearbox
+   into k-step words (3T bytes, zero padded) in the activation buffer; its scale ``sq`` starts the
+   scalar unit, which forms ``(m16, shift)`` of ``sq * s_w[g]`` (MUL, SCALE_POW2 by 16, TO_MULT) per group.
+2. When every token is loaded, the sequencer replays the buffer in engine order (row tile, k-step,
+   token): one act step per cycle, so the engine runs at II = 1 and each weight word is read once.
+3. Each sums beat goes to :class:`Dequant` with its token's and group's multiplier, the raw sums beside
+   it through a small FIFO, and both leave on ``o``.
+4. The next ``cfg`` is taken when the last ``o`` beat has left (the multipliers and tile counters
+   belong to the command until then).
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.numerics import RES_FRAC
+from golden.tlmm import GROUP_SIZE
+
+from ..params import check_int
+from ..tlmm.engine import TlmmEngine
+from ..tlmm.layouts import token_bits
+from ..vector.epilogue import Dequant, lane, vector_layout
+from ..vector.norm_quant import GAIN_SHIFT_BITS, NormQuant, norm_in_layout
+from ..vector.scalar_unit import E_BITS, Op, ScalarUnit, sfloat_layout
+
+__all__ = ["LinearCore", "linear_cfg_layout", "linear_out_layout", "SCALE_GROUPS"]
+
+#: Weight-scale groups of one fused matmul (q, k, v).
+SCALE_GROUPS = 3
+_SHIFT_BITS = 8
+
+
+def linear_cfg_layout(max_k, max_row_tiles, max_k_steps, max_tokens, e_bits=E_BITS):
+    tile = unsigned(max(1, max_row_tiles.bit_length()))
+    return data.StructLayout({
+        "n": unsigned(max(1, max_k.bit_length())),
+        "k_steps": unsigned(max(1, max_k_steps.bit_length())),
+        "row_tiles": tile,
+        "tokens": unsigned(max(1, max_tokens.bit_length())),
+        "sx": sfloat_layout(e_bits),
+        "shift": signed(GAIN_SHIFT_BITS),
+        "eps": sfloat_layout(e_bits),
+        "sw0": sfloat_layout(e_bits),
+        "sw1": sfloat_layout(e_bits),
+        "sw2": sfloat_layout(e_bits),
+        "interleave": 1,
+        "bound0": tile,
+        "bound1": tile,
+    })
+
+
+def linear_out_layout(lanes, max_row_tiles, max_tokens):
+    return data.StructLayout({
+        "acc": vector_layout(lanes),
+        "y": vector_layout(lanes),
+        "slot": unsigned(token_bits(max_tokens)),
+        "tile": unsigned(max(1, max_row_tiles.bit_length())),
+    })
+
+
+class LinearCore(wiring.Component):
+    """Norm + quantise -> TLMM -> dequantise for one linear layer (see the module docstring).
+
+    Parameters
+    ----------
+    tables, lanes : int
+        TLMM engine size (T groups of 3 per cycle, N output rows in parallel).
+    vec_lanes : int
+        :class:`NormQuant` elements per beat.
+    max_k : int
+        Largest input length K.
+    max_rows : int
+        Largest output length R (sets the tile counter width).
+    max_tokens : int
+        Largest chunk (tokens per command); the activation buffer holds ``max_tokens * ceil(max_k / 3T)``
+        k-step words.
+    x_bits : int
+        Signed width of the input values (63 for the gate output, 32 for the residual stream).
+    """
+
+    def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, x_bits=32):
+        self.tables = check_int("tables", tables, 1, 64)
+        self.lanes = check_int("lanes", lanes, 1, 64)
+        self.vec_lanes = check_int("vec_lanes", vec_lanes, 1, 64)
+        self.max_k = check_int("max_k", max_k, 1, 1 << 17)
+        self.max_rows = check_int("max_rows", max_rows, 1, 1 << 20)
+        self.max_tokens = check_int("max_tokens", max_tokens, 1, 256)
+        self.x_bits = check_int("x_bits", x_bits, 24, 63)
+        self.max_k_steps = -(-max_k // (GROUP_SIZE * tables))
+        self.max_row_tiles = -(-max_rows // lanes)
+        super().__init__({
+            "cfg": In(stream.Signature(linear_cfg_layout(max_k, self.max_row_tiles, self.max_k_steps,
+                                                         max_tokens))),
+            "x": In(stream.Signature(norm_in_layout(vec_lanes, x_bits))),
+            "weights": In(stream.Signature(unsigned(5 * tables * lanes))),
+            "o": Out(stream.Signature(linear_out_layout(lanes, self.max_row_tiles, max_tokens))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        T, N, VL, M = self.tables, self.lanes, self.vec_lanes, self.max_tokens
+        W = GROUP_SIZE * T                      # bytes per k-step word
+        KS = self.max_k_steps
+
+        m.submodules.norm = norm = NormQuant(VL, self.max_k, x_bits=self.x_bits)
+        m.submodules.su = su = ScalarUnit()
+        m.submodules.engine = engine = TlmmEngine(T, N, max_tokens=M)
+        m.submodules.dequant = dq = Dequant(N)
+        m.submodules.side = side = fifo.SyncFIFOBuffered(
+            width=len(self.o.payload.acc.as_value()) + token_bits(M), depth=max(4, dq.latency + 2))
+        m.submodules.acts = amem = memory.Memory(shape=unsigned(8 * W), depth=M * KS, init=[])
+        awr = amem.write_port()
+        ard = amem.read_port(domain="sync")
+
+        # -- command registers ---------------------------------------------------------------------------
+        cfg = Signal(self.cfg.payload.shape())
+        busy = Signal()
+        m.d.comb += self.cfg.ready.eq(~busy)
+        start = self.cfg.valid & ~busy
+
+        # -- prologue: NormQuant per token ---------------------------------------------------------------
+        load_tok = Signal(range(M + 1))        # token whose vector NormQuant is working on
+        norm_cfg_sent = Signal()
+        loading = Signal()
+        m.d.comb += [
+            norm.cfg.payload.n.eq(cfg.n), norm.cfg.payload.sx.eq(cfg.sx),
+            norm.cfg.payload.shift.eq(cfg.shift), norm.cfg.payload.eps.eq(cfg.eps),
+            norm.cfg.valid.eq(loading & ~norm_cfg_sent & (load_tok < cfg.tokens)),
+        ]
+        wiring.connect(m, wiring.flipped(self.x), norm.i)
+
+        # Gearbox: NormQuant beats (VL bytes) -> k-step words (W bytes) in the activation buffer.
+        pack = Signal(8 * (W + VL))
+        fill = Signal(range(W + VL + 1))
+        ks = Signal(range(KS + 1))
+        vec_in = Signal()                      # the token's last beat has been taken
+        word_ready = fill >= W
+        flush = vec_in & (fill > 0) & ~word_ready
+        m.d.comb += [
+            awr.addr.eq(load_tok * KS + ks),
+            awr.data.eq(pack[:8 * W]),
+            norm.o.ready.eq(~word_ready & ~vec_in),
+        ]
+        with m.If(word_ready | flush):
+            m.d.comb += awr.en.eq(ks < cfg.k_steps)     # words past k_steps are padding: dropped
+            m.d.sync += [pack.eq(pack >> (8 * W)), fill.eq(Mux(flush, 0, fill - W)), ks.eq(ks + 1)]
+        with m.Elif(norm.o.valid & norm.o.ready):
+            m.d.sync += [pack.eq(pack | (norm.o.payload.q.as_value() << (fill * 8))), fill.eq(fill + VL)]
+            with m.If(norm.o.payload.last):
+                m.d.sync += vec_in.eq(1)
+
+        # -- scale sequence: sq * sw[g] -> (m16, shift) per token and group ------------------------------
+        sq_valid = Signal()
+        sq = Signal(sfloat_layout(E_BITS))
+        mult_m16 = Array(Array(Signal(16, name=f"m16_{t}_{g}") for g in range(SCALE_GROUPS)) for t in range(M))
+        mult_sh = Array(Array(Signal(signed(_SHIFT_BITS), name=f"sh_{t}_{g}") for g in range(SCALE_GROUPS))
+                        for t in range(M))
+        scale_tok = Signal(range(M + 1))       # tokens whose multipliers are done
+        group = Signal(range(SCALE_GROUPS))
+        tmp = Signal(sfloat_layout(E_BITS))
+        sws = Array([cfg.sw0, cfg.sw1, cfg.sw2])
+        m.d.comb += norm.s.ready.eq(~sq_valid)
+        with m.If(norm.s.valid & norm.s.ready):
+            m.d.sync += [sq_valid.eq(1), sq.eq(norm.s.payload.sq)]
+        cmd = su.cmd.payload
+        with m.FSM(name="scale"):
+            with m.State("IDLE"):
+                with m.If(sq_valid):
+                    m.d.sync += group.eq(0)
+                    m.next = "MUL"
+            for state, nxt in (("MUL", "SCALE"), ("SCALE", "MULT"), ("MULT", None)):
+                with m.State(state):
+                    m.d.comb += su.cmd.valid.eq(1)
+                    if state == "MUL":
+                        m.d.comb += [cmd.op.eq(Op.MUL), cmd.a.eq(sq), cmd.b.eq(sws[group])]
+                    elif state == "SCALE":
+                        m.d.comb += [cmd.op.eq(Op.SCALE_POW2), cmd.a.eq(tmp), cmd.k.eq(RES_FRAC)]
+                    else:
+                        m.d.comb += [cmd.op.eq(Op.TO_MULT), cmd.a.eq(tmp)]
+                    with m.If(su.cmd.ready):
+                        m.next = f"W{state}"
+                with m.State(f"W{state}"):
+                    m.d.comb += su.res.ready.eq(1)
+                    with m.If(su.res.valid):
+                        value = su.res.payload.value
+                        if nxt is not None:
+                            m.d.sync += tmp.eq(value)
+                            m.next = nxt
+                        else:
+                            # (m >> 8, -(e + 8)) with the shift clamped into 8 bits (changes no result,
+                            # see hw.vector.epilogue).
+                            e = value.e.as_signed()
+                            m.d.sync += [
+                                mult_m16[scale_tok][group].eq(value.m[:16]),
+                                mult_sh[scale_tok][group].eq(Mux(e < -128, -128, Mux(e > 127, 127, e))),
+                            ]
+                            with m.If(group == SCALE_GROUPS - 1):
+                                m.d.sync += [scale_tok.eq(scale_tok + 1), sq_valid.eq(0)]
+                                m.next = "IDLE"
+                            with m.Else():
+                                m.d.sync += group.eq(group + 1)
+                                m.next = "MUL"
+
+        # -- load control -------------------------------------------------------------------------------
+        loaded = Signal()                      # every token's words are in the buffer
+        with m.If(start):
+            m.d.sync += [cfg.eq(self.cfg.payload), busy.eq(1), loading.eq(1), load_tok.eq(0),
+                         scale_tok.eq(0), norm_cfg_sent.eq(0), ks.eq(0), fill.eq(0), pack.eq(0),
+                         vec_in.eq(0)]
+        with m.If(norm.cfg.valid & norm.cfg.ready):
+            m.d.sync += norm_cfg_sent.eq(1)
+        with m.If(loading & vec_in & (fill == 0)):
+            # Token done: its words are written (a word beyond k_steps was padding, dropped).
+            m.d.sync += [load_tok.eq(load_tok + 1), norm_cfg_sent.eq(0), vec_in.eq(0), ks.eq(0),
+                         pack.eq(0)]
+            with m.If(load_tok + 1 == cfg.tokens):
+                m.d.sync += loading.eq(0)
+        m.d.comb += loaded.eq(busy & ~loading & (scale_tok == cfg.tokens))
+
+        # -- sequencer: (row tile, k-step, token) act steps from the buffer ------------------------------
+        rt = Signal.like(cfg.row_tiles)
+        sks = Signal.like(cfg.k_steps)
+        stok = Signal.like(cfg.tokens)
+        running = Signal()
+        replayed = Signal()                    # the command's act steps have all been issued
+        with m.If(loaded & ~running & ~replayed):
+            m.d.sync += [running.eq(1), rt.eq(0), sks.eq(0), stok.eq(0)]
+        with m.If(start):
+            m.d.sync += replayed.eq(0)
+        acts = engine.acts
+        step = Signal(acts.payload.shape())    # control fields; x comes from the buffer's read port
+        en = ~acts.valid | acts.ready
+        issue = running & en
+        m.d.comb += [ard.addr.eq(stok * KS + sks), ard.en.eq(en)]
+        with m.If(en):
+            m.d.sync += [
+                acts.valid.eq(issue),
+                step.token.eq(stok),
+                step.first.eq(sks == 0),
+                step.last.eq(sks == cfg.k_steps - 1),
+                step.release.eq(stok == cfg.tokens - 1),
+            ]
+        m.d.comb += [acts.payload.eq(step), acts.payload.x.as_value().eq(ard.data)]
+        with m.If(issue):
+            with m.If(stok == cfg.tokens - 1):
+                m.d.sync += stok.eq(0)
+                with m.If(sks == cfg.k_steps - 1):
+                    m.d.sync += sks.eq(0)
+                    with m.If(rt == cfg.row_tiles - 1):
+                        m.d.sync += [running.eq(0), replayed.eq(1)]
+                    with m.Else():
+                        m.d.sync += rt.eq(rt + 1)
+                with m.Else():
+                    m.d.sync += sks.eq(sks + 1)
+            with m.Else():
+                m.d.sync += stok.eq(stok + 1)
+        wiring.connect(m, wiring.flipped(self.weights), engine.weights)
+
+        # -- epilogue: Dequant with the token's and group's multiplier, raw sums beside it ---------------
+        sums = engine.sums
+        out_tile = Signal.like(self.o.payload.tile)
+        out_tokens = cfg.tokens                # the command stays until its last output beat is taken
+        tile_in = Signal.like(out_tile)        # tile of the beat entering Dequant
+        g_sel = Signal(range(SCALE_GROUPS))
+        with m.If(cfg.interleave):
+            m.d.comb += g_sel.eq(tile_in[0])
+        with m.Else():
+            m.d.comb += g_sel.eq((tile_in >= cfg.bound0).as_unsigned() + (tile_in >= cfg.bound1).as_unsigned())
+        slot = sums.payload.slot
+        take = sums.valid & dq.i.ready & side.w_rdy
+        m.d.comb += [
+            dq.i.valid.eq(sums.valid & side.w_rdy),
+            sums.ready.eq(dq.i.ready & side.w_rdy),
+            side.w_en.eq(sums.valid & dq.i.ready),
+            side.w_data.eq(Cat(sums.payload.y.as_value(), slot)),
+            dq.i.payload.m16.eq(mult_m16[slot][g_sel]),
+            dq.i.payload.shift.eq(mult_sh[slot][g_sel]),
+        ]
+        for n in range(N):
+            m.d.comb += lane(dq.i.payload.acc, n).eq(sums.payload.y[n])
+        with m.If(take):
+            with m.If(slot == out_tokens - 1):
+                m.d.sync += tile_in.eq(tile_in + 1)
+        with m.If(start):
+            m.d.sync += tile_in.eq(0)
+
+        o = self.o
+        acc_bits = len(o.payload.acc.as_value())
+        m.d.comb += [
+            o.valid.eq(dq.o.valid & side.r_rdy),
+            dq.o.ready.eq(o.ready & side.r_rdy),
+            side.r_en.eq(o.ready & dq.o.valid),
+            o.payload.acc.as_value().eq(side.r_data[:acc_bits]),
+            o.payload.y.eq(dq.o.payload),
+            o.payload.slot.eq(side.r_data[acc_bits:]),
+            o.payload.tile.eq(out_tile),
+        ]
+        with m.If(o.valid & o.ready & (o.payload.slot == out_tokens - 1)):
+            m.d.sync += out_tile.eq(out_tile + 1)
+            with m.If(out_tile == cfg.row_tiles - 1):
+                m.d.sync += busy.eq(0)
+        with m.If(start):
+            m.d.sync += out_tile.eq(0)
+        return m
