@@ -15,16 +15,21 @@ import pytest
 from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
+from golden.fixed import INT32_MAX, INT32_MIN
+from hw.dataflow.epilogues import GateLinear, ResidualLinear
 from hw.dataflow.linear import LinearCore
-from sim.testbenches.tb_linear import cfg_payload, make_case, reference, unpack_o, weight_payloads, x_payloads
+from sim.testbenches.tb_linear import (cfg_payload, gate_reference, make_case, pack_vector, reference,
+                                       residual_reference, unpack_o, unpack_vector, weight_payloads, x_payloads)
 
 
-def simulate(core, case, seed, p_stall=0.3):
-    """Run one command through ``core`` in the Amaranth simulator; returns (outputs, cycles)."""
+def simulate(core, case, seed, p_stall=0.3, extra=None, want=None, unpack=None):
+    """Run one command through ``core`` (a LinearCore or an epilogue assembly) in the Amaranth
+    simulator; ``extra`` adds input streams. Returns (outputs, cycles)."""
     rng = np.random.default_rng(seed)
-    want = len(reference(case, core.lanes))
+    want = len(reference(case, core.lanes)) if want is None else want
+    unpack = unpack or (lambda word: unpack_o(core, word))
     sources = {"cfg": [cfg_payload(core, case)], "x": x_payloads(core, case),
-               "weights": weight_payloads(core, case)}
+               "weights": weight_payloads(core, case), **(extra or {})}
     got, cycles = [], []
     sim = Simulator(core)
     sim.add_clock(1e-6)
@@ -49,7 +54,7 @@ def simulate(core, case, seed, p_stall=0.3):
             ctx.set(core.o.ready, ready)
             _, _, valid, pay = await ctx.tick().sample(core.o.valid, core.o.payload)
             if valid and ready:
-                got.append(unpack_o(core, pay.as_bits()))
+                got.append(unpack(pay.as_bits() if hasattr(pay, "as_bits") else int(pay)))
             n += 1
             assert n < 100 * (want + len(sources["x"])) + 5000, "timeout"
         cycles.append(n)
@@ -95,6 +100,46 @@ def test_arguments_are_validated(bad):
     args = dict(tables=4, lanes=4, vec_lanes=4, max_k=64, max_rows=64, max_tokens=1)
     with pytest.raises((ValueError, TypeError)):
         LinearCore(**{**args, **bad})
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_residual_linear_amaranth_sim(tokens):
+    """o_proj / down: the residual add saturates both ways (the residual holds int32 extremes)."""
+    lanes, k, rows = 4, 26, 12
+    core = ResidualLinear(2, lanes, 4, k, rows, 4)
+    rng = np.random.default_rng(40 + tokens)
+    case = make_case(rng, k, rows, tokens, "residual", lanes)
+    res = rng.integers(INT32_MIN, INT32_MAX + 1, (tokens, rows), dtype=np.int64)
+    y = np.zeros((tokens, rows), np.int64)
+    for _acc, yb, t, rt in reference(case, lanes):
+        y[t, rt * lanes:(rt + 1) * lanes] = yb
+    # First tile: the residual at the limit on y's side, so every non-zero y saturates.
+    res[:, :lanes] = np.where(y[:, :lanes] >= 0, INT32_MAX, INT32_MIN)
+    order = [(t, rt) for rt in range(rows // lanes) for t in range(tokens)]
+    beats = [pack_vector(res[t, rt * lanes:(rt + 1) * lanes], 32) for t, rt in order]
+    want = residual_reference(case, res, lanes)
+    got, _ = simulate(core, case, seed=3, extra={"res": beats}, want=len(want),
+                      unpack=lambda w: unpack_vector(w, lanes, 32))
+    assert got == want
+    flat = [v for beat in want for v in beat]
+    assert INT32_MAX in flat and INT32_MIN in flat
+
+
+@pytest.mark.parametrize("activation, tokens, kind", [("silu", 1, "residual"), ("silu", 3, "huge"),
+                                                      ("relu2", 2, "residual"), ("relu2", 1, "extreme")])
+def test_gate_linear_amaranth_sim(activation, tokens, kind):
+    """gate|up with tile-interleaved rows against golden gate_silu / gate_relu2 (both activation kinds)."""
+    lanes, k, rows = 4, 30, 16
+    core = GateLinear(activation, 4, lanes, 4, k, rows, 4)
+    case = make_case(np.random.default_rng(50 + tokens), k, rows, tokens, kind, lanes, interleave=True)
+    want = gate_reference(case, lanes, activation)
+    got, _ = simulate(core, case, seed=4, want=len(want), unpack=lambda w: unpack_vector(w, lanes, 64))
+    assert got == want
+
+
+def test_gate_linear_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="activation"):
+        GateLinear("gelu", 4, 4, 4, 16, 16)
 
 
 from sim import build_component, run_cocotb  # noqa: E402

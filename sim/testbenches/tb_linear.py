@@ -16,11 +16,12 @@ import random
 
 import numpy as np
 
-from golden.numerics import dequant_q16, norm_quant, quantise_gain
+from golden.numerics import dequant_q16, gate_relu2, gate_silu, norm_quant, quantise_gain, residual_add
 from golden.sfloat import SFloat
 from golden.tlmm import pack_ternary
 
-__all__ = ["make_case", "reference", "cfg_payload", "x_payloads", "weight_payloads", "unpack_o", "KINDS"]
+__all__ = ["make_case", "reference", "residual_reference", "gate_reference", "cfg_payload", "x_payloads",
+           "weight_payloads", "unpack_o", "KINDS"]
 
 #: Case kinds: how the input vectors, gains and weights are drawn.
 KINDS = ("residual", "huge", "tiny", "zero", "extreme", "gate")
@@ -30,7 +31,7 @@ def _sf(v):
     return SFloat.from_float(np.float64(v))
 
 
-def make_case(rng, k, rows, tokens, kind="residual", lanes=4, x_bits=32):
+def make_case(rng, k, rows, tokens, kind="residual", lanes=4, x_bits=32, interleave=None):
     """One command's data: ``x`` (tokens, k), ``sx``, ``gain``, ternary ``w`` (rows, k), three weight
     scales and the row-tile grouping.
 
@@ -63,7 +64,7 @@ def make_case(rng, k, rows, tokens, kind="residual", lanes=4, x_bits=32):
     else:
         w = rng.integers(-1, 2, (rows, k), dtype=np.int8)
     tiles = -(-rows // lanes)
-    interleave = kind == "gate"
+    interleave = kind == "gate" if interleave is None else interleave
     b0, b1 = (tiles // 3, 2 * tiles // 3) if tiles >= 3 else (tiles, tiles)
     sw = [_sf(v) for v in rng.uniform(0.3, 3.0, 3)]
     return {"x": x, "sx": sx, "gain": gain, "w": w, "sw": sw, "interleave": interleave, "bounds": (b0, b1)}
@@ -92,6 +93,49 @@ def reference(case, lanes):
             pad = lanes - (cols.stop - cols.start)
             out.append(([int(v) for v in acc[t, cols]] + [0] * pad, [int(v) for v in y[t]] + [0] * pad, t, rt))
     return out
+
+
+def residual_reference(case, res, lanes):
+    """Expected ``o`` of a ResidualLinear: ``residual_add(res, y)`` per beat (``res`` is (tokens, tiles*N))."""
+    out = []
+    for _acc, y, t, rt in reference(case, lanes):
+        out.append([int(v) for v in residual_add(res[t, rt * lanes:(rt + 1) * lanes], np.array(y))])
+    return out
+
+
+def gate_reference(case, lanes, activation):
+    """Expected ``o`` of a GateLinear with golden ``gate_silu`` / ``gate_relu2`` on tile-interleaved
+    rows: pair ``j`` is gate tile ``2j`` (scale ``sw0``) and up tile ``2j+1`` (scale ``sw1``)."""
+    x, w = case["x"], case["w"]
+    tokens, rows = x.shape[0], w.shape[0]
+    assert rows % (2 * lanes) == 0, "gate|up rows come in whole tile pairs"
+    sx = SFloat(np.full(tokens, int(case["sx"].m)), np.full(tokens, int(case["sx"].e)))
+    xq, sq = norm_quant(x, sx, case["gain"])
+    acc = xq @ w.T.astype(np.int64)
+    fn = gate_silu if activation == "silu" else gate_relu2
+    out = []
+    for j in range(rows // (2 * lanes)):
+        g = acc[:, 2 * j * lanes:(2 * j + 1) * lanes]
+        u = acc[:, (2 * j + 1) * lanes:(2 * j + 2) * lanes]
+        h, _scale = fn(g, sq.mul(case["sw"][0]), u, sq.mul(case["sw"][1]))
+        out += [[int(v) for v in h[t]] for t in range(tokens)]
+    return out
+
+
+def unpack_vector(word, lanes, bits):
+    """Lane values of a :func:`~hw.vector.epilogue.vector_layout` payload."""
+    out = []
+    for n in range(lanes):
+        v = (word >> (bits * n)) & ((1 << bits) - 1)
+        out.append(v - (1 << bits) if v >> (bits - 1) else v)
+    return out
+
+
+def pack_vector(values, bits):
+    word = 0
+    for n, v in enumerate(values):
+        word |= (int(v) & ((1 << bits) - 1)) << (bits * n)
+    return word
 
 
 def cfg_payload(core, case):
