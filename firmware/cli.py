@@ -23,6 +23,7 @@ examples:
   trillium accuracy                               integer model vs float reference on random models
   trillium bench golden --shape bitnet-large --json
   trillium bench tlmm --hw ecp5 --json            TLMM cost vs adder-tree baseline, and throughput
+  trillium bench vector --hw tellme-kv260         vector units' elements/cycle vs the TLMM engine
   trillium config --hw tellme-kv260               show a validated hardware config
 """
 
@@ -156,6 +157,12 @@ def cmd_bench(args):
                   f"{eng['mux']['steady_state_efficiency']:>9.4f}")
             print(f"method: {res['method']}")
         return 0
+    if args.what == "vector":
+        from .bench_vector import bench_vector, format_vector
+
+        res = bench_vector(args.hw, args.shape, progress=None if args.json else (lambda m: print(m, file=sys.stderr)))
+        print(json.dumps(res, indent=1) if args.json else format_vector(res))
+        return 0
     raise UserError(f"unknown benchmark '{args.what}'")
 
 
@@ -230,12 +237,15 @@ def build_parser():
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_accuracy)
 
-    b = sub.add_parser("bench", help="benchmarks: golden (integer-model speed), tlmm (engine cost and throughput)",
+    b = sub.add_parser("bench", help="benchmarks: golden (integer-model speed), tlmm (engine cost and "
+                                     "throughput), vector (element-wise units vs the engine's rate)",
                        description="golden: golden integer decode speed on a full-size random model. tlmm: the "
                                    "TLMM engine's ECP5 cost per MAC/cycle against an adder-tree baseline "
-                                   "(Yosys synth_ecp5) and its sustained throughput in Verilator RTL cycles.")
-    b.add_argument("what", choices=("golden", "tlmm"))
-    b.add_argument("--hw", default="tiny", help="hardware config for tlmm (default tiny)")
+                                   "(Yosys synth_ecp5) and its sustained throughput in Verilator RTL cycles. "
+                                   "vector: elements/cycle of every vector unit (RTL cycles) against the "
+                                   "rate the TLMM engine feeds it on --shape; names the bottleneck, if any.")
+    b.add_argument("what", choices=("golden", "tlmm", "vector"))
+    b.add_argument("--hw", default="tiny", help="hardware config for tlmm and vector (default tiny)")
     b.add_argument("--shape", default="bitnet-large", help="bitnet-large, bitnet-3b or bitnet-2b4t")
     b.add_argument("--prompt-tokens", type=int, default=8)
     b.add_argument("--decode-tokens", type=int, default=8)
