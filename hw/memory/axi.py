@@ -1,0 +1,276 @@
+"""AXI4 read channels and a burst read master.
+
+The DRAM port of the accelerator is an AXI4 master, so the design drops into Zynq (HP/HPC ports) and
+LiteX SoCs. Only the read side exists so far (weights); the write side comes with the KV cache.
+
+Port names follow the AXI4 specification (``araddr``, ``arlen``, ..., ``rready``). Amaranth flattens a
+port ``axi`` of this signature to ``axi__araddr`` and so on, which is what cocotbext-axi finds with
+``AxiReadBus.from_prefix(dut, "axi_")``.
+"""
+
+import enum
+
+from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from ..params import check_int
+
+__all__ = [
+    "AxiBurst",
+    "AxiResp",
+    "AxiReadSignature",
+    "AxiBurstReader",
+    "read_command_layout",
+    "read_data_layout",
+    "BOUNDARY_BYTES",
+    "MAX_BURST",
+]
+
+#: An INCR burst must not cross a 4 KiB address boundary (AXI4 A3.4.1).
+BOUNDARY_BYTES = 4096
+#: Longest AXI4 INCR burst, in beats.
+MAX_BURST = 256
+
+
+class AxiBurst(enum.IntEnum):
+    FIXED = 0
+    INCR = 1
+    WRAP = 2
+
+
+class AxiResp(enum.IntEnum):
+    OKAY = 0
+    EXOKAY = 1
+    SLVERR = 2
+    DECERR = 3
+
+
+class AxiReadSignature(wiring.Signature):
+    """AXI4 read-address and read-data channels, from the master's side.
+
+    Parameters
+    ----------
+    addr_bits : int
+        Byte-address width (12..64).
+    data_bits : int
+        Data-bus width: a power of two from 8 to 1024, as AXI4 requires.
+    id_bits : int
+        Transaction ID width. cocotbext-axi requires ``arid``/``rid``, so there is at least one bit.
+
+    Members
+    -------
+    araddr, arlen, arsize, arburst, arid, arvalid : Out
+    arready : In
+    rdata, rresp, rlast, rid, rvalid : In
+    rready : Out
+    """
+
+    def __init__(self, addr_bits, data_bits, id_bits=1):
+        self.addr_bits = check_int("addr_bits", addr_bits, 12, 64, "AxiReadSignature")
+        self.data_bits = check_int("data_bits", data_bits, 8, 1024, "AxiReadSignature")
+        if data_bits & (data_bits - 1):
+            raise ValueError(f"AxiReadSignature: data_bits must be a power of two (AXI4), got {data_bits}")
+        self.id_bits = check_int("id_bits", id_bits, 1, 16, "AxiReadSignature")
+        super().__init__({
+            "araddr": Out(addr_bits),
+            "arlen": Out(8),
+            "arsize": Out(3),
+            "arburst": Out(2),
+            "arid": Out(id_bits),
+            "arvalid": Out(1),
+            "arready": In(1),
+            "rdata": In(data_bits),
+            "rresp": In(2),
+            "rlast": In(1),
+            "rid": In(id_bits),
+            "rvalid": In(1),
+            "rready": Out(1),
+        })
+
+    def __eq__(self, other):
+        return (type(other) is type(self) and (self.addr_bits, self.data_bits, self.id_bits)
+                == (other.addr_bits, other.data_bits, other.id_bits))
+
+    def __hash__(self):
+        return hash((type(self), self.addr_bits, self.data_bits, self.id_bits))
+
+    def __repr__(self):
+        return f"AxiReadSignature({self.addr_bits}, {self.data_bits}, id_bits={self.id_bits})"
+
+
+def read_command_layout(addr_bits, beats_bits, tag_bits):
+    """A read command: ``beats`` bus words from byte address ``addr`` (bus-aligned), and a ``tag``
+    returned with the command's last data word."""
+    return data.StructLayout({"addr": unsigned(addr_bits), "beats": unsigned(beats_bits),
+                              "tag": unsigned(tag_bits)})
+
+
+def read_data_layout(data_bits, tag_bits):
+    """One bus word of read data; ``last`` and ``tag`` mark the last word of a command."""
+    return data.StructLayout({"data": unsigned(data_bits), "last": 1, "tag": unsigned(tag_bits)})
+
+
+def _burst_info_layout(tag_bits):
+    return data.StructLayout({"cmd_last": 1, "tag": unsigned(tag_bits)})
+
+
+class AxiBurstReader(wiring.Component):
+    """AXI4 read master: byte-address commands in, a stream of bus words out, in command order.
+
+    A command is cut into INCR bursts of at most ``max_burst`` beats that never cross a 4 KiB
+    boundary. Up to ``max_outstanding`` bursts are in flight, all with ID 0, so the slave returns them
+    in order. The read data goes into a buffer of ``buffer_words`` bus words (block RAM), and a burst is
+    issued only once its data has room there: the reader reserves space (a credit counter) before the
+    address handshake. So ``rready`` stays high whenever a burst is in flight, and a consumer that
+    stalls slows down address issue instead of blocking the data channel (and, in a shared
+    interconnect, other masters).
+
+    Parameters
+    ----------
+    addr_bits : int
+        Byte-address width.
+    data_bits : int
+        Bus width, a power of two (8..1024).
+    buffer_words : int
+        Read buffer depth in bus words; at least ``max_burst`` (one burst must fit) and at least 3.
+    max_burst : int
+        Longest burst in beats (1..256).
+    max_outstanding : int
+        Bursts in flight. ``max_outstanding * max_burst`` beats must cover the DRAM latency times the
+        beat rate for full bandwidth.
+    beats_bits : int
+        Width of a command's ``beats`` field.
+    tag_bits : int
+        Width of the command tag echoed on the command's last data word.
+    id_bits : int
+        AXI ID width (the ID driven is always 0).
+
+    Attributes
+    ----------
+    cmd : In(stream.Signature(read_command_layout(...)))
+        ``addr`` must be a multiple of the bus width in bytes (low bits are ignored); ``beats = 0`` is
+        accepted and does nothing.
+    data : Out(stream.Signature(read_data_layout(...)))
+    axi : Out(AxiReadSignature(addr_bits, data_bits, id_bits))
+    error : Out(1)
+        Sticky: a read response was SLVERR or DECERR (the data is passed on as the slave gave it).
+    idle : Out(1)
+        No command in progress and no burst in flight (buffered data may remain).
+    """
+
+    def __init__(self, addr_bits, data_bits, *, buffer_words, max_burst=MAX_BURST, max_outstanding=4,
+                 beats_bits=24, tag_bits=1, id_bits=1):
+        owner = "AxiBurstReader"
+        self.axi_signature = AxiReadSignature(addr_bits, data_bits, id_bits)
+        self.addr_bits, self.data_bits = addr_bits, data_bits
+        self.max_burst = check_int("max_burst", max_burst, 1, MAX_BURST, owner)
+        self.buffer_words = check_int("buffer_words", buffer_words, max(3, max_burst), 1 << 24, owner)
+        self.max_outstanding = check_int("max_outstanding", max_outstanding, 1, 64, owner)
+        self.beats_bits = check_int("beats_bits", beats_bits, 1, 32, owner)
+        self.tag_bits = check_int("tag_bits", tag_bits, 1, 16, owner)
+        self.cmd_layout = read_command_layout(addr_bits, beats_bits, tag_bits)
+        self.data_layout = read_data_layout(data_bits, tag_bits)
+        super().__init__({
+            "cmd": In(stream.Signature(self.cmd_layout)),
+            "data": Out(stream.Signature(self.data_layout)),
+            "axi": Out(self.axi_signature),
+            "error": Out(1),
+            "idle": Out(1),
+        })
+
+    @property
+    def data_bytes(self):
+        return self.data_bits // 8
+
+    def elaborate(self, platform):
+        m = Module()
+        axi = self.axi
+        size = exact_log2(self.data_bytes)
+        info_layout = _burst_info_layout(self.tag_bits)
+
+        m.submodules.buffer = buf = SyncFIFOBuffered(width=self.data_layout.size, depth=self.buffer_words)
+        m.submodules.bursts = bursts = SyncFIFO(width=info_layout.size, depth=self.max_outstanding)
+
+        # Command state: the next burst starts at `addr`; `left` beats of the command remain.
+        active = Signal()
+        addr = Signal(self.addr_bits)
+        left = Signal(self.beats_bits)
+        tag = Signal(self.tag_bits)
+        credits = Signal(range(self.buffer_words + 1), init=self.buffer_words)
+
+        # Burst length: the command's rest, the burst limit, or up to the next 4 KiB boundary.
+        to_boundary = Signal(range(BOUNDARY_BYTES // self.data_bytes + 1))
+        m.d.comb += to_boundary.eq(Const(BOUNDARY_BYTES >> size) - addr[size:12])
+        limit = Signal(range(self.max_burst + 1))
+        m.d.comb += limit.eq(Mux(to_boundary < self.max_burst, to_boundary, self.max_burst))
+        beats = Signal(range(self.max_burst + 1))
+        m.d.comb += beats.eq(Mux(left < limit, left, limit))
+        cmd_last = Signal()
+        m.d.comb += cmd_last.eq(beats == left)
+
+        # Once raised, arvalid holds: credits and free burst slots only grow until the handshake.
+        m.d.comb += [
+            axi.araddr.eq(addr),
+            axi.arlen.eq(beats - 1),
+            axi.arsize.eq(size),
+            axi.arburst.eq(AxiBurst.INCR),
+            axi.arid.eq(0),
+            axi.arvalid.eq(active & (credits >= beats) & bursts.w_rdy),
+        ]
+        ar_fire = Signal()
+        m.d.comb += ar_fire.eq(axi.arvalid & axi.arready)
+
+        info_in = Signal(info_layout)
+        m.d.comb += [
+            info_in.cmd_last.eq(cmd_last),
+            info_in.tag.eq(tag),
+            bursts.w_data.eq(info_in),
+            bursts.w_en.eq(ar_fire),
+        ]
+        with m.If(ar_fire):
+            m.d.sync += [
+                addr.eq(addr + (beats << size)),
+                left.eq(left - beats),
+            ]
+            with m.If(cmd_last):
+                m.d.sync += active.eq(0)
+
+        m.d.comb += self.cmd.ready.eq(~active)
+        with m.If(self.cmd.valid & self.cmd.ready & (self.cmd.payload.beats != 0)):
+            m.d.sync += [
+                active.eq(1),
+                addr.eq(self.cmd.payload.addr & ~Const((1 << size) - 1, self.addr_bits)),
+                left.eq(self.cmd.payload.beats),
+                tag.eq(self.cmd.payload.tag),
+            ]
+
+        # Read data: space was reserved at issue, so the buffer always has room (rready is high).
+        head = info_layout(bursts.r_data)
+        word = Signal(self.data_layout)
+        r_fire = Signal()
+        m.d.comb += [
+            axi.rready.eq(buf.w_rdy),
+            r_fire.eq(axi.rvalid & axi.rready),
+            word.data.eq(axi.rdata),
+            word.last.eq(axi.rlast & head.cmd_last),
+            word.tag.eq(head.tag),
+            buf.w_data.eq(word),
+            buf.w_en.eq(r_fire),
+            bursts.r_en.eq(r_fire & axi.rlast),
+        ]
+        with m.If(r_fire & axi.rresp[1]):
+            m.d.sync += self.error.eq(1)
+
+        m.d.comb += [
+            self.data.valid.eq(buf.r_rdy),
+            self.data.payload.eq(buf.r_data),
+            buf.r_en.eq(self.data.ready),
+            self.idle.eq(~active & ~bursts.r_rdy),
+        ]
+        popped = Signal()
+        m.d.comb += popped.eq(self.data.valid & self.data.ready)
+        m.d.sync += credits.eq(credits + popped - Mux(ar_fire, beats, 0))
+        return m

@@ -1,0 +1,106 @@
+"""Width converter from DRAM bus words to TLMM weight words.
+
+The weight words of a matrix are packed back to back in DRAM (``5*T*N`` bits each, little-endian), so
+a weight word may start in the middle of a bus word and span two or more of them: no DRAM bytes are
+wasted on alignment. The gearbox treats its input as one little-endian bit stream and cuts it into
+output words. A ``flush`` on an input word marks the end of a contiguous segment: once fewer than a
+whole output word's bits remain, they are padding and are dropped, so the next segment starts aligned.
+"""
+
+from math import gcd
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..params import check_int
+
+__all__ = ["Gearbox", "gearbox_input_layout"]
+
+
+def gearbox_input_layout(in_bits):
+    return data.StructLayout({"data": unsigned(in_bits), "flush": 1})
+
+
+class Gearbox(wiring.Component):
+    """Repack a stream of ``in_bits`` words into a stream of ``out_bits`` words, one of each per cycle.
+
+    Bits are held in a register of ``in_bits + out_bits`` bits, filled from the bottom (the oldest bit
+    at bit 0). Every cycle the gearbox can both move a whole output word into the output register and
+    append one input word, so it sustains one input word per cycle and one output word per cycle.
+
+    Parameters
+    ----------
+    in_bits, out_bits : int
+        Input and output widths. Positions inside the register are multiples of ``gcd(in_bits,
+        out_bits)``, so placing an input word is a multiplexer over that many positions.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(gearbox_input_layout(in_bits)))
+    o : Out(stream.Signature(unsigned(out_bits)))
+    """
+
+    def __init__(self, in_bits, out_bits):
+        self.in_bits = check_int("in_bits", in_bits, 1, 1 << 16, "Gearbox")
+        self.out_bits = check_int("out_bits", out_bits, 1, 1 << 16, "Gearbox")
+        super().__init__({
+            "i": In(stream.Signature(gearbox_input_layout(in_bits))),
+            "o": Out(stream.Signature(unsigned(out_bits))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        D, W = self.in_bits, self.out_bits
+        unit = gcd(D, W)
+        units = (D + W) // unit
+
+        held = Signal(D + W)
+        fill = Signal(range(units + 1))        # valid bits in `held`, in units of gcd(D, W)
+        flushing = Signal()                    # a flush word went in: drop the tail once < W bits remain
+
+        # Take an output word when one is complete and the output register is free.
+        take = Signal()
+        m.d.comb += take.eq((fill >= W // unit) & (~self.o.valid | self.o.ready))
+        fill1 = Signal.like(fill)
+        held1 = Signal.like(held)
+        m.d.comb += [
+            fill1.eq(Mux(take, fill - W // unit, fill)),
+            held1.eq(Mux(take, held >> W, held)),
+        ]
+        drop = Signal()
+        m.d.comb += drop.eq(flushing & (fill1 < W // unit))
+        fill2 = Signal.like(fill)
+        held2 = Signal.like(held)
+        m.d.comb += [
+            fill2.eq(Mux(drop, 0, fill1)),
+            held2.eq(Mux(drop, 0, held1)),
+        ]
+
+        # Append an input word above the bits held, if it fits.
+        m.d.comb += self.i.ready.eq((~flushing | drop) & (fill2 <= W // unit))
+        accept = Signal()
+        m.d.comb += accept.eq(self.i.valid & self.i.ready)
+        placed = Signal(D + W)
+        with m.Switch(fill2):
+            for k in range(W // unit + 1):
+                with m.Case(k):
+                    m.d.comb += placed.eq(self.i.payload.data << (k * unit))
+        with m.If(accept):
+            m.d.sync += [
+                held.eq(held2 | placed),
+                fill.eq(fill2 + D // unit),
+                flushing.eq(self.i.payload.flush),
+            ]
+        with m.Else():
+            m.d.sync += [
+                held.eq(held2),
+                fill.eq(fill2),
+                flushing.eq(flushing & ~drop),
+            ]
+
+        with m.If(take):
+            m.d.sync += [self.o.payload.eq(held[:W]), self.o.valid.eq(1)]
+        with m.Elif(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        return m
