@@ -163,6 +163,15 @@ def cmd_bench(args):
         res = bench_vector(args.hw, args.shape, progress=None if args.json else (lambda m: print(m, file=sys.stderr)))
         print(json.dumps(res, indent=1) if args.json else format_vector(res))
         return 0
+    if args.what == "memory":
+        from .bench_memory import bench_memory, format_memory
+
+        try:
+            res = bench_memory(args.hw, progress=None if args.json else (lambda m: print(m, file=sys.stderr)))
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        print(json.dumps(res, indent=1) if args.json else format_memory(res))
+        return 0
     raise UserError(f"unknown benchmark '{args.what}'")
 
 
@@ -244,7 +253,7 @@ def build_parser():
                                    "(Yosys synth_ecp5) and its sustained throughput in Verilator RTL cycles. "
                                    "vector: elements/cycle of every vector unit (RTL cycles) against the "
                                    "rate the TLMM engine feeds it on --shape; names the bottleneck, if any.")
-    b.add_argument("what", choices=("golden", "tlmm", "vector"))
+    b.add_argument("what", choices=("golden", "tlmm", "vector", "memory"))
     b.add_argument("--hw", default="tiny", help="hardware config for tlmm and vector (default tiny)")
     b.add_argument("--shape", default="bitnet-large", help="bitnet-large, bitnet-3b or bitnet-2b4t")
     b.add_argument("--prompt-tokens", type=int, default=8)
