@@ -16,10 +16,12 @@ from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 from golden.fixed import INT32_MAX, INT32_MIN
-from hw.dataflow.epilogues import GateLinear, ResidualLinear
+from golden.sfloat import SFloat
+from hw.dataflow.epilogues import GateLinear, QkvLinear, ResidualLinear, qkv_row_order
 from hw.dataflow.linear import LinearCore
-from sim.testbenches.tb_linear import (cfg_payload, gate_reference, make_case, pack_vector, reference,
-                                       residual_reference, unpack_o, unpack_vector, weight_payloads, x_payloads)
+from sim.testbenches.tb_linear import (cfg_payload, gate_reference, make_case, make_qkv_case, pack_vector,
+                                       qkv_reference, reference, residual_reference, unpack_o, unpack_qkv,
+                                       unpack_vector, weight_payloads, x_payloads)
 
 
 def simulate(core, case, seed, p_stall=0.3, extra=None, want=None, unpack=None):
@@ -142,6 +144,47 @@ def test_gate_linear_rejects_unknown_activation():
         GateLinear("gelu", 4, 4, 4, 16, 16)
 
 
+@pytest.mark.parametrize("heads, kv_heads, head_dim, tokens, pos, kind", [
+    (2, 2, 8, 1, 0, "residual"),       # decode at position 0: RoPE is the identity everywhere
+    (2, 1, 8, 3, 509, "residual"),     # prefill chunk mid-sequence, GQA 2:1, positions 509..511
+    (4, 1, 16, 2, 65534, "huge"),      # GQA 4:1, the largest positions, values at the int32 limit
+    (1, 1, 12, 2, 7, "tiny"),          # |x| <= 3: exponents 0
+    (2, 1, 8, 2, 100, "zero"),         # all-zero rows: zero vectors, e = 0
+])
+def test_qkv_linear_amaranth_sim(heads, kv_heads, head_dim, tokens, pos, kind):
+    """q|k|v + RoPE (q, k) + power-of-two int8 quantisation, against the golden chain."""
+    lanes, k = 4, 22
+    rows = (heads + 2 * kv_heads) * head_dim
+    core = QkvLinear(2, lanes, 4, k, rows, 4, head_dim=head_dim,
+                     freq_table=make_qkv_case(np.random.default_rng(0), 3, 1, 1, head_dim, 1, 0)["freq"])
+    case = make_qkv_case(np.random.default_rng(60 + tokens), k, heads, kv_heads, head_dim, tokens, pos, kind, lanes)
+    if kind == "huge":  # weight scales that saturate the dequantiser: int32 extremes into RoPE and quant
+        case["sw"] = [SFloat.from_float(np.float64(v)) for v in (2.0 ** 14, 2.0 ** 13, 3.0)]
+    want = qkv_reference(case, lanes)
+    got, _ = simulate(core, case, seed=5, want=len(want), unpack=lambda w: unpack_qkv(core, w))
+    assert got == want
+    if kind == "huge":  # RoPE and the quantiser see int32 extremes: large exponents
+        assert max(beat[1] for beat in want) >= 24
+
+
+def test_qkv_row_order_pairs_rotate_half_partners():
+    order = qkv_row_order(2, 8, 4)
+    # Head 0: tile 0 = elements 0, 1 (lo) and 4, 5 (hi); tile 1 = 2, 3 and 6, 7. Head 1 is offset by 8.
+    assert order == [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15]
+    with pytest.raises(ValueError, match="multiple of the lanes"):
+        qkv_row_order(1, 12, 8)
+
+
+@pytest.mark.parametrize("bad", [dict(head_dim=6), dict(lanes=3, head_dim=12), dict(pos_bits=0)])
+def test_qkv_linear_arguments_are_validated(bad):
+    args = dict(tables=2, lanes=4, vec_lanes=4, max_k=16, max_rows=48, head_dim=8, freq_table=[1, 2, 3, 4])
+    args.update(bad)
+    if "head_dim" in bad:
+        args["freq_table"] = list(range(args["head_dim"] // 2))
+    with pytest.raises(ValueError):
+        QkvLinear(**args)
+
+
 from sim import build_component, run_cocotb  # noqa: E402
 from sim.testbenches import TESTBENCH_DIR  # noqa: E402
 
@@ -159,5 +202,41 @@ def test_linear_core_cocotb_tiny(tmp_path):
     core = LinearCore(4, 4, 4, 96, 64, 4)
     build = build_component(core, "linear_core_tiny")
     run_cocotb(build, "tb_linear", test_dir=TESTBENCH_DIR, seed=11,
+               extra_env={"LINEAR_PARAMS": json.dumps(params)}, run_dir=tmp_path / "run")
+    assert len(json.loads((tmp_path / "report.json").read_text())) == len(params["cases"])
+
+
+_TINY = {"tables": 4, "lanes": 4, "vec_lanes": 4, "max_tokens": 4, "x_bits": 32, "p_stall": 0.3}
+_ASSEMBLIES = {
+    # o_proj / down: decode and prefill commands, random residuals (saturation both ways is likely
+    # at int32 extremes: the residuals are drawn from the whole int32 range).
+    "residual": dict(max_k=64, max_rows=32, cases=[
+        {"k": 64, "rows": 32, "tokens": 1, "kind": "residual"}, {"k": 37, "rows": 12, "tokens": 4, "kind": "huge"},
+        {"k": 24, "rows": 8, "tokens": 2, "kind": "zero"}]),
+    # gate|up, both activations: tile pairs, a prefill chunk, extreme accumulators for ReLU^2.
+    "silu": dict(max_k=64, max_rows=32, cases=[
+        {"k": 64, "rows": 32, "tokens": 1, "kind": "residual"}, {"k": 31, "rows": 16, "tokens": 4, "kind": "huge"},
+        {"k": 20, "rows": 8, "tokens": 2, "kind": "tiny"}]),
+    "relu2": dict(max_k=64, max_rows=32, cases=[
+        {"k": 64, "rows": 32, "tokens": 3, "kind": "residual"}, {"k": 48, "rows": 16, "tokens": 1, "kind": "extreme"},
+        {"k": 20, "rows": 8, "tokens": 2, "kind": "zero"}]),
+    # q|k|v + RoPE + quant: decode at 0 and at the largest position, a chunk mid-sequence, GQA 1, 2, 4.
+    "qkv": dict(max_k=48, max_rows=96, head_dim=16, theta=10000.0, cases=[
+        {"k": 48, "heads": 2, "kv_heads": 2, "tokens": 1, "pos": 0, "kind": "residual"},
+        {"k": 29, "heads": 2, "kv_heads": 1, "tokens": 4, "pos": 300, "kind": "residual"},
+        {"k": 40, "heads": 4, "kv_heads": 1, "tokens": 2, "pos": 65534, "kind": "huge"},
+        {"k": 12, "heads": 1, "kv_heads": 1, "tokens": 1, "pos": 9, "kind": "zero"}]),
+}
+
+
+@pytest.mark.parametrize("assembly", sorted(_ASSEMBLIES))
+def test_epilogue_assemblies_cocotb_tiny(assembly, tmp_path):
+    """Each fused assembly at the tiny config on Verilator: commands back to back, 30 % stalls on every
+    stream, bit-exact against the golden chain."""
+    params = {**_TINY, **_ASSEMBLIES[assembly], "assembly": assembly, "seed": 21,
+              "report": str(tmp_path / "report.json")}
+    from sim.testbenches.tb_linear import make_design
+    build = build_component(make_design(params), f"linear_{assembly}_tiny")
+    run_cocotb(build, "tb_linear", test_dir=TESTBENCH_DIR, seed=21,
                extra_env={"LINEAR_PARAMS": json.dumps(params)}, run_dir=tmp_path / "run")
     assert len(json.loads((tmp_path / "report.json").read_text())) == len(params["cases"])

@@ -95,6 +95,56 @@ def test_rope_unit_amaranth(head_dim, lanes, theta):
     run_amaranth(head_dim, lanes, theta, pos, x, seed=head_dim, resync=head_dim not in (20, 8))
 
 
+@pytest.mark.parametrize("head_dim,lanes,tokens", [(16, 4, 3), (20, 4, 2), (12, 2, 5)])
+def test_rope_unit_indexed_interleaved(head_dim, lanes, tokens):
+    """Indexed mode: a prefill chunk's beats arrive beat-major (every token's beat 0, then beat 1, ...),
+    each with its index and its token as the tag; every beat rotates by its own position."""
+    freq = rope_freq_table(head_dim, 10000.0)
+    dut = RopeUnit(head_dim, lanes, freq.tolist(), indexed=True, tag_bits=3)
+    rng = np.random.default_rng(head_dim + tokens)
+    pos = rng.integers(0, 1 << 16, tokens)
+    pos[0] = 0
+    x = rng.integers(-(1 << 31), 1 << 31, (tokens, head_dim))
+    want = golden_rotate(x, pos, freq)
+    beats = beats_of(x, lanes)
+    order = [(b, t) for b in range(len(beats[0])) for t in range(tokens)]
+    half = head_dim // 2
+    got = []
+
+    async def source(ctx):
+        for b, t in order:
+            while rng.random() < 0.3:
+                await ctx.tick()
+            lo, hi = beats[t][b]
+            ctx.set(dut.pairs.payload, {"lo": lo, "hi": hi, "pos": int(pos[t]), "first": 0, "beat": b, "tag": t})
+            ctx.set(dut.pairs.valid, 1)
+            await ctx.tick().until(dut.pairs.ready)
+            ctx.set(dut.pairs.valid, 0)
+
+    async def sink(ctx):
+        while len(got) < len(order):
+            ready = rng.random() >= 0.3
+            ctx.set(dut.rotated.ready, ready)
+            _, _, valid, pay = await ctx.tick().sample(dut.rotated.valid, dut.rotated.payload)
+            if valid and ready:
+                got.append(([pay.lo[i] for i in range(lanes)], [pay.hi[i] for i in range(lanes)],
+                            pay.first, pay.last, pay.tag))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(source, background=True)
+    sim.add_testbench(sink, background=True)
+    sim.run_until(1e-6 * (4 * len(order) + 40))
+    assert len(got) == len(order)
+    nb = len(beats[0])
+    for (b, t), (g_lo, g_hi, first, last, tag) in zip(order, got):
+        assert (first, last, tag) == (int(b == 0), int(b == nb - 1), t)
+        for lane in range(lanes):
+            i = b * lanes + lane
+            if i < half:
+                assert (g_lo[lane], g_hi[lane]) == (want[t, i], want[t, half + i]), (t, i)
+
+
 def test_rope_unit_rejects_bad_arguments():
     freq = rope_freq_table(8, 10000.0).tolist()
     with pytest.raises(ValueError, match="head_dim"):

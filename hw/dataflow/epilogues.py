@@ -17,16 +17,24 @@ through; see that module for the command and the beat order (row tile, then toke
     first it would have to hold every gate output of the chunk. The per-token scale of ``h``
     (``s_up * 2^-16`` for SiLU, ``s_gate^2 * s_up`` for ReLU^2) is a scalar-unit job of the command
     that feeds ``h`` to the next norm.
+:class:`QkvLinear`
+    The fused q|k|v matmul followed by :class:`~hw.vector.rope.RopeUnit` (q and k) and
+    :class:`~hw.vector.quant_pow2.QuantPow2`: int8 head vectors with a power-of-two exponent, ready for
+    the KV cache and the attention engines (``docs/numerics.md``, "Q, K, V and the KV cache").
 """
 
-from amaranth.hdl import Module, unsigned
-from amaranth.lib import memory, stream, wiring
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..params import check_int
+from ..tlmm.layouts import token_bits
 from ..vector.epilogue import GateRelu2, GateSilu, ResidualAdd, vector_layout
+from ..vector.quant_pow2 import QuantPow2, quant_out_layout
+from ..vector.rope import RopeUnit
 from .linear import LinearCore
 
-__all__ = ["ResidualLinear", "GateLinear"]
+__all__ = ["ResidualLinear", "GateLinear", "QkvLinear", "qkv_row_order"]
 
 _ACTIVATIONS = {"silu": GateSilu, "relu2": GateRelu2}
 
@@ -34,16 +42,16 @@ _ACTIVATIONS = {"silu": GateSilu, "relu2": GateRelu2}
 class _Wrapped(wiring.Component):
     """A LinearCore with its input ports passed through and its own output port(s)."""
 
-    def __init__(self, core, ports):
+    def __init__(self, core, ports, cfg=None):
         self.core = core
         self.tables, self.lanes, self.vec_lanes = core.tables, core.lanes, core.vec_lanes
         self.max_tokens, self.x_bits = core.max_tokens, core.x_bits
         sig = core.signature.members
-        super().__init__({"cfg": sig["cfg"], "x": sig["x"], "weights": sig["weights"], **ports})
+        super().__init__({"cfg": cfg or sig["cfg"], "x": sig["x"], "weights": sig["weights"], **ports})
 
-    def _core(self, m):
+    def _core(self, m, own_cfg=False):
         m.submodules.core = core = self.core
-        for name in ("cfg", "x", "weights"):
+        for name in ("x", "weights") if own_cfg else ("cfg", "x", "weights"):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(core, name))
         return core
 
@@ -123,4 +131,128 @@ class GateLinear(_Wrapped):
             core.o.ready.eq(~is_up | gate.up.ready),
         ]
         wiring.connect(m, gate.o, wiring.flipped(self.o))
+        return m
+
+
+def qkv_row_order(heads, head_dim, lanes):
+    """Packing order of one q or k block's rows: ``order[i]`` is the model row packed at position ``i``.
+
+    :class:`QkvLinear` rotates row tile ``b`` of a head as RoPE pairs: its first ``N/2`` lanes are the
+    "lo" elements ``bN/2 .. bN/2 + N/2 - 1`` of the head and its last ``N/2`` lanes the matching "hi"
+    elements ``d/2 + bN/2 ..`` (the "rotate half" partners). The host packs q and k weight rows in this
+    order; v rows keep the model order. Quantised q and k vectors therefore come out in the same
+    permuted element order, which attention does not see: ``q . k`` sums over matching elements.
+    """
+    check_int("heads", heads, 1, 1 << 12)
+    check_int("lanes", lanes, 2, 64)
+    if lanes % 2 or head_dim % lanes:
+        raise ValueError(f"head_dim ({head_dim}) must be a multiple of the lanes ({lanes}), which must be even")
+    half, hl = head_dim // 2, lanes // 2
+    within = [r for b in range(head_dim // lanes)
+              for r in [b * hl + i for i in range(hl)] + [half + b * hl + i for i in range(hl)]]
+    return [h * head_dim + r for h in range(heads) for r in within]
+
+
+def qkv_cfg_layout(core_cfg, pos_bits):
+    return data.StructLayout({"core": core_cfg, "pos": unsigned(pos_bits)})
+
+
+class QkvLinear(_Wrapped):
+    """``(q8, e) = quant_pow2(rope(dequant(TLMM(norm_quant(x))), pos))`` for a fused q|k|v matmul.
+
+    The core's scale groups are q (tiles below ``bound0``), k (below ``bound1``) and v. Every row tile
+    of q and k goes through :class:`~hw.vector.rope.RopeUnit` in indexed mode (its index in the head is
+    ``tile mod d/N``, its position ``pos + token``); v tiles take the same path at position 0, where
+    the rotation is exactly the identity, so one path keeps the beat order. :class:`QuantPow2` then
+    forms each head vector's exponent and int8 values. q and k rows must be packed in
+    :func:`qkv_row_order`.
+
+    Parameters
+    ----------
+    tables, lanes, vec_lanes, max_k, max_rows, max_tokens, x_bits
+        As :class:`~hw.dataflow.linear.LinearCore` (``max_rows`` counts q, k and v rows).
+    head_dim : int
+        ``d``, a multiple of ``lanes`` (which must be even).
+    freq_table : sequence of int
+        RoPE phase increments (:func:`golden.numerics.rope_freq_table`).
+    pos_bits : int
+        Width of the position of the chunk's first token.
+
+    Attributes
+    ----------
+    cfg : In(stream.Signature(StructLayout({"core": linear_cfg_layout(...), "pos": pos_bits})))
+        The core's command and the position of the chunk's first token.
+    o : Out(stream.Signature(quant_out_layout(lanes, max_tokens)))
+        ``q`` (``lanes`` int8), ``e``, ``slot`` (token) and the ``first``/``last`` beat of a vector.
+        Each vector's ``d/N`` beats leave back to back; vectors leave in order of head (q heads, then
+        k heads, then v heads), then token.
+    """
+
+    def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, head_dim, freq_table,
+                 pos_bits=16, x_bits=32):
+        check_int("lanes", lanes, 2, 64)
+        check_int("head_dim", head_dim, 2, 4096)
+        if lanes % 2 or head_dim % lanes:
+            raise ValueError(f"head_dim ({head_dim}) must be a multiple of the lanes ({lanes}), "
+                             "which must be even: a row tile holds whole RoPE pairs of one head")
+        check_int("pos_bits", pos_bits, 1, 32)
+        core = LinearCore(tables, lanes, vec_lanes, max_k, max_rows, max_tokens, x_bits=x_bits)
+        self.head_dim, self.pos_bits = head_dim, pos_bits
+        self.head_beats = head_dim // lanes
+        self.rope = RopeUnit(head_dim, lanes // 2, freq_table, pos_bits=pos_bits, indexed=True,
+                             tag_bits=token_bits(max_tokens))
+        self.quant = QuantPow2(lanes, head_dim, max_tokens)
+        core_cfg = core.cfg.payload.shape()
+        super().__init__(core, {"o": Out(stream.Signature(quant_out_layout(lanes, max_tokens)))},
+                         cfg=In(stream.Signature(qkv_cfg_layout(core_cfg, pos_bits))))
+
+    def elaborate(self, platform):
+        m = Module()
+        core = self._core(m, own_cfg=True)
+        m.submodules.rope = rope = self.rope
+        m.submodules.quant = quant = self.quant
+        N, hl = self.lanes, self.lanes // 2
+
+        # The command: the core takes its part; the position and the v bound stay here for the beats
+        # still to come (the core takes a command only after the previous one's last beat has left it,
+        # and that beat is then past the point where they are used).
+        pos0 = Signal(self.pos_bits)
+        v_from = Signal.like(self.cfg.payload.core.bound1)
+        m.d.comb += [core.cfg.payload.eq(self.cfg.payload.core), core.cfg.valid.eq(self.cfg.valid),
+                     self.cfg.ready.eq(core.cfg.ready)]
+        with m.If(self.cfg.valid & self.cfg.ready):
+            m.d.sync += [pos0.eq(self.cfg.payload.pos), v_from.eq(self.cfg.payload.core.bound1)]
+
+        # Index of the beat in its head vector, tile mod d/N, followed as tiles go by (beats of a tile
+        # are consecutive; a head starts at every d/N-th tile and at tile 0).
+        beat = core.o.payload
+        prev_tile = Signal.like(beat.tile)
+        prev_idx = Signal(range(self.head_beats))
+        idx = Signal(range(self.head_beats))
+        with m.If(beat.tile == 0):
+            m.d.comb += idx.eq(0)
+        with m.Elif(beat.tile == prev_tile):
+            m.d.comb += idx.eq(prev_idx)
+        with m.Else():
+            m.d.comb += idx.eq(Mux(prev_idx == self.head_beats - 1, 0, prev_idx + 1))
+        with m.If(core.o.valid & core.o.ready):
+            m.d.sync += [prev_tile.eq(beat.tile), prev_idx.eq(idx)]
+
+        y = beat.y.as_value()
+        pairs = rope.pairs.payload
+        m.d.comb += [
+            pairs.lo.eq(y[:32 * hl]), pairs.hi.eq(y[32 * hl:]),
+            pairs.pos.eq(Mux(beat.tile >= v_from, 0, pos0 + beat.slot)),
+            pairs.beat.eq(idx), pairs.tag.eq(beat.slot), pairs.first.eq(idx == 0),
+            rope.pairs.valid.eq(core.o.valid), core.o.ready.eq(rope.pairs.ready),
+        ]
+        rot = rope.rotated.payload
+        m.d.comb += [
+            quant.i.payload.x.eq(Cat(rot.lo, rot.hi)), quant.i.payload.slot.eq(rot.tag),
+            quant.i.valid.eq(rope.rotated.valid), rope.rotated.ready.eq(quant.i.ready),
+        ]
+
+        # Head vectors complete, and leave, in order of head, then token: a head's last row tile comes
+        # for every token of the chunk before the next head's first tile.
+        wiring.connect(m, quant.o, wiring.flipped(self.o))
         return m

@@ -19,6 +19,12 @@ Beat structure
 * The ``rotated`` stream has the same beat structure (one output beat per input beat, in order),
   with ``first`` and ``last`` flags of the head vector.
 
+Indexed mode (``indexed=True``) is for head vectors whose beats arrive interleaved with other
+vectors' beats, as a prefill chunk leaves the TLMM engine (row tile by row tile, every token of the
+chunk in turn): each beat then carries its index ``beat`` in the head vector, which selects the
+frequencies instead of the counter (``first`` is ignored; the output flags follow ``beat``). With
+``tag_bits`` a tag (say, the token slot) rides along with every beat to the output.
+
 Arithmetic (``docs/numerics.md``, "Rotary embeddings")
 -------------------------------------------------------
 Per lane, exactly as :func:`golden.numerics.rope_cos_sin` and :func:`golden.numerics.rope_apply`:
@@ -65,7 +71,7 @@ computed (320 per lane) and the product/sum registers.
 
 import numbers
 
-from amaranth.hdl import Cat, Format, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Format, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -111,24 +117,25 @@ class LaneArray(data.ArrayLayout):
         return Format("{}", Value.cast(value))
 
 
-def rope_pairs_layout(lanes, pos_bits=16):
-    """Payload of the input stream: ``lanes`` (lo, hi) pairs, the position and the first-beat flag."""
-    return data.StructLayout({
-        "lo": LaneArray(lanes),
-        "hi": LaneArray(lanes),
-        "pos": unsigned(pos_bits),
-        "first": 1,
-    })
+def rope_pairs_layout(lanes, pos_bits=16, *, beat_bits=0, tag_bits=0):
+    """Payload of the input stream: ``lanes`` (lo, hi) pairs, the position and the first-beat flag;
+    with ``beat_bits`` the beat's index in its head vector (indexed mode), with ``tag_bits`` a tag that
+    travels with the beat."""
+    fields = {"lo": LaneArray(lanes), "hi": LaneArray(lanes), "pos": unsigned(pos_bits), "first": 1}
+    if beat_bits:
+        fields["beat"] = unsigned(beat_bits)
+    if tag_bits:
+        fields["tag"] = unsigned(tag_bits)
+    return data.StructLayout(fields)
 
 
-def rope_rotated_layout(lanes):
-    """Payload of the output stream: ``lanes`` rotated (lo', hi') pairs and the head-vector flags."""
-    return data.StructLayout({
-        "lo": LaneArray(lanes),
-        "hi": LaneArray(lanes),
-        "first": 1,
-        "last": 1,
-    })
+def rope_rotated_layout(lanes, *, tag_bits=0):
+    """Payload of the output stream: ``lanes`` rotated (lo', hi') pairs, the head-vector flags and the
+    input beat's tag (with ``tag_bits``)."""
+    fields = {"lo": LaneArray(lanes), "hi": LaneArray(lanes), "first": 1, "last": 1}
+    if tag_bits:
+        fields["tag"] = unsigned(tag_bits)
+    return data.StructLayout(fields)
 
 
 class RopeUnit(wiring.Component):
@@ -145,6 +152,10 @@ class RopeUnit(wiring.Component):
         :func:`golden.numerics.rope_freq_table` from the model's ``theta``. Stored in a ROM.
     pos_bits : int
         Width of the token position ``pos``.
+    indexed : bool
+        Take the beat index from the ``beat`` field of each beat (see the module docstring).
+    tag_bits : int
+        Width of the ``tag`` carried from ``pairs`` to ``rotated`` (0: none).
 
     Attributes
     ----------
@@ -158,12 +169,15 @@ class RopeUnit(wiring.Component):
         Cycles from accepting a beat to presenting it on ``rotated`` (no stalls).
     """
 
-    def __init__(self, head_dim, lanes, freq_table, *, pos_bits=16):
+    def __init__(self, head_dim, lanes, freq_table, *, pos_bits=16, indexed=False, tag_bits=0):
         check_int("head_dim", head_dim, 2, 1 << 16)
         if head_dim % 2:
             raise ValueError(f"head_dim must be even, got {head_dim}")
         check_int("lanes", lanes, 1, 64)
         check_int("pos_bits", pos_bits, 1, 32)
+        check_int("tag_bits", tag_bits, 0, 64)
+        if not isinstance(indexed, bool):
+            raise TypeError(f"indexed must be a bool, got {indexed!r}")
         freq = list(freq_table)
         if len(freq) != head_dim // 2:
             raise ValueError(f"freq_table must hold head_dim/2 = {head_dim // 2} entries, got {len(freq)}")
@@ -172,12 +186,15 @@ class RopeUnit(wiring.Component):
                 raise ValueError(f"freq_table[{i}] = {f!r} is not an unsigned {ROPE_PHASE_BITS}-bit integer")
         freq = [int(f) for f in freq]
         self.head_dim, self.lanes, self.pos_bits = head_dim, lanes, pos_bits
+        self.indexed, self.tag_bits = indexed, tag_bits
         self.freq_table = tuple(freq)
         self.half = head_dim // 2
         self.beats = -(-self.half // lanes)
+        self.beat_bits = max(1, (self.beats - 1).bit_length()) if indexed else 0
         super().__init__({
-            "pairs": In(stream.Signature(rope_pairs_layout(lanes, pos_bits))),
-            "rotated": Out(stream.Signature(rope_rotated_layout(lanes))),
+            "pairs": In(stream.Signature(rope_pairs_layout(lanes, pos_bits, beat_bits=self.beat_bits,
+                                                           tag_bits=tag_bits))),
+            "rotated": Out(stream.Signature(rope_rotated_layout(lanes, tag_bits=tag_bits))),
         })
 
     #: Pipeline registers between the input and the output (see :meth:`elaborate`).
@@ -217,13 +234,18 @@ class RopeUnit(wiring.Component):
                 m.d.sync += reg.eq(value)
             return reg
 
-        # Beat counter: restarts on `first`, wraps after the last beat of a head vector.
-        beat = Signal(range(self.beats), name="beat")
+        # Beat in the head vector: from the payload (indexed), or a counter that restarts on `first`
+        # and wraps after the last beat.
         cur = Signal(range(self.beats), name="cur_beat")
         last = Signal()
-        m.d.comb += [cur.eq(Mux(inp.first, 0, beat)), last.eq(cur == self.beats - 1)]
-        with m.If(fire):
-            m.d.sync += beat.eq(Mux(last, 0, cur + 1))
+        m.d.comb += last.eq(cur == self.beats - 1)
+        if self.indexed:
+            m.d.comb += cur.eq(inp.beat)
+        else:
+            beat = Signal(range(self.beats), name="beat")
+            m.d.comb += cur.eq(Mux(inp.first, 0, beat))
+            with m.If(fire):
+                m.d.sync += beat.eq(Mux(last, 0, cur + 1))
 
         # Stage 1: the beat's frequencies are read from the ROM; register the inputs.
         freq_rom = memory.Memory(shape=unsigned(ROPE_PHASE_BITS * N), depth=self.beats,
@@ -232,7 +254,10 @@ class RopeUnit(wiring.Component):
         rd_f = freq_rom.read_port()
         m.d.comb += [rd_f.addr.eq(cur), rd_f.en.eq(en)]
         valid = [stage("v1", 1, fire)]
-        flags = [stage("flags1", 2, (cur == 0) | (last << 1))]
+        # Flags: first, last and the tag, carried to the output.
+        tag = inp.tag if self.tag_bits else Const(0, 0)
+        nflags = 2 + self.tag_bits
+        flags = [stage("flags1", nflags, Cat(cur == 0, last, tag))]
         pos1 = stage("pos1", unsigned(self.pos_bits), inp.pos)
         # The lanes' values travel alongside until the multipliers (stage 5).
         lo_hi = stage("x1", unsigned(2 * VALUE_BITS * N), Cat(inp.lo.as_value(), inp.hi.as_value()))
@@ -244,7 +269,7 @@ class RopeUnit(wiring.Component):
         def carry(s, bits):
             """Pass the valid bit, flags and values on by one stage."""
             valid.append(stage(f"v{s}", 1, valid[-1]))
-            flags.append(stage(f"flags{s}", 2, flags[-1]))
+            flags.append(stage(f"flags{s}", nflags, flags[-1]))
             return stage(f"x{s}", unsigned(len(bits)), bits)
 
         # Stage 2: phase = pos * F mod 2^32 (two 18x18 multipliers per lane).
@@ -308,7 +333,7 @@ class RopeUnit(wiring.Component):
                           stage(f"k2_{n}", signed(SUM_BITS), lo * s_minus_c),
                           stage(f"k3_{n}", signed(SUM_BITS), hi * c_plus_s)))
         valid.append(stage("v6", 1, valid[-1]))
-        flags.append(stage("flags6", 2, flags[-1]))
+        flags.append(stage("flags6", nflags, flags[-1]))
 
         # Stage 7: lo*c - hi*s and hi*c + lo*s. The rounding half is added in the next stage: written
         # here as a third operand, Yosys turns each sum into a LUT4 adder ($macc), which measured about
@@ -319,7 +344,7 @@ class RopeUnit(wiring.Component):
             sum7.append((stage(f"re_{n}", signed(SUM_BITS), k1 - k3),
                          stage(f"im_{n}", signed(SUM_BITS), k1 + k2)))
         valid.append(stage("v7", 1, valid[-1]))
-        flags.append(stage("flags7", 2, flags[-1]))
+        flags.append(stage("flags7", nflags, flags[-1]))
 
         # Stage 8 (the output register): round half up, shift and saturate to int32.
         lim_hi, lim_lo = (1 << (VALUE_BITS - 1)) - 1, -(1 << (VALUE_BITS - 1))
@@ -335,6 +360,8 @@ class RopeUnit(wiring.Component):
         with m.If(en):
             m.d.sync += [self.rotated.valid.eq(valid[-1]),
                          out.first.eq(flags[-1][0]), out.last.eq(flags[-1][1])]
+            if self.tag_bits:
+                m.d.sync += out.tag.eq(flags[-1][2:])
             for n in range(N):
                 re, im = sum7[n]
                 m.d.sync += [out.lo[n].eq(round_sat(re, f"re_rounded_{n}")),

@@ -2,9 +2,12 @@
 against the golden model composed of ``norm_quant``, a plain integer matmul and ``dequant_q16``.
 
 Environment: ``LINEAR_PARAMS`` JSON with the core's constructor arguments (``tables``, ``lanes``,
-``vec_lanes``, ``max_k``, ``max_rows``, ``max_tokens``, ``x_bits``), ``cases`` (a list of
-``{"k", "rows", "tokens", "kind"}``), ``seed``, ``p_stall`` and optionally ``report`` (path: cycles per
-case are written there).
+``vec_lanes``, ``max_k``, ``max_rows``, ``max_tokens``, ``x_bits``), ``assembly`` (``core``,
+``residual``, ``silu``, ``relu2`` or ``qkv``, the last with ``head_dim`` and ``theta``), ``cases`` (a
+list of ``{"k", "rows", "tokens", "kind"}``; for ``qkv`` ``{"k", "heads", "kv_heads", "tokens", "pos",
+"kind"}``), ``seed``, ``p_stall`` and optionally ``report`` (path: cycles per case are written there).
+
+The same testbench covers the epilogue assemblies of ``hw/dataflow/epilogues.py``.
 
 The stimulus, the reference and the packing need no simulator: ``tests/test_fused_linear.py`` uses them
 for the Amaranth-simulator test too.
@@ -16,12 +19,13 @@ import random
 
 import numpy as np
 
-from golden.numerics import dequant_q16, gate_relu2, gate_silu, norm_quant, quantise_gain, residual_add
+from golden.numerics import (dequant_q16, gate_relu2, gate_silu, norm_quant, quant_pow2, quantise_gain,
+                             residual_add, rope_apply, rope_cos_sin, rope_freq_table)
 from golden.sfloat import SFloat
 from golden.tlmm import pack_ternary
 
-__all__ = ["make_case", "reference", "residual_reference", "gate_reference", "cfg_payload", "x_payloads",
-           "weight_payloads", "unpack_o", "KINDS"]
+__all__ = ["make_case", "make_qkv_case", "reference", "residual_reference", "gate_reference", "qkv_reference",
+           "cfg_fields", "cfg_payload", "x_payloads", "weight_payloads", "unpack_o", "unpack_qkv", "KINDS"]
 
 #: Case kinds: how the input vectors, gains and weights are drawn.
 KINDS = ("residual", "huge", "tiny", "zero", "extreme", "gate")
@@ -68,6 +72,59 @@ def make_case(rng, k, rows, tokens, kind="residual", lanes=4, x_bits=32, interle
     b0, b1 = (tiles // 3, 2 * tiles // 3) if tiles >= 3 else (tiles, tiles)
     sw = [_sf(v) for v in rng.uniform(0.3, 3.0, 3)]
     return {"x": x, "sx": sx, "gain": gain, "w": w, "sw": sw, "interleave": interleave, "bounds": (b0, b1)}
+
+
+def make_qkv_case(rng, k, heads, kv_heads, head_dim, tokens, pos, kind="residual", lanes=4, theta=10000.0):
+    """A fused q|k|v command: ``heads`` q heads and ``kv_heads`` k and v heads of ``head_dim``, for the
+    chunk of ``tokens`` starting at position ``pos``. ``w`` is in packed order
+    (:func:`~hw.dataflow.epilogues.qkv_row_order` for q and k); ``w_model`` in the model's."""
+    from hw.dataflow.epilogues import qkv_row_order
+
+    rows = (heads + 2 * kv_heads) * head_dim
+    case = make_case(rng, k, rows, tokens, kind, lanes, interleave=False)
+    qd, kd = heads * head_dim, kv_heads * head_dim
+    order = (qkv_row_order(heads, head_dim, lanes) + [qd + r for r in qkv_row_order(kv_heads, head_dim, lanes)]
+             + list(range(qd + kd, rows)))
+    case.update(w_model=case["w"], w=case["w"][order], bounds=(qd // lanes, (qd + kd) // lanes), pos=pos,
+                heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                freq=rope_freq_table(head_dim, theta))
+    return case
+
+
+def qkv_reference(case, lanes):
+    """Expected ``o`` beats ``(q, e, slot, first, last)`` of a QkvLinear: golden norm_quant, matmul,
+    dequant_q16 per group, rope_apply on q and k, quant_pow2 per head vector; vectors in order of head
+    (q, k, v), then token; q and k elements in the packed (pair-tile) order."""
+    x, w = case["x"], case["w_model"]
+    tokens = x.shape[0]
+    h, hkv, d = case["heads"], case["kv_heads"], case["head_dim"]
+    sx = SFloat(np.full(tokens, int(case["sx"].m)), np.full(tokens, int(case["sx"].e)))
+    xq, sq = norm_quant(x, sx, case["gain"])
+    acc = xq @ w.T.astype(np.int64)
+    parts = np.split(acc, [h * d, (h + hkv) * d], axis=1)
+    cos, sin = rope_cos_sin(case["pos"] + np.arange(tokens), case["freq"])
+    vectors = []
+    for g, (part, nh) in enumerate(zip(parts, (h, hkv, hkv))):
+        y = dequant_q16(part, sq.mul(case["sw"][g])).reshape(tokens, nh, d)
+        if g < 2:
+            y = rope_apply(y, cos, sin)
+        q8, e = quant_pow2(y)
+        half, hl = d // 2, lanes // 2
+        perm = ([r for b in range(d // lanes) for r in list(range(b * hl, b * hl + hl))
+                 + list(range(half + b * hl, half + b * hl + hl))] if g < 2 else list(range(d)))
+        vectors += [(q8[t, j][perm], int(e[t, j]), t) for j in range(nh) for t in range(tokens)]
+    out = []
+    nb = d // lanes
+    for vals, e, t in vectors:
+        for b in range(nb):
+            out.append(([int(v) for v in vals[b * lanes:(b + 1) * lanes]], e, t, int(b == 0), int(b == nb - 1)))
+    return out
+
+
+def unpack_qkv(dut, word):
+    view = dut.o.payload.shape().from_bits(word)
+    return ([int(view.q[f"lane{i}"]) for i in range(dut.lanes)], int(view.e), int(view.slot), int(view.first),
+            int(view.last))
 
 
 def _group(case, tile):
@@ -138,17 +195,26 @@ def pack_vector(values, bits):
     return word
 
 
-def cfg_payload(core, case):
-    """The ``cfg`` payload (int) for ``core`` (a LinearCore)."""
+def cfg_fields(core, case):
+    """The LinearCore command of ``case`` as a dict of field values (``core``: the core or an assembly)."""
     tokens, k = case["x"].shape
     packed = pack_ternary(case["w"], core.tables, core.lanes)
     sfl = lambda s: {"m": int(s.m), "e": int(s.e) if int(s.m) else 0}  # noqa: E731
-    return core.cfg.payload.shape().const({
+    return {
         "n": k, "k_steps": packed.k_steps, "row_tiles": packed.row_tiles, "tokens": tokens,
         "sx": sfl(case["sx"]), "shift": case["gain"].shift, "eps": sfl(case["gain"].eps),
         "sw0": sfl(case["sw"][0]), "sw1": sfl(case["sw"][1]), "sw2": sfl(case["sw"][2]),
         "interleave": int(case["interleave"]), "bound0": case["bounds"][0], "bound1": case["bounds"][1],
-    }).as_bits()
+    }
+
+
+def cfg_payload(core, case):
+    """The ``cfg`` payload (int) for ``core`` (a LinearCore, or an assembly with the core's command; a
+    :class:`~hw.dataflow.epilogues.QkvLinear` command also carries ``case["pos"]``)."""
+    fields = cfg_fields(core, case)
+    if "pos" in case:
+        fields = {"core": fields, "pos": case["pos"]}
+    return core.cfg.payload.shape().const(fields).as_bits()
 
 
 def x_payloads(core, case):
@@ -189,30 +255,62 @@ except ImportError:  # the helpers above are used without cocotb too
 if cocotb is not None:
     from sim import cocotb_streams as streams
 
-    def _core(p):
+    def make_design(p):
+        """The Python twin of the simulated design: ``p["assembly"]`` names it."""
+        from hw.dataflow.epilogues import GateLinear, QkvLinear, ResidualLinear
         from hw.dataflow.linear import LinearCore
-        core = LinearCore(p["tables"], p["lanes"], p["vec_lanes"], p["max_k"], p["max_rows"], p["max_tokens"],
-                          x_bits=p["x_bits"])
-        core._MustUse__silence = True
-        return core
+        args = (p["tables"], p["lanes"], p["vec_lanes"], p["max_k"], p["max_rows"], p["max_tokens"])
+        kind = p.get("assembly", "core")
+        if kind == "core":
+            dut = LinearCore(*args, x_bits=p["x_bits"])
+        elif kind == "residual":
+            dut = ResidualLinear(*args, x_bits=p["x_bits"])
+        elif kind in ("silu", "relu2"):
+            dut = GateLinear(kind, *args, x_bits=p["x_bits"])
+        elif kind == "qkv":
+            dut = QkvLinear(*args, head_dim=p["head_dim"], freq_table=rope_freq_table(p["head_dim"], p["theta"]),
+                            x_bits=p["x_bits"])
+        else:
+            raise ValueError(f"unknown assembly {kind!r}")
+        dut._MustUse__silence = True
+        return dut
+
+    def _stimulus(p, dut, c, rng):
+        """(case, extra input streams, expected output beats, unpack) of one command ``c``."""
+        kind, lanes = p.get("assembly", "core"), dut.lanes
+        if kind == "qkv":
+            case = make_qkv_case(rng, c["k"], c["heads"], c["kv_heads"], p["head_dim"], c["tokens"], c["pos"],
+                                 c["kind"], lanes, p["theta"])
+            return case, {}, qkv_reference(case, lanes), lambda w: unpack_qkv(dut, w)
+        case = make_case(rng, c["k"], c["rows"], c["tokens"], c["kind"], lanes, dut.x_bits,
+                         interleave=True if kind in ("silu", "relu2") else None)
+        if kind == "core":
+            return case, {}, reference(case, lanes), lambda w: unpack_o(dut, w)
+        if kind == "residual":
+            res = rng.integers(-(1 << 31), 1 << 31, (c["tokens"], c["rows"]), dtype=np.int64)
+            beats = [pack_vector(res[t, rt * lanes:(rt + 1) * lanes], 32)
+                     for _acc, _y, t, rt in reference(case, lanes)]
+            return (case, {"res": beats}, residual_reference(case, res, lanes),
+                    lambda w: unpack_vector(w, lanes, 32))
+        return case, {}, gate_reference(case, lanes, kind), lambda w: unpack_vector(w, lanes, 64)
 
     @cocotb.test()
     async def test_cases_with_stalls(dut):
         p = json.loads(os.environ["LINEAR_PARAMS"])
-        core = _core(p)
+        twin = make_design(p)
         rng = np.random.default_rng(p["seed"])
-        await streams.reset(dut, ["cfg", "x", "weights"], ["o"])
+        extra_inputs = {"residual": ["res"]}.get(p.get("assembly", "core"), [])
+        await streams.reset(dut, ["cfg", "x", "weights", *extra_inputs], ["o"])
         report = []
         for c in p["cases"]:
-            case = make_case(rng, c["k"], c["rows"], c["tokens"], c["kind"], core.lanes, core.x_bits)
-            want = reference(case, core.lanes)
+            case, extra, want, unpack = _stimulus(p, twin, c, rng)
             run = await streams.run_streams(
-                dut, {"cfg": [cfg_payload(core, case)], "x": x_payloads(core, case),
-                      "weights": weight_payloads(core, case)},
+                dut, {"cfg": [cfg_payload(twin, case)], "x": x_payloads(twin, case),
+                      "weights": weight_payloads(twin, case), **extra},
                 "o", len(want), random.Random(p["seed"] + len(report)), p["p_stall"], p["p_stall"])
-            got = [unpack_o(core, w) for w in run.received]
+            got = [unpack(w) for w in run.received]
             for i, (g, e) in enumerate(zip(got, want)):
-                assert g == e, f"case {c}: beat {i} (tile {e[3]}, token {e[2]}): got {g}, want {e}"
+                assert g == e, f"case {c}: beat {i}: got {g}, want {e}"
             report.append({**c, "cycles": run.cycles})
         if p.get("report"):
             with open(p["report"], "w") as f:
