@@ -1,0 +1,199 @@
+"""Compile an integer model into an accelerator program and a DRAM image.
+
+:func:`compile_model` lays out everything the accelerator reads (``hw/dram_format.py`` records, packed
+ternary weights, the bit-serial LM head), the KV cache (``firmware/kv_cache.py``) and an I/O area for the
+run arguments, and assembles one program (``hw/isa.py``) that runs a chunk of tokens through the whole
+model: one program serves prefill chunks and decode steps, because the token count and position are
+run arguments.
+
+Weight packing follows the fused assemblies (``docs/vector-units.md``): q and k rows of each head in
+:func:`hw.dataflow.epilogues.qkv_row_order` (whole RoPE pairs per row tile), gate and up rows
+tile-interleaved (gate tile j, then up tile j).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from golden.model_int import IntegerModel
+from golden.numerics import score_constant
+from golden.tlmm import pack_bitserial, pack_ternary
+from hw.config import HwConfig
+from hw.dataflow.epilogues import qkv_row_order
+from hw.dram_format import pack_embedding, pack_params, pack_rope, pack_row_scales
+from hw.isa import INSTRUCTION_BYTES, Epilogue, Opcode, Source, encode
+
+from .kv_cache import KvCacheLayout
+
+__all__ = ["CompileError", "Region", "CompiledModel", "compile_model", "gate_up_order"]
+
+_ATTN_BLOCK = 32
+
+
+class CompileError(ValueError):
+    """A model that this hardware configuration cannot run, with the reason."""
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    addr: int
+    size: int
+
+
+@dataclass
+class CompiledModel:
+    """A model ready for the accelerator: the DRAM image and where things are in it.
+
+    Attributes
+    ----------
+    image : bytearray
+        The whole DRAM contents at start (KV cache zero, I/O area zero).
+    program : int
+        Byte address of the program's first instruction.
+    regions : dict
+        Name -> :class:`Region` (``program``, ``rope``, ``embed``, ``layers.{i}.{linear}.weights`` /
+        ``.params``, ``final_norm``, ``lm_head``, ``lm_head.scales``, ``kv_cache``, ``tokens``, ``logits``).
+    kv : KvCacheLayout
+    max_chunk : int
+        Most tokens per run (sizes the token and logits areas).
+    """
+
+    image: bytearray
+    program: int
+    regions: dict
+    kv: KvCacheLayout
+    max_chunk: int
+    vocab: int
+    instructions: list = field(default_factory=list)
+
+    @property
+    def tokens_addr(self):
+        return self.regions["tokens"].addr
+
+    @property
+    def logits_addr(self):
+        return self.regions["logits"].addr
+
+
+def gate_up_order(inter, lanes):
+    """Packing order of a fused gate|up matrix (``2 * inter`` rows, gate first in the model order):
+    gate tile j, then up tile j."""
+    if inter % lanes:
+        raise CompileError(f"intermediate_size {inter} must be a multiple of the TLMM lanes ({lanes}) to "
+                           "fuse gate and up tile by tile")
+    return [r for j in range(inter // lanes)
+            for r in list(range(j * lanes, (j + 1) * lanes)) + list(range(inter + j * lanes, inter + (j + 1) * lanes))]
+
+
+class _Image:
+    def __init__(self, align):
+        self.align = align
+        self.buf = bytearray()
+        self.regions = {}
+
+    def add(self, name, data=b"", size=None):
+        addr = -(-len(self.buf) // self.align) * self.align
+        size = len(data) if size is None else size
+        self.buf.extend(bytes(addr - len(self.buf)))
+        self.buf.extend(bytes(data))
+        self.buf.extend(bytes(size - len(data)))
+        self.regions[name] = Region(name, addr, size)
+        return addr
+
+
+def _codes(wt):
+    """int8 ternary codes ``(out, in)`` from an IntegerModel's float32 ``(in, out)`` matrix."""
+    return np.ascontiguousarray(wt.T).astype(np.int8)
+
+
+def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_chunk=16):
+    """Lay out ``model`` for ``hw`` and assemble its program (see the module docstring).
+
+    Raises
+    ------
+    CompileError
+        If a shape does not suit the configuration (head_dim or intermediate size not a multiple of the
+        TLMM lanes, odd lanes, context beyond the configuration's ``max_context``).
+    """
+    c = model.config
+    T, N = hw.tlmm.tables, hw.tlmm.lanes
+    if N % 2 or c.head_dim % N:
+        raise CompileError(f"head_dim {c.head_dim} must be a multiple of the TLMM lanes ({N}), which must be "
+                           "even: a row tile holds whole RoPE pairs of one head")
+    ctx = hw.max_context if max_context is None else max_context
+    if not 1 <= ctx <= hw.max_context:
+        raise CompileError(f"max_context {ctx} outside 1..{hw.max_context} (the hardware configuration's)")
+    ctx = -(-ctx // _ATTN_BLOCK) * _ATTN_BLOCK
+    if not 1 <= max_chunk <= ctx:
+        raise CompileError(f"max_chunk {max_chunk} outside 1..{ctx}")
+    bus = hw.dram.data_bytes
+    img = _Image(bus * -(-64 // bus))
+
+    n_layers = len(model.layers)
+    # Program first: its size is known (SETUP, EMBED, 5 per layer, LOGITS, END).
+    n_instr = 2 + 5 * n_layers + 2
+    prog = img.add("program", size=n_instr * INSTRUCTION_BYTES)
+    rope = img.add("rope", pack_rope(model.rope_freq))
+    embed = img.add("embed", pack_embedding(model.embed))
+
+    qd, kd = c.q_dim, c.kv_dim
+    qkv_order = (qkv_row_order(c.num_attention_heads, c.head_dim, N)
+                 + [qd + r for r in qkv_row_order(c.num_key_value_heads, c.head_dim, N)]
+                 + list(range(qd + kd, qd + 2 * kd)))
+    gu_order = gate_up_order(c.intermediate_size, N)
+    code = []
+    for i, ly in enumerate(model.layers):
+        pre = f"layers.{i}."
+        qkv = _codes(ly.qkv.wt)[qkv_order]
+        w_qkv = img.add(pre + "qkv.weights", pack_ternary(qkv, T, N).to_bytes())
+        p_qkv = img.add(pre + "qkv.params", pack_params(ly.g_in, [ly.q_scale, ly.k_scale, ly.v_scale]))
+        w_o = img.add(pre + "o_proj.weights", pack_ternary(_codes(ly.o.wt), T, N).to_bytes())
+        p_o = img.add(pre + "o_proj.params", pack_params(ly.g_attn_sub, [ly.o.scale]))
+        gu = _codes(ly.gate_up.wt)[gu_order]
+        w_gu = img.add(pre + "gate_up.weights", pack_ternary(gu, T, N).to_bytes())
+        p_gu = img.add(pre + "gate_up.params", pack_params(ly.g_post, [ly.gate_scale, ly.up_scale]))
+        w_d = img.add(pre + "down_proj.weights", pack_ternary(_codes(ly.down.wt), T, N).to_bytes())
+        p_d = img.add(pre + "down_proj.params", pack_params(ly.g_ffn_sub, [ly.down.scale]))
+        gate = Epilogue.GATE_SILU if c.hidden_act == "silu" else Epilogue.GATE_RELU2
+        code += [
+            (Opcode.LINEAR, dict(epilogue=Epilogue.QKV, source=Source.RESIDUAL, layer=i, weights=w_qkv,
+                                 params=p_qkv, k=c.hidden_size, rows=qd + 2 * kd, bound0=qd // N,
+                                 bound1=(qd + kd) // N)),
+            (Opcode.ATTEND, dict(layer=i)),
+            (Opcode.LINEAR, dict(epilogue=Epilogue.RESIDUAL, source=Source.ATTENTION, layer=i, weights=w_o,
+                                 params=p_o, k=qd, rows=c.hidden_size, bound0=0, bound1=0)),
+            (Opcode.LINEAR, dict(epilogue=gate, source=Source.RESIDUAL, layer=i, weights=w_gu, params=p_gu,
+                                 k=c.hidden_size, rows=2 * c.intermediate_size, bound0=0, bound1=0)),
+            (Opcode.LINEAR, dict(epilogue=Epilogue.RESIDUAL, source=Source.FFN, layer=i, weights=w_d,
+                                 params=p_d, k=c.intermediate_size, rows=c.hidden_size, bound0=0, bound1=0)),
+        ]
+    final = img.add("final_norm", pack_params(model.g_final))
+    lm = model.lm_head
+    lm_w = img.add("lm_head", pack_bitserial(lm.q.astype(np.int64), lm.bits, T, N).to_bytes())
+    lm_s = img.add("lm_head.scales", pack_row_scales(lm))
+    kv_base = -(-len(img.buf) // img.align) * img.align
+    kv = KvCacheLayout(n_layers, c.num_key_value_heads, c.head_dim, ctx, bus_bytes=bus, base=kv_base)
+    if img.add("kv_cache", size=kv.total_bytes) != kv_base:
+        raise AssertionError("KV cache placement")
+    img.add("tokens", size=4 * max_chunk)
+    img.add("logits", size=4 * max_chunk * c.vocab_size)
+
+    score_m, score_s = score_constant(c.head_dim)
+    program = [
+        (Opcode.SETUP, dict(hidden=c.hidden_size, layers=n_layers, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
+                            head_dim=c.head_dim, max_context=ctx, kv_base=kv_base, rope=rope,
+                            score_m=score_m, score_s=score_s)),
+        (Opcode.EMBED, dict(table=embed, rows=c.vocab_size)),
+        *code,
+        (Opcode.LOGITS, dict(params=final, weights=lm_w, row_scales=lm_s, k=c.hidden_size, rows=c.vocab_size,
+                             bits=lm.bits)),
+        (Opcode.END, {}),
+    ]
+    assert len(program) == n_instr
+    raw = b"".join(encode(op, **f) for op, f in program)
+    img.buf[prog:prog + len(raw)] = raw
+    return CompiledModel(image=img.buf, program=prog, regions=img.regions, kv=kv, max_chunk=max_chunk,
+                         vocab=c.vocab_size, instructions=program)

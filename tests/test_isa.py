@@ -1,0 +1,162 @@
+"""The instruction set (hw/isa.py), the compiler (firmware/compiler.py) and the ISA simulator
+(golden/isa_sim.py): a compiled program run on its DRAM image gives exactly the integer model's logits
+for prefill chunks and decode steps; bad programs and arguments give the right error code."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from firmware.compiler import CompileError, compile_model
+from golden.isa_sim import IsaMachine, IsaRuntimeError
+from golden.model_config import MODEL_SHAPES
+from golden.model_int import IntegerModel
+from golden.weights import random_model
+from hw.config import load_hw_config
+from hw.isa import (BODIES, INSTRUCTION_BYTES, Epilogue, ErrorCode, IsaError, Opcode, Source, decode, encode,
+                    instruction_layout)
+
+
+def small_config(act, heads, kv_heads, **kw):
+    base = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=16, hidden_act=act,
+                max_position_embeddings=256, tie_word_embeddings=False)
+    base.update(kw)
+    return dataclasses.replace(MODEL_SHAPES["bitnet-large"], **base)
+
+
+MODELS = {"relu2-gqa": small_config("relu2", 4, 1), "silu-mha": small_config("silu", 4, 4)}
+
+
+# -- encoding ---------------------------------------------------------------------------------------------
+def test_every_opcode_round_trips_at_field_extremes():
+    rng = np.random.default_rng(0)
+    for op, body in BODIES.items():
+        for trial in range(3):
+            fields = {}
+            for name, shape in body.members.items():
+                if isinstance(shape, type):  # an enum
+                    fields[name] = list(shape)[trial % len(shape)]
+                else:
+                    hi = (1 << shape.width) - 1
+                    fields[name] = [0, hi, int(rng.integers(0, hi + 1))][trial]
+            raw = encode(op, **fields)
+            assert len(raw) == INSTRUCTION_BYTES
+            assert decode(raw) == (op, fields)
+
+
+def test_layout_is_what_the_gateware_decodes():
+    # The decoder views the low bits of the word through this layout: opcode in bits 0..7.
+    layout = instruction_layout()
+    raw = encode(Opcode.ATTEND, layer=5)
+    view = layout.from_bits(int.from_bytes(raw, "little") & ((1 << layout.size) - 1))
+    assert view.opcode == Opcode.ATTEND and int(view.body.attend.layer) == 5
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: encode(Opcode.ATTEND, layer=256), "does not fit"),
+    (lambda: encode(Opcode.ATTEND), "needs field"),
+    (lambda: encode(Opcode.ATTEND, layer=1, bogus=2), "no field"),
+    (lambda: encode(Opcode.LINEAR, epilogue=1, source=Source.FFN, layer=0, weights=0, params=0, k=1, rows=1,
+                    bound0=0, bound1=0), "must be a Epilogue"),
+    (lambda: decode(bytes([0xEE]) + bytes(31)), "illegal opcode"),
+    (lambda: decode(bytes([Opcode.END.value, 1]) + bytes(30)), "unused instruction bits"),
+    (lambda: decode(bytes(5)), "32 bytes"),
+])
+def test_encoding_errors(call, match):
+    with pytest.raises(IsaError, match=match):
+        call()
+
+
+# -- whole models -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=list(MODELS))
+def compiled(request):
+    model = IntegerModel(random_model(MODELS[request.param], seed=11))
+    return model, compile_model(model, load_hw_config("tiny"), max_context=96, max_chunk=16)
+
+
+def _run(machine, cm, toks, pos, all_logits=True):
+    cm_tokens = np.asarray(toks, "<i4").tobytes()
+    machine.dram[cm.tokens_addr:cm.tokens_addr + len(cm_tokens)] = cm_tokens
+    work = machine.run(cm.program, tokens=cm.tokens_addr, n_tokens=len(toks), pos=pos, logits=cm.logits_addr,
+                       all_logits=all_logits)
+    n = len(toks) if all_logits else 1
+    raw = bytes(machine.dram[cm.logits_addr:cm.logits_addr + 4 * n * cm.vocab])
+    return np.frombuffer(raw, "<i4").astype(np.int64).reshape(n, cm.vocab), work
+
+
+def test_prefill_then_decode_equals_integer_model(compiled):
+    """Prefill chunks of 16 and 9 tokens (the second starts mid-block), then 8 decode steps: every
+    logit equal to IntegerModel's, and the KV cache bytes are the driver's layout of its cache."""
+    model, cm = compiled
+    hw = load_hw_config("tiny")
+    machine = IsaMachine(bytearray(cm.image), hw.tlmm.tables, hw.tlmm.lanes, hw.dram.data_bytes)
+    rng = np.random.default_rng(5)
+    prompt = rng.integers(0, model.config.vocab_size, 25)
+    cache = model.new_cache(96)
+    want = model.forward(prompt[:16], cache)
+    got, work = _run(machine, cm, prompt[:16], 0)
+    np.testing.assert_array_equal(got, want)
+    assert work.ternary_macs == 16 * sum(r * k for r, k in model.config.linear_shapes().values()) * 2
+    want = model.forward(prompt[16:], cache)
+    got, _ = _run(machine, cm, prompt[16:], 16)
+    np.testing.assert_array_equal(got, want)
+    pos = 25
+    for step in range(8):
+        tok = [int(np.argmax(got[-1]))]
+        want = model.forward(tok, cache, all_logits=False)
+        got, work = _run(machine, cm, tok, pos, all_logits=False)
+        np.testing.assert_array_equal(got, want)
+        pos += 1
+    assert work.instructions == 2 + 5 * model.config.num_hidden_layers + 2
+    assert work.attention_macs == 2 * model.config.head_dim * model.config.num_attention_heads * pos \
+        * model.config.num_hidden_layers
+    # The KV cache in DRAM holds the model's cache (k in the packed element order, v as is).
+    kv = cm.kv
+    base = kv.base
+    for layer in range(model.config.num_hidden_layers):
+        img = bytes(machine.dram[base + layer * kv.layer_bytes:base + (layer + 1) * kv.layer_bytes])
+        k8, ke, v8, ve = kv.unpack_layer(img, pos)
+        np.testing.assert_array_equal(v8, cache.v8[layer][:pos])
+        np.testing.assert_array_equal(ke, cache.ke[layer][:pos])
+        np.testing.assert_array_equal(ve, cache.ve[layer][:pos])
+        assert sorted(k8[3, 0].tolist()) == sorted(cache.k8[layer][3, 0].tolist())
+
+
+def test_run_errors_have_codes(compiled):
+    model, cm = compiled
+    hw = load_hw_config("tiny")
+
+    def fresh():
+        return IsaMachine(bytearray(cm.image), hw.tlmm.tables, hw.tlmm.lanes, hw.dram.data_bytes)
+
+    with pytest.raises(IsaRuntimeError) as e:
+        _run(fresh(), cm, [model.config.vocab_size], 0)
+    assert e.value.code is ErrorCode.BAD_TOKEN
+    with pytest.raises(IsaRuntimeError) as e:
+        _run(fresh(), cm, [1, 2, 3], 95)
+    assert e.value.code is ErrorCode.CONTEXT_OVERFLOW
+    bad = fresh()
+    bad.dram[cm.program + INSTRUCTION_BYTES] = 0xEE   # the EMBED's opcode
+    with pytest.raises(IsaRuntimeError) as e:
+        _run(bad, cm, [1], 0)
+    assert e.value.code is ErrorCode.ILLEGAL_INSTRUCTION and e.value.pc == cm.program + INSTRUCTION_BYTES
+    wild = fresh()
+    wild.dram[cm.program + INSTRUCTION_BYTES:cm.program + 2 * INSTRUCTION_BYTES] = encode(
+        Opcode.EMBED, table=len(cm.image) - 8, rows=model.config.vocab_size)
+    with pytest.raises(IsaRuntimeError) as e:
+        _run(wild, cm, [5], 0)
+    assert e.value.code is ErrorCode.BAD_ADDRESS
+
+
+def test_compile_rejects_shapes_the_hardware_cannot_run():
+    hw = load_hw_config("tiny")
+    odd = IntegerModel(random_model(small_config("silu", 2, 2, head_dim=18, hidden_size=36), seed=1))
+    with pytest.raises(CompileError, match="head_dim"):
+        compile_model(odd, hw)
+    inter = IntegerModel(random_model(small_config("silu", 4, 4, intermediate_size=82), seed=1))
+    with pytest.raises(CompileError, match="intermediate_size"):
+        compile_model(inter, hw)
+    ok = IntegerModel(random_model(small_config("silu", 4, 4), seed=1))
+    with pytest.raises(CompileError, match="max_context"):
+        compile_model(ok, hw, max_context=hw.max_context + 1)
