@@ -20,6 +20,7 @@ examples:
   trillium generate --model DIR --prompt "def main():" --max-new-tokens 32
   trillium generate --model DIR --prompt "x" --temperature 0.8 --top-p 0.9 --seed 1 --json
   trillium logits --model DIR --tokens 1,2,3 --backend golden --out logits.npy
+  trillium logits --model DIR --tokens 1,2,3 --backend isa --hw tiny --out isa.npy   (equal to golden)
   trillium accuracy                               integer model vs float reference on random models
   trillium bench golden --shape bitnet-large --json
   trillium bench tlmm --hw ecp5 --json            TLMM cost vs adder-tree baseline, and throughput
@@ -42,21 +43,26 @@ def _parse_tokens(text):
     return ids
 
 
-def _load(model_dir, backend):
+def _load(model_dir, backend, hw="tiny"):
     from golden.weights import ModelWeights  # noqa: F401  (keeps import errors readable)
 
     from .checkpoint import load_checkpoint
+    from .compiler import CompileError
+    from .device import DeviceError
     from .generate import make_backend
 
     weights = load_checkpoint(model_dir)
-    return weights, make_backend(backend, weights)
+    try:
+        return weights, make_backend(backend, weights, hw)
+    except (CompileError, DeviceError) as e:
+        raise UserError(f"{backend} backend on hardware config '{hw}': {e}") from None
 
 
 def cmd_generate(args):
     from .generate import Generator
     from .tokenizer import load_tokenizer
 
-    weights, backend = _load(args.model, args.backend)
+    weights, backend = _load(args.model, args.backend, args.hw)
     tok = load_tokenizer(args.model)
     gen = Generator(backend, tok)
     stream = not args.json
@@ -86,14 +92,14 @@ def cmd_generate(args):
 
 def cmd_logits(args):
     tokens = _parse_tokens(args.tokens)
-    weights, backend = _load(args.model, args.backend)
+    weights, backend = _load(args.model, args.backend, args.hw)
     vocab = weights.config.vocab_size
     bad = [t for t in tokens if not 0 <= t < vocab]
     if bad:
         raise UserError(f"token id {bad[0]} is outside the vocabulary 0..{vocab - 1}")
-    if len(tokens) > weights.config.max_position_embeddings:
-        raise UserError(f"{len(tokens)} tokens exceed the model's context of "
-                        f"{weights.config.max_position_embeddings}")
+    limit = getattr(backend, "max_context", None) or weights.config.max_position_embeddings
+    if len(tokens) > limit:
+        raise UserError(f"{len(tokens)} tokens exceed the context of {limit} positions ({args.backend} backend)")
     cache = backend.new_cache(len(tokens))
     logits = backend.forward(np.asarray(tokens), cache, all_logits=True).astype(np.float32)
     np.save(args.out, logits)
@@ -209,8 +215,10 @@ def build_parser():
                        description="Generate text from a Hugging Face BitNet checkpoint directory. Tokens are "
                                    "streamed as they are made; greedy unless --temperature > 0.")
     g.add_argument("--model", required=True, help="checkpoint directory (config.json, *.safetensors, tokenizer.json)")
-    g.add_argument("--backend", default="golden", choices=("golden", "float"),
-                   help="golden: bit-exact integer model of the accelerator; float: float reference (default golden)")
+    g.add_argument("--backend", default="golden", choices=("golden", "float", "isa"),
+                   help="golden: bit-exact integer model of the accelerator; float: float reference; isa: the "
+                        "compiled program on the ISA simulator (default golden)")
+    g.add_argument("--hw", default="tiny", help="hardware config for device backends (isa; default tiny)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -226,7 +234,9 @@ def build_parser():
                         description="Run a token sequence and save float32 logits of shape [n_tokens, vocab].")
     lg.add_argument("--model", required=True)
     lg.add_argument("--tokens", required=True, help="comma-separated token ids, e.g. 1,2,3")
-    lg.add_argument("--backend", default="golden", choices=("golden", "float"))
+    lg.add_argument("--backend", default="golden", choices=("golden", "float", "isa"),
+                    help="golden (integer model), float (reference) or isa (compiled program, ISA simulator)")
+    lg.add_argument("--hw", default="tiny", help="hardware config for device backends (default tiny)")
     lg.add_argument("--out", required=True, help="output .npy file")
     lg.set_defaults(func=cmd_logits)
 

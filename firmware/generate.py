@@ -2,7 +2,8 @@
 
 Backends share one small interface (``new_cache(max_len)``, ``forward(tokens, cache, all_logits)``,
 ``config``). ``golden`` is the bit-exact integer model (what the accelerator computes), ``float`` the float
-reference. Later backends (the ISA simulator, the Verilator RTL, a board) plug in the same way.
+reference, ``isa`` the compiled program on the ISA simulator (``firmware/accelerator.py``, with a
+hardware config). The Verilator RTL and a board plug in as devices of the same driver.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from golden.model_int import ContextOverflowError, IntegerModel
 
 from .sampling import SamplingParams, select_token
 
-__all__ = ["BACKENDS", "make_backend", "GenerationResult", "Generator", "ContextOverflowError"]
+__all__ = ["BACKENDS", "DEVICE_BACKENDS", "make_backend", "GenerationResult", "Generator", "ContextOverflowError"]
 
-BACKENDS = ("golden", "float")
+BACKENDS = ("golden", "float", "isa")
+#: Backends that run compiled programs on a device (they take a hardware config).
+DEVICE_BACKENDS = ("isa",)
 
 
 class _GoldenBackend:
@@ -50,12 +53,36 @@ class _FloatBackend:
         return self.model.forward(tokens, cache, all_logits=all_logits).astype(np.float64)
 
 
-def make_backend(name, weights):
-    """Build the named backend for loaded weights."""
+class _DeviceBackend:
+    def __init__(self, weights, device, hw):
+        from hw.config import load_hw_config
+
+        from .accelerator import Accelerator
+
+        self.name = device
+        self.hw = load_hw_config(hw) if isinstance(hw, str) else hw
+        self.accel = Accelerator(weights, self.hw, device)
+        self.config = weights.config
+
+    @property
+    def max_context(self):
+        return self.accel.max_context
+
+    def new_cache(self, max_len):
+        return self.accel.new_cache(max_len)
+
+    def forward(self, tokens, cache, all_logits=False):
+        return self.accel.forward(tokens, cache, all_logits=all_logits) / 65536.0
+
+
+def make_backend(name, weights, hw="tiny"):
+    """Build the named backend for loaded weights (``hw``: hardware config, for device backends)."""
     if name == "golden":
         return _GoldenBackend(weights)
     if name == "float":
         return _FloatBackend(weights)
+    if name in DEVICE_BACKENDS:
+        return _DeviceBackend(weights, name, hw)
     raise ValueError(f"unknown backend '{name}' (available: {', '.join(BACKENDS)})")
 
 
@@ -129,7 +156,7 @@ class Generator:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         params = SamplingParams(temperature, top_k, top_p, seed)
         prompt_ids = self.encode_prompt(prompt)
-        limit = max_context or self.config.max_position_embeddings
+        limit = max_context or getattr(self.backend, "max_context", None) or self.config.max_position_embeddings
         need = len(prompt_ids) + max_new_tokens
         if need > limit:
             raise ContextOverflowError(
