@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 from .isa import RUN_ARGS
 
-__all__ = ["Csr", "CSRS", "CSR_BY_NAME", "STATUS_DONE", "STATUS_BUSY", "STATUS_ERROR_SHIFT"]
+__all__ = ["Csr", "CSRS", "CSR_BY_NAME", "UNITS", "STATUS_DONE", "STATUS_BUSY", "STATUS_ERROR_SHIFT"]
+
+#: Execution units the command processor dispatches to (by the opcode they execute), each with busy and
+#: stall counters.
+UNITS = ("embed", "linear", "attend", "logits")
 
 
 @dataclass(frozen=True)
@@ -28,11 +32,15 @@ _DEFS = [
     ("control", "w", "bit 0: start (clears done and the error code)"),
     ("status", "r", "bit 0: done, bit 1: busy, bits 4..7: ErrorCode of the last run"),
     ("program", "rw", "byte address of the program's first instruction"),
+    ("dram_size", "rw", "bytes of DRAM the accelerator may address (0: no check); larger addresses are BAD_ADDRESS"),
     *((name, "rw", f"run argument {name} ({bits} bits)") for name, bits in RUN_ARGS.items()),
     ("cycles_lo", "r", "free-running cycle counter, low word (reading it latches the high word)"),
     ("cycles_hi", "r", "cycle counter, high word"),
     ("run_cycles", "r", "cycles from the last start to done"),
     ("error_pc", "r", "address of the instruction that raised the error"),
+    ("instructions", "r", "instructions executed by the last run"),
+    *((f"busy_{u}", "r", f"cycles the {u} unit was busy in the last run") for u in UNITS),
+    *((f"stall_{u}", "r", f"cycles a command waited for the {u} unit in the last run") for u in UNITS),
 ]
 
 CSRS = tuple(Csr(name, i, access, doc) for i, (name, access, doc) in enumerate(_DEFS))

@@ -1,0 +1,304 @@
+"""The command processor: fetches a program from DRAM, decodes it with the ISA's own layouts and
+dispatches each instruction to its execution unit, with the CSRs of ``hw/csr_map.py``.
+
+Sequence of a run
+-----------------
+The driver writes the run arguments and ``program`` and sets ``control.start``. ``start`` clears
+``done``, the error code and the per-run counters; then, for each instruction:
+
+1. **Fetch** the 32 bytes at ``pc`` through an :class:`~hw.memory.axi.AxiBurstReader` (``32 / bus``
+   beats, or one beat and a slice when the bus is wider than an instruction).
+2. **Decode** through :func:`hw.isa.instruction_layout`, the layout the assembler encodes with, and check:
+   unknown opcode or non-zero unused bits (``ILLEGAL_INSTRUCTION``); ``pc`` or an address field at or
+   beyond ``dram_size`` (``BAD_ADDRESS``; ``dram_size = 0`` disables the check); at ``SETUP``,
+   ``pos + n_tokens > max_context`` (``CONTEXT_OVERFLOW``), ``head_dim`` not a multiple of the TLMM
+   lanes, no token, or more tokens than the units hold (``CONFIG_MISMATCH``).
+3. **Execute**: ``SETUP`` loads the model registers (output :attr:`setup`), ``END`` finishes, and every
+   other opcode goes to its unit's command stream. The processor then waits until no unit is busy
+   before it fetches the next instruction (instructions run one after another; units overlap work
+   inside an instruction, for example weight prefetch with the matmul).
+
+A unit raises ``busy`` from the cycle after it accepts a command until it has finished, and may report a
+fault (an :class:`~hw.isa.ErrorCode`, such as ``BAD_TOKEN``) on ``fault``; the first error stops the run,
+and ``status`` shows its code and ``error_pc`` the instruction's address. ``done`` is raised in every
+case, so a bad program never hangs the driver.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from ..csr_map import CSR_BY_NAME, CSRS, STATUS_BUSY, STATUS_DONE, STATUS_ERROR_SHIFT, UNITS
+from ..isa import (ADDR_BITS, BODIES, INSTRUCTION_BITS, INSTRUCTION_BYTES, RUN_ARGS, ErrorCode, Opcode,
+                   instruction_layout)
+from ..memory.axi import AxiBurstReader
+from ..params import check_int
+from .csr_bus import CsrBusSignature
+
+__all__ = ["CommandProcessor", "run_args_layout", "UNIT_OPCODES", "ADDRESS_FIELDS"]
+
+#: The opcode each unit executes.
+UNIT_OPCODES = {name: Opcode[name.upper()] for name in UNITS}
+#: Fields holding DRAM byte addresses, checked against ``dram_size``.
+ADDRESS_FIELDS = {
+    Opcode.SETUP: ("kv_base", "rope"),
+    Opcode.EMBED: ("table",),
+    Opcode.LINEAR: ("weights", "params"),
+    Opcode.LOGITS: ("params", "weights", "row_scales"),
+}
+_OPCODE_BITS = 8
+_COUNTER_BITS = 32
+
+
+def run_args_layout():
+    return data.StructLayout({name: unsigned(bits) for name, bits in RUN_ARGS.items()})
+
+
+class CommandProcessor(wiring.Component):
+    """See the module docstring.
+
+    Parameters
+    ----------
+    config_id : int
+        The ``id`` register: the hardware-config hash (:attr:`hw.config.HwConfig.config_hash`).
+    data_bits : int
+        DRAM bus width (a power of two, 8..1024) of the fetch port.
+    lanes : int
+        TLMM lanes: ``head_dim`` must be a multiple (a power of two).
+    max_tokens : int
+        Most tokens per run the units hold.
+
+    Attributes
+    ----------
+    csr : In(CsrBusSignature)
+    axi : Out(AxiReadSignature(32, data_bits))
+        Instruction fetch.
+    setup : Out(BODIES[Opcode.SETUP])
+        The model registers of the last ``SETUP``.
+    args : Out(run_args_layout())
+        The run arguments.
+    embed, linear, attend, logits : Out(stream.Signature(BODIES[op]))
+        Unit commands.
+    busy : In(len(UNITS))
+        Bit ``i``: unit ``UNITS[i]`` is busy.
+    fault : In(ErrorCode)
+        A unit's error (``NONE`` when all is well).
+    running : Out(1)
+    """
+
+    def __init__(self, config_id, data_bits, *, lanes, max_tokens):
+        self.config_id = check_int("config_id", config_id, 0, (1 << 32) - 1, "CommandProcessor")
+        self.data_bits = check_int("data_bits", data_bits, 8, 1024, "CommandProcessor")
+        if data_bits & (data_bits - 1):
+            raise ValueError(f"CommandProcessor: data_bits must be a power of two, got {data_bits}")
+        self.lanes = check_int("lanes", lanes, 1, 64, "CommandProcessor")
+        if lanes & (lanes - 1):
+            raise ValueError(f"CommandProcessor: lanes must be a power of two, got {lanes}")
+        self.max_tokens = check_int("max_tokens", max_tokens, 1, (1 << RUN_ARGS["n_tokens"]) - 1,
+                                    "CommandProcessor")
+        self.fetch_beats = max(1, INSTRUCTION_BITS // data_bits)
+        self._reader = AxiBurstReader(ADDR_BITS, data_bits, buffer_words=max(3, self.fetch_beats),
+                                      max_burst=self.fetch_beats, max_outstanding=1, beats_bits=8)
+        members = {
+            "csr": In(CsrBusSignature(max(1, (len(CSRS) - 1).bit_length()))),
+            "axi": Out(self._reader.axi_signature),
+            "setup": Out(BODIES[Opcode.SETUP]),
+            "args": Out(run_args_layout()),
+            "busy": In(len(UNITS)),
+            "fault": In(ErrorCode),
+            "running": Out(1),
+        }
+        for name, op in UNIT_OPCODES.items():
+            members[name] = Out(stream.Signature(BODIES[op]))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.reader = rd = self._reader
+        wiring.connect(m, wiring.flipped(self.axi), rd.axi)
+        bus_bytes = self.data_bits // 8
+
+        # -- registers -----------------------------------------------------------------------------------
+        program = Signal(ADDR_BITS)
+        dram_size = Signal(ADDR_BITS)
+        args = self.args
+        done, error = Signal(), Signal(ErrorCode)
+        error_pc = Signal(ADDR_BITS)
+        cycles = Signal(64)
+        cycles_hi_latch = Signal(32)
+        run_cycles = Signal(_COUNTER_BITS)
+        n_instr = Signal(_COUNTER_BITS)
+        busy_cnt = [Signal(_COUNTER_BITS, name=f"busy_{u}") for u in UNITS]
+        stall_cnt = [Signal(_COUNTER_BITS, name=f"stall_{u}") for u in UNITS]
+        start = Signal()
+        m.d.sync += cycles.eq(cycles + 1)
+
+        # -- CSR bus -------------------------------------------------------------------------------------
+        csr = self.csr
+        idx = {name: c.index for name, c in CSR_BY_NAME.items()}
+        writable = {"program": program, "dram_size": dram_size,
+                    **{name: getattr(args, name) for name in RUN_ARGS}}
+        with m.If(csr.w_stb):
+            with m.Switch(csr.addr):
+                for name, reg in writable.items():
+                    with m.Case(idx[name]):
+                        m.d.sync += reg.eq(csr.w_data)
+                with m.Case(idx["control"]):
+                    m.d.comb += start.eq(csr.w_data[0] & ~self.running)
+        status = Cat(done, self.running, Const(0, STATUS_ERROR_SHIFT - 2), error)
+        assert (STATUS_DONE, STATUS_BUSY) == (1, 2)
+        readable = {"id": Const(self.config_id, 32), "status": status, "cycles_lo": cycles[:32],
+                    "cycles_hi": cycles_hi_latch, "run_cycles": run_cycles, "error_pc": error_pc,
+                    "instructions": n_instr, **writable,
+                    **{f"busy_{u}": busy_cnt[i] for i, u in enumerate(UNITS)},
+                    **{f"stall_{u}": stall_cnt[i] for i, u in enumerate(UNITS)}}
+        with m.If(csr.r_stb):
+            m.d.sync += csr.r_data.eq(0)
+            with m.Switch(csr.addr):
+                for name, value in readable.items():
+                    with m.Case(idx[name]):
+                        m.d.sync += csr.r_data.eq(value)
+                        if name == "cycles_lo":
+                            m.d.sync += cycles_hi_latch.eq(cycles[32:])
+
+        # -- per-run counters ------------------------------------------------------------------------------
+        units = [getattr(self, u) for u in UNITS]
+        with m.If(start):
+            m.d.sync += [run_cycles.eq(0), n_instr.eq(0), *(c.eq(0) for c in busy_cnt + stall_cnt)]
+        with m.Elif(self.running):
+            m.d.sync += run_cycles.eq(run_cycles + 1)
+            for i, u in enumerate(units):
+                m.d.sync += [busy_cnt[i].eq(busy_cnt[i] + self.busy[i]),
+                             stall_cnt[i].eq(stall_cnt[i] + (u.valid & ~u.ready))]
+
+        # -- fetch -----------------------------------------------------------------------------------------
+        pc = Signal(ADDR_BITS)
+        word = Signal(INSTRUCTION_BITS)
+        wide = self.data_bits > INSTRUCTION_BITS
+        m.d.comb += [rd.cmd.payload.addr.eq(pc & ~(bus_bytes - 1) if wide else pc),
+                     rd.cmd.payload.beats.eq(self.fetch_beats)]
+        if wide:
+            # One bus word holds the instruction; pick it out by the low address bits.
+            slot = Signal(range(bus_bytes // INSTRUCTION_BYTES))
+            m.d.comb += slot.eq(pc[exact_log2(INSTRUCTION_BYTES):exact_log2(bus_bytes)])
+            new_word = rd.data.payload.data.word_select(slot, INSTRUCTION_BITS)
+        else:
+            # Beats arrive lowest address first: shift them in from the top.
+            new_word = Cat(word[self.data_bits:], rd.data.payload.data)
+
+        # -- decode ----------------------------------------------------------------------------------------
+        ins = data.View(instruction_layout(), word[:instruction_layout().size])
+        opcode = word[:_OPCODE_BITS]
+        body = word[_OPCODE_BITS:]
+        known = Signal()
+        unused_set = Signal()
+        bad_field = Signal()
+        with m.Switch(opcode):
+            for op, layout in BODIES.items():
+                with m.Case(op.value):
+                    m.d.comb += [known.eq(1), unused_set.eq(body[layout.size:] != 0)]
+                    view = getattr(ins.body, op.name.lower())
+                    checks = [view[f] >= dram_size for f in ADDRESS_FIELDS.get(op, ())]
+                    if checks:
+                        m.d.comb += bad_field.eq((dram_size != 0) & Cat(*checks).any())
+        setup_body = ins.body.setup
+        context_overflow = Signal()
+        shape_bad = Signal()
+        m.d.comb += [
+            context_overflow.eq(args.pos + args.n_tokens > setup_body.max_context),
+            shape_bad.eq((setup_body.head_dim == 0) | (setup_body.head_dim & (self.lanes - 1) != 0)
+                         | (args.n_tokens == 0) | (args.n_tokens > self.max_tokens)
+                         | (setup_body.kv_heads == 0) | (setup_body.heads < setup_body.kv_heads)),
+        ]
+        pc_bad = Signal()
+        m.d.comb += pc_bad.eq((dram_size != 0) & ((pc >= dram_size) | (pc + INSTRUCTION_BYTES > dram_size)))
+
+        fail_code = Signal(ErrorCode)
+        target = Signal(range(len(UNITS) + 1))
+        for name, op in UNIT_OPCODES.items():
+            m.d.comb += getattr(self, name).payload.as_value().eq(body[:BODIES[op].size])
+
+        settle = Signal()
+        with m.FSM(name="cp"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.sync += [pc.eq(program), done.eq(0), error.eq(ErrorCode.NONE)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += self.running.eq(1)
+                with m.If(pc_bad | (pc[:exact_log2(INSTRUCTION_BYTES)] != 0)):
+                    m.d.sync += fail_code.eq(ErrorCode.BAD_ADDRESS)
+                    m.next = "FAIL"
+                with m.Else():
+                    m.d.comb += rd.cmd.valid.eq(1)
+                    with m.If(rd.cmd.ready):
+                        m.next = "RECEIVE"
+            with m.State("RECEIVE"):
+                m.d.comb += [self.running.eq(1), rd.data.ready.eq(1)]
+                with m.If(rd.data.valid):
+                    m.d.sync += word.eq(new_word)
+                    with m.If(rd.data.payload.last):
+                        m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.comb += self.running.eq(1)
+                m.d.sync += n_instr.eq(n_instr + 1)
+                with m.If(rd.error):
+                    m.d.sync += fail_code.eq(ErrorCode.BAD_ADDRESS)
+                    m.next = "FAIL"
+                with m.Elif(~known | unused_set):
+                    m.d.sync += fail_code.eq(ErrorCode.ILLEGAL_INSTRUCTION)
+                    m.next = "FAIL"
+                with m.Elif(bad_field):
+                    m.d.sync += fail_code.eq(ErrorCode.BAD_ADDRESS)
+                    m.next = "FAIL"
+                with m.Elif(opcode == Opcode.END.value):
+                    m.next = "DONE"
+                with m.Elif(opcode == Opcode.SETUP.value):
+                    with m.If(context_overflow):
+                        m.d.sync += fail_code.eq(ErrorCode.CONTEXT_OVERFLOW)
+                        m.next = "FAIL"
+                    with m.Elif(shape_bad):
+                        m.d.sync += fail_code.eq(ErrorCode.CONFIG_MISMATCH)
+                        m.next = "FAIL"
+                    with m.Else():
+                        m.d.sync += [self.setup.as_value().eq(setup_body.as_value()),
+                                     pc.eq(pc + INSTRUCTION_BYTES)]
+                        m.next = "FETCH"
+                with m.Else():
+                    for i, op in enumerate(UNIT_OPCODES.values()):
+                        with m.If(opcode == op.value):
+                            m.d.sync += target.eq(i)
+                    m.next = "DISPATCH"
+            with m.State("DISPATCH"):
+                m.d.comb += self.running.eq(1)
+                for i, u in enumerate(units):
+                    with m.If(target == i):
+                        m.d.comb += u.valid.eq(1)
+                        with m.If(u.ready):
+                            m.d.sync += settle.eq(1)
+                            m.next = "WAIT"
+            with m.State("WAIT"):
+                # One cycle for the unit's busy to rise, then wait for every unit to finish.
+                m.d.comb += self.running.eq(1)
+                m.d.sync += settle.eq(0)
+                with m.If(self.fault != ErrorCode.NONE):
+                    m.d.sync += fail_code.eq(self.fault)
+                    m.next = "FAIL"
+                with m.Elif(~settle & (self.busy == 0)):
+                    m.d.sync += pc.eq(pc + INSTRUCTION_BYTES)
+                    m.next = "FETCH"
+            with m.State("FAIL"):
+                m.d.comb += self.running.eq(1)
+                m.d.sync += [error.eq(fail_code), error_pc.eq(pc)]
+                m.next = "DRAIN"
+            with m.State("DRAIN"):
+                # Let a fetch in flight finish (and a faulting unit go idle) so the next run starts clean.
+                m.d.comb += [self.running.eq(1), rd.data.ready.eq(1)]
+                with m.If(rd.idle & ~rd.data.valid & (self.busy == 0)):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.running.eq(1)
+                m.d.sync += done.eq(1)
+                m.next = "IDLE"
+        return m

@@ -1,0 +1,210 @@
+# amaranth: UnusedElaboratable=no
+"""The command processor (Amaranth simulator): it fetches a compiled program from a DRAM model, decodes it
+with the ISA's layouts and dispatches exactly the assembler's instructions to the units; CSRs, counters and
+every error code (illegal instruction, bad address, context overflow, config mismatch, unit fault) end the
+run with ``done`` and never hang."""
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from firmware.compiler import compile_model
+from golden.model_config import MODEL_SHAPES
+from golden.model_int import IntegerModel
+from golden.weights import random_model
+from hw.config import load_hw_config
+from hw.control.command_processor import UNIT_OPCODES, CommandProcessor
+from hw.csr_map import CSR_BY_NAME, UNITS
+from hw.isa import BODIES, INSTRUCTION_BYTES, ErrorCode, Opcode, decode, encode
+from hw.memory.dram_model import FastDramModel
+
+CONFIG_ID = 0x5A5A1234
+
+
+def _program_model():
+    cfg = dataclasses.replace(MODEL_SHAPES["bitnet-2b4t"], vocab_size=61, hidden_size=32, intermediate_size=48,
+                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                              max_position_embeddings=64, tie_word_embeddings=False)
+    model = IntegerModel(random_model(cfg, seed=2))
+    return compile_model(model, load_hw_config("tiny"), max_context=64, max_chunk=8)
+
+
+COMPILED = _program_model()
+
+
+def _words(image, data_bits):
+    nb = data_bits // 8
+    raw = bytes(image) + bytes(-len(image) % nb)
+    return [int.from_bytes(raw[i:i + nb], "little") for i in range(0, len(raw), nb)]
+
+
+def simulate(image, *, data_bits=64, program=None, args=None, dram_size=None, fault_at=None, runs=1, seed=0,
+             max_tokens=8):
+    """Run the processor on ``image``; returns a list per run of (status, csrs, dispatched commands)."""
+    program = COMPILED.program if program is None else program
+    cp = CommandProcessor(CONFIG_ID, data_bits, lanes=4, max_tokens=max_tokens)
+    words = _words(image, data_bits)
+    dram = FastDramModel(32, data_bits, depth=len(words) + 4, init=words, latency=6)
+    m = Module()
+    m.submodules.cp, m.submodules.dram = cp, dram
+    wiring.connect(m, cp.axi, dram.axi)
+    rng = random.Random(seed)
+    args = {"tokens": 0, "n_tokens": 3, "pos": 5, "logits": 0, "all_logits": 1, **(args or {})}
+    results = []
+    busy_left = {u: 0 for u in UNITS}
+    log = []
+
+    async def csr_write(ctx, name, value):
+        ctx.set(cp.csr.addr, CSR_BY_NAME[name].index)
+        ctx.set(cp.csr.w_data, value)
+        ctx.set(cp.csr.w_stb, 1)
+        await ctx.tick()
+        ctx.set(cp.csr.w_stb, 0)
+
+    async def csr_read(ctx, name):
+        ctx.set(cp.csr.addr, CSR_BY_NAME[name].index)
+        ctx.set(cp.csr.r_stb, 1)
+        await ctx.tick()
+        ctx.set(cp.csr.r_stb, 0)
+        return ctx.get(cp.csr.r_data)
+
+    async def driver(ctx):
+        for run in range(runs):
+            log.clear()
+            for name, value in args.items():
+                await csr_write(ctx, name, value)
+            await csr_write(ctx, "program", program)
+            await csr_write(ctx, "dram_size", len(image) if dram_size is None else dram_size)
+            await csr_write(ctx, "control", 1)
+            for _ in range(20000):
+                status = await csr_read(ctx, "status")
+                if status & 1 and not status & 2:
+                    break
+            else:
+                raise AssertionError("no done")
+            csrs = {n: await csr_read(ctx, n) for n in CSR_BY_NAME if CSR_BY_NAME[n].access != "w"}
+            setup = {f: int(v) if not hasattr(v, "name") else v for f, v in
+                     ((f, ctx.get(cp.setup)[f]) for f in BODIES[Opcode.SETUP].members)}
+            results.append((status, csrs, list(log), setup))
+
+    async def units(ctx):
+        count = 0
+        while True:
+            for u in UNITS:
+                port = getattr(cp, u)
+                ctx.set(port.ready, int(busy_left[u] == 0 and rng.random() < 0.6))
+            busy = sum(1 << i for i, u in enumerate(UNITS) if busy_left[u] > 0)
+            ctx.set(cp.busy, busy)
+            faulting = fault_at is not None and count == fault_at[0] + 1 and any(busy_left.values())
+            ctx.set(cp.fault, fault_at[1] if faulting else ErrorCode.NONE)
+            ports = [getattr(cp, u) for u in UNITS]
+            sampled = await ctx.tick().sample(*(p.valid for p in ports), *(p.ready for p in ports),
+                                              *(p.payload for p in ports))
+            sampled = sampled[2:]
+            n = len(UNITS)
+            for u in UNITS:
+                if busy_left[u]:
+                    busy_left[u] -= 1
+            for i, u in enumerate(UNITS):
+                if sampled[i] and sampled[n + i]:
+                    payload = sampled[2 * n + i]
+                    log.append((UNIT_OPCODES[u], payload.as_bits() if hasattr(payload, "as_bits") else payload))
+                    busy_left[u] = rng.randint(1, 12)
+                    count += 1
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(driver)
+    sim.add_testbench(units, background=True)
+    sim.run()
+    return results
+
+
+def _fields(op, bits):
+    raw = (op.value | (int(bits) << 8)).to_bytes(INSTRUCTION_BYTES, "little")
+    return decode(raw)
+
+
+@pytest.mark.parametrize("data_bits", [64, 512])
+def test_compiled_program_is_dispatched_exactly(data_bits):
+    (status, csrs, log, setup), = simulate(COMPILED.image, data_bits=data_bits)
+    assert status & 1 and (status >> 4) == ErrorCode.NONE.value
+    program = COMPILED.instructions
+    want = [(op, f) for op, f in program if op not in (Opcode.SETUP, Opcode.END)]
+    got = [_fields(op, bits) for op, bits in log]
+    assert got == want
+    setup_want = program[0][1]
+    assert setup == setup_want
+    assert csrs["instructions"] == len(program)
+    assert csrs["id"] == CONFIG_ID and csrs["error_pc"] == 0
+    assert all(csrs[f"busy_{u}"] > 0 for u in UNITS)
+    assert csrs["run_cycles"] > sum(csrs[f"busy_{u}"] for u in UNITS)
+
+
+def _patched(index, raw):
+    image = bytearray(COMPILED.image)
+    at = COMPILED.program + index * INSTRUCTION_BYTES
+    image[at:at + INSTRUCTION_BYTES] = raw
+    return image
+
+
+def _error(result):
+    status, csrs, log, _ = result
+    assert status & 1, "done must be set"
+    return ErrorCode(status >> 4), csrs, log
+
+
+def test_illegal_opcode_and_unused_bits_stop_with_the_pc():
+    code, csrs, log = _error(simulate(_patched(4, bytes([0xEE]) + bytes(31)))[0])
+    assert code is ErrorCode.ILLEGAL_INSTRUCTION and csrs["error_pc"] == COMPILED.program + 4 * INSTRUCTION_BYTES
+    assert len(log) == 3           # EMBED, LINEAR, ATTEND went out; nothing after the bad word
+    raw = bytearray(encode(Opcode.ATTEND, layer=0))
+    raw[20] = 1                    # a set bit beyond ATTEND's body
+    code, csrs, log = _error(simulate(_patched(3, bytes(raw)))[0])
+    assert code is ErrorCode.ILLEGAL_INSTRUCTION and len(log) == 2
+
+
+def test_bad_addresses():
+    image = COMPILED.image
+    bad_field = encode(Opcode.EMBED, table=len(image) + 64, rows=61)
+    code, csrs, log = _error(simulate(_patched(1, bad_field))[0])
+    assert code is ErrorCode.BAD_ADDRESS and csrs["error_pc"] == COMPILED.program + INSTRUCTION_BYTES and not log
+    code, csrs, _ = _error(simulate(image, program=len(image) + 4096)[0])
+    assert code is ErrorCode.BAD_ADDRESS
+    code, _, _ = _error(simulate(image, program=COMPILED.program + 8)[0])  # not instruction-aligned
+    assert code is ErrorCode.BAD_ADDRESS
+
+
+def test_setup_checks_context_and_shape():
+    code, _, log = _error(simulate(COMPILED.image, args={"pos": 62, "n_tokens": 3})[0])
+    assert code is ErrorCode.CONTEXT_OVERFLOW and not log
+    code, _, _ = _error(simulate(COMPILED.image, args={"n_tokens": 9})[0])   # more than max_tokens = 8
+    assert code is ErrorCode.CONFIG_MISMATCH
+    code, _, _ = _error(simulate(COMPILED.image, args={"n_tokens": 0})[0])
+    assert code is ErrorCode.CONFIG_MISMATCH
+    setup = dict(COMPILED.instructions[0][1], head_dim=6)
+    code, _, _ = _error(simulate(_patched(0, encode(Opcode.SETUP, **setup)))[0])
+    assert code is ErrorCode.CONFIG_MISMATCH
+
+
+def test_unit_fault_stops_the_run_and_a_restart_runs_clean():
+    first, second = simulate(COMPILED.image, fault_at=(0, ErrorCode.BAD_TOKEN), runs=2)
+    code, csrs, log = _error(first)
+    assert code is ErrorCode.BAD_TOKEN and len(log) == 1
+    assert csrs["error_pc"] == COMPILED.program + INSTRUCTION_BYTES
+    code, csrs, log = _error(second)
+    assert code is ErrorCode.NONE and len(log) == 5 * 2 + 2   # start cleared the error; the whole program ran
+
+
+def test_arguments_are_validated():
+    with pytest.raises(ValueError, match="power of two"):
+        CommandProcessor(0, 96, lanes=4, max_tokens=8)
+    with pytest.raises(ValueError, match="lanes"):
+        CommandProcessor(0, 64, lanes=3, max_tokens=8)
+    with pytest.raises(ValueError):
+        CommandProcessor(1 << 32, 64, lanes=4, max_tokens=8)
