@@ -208,3 +208,23 @@ def test_arguments_are_validated():
         CommandProcessor(0, 64, lanes=3, max_tokens=8)
     with pytest.raises(ValueError):
         CommandProcessor(1 << 32, 64, lanes=4, max_tokens=8)
+
+
+def test_control_behind_axi_lite_cocotb(tmp_path):
+    """Verilator: the processor behind its AXI4-Lite CSR slave, driven by cocotbext-axi's AxiLiteMaster,
+    fetching a compiled program from an AxiRamRead; a corrupted instruction and the clean restart."""
+    import json
+
+    from sim import build_component, run_cocotb
+    from sim.testbenches import TESTBENCH_DIR
+    from sim.testbenches.control_harness import ControlHarness
+
+    dut = ControlHarness(CONFIG_ID, 64, busy_cycles=7)
+    build = build_component(dut, "control_harness")
+    units = sum(op not in (Opcode.SETUP, Opcode.END) for op, _ in COMPILED.instructions)
+    params = {"image": bytes(COMPILED.image).hex(), "program": COMPILED.program,
+              "n_instructions": len(COMPILED.instructions), "units": units, "busy_cycles": 7, "bad_at": 5,
+              "config_id": CONFIG_ID}
+    res = run_cocotb(build, "tb_control", test_dir=TESTBENCH_DIR, extra_env={"CONTROL_PARAMS": json.dumps(params)},
+                     seed=3, run_dir=tmp_path / "run", timeout_s=600)
+    assert len(res.passed) == 1, res

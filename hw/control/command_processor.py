@@ -99,7 +99,7 @@ class CommandProcessor(wiring.Component):
                                     "CommandProcessor")
         self.fetch_beats = max(1, INSTRUCTION_BITS // data_bits)
         self._reader = AxiBurstReader(ADDR_BITS, data_bits, buffer_words=max(3, self.fetch_beats),
-                                      max_burst=self.fetch_beats, max_outstanding=1, beats_bits=8)
+                                      max_burst=self.fetch_beats, max_outstanding=2, beats_bits=8)
         members = {
             "csr": In(CsrBusSignature(max(1, (len(CSRS) - 1).bit_length()))),
             "axi": Out(self._reader.axi_signature),
