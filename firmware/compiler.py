@@ -22,7 +22,7 @@ from golden.numerics import score_constant
 from golden.tlmm import pack_bitserial, pack_ternary
 from hw.config import HwConfig
 from hw.dataflow.epilogues import qkv_row_order
-from hw.dram_format import pack_embedding, pack_params, pack_rope, pack_row_scales
+from hw.dram_format import embedding_stride, pack_embedding, pack_params, pack_rope, pack_row_scales
 from hw.isa import INSTRUCTION_BYTES, Epilogue, Opcode, Source, encode
 
 from .kv_cache import KvCacheLayout
@@ -137,7 +137,8 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
     n_instr = 2 + 5 * n_layers + 2
     prog = img.add("program", size=n_instr * INSTRUCTION_BYTES)
     rope = img.add("rope", pack_rope(model.rope_freq))
-    embed = img.add("embed", pack_embedding(model.embed))
+    stride = embedding_stride(c.hidden_size, img.align)
+    embed = img.add("embed", pack_embedding(model.embed, stride))
 
     qd, kd = c.q_dim, c.kv_dim
     qkv_order = (qkv_row_order(c.num_attention_heads, c.head_dim, N)
@@ -186,7 +187,7 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
         (Opcode.SETUP, dict(hidden=c.hidden_size, layers=n_layers, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
                             head_dim=c.head_dim, max_context=ctx, kv_base=kv_base, rope=rope,
                             score_m=score_m, score_s=score_s)),
-        (Opcode.EMBED, dict(table=embed, rows=c.vocab_size)),
+        (Opcode.EMBED, dict(table=embed, rows=c.vocab_size, stride=stride)),
         *code,
         (Opcode.LOGITS, dict(params=final, weights=lm_w, row_scales=lm_s, k=c.hidden_size, rows=c.vocab_size,
                              bits=lm.bits)),

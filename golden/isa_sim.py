@@ -152,7 +152,7 @@ class IsaMachine:
             raise IsaRuntimeError(ErrorCode.CONTEXT_OVERFLOW, f"positions {p0}..{p0 + n - 1} beyond the KV "
                                   f"cache's {max_context}", self._pc)
 
-    def _op_embed(self, table, rows):
+    def _op_embed(self, table, rows, stride):
         s = self._need_setup()
         ids = self.token_ids
         bad = (ids < 0) | (ids >= rows)
@@ -160,7 +160,9 @@ class IsaMachine:
             raise IsaRuntimeError(ErrorCode.BAD_TOKEN, f"token id {int(ids[bad][0])} outside 0..{rows - 1}",
                                   self._pc)
         rb = embedding_row_bytes(s["hidden"])
-        raw = b"".join(self._read(table + int(t) * rb, rb) for t in ids)
+        if stride < rb:
+            raise IsaRuntimeError(ErrorCode.CONFIG_MISMATCH, f"EMBED stride {stride} < row size {rb}", self._pc)
+        raw = b"".join(self._read(table + int(t) * stride, rb) for t in ids)
         q, m16, e = unpack_embedding_rows(raw, s["hidden"])
         self.buffers["x"] = saturate(round_shift(q * m16[:, None], -(e[:, None] + RES_FRAC)), 32)
 

@@ -10,8 +10,9 @@ Parameter record of a LINEAR / LOGITS (``36 + 2k`` bytes, padded to 4)
     scale groups), then the ``k`` RMSNorm gain values, int16.
 Row scale (4 bytes)
     ``m16`` uint16, ``e`` int16: the row's scale ``m16 * 2^e`` (embedding rows, LM head rows).
-Embedding row (``2 * hidden + 4`` bytes)
-    ``hidden`` int16 values, then its row scale.
+Embedding row (``2 * hidden + 4`` bytes, rows ``stride`` apart)
+    ``hidden`` int16 values, then its row scale, then zero padding up to the stride (a multiple of the
+    alignment the compiler uses, so that every row starts on a bus word).
 RoPE table
     ``head_dim / 2`` uint32 phase increments (:func:`golden.numerics.rope_freq_table`).
 """
@@ -23,7 +24,7 @@ from golden.sfloat import SFloat
 
 __all__ = ["FormatError", "SFLOAT_BYTES", "PARAM_HEADER_BYTES", "ROW_SCALE_BYTES",
            "pack_sfloat", "unpack_sfloat", "pack_params", "unpack_params", "params_bytes",
-           "pack_row_scales", "unpack_row_scales", "pack_embedding", "embedding_row_bytes", "unpack_embedding_rows",
+           "pack_row_scales", "unpack_row_scales", "pack_embedding", "embedding_row_bytes", "embedding_stride", "unpack_embedding_rows",
            "pack_rope", "unpack_rope"]
 
 SFLOAT_BYTES = 8
@@ -116,14 +117,24 @@ def embedding_row_bytes(hidden):
     return 2 * hidden + ROW_SCALE_BYTES
 
 
-def pack_embedding(rq: RowQuant):
-    """Embedding rows: each row's int16 values and its row scale."""
+def embedding_stride(hidden, align):
+    """Row stride: ``2 * hidden + 4`` rounded up to a multiple of ``align`` bytes."""
+    return -(-embedding_row_bytes(hidden) // align) * align
+
+
+def pack_embedding(rq: RowQuant, stride=None):
+    """Embedding rows: each row's int16 values and its row scale, padded to ``stride`` bytes."""
     q = np.asarray(rq.q, np.int64)
     if q.size and (q.min() < -(1 << 15) or q.max() >= 1 << 15):
         raise FormatError("embedding values do not fit int16")
     rows, hidden = q.shape
     scales = np.frombuffer(pack_row_scales(rq), np.uint8).reshape(rows, ROW_SCALE_BYTES)
-    return np.concatenate([q.astype("<i2").view(np.uint8).reshape(rows, 2 * hidden), scales], axis=1).tobytes()
+    rb = embedding_row_bytes(hidden)
+    stride = rb if stride is None else stride
+    if stride < rb:
+        raise FormatError(f"embedding stride {stride} is shorter than a row ({rb} bytes)")
+    pad = np.zeros((rows, stride - rb), np.uint8)
+    return np.concatenate([q.astype("<i2").view(np.uint8).reshape(rows, 2 * hidden), scales, pad], axis=1).tobytes()
 
 
 def unpack_embedding_rows(raw, hidden):

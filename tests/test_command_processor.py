@@ -171,7 +171,7 @@ def test_illegal_opcode_and_unused_bits_stop_with_the_pc():
 
 def test_bad_addresses():
     image = COMPILED.image
-    bad_field = encode(Opcode.EMBED, table=len(image) + 64, rows=61)
+    bad_field = encode(Opcode.EMBED, table=len(image) + 64, rows=61, stride=128)
     code, csrs, log = _error(simulate(_patched(1, bad_field))[0])
     assert code is ErrorCode.BAD_ADDRESS and csrs["error_pc"] == COMPILED.program + INSTRUCTION_BYTES and not log
     code, csrs, _ = _error(simulate(image, program=len(image) + 4096)[0])

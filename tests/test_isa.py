@@ -143,7 +143,7 @@ def test_run_errors_have_codes(compiled):
     assert e.value.code is ErrorCode.ILLEGAL_INSTRUCTION and e.value.pc == cm.program + INSTRUCTION_BYTES
     wild = fresh()
     wild.dram[cm.program + INSTRUCTION_BYTES:cm.program + 2 * INSTRUCTION_BYTES] = encode(
-        Opcode.EMBED, table=len(cm.image) - 8, rows=model.config.vocab_size)
+        Opcode.EMBED, table=len(cm.image) - 8, rows=model.config.vocab_size, stride=128)
     with pytest.raises(IsaRuntimeError) as e:
         _run(wild, cm, [5], 0)
     assert e.value.code is ErrorCode.BAD_ADDRESS
