@@ -10,9 +10,10 @@ Parameter record of a LINEAR / LOGITS (``36 + 2k`` bytes, padded to 4)
     scale groups), then the ``k`` RMSNorm gain values, int16.
 Row scale (4 bytes)
     ``m16`` uint16, ``e`` int16: the row's scale ``m16 * 2^e`` (embedding rows, LM head rows).
-Embedding row (``2 * hidden + 4`` bytes, rows ``stride`` apart)
-    ``hidden`` int16 values, then its row scale, then zero padding up to the stride (a multiple of the
-    alignment the compiler uses, so that every row starts on a bus word).
+Embedding row (``4 + 2 * hidden`` bytes, rows ``stride`` apart)
+    The row scale first (the hardware needs it before the values stream past), then ``hidden`` int16
+    values, then zero padding up to the stride (a multiple of the alignment the compiler uses, so that
+    every row starts on a bus word).
 RoPE table
     ``head_dim / 2`` uint32 phase increments (:func:`golden.numerics.rope_freq_table`).
 """
@@ -123,7 +124,7 @@ def embedding_stride(hidden, align):
 
 
 def pack_embedding(rq: RowQuant, stride=None):
-    """Embedding rows: each row's int16 values and its row scale, padded to ``stride`` bytes."""
+    """Embedding rows: each row's scale and int16 values, padded to ``stride`` bytes."""
     q = np.asarray(rq.q, np.int64)
     if q.size and (q.min() < -(1 << 15) or q.max() >= 1 << 15):
         raise FormatError("embedding values do not fit int16")
@@ -134,7 +135,7 @@ def pack_embedding(rq: RowQuant, stride=None):
     if stride < rb:
         raise FormatError(f"embedding stride {stride} is shorter than a row ({rb} bytes)")
     pad = np.zeros((rows, stride - rb), np.uint8)
-    return np.concatenate([q.astype("<i2").view(np.uint8).reshape(rows, 2 * hidden), scales, pad], axis=1).tobytes()
+    return np.concatenate([scales, q.astype("<i2").view(np.uint8).reshape(rows, 2 * hidden), pad], axis=1).tobytes()
 
 
 def unpack_embedding_rows(raw, hidden):
@@ -143,8 +144,8 @@ def unpack_embedding_rows(raw, hidden):
     if len(raw) % rb:
         raise FormatError(f"embedding rows are {rb} bytes; got {len(raw)} bytes")
     rec = np.frombuffer(bytes(raw), np.uint8).reshape(-1, rb)
-    q = rec[:, :2 * hidden].copy().view("<i2").astype(np.int64)
-    m16, e = unpack_row_scales(rec[:, 2 * hidden:].tobytes(), rec.shape[0])
+    m16, e = unpack_row_scales(rec[:, :ROW_SCALE_BYTES].tobytes(), rec.shape[0])
+    q = rec[:, ROW_SCALE_BYTES:].copy().view("<i2").astype(np.int64)
     return q, m16, e
 
 

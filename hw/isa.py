@@ -112,7 +112,7 @@ BODIES = {
         "score_s": unsigned(6),
     }),
     Opcode.EMBED: data.StructLayout({
-        "table": _ADDR,                # rows of hidden int16 values + {m16: u16, e: i16}, `stride` apart
+        "table": _ADDR,                # rows {m16: u16, e: i16} + hidden int16 values, `stride` apart
         "rows": unsigned(24),          # vocabulary size (token ids are checked against it)
         "stride": unsigned(20),        # bytes from one row to the next (rows start bus-aligned)
     }),

@@ -1,0 +1,270 @@
+"""The EMBED unit: token ids and embedding rows from DRAM to Q.16 residual-stream vectors.
+
+For each token of the run, ``x = saturate32(round_shift(q * m16, -(e + 16)))`` per element, with the
+row's int16 values ``q`` and row scale ``m16 * 2^e`` (``docs/isa.md``, ``golden.model_int.embed_tokens``).
+
+Sequence of a command
+---------------------
+1. Read the run's ``n_tokens`` int32 ids (one burst from ``tokens``) into a small id memory; an id at or
+   beyond ``rows`` raises the ``BAD_TOKEN`` fault (and nothing is emitted).
+2. Per token, read its row (``table + id * stride``; ``stride`` is a multiple of the bus width). A byte
+   queue takes bus words in and gives out the 4-byte row scale, then ``lanes`` int16 values per beat.
+3. Each beat is scaled: a 16 x 16-bit product per lane, then a rounding right shift or a saturating left
+   shift by ``-(e + 16)``, to int32. Lanes at or beyond ``hidden`` are zero.
+
+Output ``x``: ``ceil(hidden / lanes)`` beats per token, tokens in order, each with its ``token`` and
+``beat`` index (the residual buffer's write address).
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.numerics import RES_FRAC
+
+from ..dram_format import ROW_SCALE_BYTES
+from ..isa import ADDR_BITS, BODIES, RUN_ARGS, ErrorCode, Opcode
+from ..memory.axi import AxiBurstReader
+from ..params import check_int
+from ..tlmm.layouts import token_bits
+from ..vector.epilogue import lane, vector_layout
+
+__all__ = ["EmbedUnit", "embed_out_layout"]
+
+_ID_BYTES = 4
+#: Right shifts of 33 or more leave 0 for any int32 product (|p| < 2^31 < 2^(s-1)); left shifts of 32 or
+#: more saturate any non-zero product. The shifter therefore only needs amounts up to these.
+_MAX_RIGHT = 33
+_MAX_LEFT = 32
+
+
+def _ceil_div(v, d):
+    """``ceil(v / d)`` for a constant power of two ``d`` (a shift, no divider)."""
+    assert d & (d - 1) == 0
+    return (v + d - 1) >> (d.bit_length() - 1)
+
+
+def embed_out_layout(lanes, max_tokens, max_beats):
+    return data.StructLayout({
+        "data": vector_layout(lanes, 32),
+        "token": unsigned(token_bits(max_tokens)),
+        "beat": unsigned(max(1, (max_beats - 1).bit_length())),
+    })
+
+
+class EmbedUnit(wiring.Component):
+    """See the module docstring.
+
+    Parameters
+    ----------
+    data_bits : int
+        DRAM bus width, a power of two of at least 32 bits.
+    lanes : int
+        Values per output beat (the vector lanes).
+    max_hidden : int
+        Largest ``hidden``.
+    max_tokens : int
+        Most tokens per run.
+
+    Attributes
+    ----------
+    cmd : In(stream.Signature(BODIES[Opcode.EMBED]))
+    hidden : In(16)
+        ``SETUP.hidden``.
+    tokens, n_tokens : In
+        Run arguments: address of the ids and their count.
+    axi : Out(AxiReadSignature)
+    x : Out(stream.Signature(embed_out_layout(...)))
+    busy : Out(1)
+    fault : Out(ErrorCode)
+        ``BAD_TOKEN`` (sticky until the next command).
+    """
+
+    def __init__(self, *, data_bits, lanes, max_hidden, max_tokens):
+        owner = "EmbedUnit"
+        self.data_bits = check_int("data_bits", data_bits, 32, 1024, owner)
+        if data_bits & (data_bits - 1):
+            raise ValueError(f"{owner}: data_bits must be a power of two, got {data_bits}")
+        self.lanes = check_int("lanes", lanes, 1, 64, owner)
+        if lanes & (lanes - 1):
+            raise ValueError(f"{owner}: lanes must be a power of two, got {lanes}")
+        self.max_hidden = check_int("max_hidden", max_hidden, 1, (1 << 16) - 1, owner)
+        self.max_tokens = check_int("max_tokens", max_tokens, 1, 1 << 12, owner)
+        self.max_beats = -(-max_hidden // lanes)
+        bus = data_bits // 8
+        row_beats = -(-(ROW_SCALE_BYTES + 2 * lanes * self.max_beats) // bus) + 1
+        id_beats = -(-(_ID_BYTES * max_tokens) // bus)
+        self._reader = AxiBurstReader(ADDR_BITS, data_bits, buffer_words=max(8, 2 * min(row_beats, 64)),
+                                      max_burst=min(64, max(row_beats, id_beats)), max_outstanding=2,
+                                      beats_bits=max(row_beats, id_beats).bit_length() + 1)
+        super().__init__({
+            "cmd": In(stream.Signature(BODIES[Opcode.EMBED])),
+            "hidden": In(16),
+            "tokens": In(ADDR_BITS),
+            "n_tokens": In(RUN_ARGS["n_tokens"]),
+            "axi": Out(self._reader.axi_signature),
+            "x": Out(stream.Signature(embed_out_layout(lanes, max_tokens, self.max_beats))),
+            "busy": Out(1),
+            "fault": Out(ErrorCode),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.reader = rd = self._reader
+        wiring.connect(m, wiring.flipped(self.axi), rd.axi)
+        L, B = self.lanes, self.data_bits // 8
+        ids_per_word = B // _ID_BYTES
+
+        table = Signal(ADDR_BITS)
+        rows = Signal.like(self.cmd.payload.rows)
+        stride = Signal.like(self.cmd.payload.stride)
+        n_tok = Signal.like(self.n_tokens)
+        beats = Signal(range(self.max_beats + 1))          # vector beats per token
+        m.submodules.ids = ids = memory.Memory(shape=unsigned(32), depth=self.max_tokens, init=[])
+        id_wr = ids.write_port()
+        id_rd = ids.read_port(domain="comb")
+
+        # -- byte queue: bus words in, the row scale and `lanes` int16 values out --------------------------
+        vec_bytes = 2 * L
+        cap = B + max(vec_bytes, ROW_SCALE_BYTES)          # bytes held
+        q = Signal(8 * cap)
+        have = Signal(range(cap + 1))
+        take_scale, take_vec, push = Signal(), Signal(), Signal()
+        taken = Signal(range(cap + 1))
+        m.d.comb += taken.eq(Mux(take_scale, ROW_SCALE_BYTES, 0) | Mux(take_vec, vec_bytes, 0))
+        kept = Signal(8 * cap)
+        m.d.comb += kept.eq(Mux(take_scale, q >> (8 * ROW_SCALE_BYTES), Mux(take_vec, q >> (8 * vec_bytes), q)))
+        incoming = Signal(8 * cap)
+        at = Signal(range(cap + 1))             # where the next bus word goes: after the bytes kept
+        m.d.comb += [at.eq(have - taken), incoming.eq(rd.data.payload.data << (at * 8))]
+        with m.If(push):
+            m.d.sync += [q.eq(kept | incoming), have.eq(have - taken + B)]
+        with m.Else():
+            m.d.sync += [q.eq(kept), have.eq(have - taken)]
+
+        # -- scaling pipeline (one beat: product, then shift and saturate) ---------------------------------
+        m16 = Signal(16)
+        sh = Signal(signed(18))                             # -(e + 16)
+        p_valid = Signal()
+        p_token = Signal.like(self.x.payload.token)
+        p_beat = Signal.like(self.x.payload.beat)
+        prods = [Signal(signed(33), name=f"p{n}") for n in range(L)]
+        live = [Signal(name=f"live{n}") for n in range(L)]
+        out_ready = ~self.x.valid | self.x.ready
+        right = Signal(range(_MAX_RIGHT + 1))
+        left = Signal(range(_MAX_LEFT + 1))
+        right_m1 = Signal(range(_MAX_RIGHT))
+        m.d.comb += right_m1.eq(right - 1)
+        m.d.comb += [right.eq(Mux(sh > _MAX_RIGHT, _MAX_RIGHT, Mux(sh > 0, sh, 0))),
+                     left.eq(Mux(-sh > _MAX_LEFT, _MAX_LEFT, Mux(sh < 0, -sh, 0)))]
+        lim_hi, lim_lo = (1 << 31) - 1, -(1 << 31)
+        with m.If(out_ready):
+            m.d.sync += self.x.valid.eq(p_valid)
+            m.d.sync += [self.x.payload.token.eq(p_token), self.x.payload.beat.eq(p_beat)]
+            for n in range(L):
+                p = prods[n]
+                # (p + 2^(r-1)) >> r == ((p >> (r-1)) + 1) >> 1: round half up with one small adder.
+                down = Signal(signed(34), name=f"down{n}")
+                m.d.comb += down.eq(((p >> right_m1) + 1) >> 1)
+                up = Signal(signed(33 + _MAX_LEFT), name=f"up{n}")
+                m.d.comb += up.eq(p << left)
+                val = Mux(sh > 0, down, up)
+                sat = Mux(val > lim_hi, lim_hi, Mux(val < lim_lo, lim_lo, val))
+                m.d.sync += lane(self.x.payload.data, n).eq(Mux(live[n], sat, 0))
+
+        # -- sequencer -------------------------------------------------------------------------------------
+        tok = Signal.like(n_tok)
+        beat = Signal(range(self.max_beats + 1))
+        id_word = Signal(self.data_bits)
+        id_idx = Signal(range(max(2, ids_per_word + 1)))
+        fault = Signal(ErrorCode)
+        m.d.comb += [self.fault.eq(fault), id_rd.addr.eq(tok)]
+        m.d.comb += rd.cmd.payload.tag.eq(0)
+        row_bytes = Signal(20)
+        m.d.comb += row_bytes.eq(ROW_SCALE_BYTES + 2 * L * beats)
+        with m.FSM(name="embed"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    c = self.cmd.payload
+                    m.d.sync += [table.eq(c.table), rows.eq(c.rows), stride.eq(c.stride), n_tok.eq(self.n_tokens),
+                                 beats.eq(_ceil_div(self.hidden, L)), fault.eq(ErrorCode.NONE), tok.eq(0),
+                                 self.busy.eq(1)]
+                    with m.If(self.n_tokens == 0):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "IDS"
+            with m.State("IDS"):
+                m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.addr.eq(self.tokens),
+                             rd.cmd.payload.beats.eq(_ceil_div(n_tok * _ID_BYTES, B))]
+                with m.If(rd.cmd.ready):
+                    m.next = "ID_WORD"
+            with m.State("ID_WORD"):
+                m.d.comb += rd.data.ready.eq(1)
+                with m.If(rd.data.valid):
+                    m.d.sync += [id_word.eq(rd.data.payload.data), id_idx.eq(0)]
+                    m.next = "ID_STORE"
+            with m.State("ID_STORE"):
+                # Unpack one id per cycle (a handful per run); the rest of the last word is padding.
+                the_id = id_word.word_select(id_idx, 32) if ids_per_word > 1 else id_word[:32]
+                m.d.comb += [id_wr.addr.eq(tok), id_wr.data.eq(the_id), id_wr.en.eq(1)]
+                with m.If(the_id >= rows):
+                    m.d.sync += fault.eq(ErrorCode.BAD_TOKEN)
+                m.d.sync += [tok.eq(tok + 1), id_idx.eq(id_idx + 1)]
+                with m.If(tok + 1 == n_tok):
+                    m.d.sync += tok.eq(0)
+                    m.next = "DRAIN_IDS"
+                with m.Elif(id_idx == ids_per_word - 1):
+                    m.next = "ID_WORD"
+            with m.State("DRAIN_IDS"):
+                # The ids burst may hold more words than the ids used (none when sizes line up).
+                m.d.comb += rd.data.ready.eq(1)
+                with m.If(rd.idle & ~rd.data.valid):
+                    with m.If(fault != ErrorCode.NONE):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "ROW"
+            with m.State("ROW"):
+                with m.If(tok == n_tok):
+                    m.next = "DONE"
+                with m.Else():
+                    m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.addr.eq(table + id_rd.data * stride),
+                                 rd.cmd.payload.beats.eq(_ceil_div(row_bytes, B))]
+                    with m.If(rd.cmd.ready):
+                        m.d.sync += [have.eq(0), beat.eq(0)]
+                        m.next = "SCALE"
+            with m.State("SCALE"):
+                m.d.comb += [rd.data.ready.eq(have < ROW_SCALE_BYTES), push.eq(rd.data.valid & rd.data.ready)]
+                with m.If(have >= ROW_SCALE_BYTES):
+                    m.d.comb += take_scale.eq(1)
+                    e = q[16:32].as_signed()
+                    m.d.sync += [m16.eq(q[:16]), sh.eq(-(e + RES_FRAC))]
+                    m.next = "VALUES"
+            with m.State("VALUES"):
+                can_take = (have >= vec_bytes) & out_ready
+                m.d.comb += take_vec.eq(can_take & (beat < beats))
+                # Take a bus word whenever it fits after this cycle's take (and the row still has words).
+                m.d.comb += [rd.data.ready.eq(at + B <= cap), push.eq(rd.data.valid & rd.data.ready)]
+                with m.If(out_ready):
+                    m.d.sync += p_valid.eq(take_vec)
+                with m.If(take_vec):
+                    m.d.sync += [p_token.eq(tok), p_beat.eq(beat), beat.eq(beat + 1)]
+                    for n in range(L):
+                        v = q[16 * n:16 * n + 16].as_signed()
+                        m.d.sync += [prods[n].eq(v * m16), live[n].eq(beat * L + n < self.hidden)]
+                with m.If((beat == beats) & out_ready):
+                    m.next = "ROW_DRAIN"
+            with m.State("ROW_DRAIN"):
+                m.d.comb += [rd.data.ready.eq(1)]
+                with m.If(out_ready):
+                    m.d.sync += p_valid.eq(0)
+                with m.If(rd.idle & ~rd.data.valid):
+                    m.d.sync += tok.eq(tok + 1)
+                    m.next = "ROW"
+            with m.State("DONE"):
+                with m.If(~self.x.valid & ~p_valid):
+                    m.d.sync += self.busy.eq(0)
+                    m.next = "IDLE"
+                with m.If(out_ready):
+                    m.d.sync += p_valid.eq(0)
+        return m
