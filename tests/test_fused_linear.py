@@ -20,8 +20,8 @@ from golden.sfloat import SFloat
 from hw.dataflow.epilogues import GateLinear, QkvLinear, ResidualLinear, qkv_row_order
 from hw.dataflow.linear import LinearCore
 from sim.testbenches.tb_linear import (cfg_payload, gate_reference, make_case, make_qkv_case, pack_vector,
-                                       qkv_reference, reference, residual_reference, unpack_o, unpack_qkv,
-                                       unpack_vector, weight_payloads, x_payloads)
+                                       qkv_reference, reference, residual_reference, sx_payloads, unpack_o,
+                                       unpack_qkv, unpack_vector, weight_payloads, x_payloads)
 
 
 def simulate(core, case, seed, p_stall=0.3, extra=None, want=None, unpack=None):
@@ -85,6 +85,18 @@ def test_linear_core_amaranth_sim(tables, lanes, vec_lanes, k, rows, tokens, kin
     assert len(got) == len(want)
     for i, (g, e) in enumerate(zip(got, want)):
         assert g == e, f"beat {i} (tile {e[3]}, token {e[2]}): got {g}, want {e}"
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_linear_core_per_token_input_scales(tokens):
+    """down_proj: the input h has a per-token scale (from the gate), taken from the ``sx`` stream; the
+    scales differ by orders of magnitude between tokens."""
+    core = LinearCore(2, 4, 4, 30, 12, 4, x_bits=63, token_scales=True)
+    rng = np.random.default_rng(70 + tokens)
+    case = make_case(rng, 30, 12, tokens, "gate", 4, 63, interleave=False)
+    case["sx_tokens"] = [SFloat.from_float(np.float64(v)) for v in (3e-13, 2e-9, 7e-16)[:tokens]]
+    got, _ = simulate(core, case, seed=6, extra={"sx": sx_payloads(core, case)})
+    assert got == reference(case, 4)
 
 
 def test_reference_exercises_saturation_and_extremes():

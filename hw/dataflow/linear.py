@@ -108,9 +108,12 @@ class LinearCore(wiring.Component):
         k-step words.
     x_bits : int
         Signed width of the input values (63 for the gate output, 32 for the residual stream).
+    token_scales : bool
+        Take each token's input scale from the ``sx`` stream (one SFloat per token, in token order)
+        instead of the command's ``sx``: down_proj's input ``h`` has a per-token scale from the gate.
     """
 
-    def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, x_bits=32):
+    def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, x_bits=32, token_scales=False):
         self.tables = check_int("tables", tables, 1, 64)
         self.lanes = check_int("lanes", lanes, 1, 64)
         self.vec_lanes = check_int("vec_lanes", vec_lanes, 1, 64)
@@ -120,7 +123,12 @@ class LinearCore(wiring.Component):
         self.x_bits = check_int("x_bits", x_bits, 24, 63)
         self.max_k_steps = -(-max_k // (GROUP_SIZE * tables))
         self.max_row_tiles = -(-max_rows // lanes)
+        if not isinstance(token_scales, bool):
+            raise TypeError(f"token_scales must be a bool, got {token_scales!r}")
+        self.token_scales = token_scales
+        extra = {"sx": In(stream.Signature(sfloat_layout(E_BITS)))} if token_scales else {}
         super().__init__({
+            **extra,
             "cfg": In(stream.Signature(linear_cfg_layout(max_k, self.max_row_tiles, self.max_k_steps,
                                                          max_tokens))),
             "x": In(stream.Signature(norm_in_layout(vec_lanes, x_bits))),
@@ -154,11 +162,16 @@ class LinearCore(wiring.Component):
         load_tok = Signal(range(M + 1))        # token whose vector NormQuant is working on
         norm_cfg_sent = Signal()
         loading = Signal()
+        want_cfg = loading & ~norm_cfg_sent & (load_tok < cfg.tokens)
         m.d.comb += [
-            norm.cfg.payload.n.eq(cfg.n), norm.cfg.payload.sx.eq(cfg.sx),
+            norm.cfg.payload.n.eq(cfg.n),
             norm.cfg.payload.shift.eq(cfg.shift), norm.cfg.payload.eps.eq(cfg.eps),
-            norm.cfg.valid.eq(loading & ~norm_cfg_sent & (load_tok < cfg.tokens)),
         ]
+        if self.token_scales:
+            m.d.comb += [norm.cfg.payload.sx.eq(self.sx.payload), norm.cfg.valid.eq(want_cfg & self.sx.valid),
+                         self.sx.ready.eq(want_cfg & norm.cfg.ready)]
+        else:
+            m.d.comb += [norm.cfg.payload.sx.eq(cfg.sx), norm.cfg.valid.eq(want_cfg)]
         wiring.connect(m, wiring.flipped(self.x), norm.i)
 
         # Gearbox: NormQuant beats (VL bytes) -> k-step words (W bytes) in the activation buffer.

@@ -25,7 +25,7 @@ from golden.sfloat import SFloat
 from golden.tlmm import pack_ternary
 
 __all__ = ["make_case", "make_qkv_case", "reference", "residual_reference", "gate_reference", "qkv_reference",
-           "cfg_fields", "cfg_payload", "x_payloads", "weight_payloads", "unpack_o", "unpack_qkv", "KINDS"]
+           "cfg_fields", "cfg_payload", "x_payloads", "sx_payloads", "token_sx", "weight_payloads", "unpack_o", "unpack_qkv", "KINDS"]
 
 #: Case kinds: how the input vectors, gains and weights are drawn.
 KINDS = ("residual", "huge", "tiny", "zero", "extreme", "gate")
@@ -98,7 +98,7 @@ def qkv_reference(case, lanes):
     x, w = case["x"], case["w_model"]
     tokens = x.shape[0]
     h, hkv, d = case["heads"], case["kv_heads"], case["head_dim"]
-    sx = SFloat(np.full(tokens, int(case["sx"].m)), np.full(tokens, int(case["sx"].e)))
+    sx = token_sx(case)
     xq, sq = norm_quant(x, sx, case["gain"])
     acc = xq @ w.T.astype(np.int64)
     parts = np.split(acc, [h * d, (h + hkv) * d], axis=1)
@@ -134,11 +134,24 @@ def _group(case, tile):
     return int(tile >= b0) + int(tile >= b1)
 
 
+def token_sx(case):
+    """The input scale of every token: ``case["sx_tokens"]`` (a list of SFloats) or the command's ``sx``."""
+    tokens = case["x"].shape[0]
+    each = case.get("sx_tokens") or [case["sx"]] * tokens
+    return SFloat(np.array([int(s.m) for s in each]), np.array([int(s.e) for s in each]))
+
+
+def sx_payloads(core, case):
+    """The ``sx`` stream of a core with ``token_scales``: one SFloat per token."""
+    layout = core.sx.payload.shape()
+    return [layout.const({"m": int(s.m), "e": int(s.e) if int(s.m) else 0}).as_bits() for s in case["sx_tokens"]]
+
+
 def reference(case, lanes):
     """Expected ``o`` beats ``(acc, y, slot, tile)`` in emission order (row tile, then token)."""
     x, w = case["x"], case["w"]
     tokens, rows = x.shape[0], w.shape[0]
-    sx = SFloat(np.full(tokens, int(case["sx"].m)), np.full(tokens, int(case["sx"].e)))
+    sx = token_sx(case)
     xq, sq = norm_quant(x, sx, case["gain"])
     acc = xq @ w.T.astype(np.int64)
     tiles = -(-rows // lanes)
@@ -166,7 +179,7 @@ def gate_reference(case, lanes, activation):
     x, w = case["x"], case["w"]
     tokens, rows = x.shape[0], w.shape[0]
     assert rows % (2 * lanes) == 0, "gate|up rows come in whole tile pairs"
-    sx = SFloat(np.full(tokens, int(case["sx"].m)), np.full(tokens, int(case["sx"].e)))
+    sx = token_sx(case)
     xq, sq = norm_quant(x, sx, case["gain"])
     acc = xq @ w.T.astype(np.int64)
     fn = gate_silu if activation == "silu" else gate_relu2
