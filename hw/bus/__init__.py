@@ -1,0 +1,1 @@
+"""On-chip bus plumbing: AXI arbiters between the units and the DRAM port."""
