@@ -231,7 +231,9 @@ class EmbedUnit(wiring.Component):
                     m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.addr.eq(table + id_rd.data * stride),
                                  rd.cmd.payload.beats.eq(_ceil_div(row_bytes, B))]
                     with m.If(rd.cmd.ready):
-                        m.d.sync += [have.eq(0), beat.eq(0)]
+                        # Empty the queue: bytes left from the last row (the read may run into the next
+                        # row) must not be ORed into this one.
+                        m.d.sync += [have.eq(0), q.eq(0), beat.eq(0)]
                         m.next = "SCALE"
             with m.State("SCALE"):
                 m.d.comb += [rd.data.ready.eq(have < ROW_SCALE_BYTES), push.eq(rd.data.valid & rd.data.ready)]
