@@ -34,9 +34,146 @@ from ..vector.quant_pow2 import QuantPow2, quant_out_layout
 from ..vector.rope import RopeUnit
 from .linear import LinearCore
 
-__all__ = ["ResidualLinear", "GateLinear", "QkvLinear", "qkv_row_order"]
+__all__ = ["ResidualEpilogue", "GateEpilogue", "QkvEpilogue", "ResidualLinear", "GateLinear", "QkvLinear",
+           "qkv_row_order", "qkv_cfg_layout"]
 
 _ACTIVATIONS = {"silu": GateSilu, "relu2": GateRelu2}
+
+
+def _beat_signature(core):
+    """The stream of the core's output beats (``acc``, ``y``, ``slot``, ``tile``)."""
+    return stream.Signature(core.o.payload.shape())
+
+
+class ResidualEpilogue(wiring.Component):
+    """``o = residual_add(res, y)`` per core beat (o_proj, down_proj).
+
+    Attributes
+    ----------
+    i : In(stream of the core's beats)
+    res : In(stream.Signature(vector_layout(lanes)))
+        The residual stream, beat for beat in the core's output order.
+    o : Out(stream.Signature(vector_layout(lanes)))
+    """
+
+    def __init__(self, beat_signature, lanes):
+        self.lanes = lanes
+        super().__init__({"i": In(beat_signature), "res": In(stream.Signature(vector_layout(lanes))),
+                          "o": Out(stream.Signature(vector_layout(lanes)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.add = add = ResidualAdd(self.lanes)
+        wiring.connect(m, wiring.flipped(self.res), add.x)
+        m.d.comb += [add.y.valid.eq(self.i.valid), self.i.ready.eq(add.y.ready),
+                     add.y.payload.eq(self.i.payload.y)]
+        wiring.connect(m, add.o, wiring.flipped(self.o))
+        return m
+
+
+class GateEpilogue(wiring.Component):
+    """SiLU or ReLU^2 gating of tile-interleaved gate|up beats: ``h`` per (tile pair, token).
+
+    Every gate beat (even tile) waits in a one-beat-per-token buffer until the up beat (odd tile) of the
+    same token arrives; SiLU takes the dequantised gate, ReLU^2 the exact accumulator
+    (``docs/numerics.md``, "Gating").
+    """
+
+    def __init__(self, beat_signature, activation, lanes, max_tokens):
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        self.activation, self.lanes, self.max_tokens = activation, lanes, max_tokens
+        super().__init__({"i": In(beat_signature), "o": Out(stream.Signature(vector_layout(lanes, 64)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.gate = gate = _ACTIVATIONS[self.activation](self.lanes)
+        beat = self.i.payload
+        width = len(beat.y.as_value())
+        m.submodules.held = held = memory.Memory(shape=unsigned(width), depth=self.max_tokens, init=[])
+        wr = held.write_port()
+        rd = held.read_port(domain="comb")
+        is_up = beat.tile[0]
+        gate_value = beat.y if self.activation == "silu" else beat.acc
+        m.d.comb += [
+            wr.addr.eq(beat.slot), wr.data.eq(gate_value.as_value()),
+            wr.en.eq(self.i.valid & ~is_up),
+            rd.addr.eq(beat.slot),
+            gate.gate.valid.eq(self.i.valid & is_up), gate.up.valid.eq(self.i.valid & is_up),
+            gate.gate.payload.as_value().eq(rd.data), gate.up.payload.eq(beat.acc),
+            self.i.ready.eq(~is_up | gate.up.ready),
+        ]
+        wiring.connect(m, gate.o, wiring.flipped(self.o))
+        return m
+
+
+class QkvEpilogue(wiring.Component):
+    """RoPE (indexed mode) and power-of-two quantisation of q|k|v beats (see :class:`QkvLinear`).
+
+    Attributes
+    ----------
+    i : In(stream of the core's beats)
+    pos0 : In(pos_bits)
+        Position of the chunk's first token; held by the owner for the whole command.
+    v_from : In(tile bits)
+        First v row tile (the core's ``bound1``); held likewise.
+    o : Out(stream.Signature(quant_out_layout(lanes, max_tokens)))
+    """
+
+    def __init__(self, beat_signature, lanes, max_tokens, *, head_dim, freq_table, pos_bits=16):
+        check_int("lanes", lanes, 2, 64)
+        check_int("head_dim", head_dim, 2, 4096)
+        if lanes % 2 or head_dim % lanes:
+            raise ValueError(f"head_dim ({head_dim}) must be a multiple of the lanes ({lanes}), "
+                             "which must be even: a row tile holds whole RoPE pairs of one head")
+        check_int("pos_bits", pos_bits, 1, 32)
+        self.lanes, self.head_dim, self.pos_bits = lanes, head_dim, pos_bits
+        self.head_beats = head_dim // lanes
+        self.rope = RopeUnit(head_dim, lanes // 2, freq_table, pos_bits=pos_bits, indexed=True,
+                             tag_bits=token_bits(max_tokens))
+        self.quant = QuantPow2(lanes, head_dim, max_tokens)
+        tile = beat_signature.members["payload"].shape.members["tile"]
+        super().__init__({"i": In(beat_signature), "pos0": In(pos_bits), "v_from": In(tile),
+                          "o": Out(stream.Signature(quant_out_layout(lanes, max_tokens)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.rope = rope = self.rope
+        m.submodules.quant = quant = self.quant
+        hl = self.lanes // 2
+
+        # Index of the beat in its head vector, tile mod d/N, followed as tiles go by (beats of a tile
+        # are consecutive; a head starts at every d/N-th tile and at tile 0).
+        beat = self.i.payload
+        prev_tile = Signal.like(beat.tile)
+        prev_idx = Signal(range(self.head_beats))
+        idx = Signal(range(self.head_beats))
+        with m.If(beat.tile == 0):
+            m.d.comb += idx.eq(0)
+        with m.Elif(beat.tile == prev_tile):
+            m.d.comb += idx.eq(prev_idx)
+        with m.Else():
+            m.d.comb += idx.eq(Mux(prev_idx == self.head_beats - 1, 0, prev_idx + 1))
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [prev_tile.eq(beat.tile), prev_idx.eq(idx)]
+
+        y = beat.y.as_value()
+        pairs = rope.pairs.payload
+        m.d.comb += [
+            pairs.lo.eq(y[:32 * hl]), pairs.hi.eq(y[32 * hl:]),
+            pairs.pos.eq(Mux(beat.tile >= self.v_from, 0, self.pos0 + beat.slot)),
+            pairs.beat.eq(idx), pairs.tag.eq(beat.slot), pairs.first.eq(idx == 0),
+            rope.pairs.valid.eq(self.i.valid), self.i.ready.eq(rope.pairs.ready),
+        ]
+        rot = rope.rotated.payload
+        m.d.comb += [
+            quant.i.payload.x.eq(Cat(rot.lo, rot.hi)), quant.i.payload.slot.eq(rot.tag),
+            quant.i.valid.eq(rope.rotated.valid), rope.rotated.ready.eq(quant.i.ready),
+        ]
+        # Head vectors complete, and leave, in order of head, then token: a head's last row tile comes
+        # for every token of the chunk before the next head's first tile.
+        wiring.connect(m, quant.o, wiring.flipped(self.o))
+        return m
 
 
 class _Wrapped(wiring.Component):
@@ -74,17 +211,17 @@ class ResidualLinear(_Wrapped):
 
     def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, x_bits=32):
         core = LinearCore(tables, lanes, vec_lanes, max_k, max_rows, max_tokens, x_bits=x_bits)
+        self.epilogue = ResidualEpilogue(_beat_signature(core), lanes)
         super().__init__(core, {"res": In(stream.Signature(vector_layout(lanes))),
                                 "o": Out(stream.Signature(vector_layout(lanes)))})
 
     def elaborate(self, platform):
         m = Module()
         core = self._core(m)
-        m.submodules.add = add = ResidualAdd(self.lanes)
-        wiring.connect(m, wiring.flipped(self.res), add.x)
-        m.d.comb += [add.y.valid.eq(core.o.valid), core.o.ready.eq(add.y.ready),
-                     add.y.payload.eq(core.o.payload.y)]
-        wiring.connect(m, add.o, wiring.flipped(self.o))
+        m.submodules.epilogue = ep = self.epilogue
+        wiring.connect(m, core.o, ep.i)
+        wiring.connect(m, wiring.flipped(self.res), ep.res)
+        wiring.connect(m, ep.o, wiring.flipped(self.o))
         return m
 
 
@@ -106,31 +243,17 @@ class GateLinear(_Wrapped):
     def __init__(self, activation, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, x_bits=32):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-        self.activation = activation
         core = LinearCore(tables, lanes, vec_lanes, max_k, max_rows, max_tokens, x_bits=x_bits)
+        self.epilogue = GateEpilogue(_beat_signature(core), activation, lanes, max_tokens)
+        self.activation = activation
         super().__init__(core, {"o": Out(stream.Signature(vector_layout(lanes, 64)))})
 
     def elaborate(self, platform):
         m = Module()
         core = self._core(m)
-        m.submodules.gate = gate = _ACTIVATIONS[self.activation](self.lanes)
-        width = len(core.o.payload.y.as_value())
-        m.submodules.held = held = memory.Memory(shape=unsigned(width), depth=self.max_tokens, init=[])
-        wr = held.write_port()
-        rd = held.read_port(domain="comb")
-        beat = core.o.payload
-        is_up = beat.tile[0]
-        # SiLU takes the dequantised gate, ReLU^2 the exact accumulator (docs/numerics.md, "Gating").
-        gate_value = beat.y if self.activation == "silu" else beat.acc
-        m.d.comb += [
-            wr.addr.eq(beat.slot), wr.data.eq(gate_value.as_value()),
-            wr.en.eq(core.o.valid & ~is_up),
-            rd.addr.eq(beat.slot),
-            gate.gate.valid.eq(core.o.valid & is_up), gate.up.valid.eq(core.o.valid & is_up),
-            gate.gate.payload.as_value().eq(rd.data), gate.up.payload.eq(beat.acc),
-            core.o.ready.eq(~is_up | gate.up.ready),
-        ]
-        wiring.connect(m, gate.o, wiring.flipped(self.o))
+        m.submodules.epilogue = ep = self.epilogue
+        wiring.connect(m, core.o, ep.i)
+        wiring.connect(m, ep.o, wiring.flipped(self.o))
         return m
 
 
@@ -197,11 +320,9 @@ class QkvLinear(_Wrapped):
                              "which must be even: a row tile holds whole RoPE pairs of one head")
         check_int("pos_bits", pos_bits, 1, 32)
         core = LinearCore(tables, lanes, vec_lanes, max_k, max_rows, max_tokens, x_bits=x_bits)
+        self.epilogue = QkvEpilogue(_beat_signature(core), lanes, max_tokens, head_dim=head_dim,
+                                    freq_table=freq_table, pos_bits=pos_bits)
         self.head_dim, self.pos_bits = head_dim, pos_bits
-        self.head_beats = head_dim // lanes
-        self.rope = RopeUnit(head_dim, lanes // 2, freq_table, pos_bits=pos_bits, indexed=True,
-                             tag_bits=token_bits(max_tokens))
-        self.quant = QuantPow2(lanes, head_dim, max_tokens)
         core_cfg = core.cfg.payload.shape()
         super().__init__(core, {"o": Out(stream.Signature(quant_out_layout(lanes, max_tokens)))},
                          cfg=In(stream.Signature(qkv_cfg_layout(core_cfg, pos_bits))))
@@ -209,50 +330,14 @@ class QkvLinear(_Wrapped):
     def elaborate(self, platform):
         m = Module()
         core = self._core(m, own_cfg=True)
-        m.submodules.rope = rope = self.rope
-        m.submodules.quant = quant = self.quant
-        N, hl = self.lanes, self.lanes // 2
-
+        m.submodules.epilogue = ep = self.epilogue
         # The command: the core takes its part; the position and the v bound stay here for the beats
         # still to come (the core takes a command only after the previous one's last beat has left it,
         # and that beat is then past the point where they are used).
-        pos0 = Signal(self.pos_bits)
-        v_from = Signal.like(self.cfg.payload.core.bound1)
         m.d.comb += [core.cfg.payload.eq(self.cfg.payload.core), core.cfg.valid.eq(self.cfg.valid),
                      self.cfg.ready.eq(core.cfg.ready)]
         with m.If(self.cfg.valid & self.cfg.ready):
-            m.d.sync += [pos0.eq(self.cfg.payload.pos), v_from.eq(self.cfg.payload.core.bound1)]
-
-        # Index of the beat in its head vector, tile mod d/N, followed as tiles go by (beats of a tile
-        # are consecutive; a head starts at every d/N-th tile and at tile 0).
-        beat = core.o.payload
-        prev_tile = Signal.like(beat.tile)
-        prev_idx = Signal(range(self.head_beats))
-        idx = Signal(range(self.head_beats))
-        with m.If(beat.tile == 0):
-            m.d.comb += idx.eq(0)
-        with m.Elif(beat.tile == prev_tile):
-            m.d.comb += idx.eq(prev_idx)
-        with m.Else():
-            m.d.comb += idx.eq(Mux(prev_idx == self.head_beats - 1, 0, prev_idx + 1))
-        with m.If(core.o.valid & core.o.ready):
-            m.d.sync += [prev_tile.eq(beat.tile), prev_idx.eq(idx)]
-
-        y = beat.y.as_value()
-        pairs = rope.pairs.payload
-        m.d.comb += [
-            pairs.lo.eq(y[:32 * hl]), pairs.hi.eq(y[32 * hl:]),
-            pairs.pos.eq(Mux(beat.tile >= v_from, 0, pos0 + beat.slot)),
-            pairs.beat.eq(idx), pairs.tag.eq(beat.slot), pairs.first.eq(idx == 0),
-            rope.pairs.valid.eq(core.o.valid), core.o.ready.eq(rope.pairs.ready),
-        ]
-        rot = rope.rotated.payload
-        m.d.comb += [
-            quant.i.payload.x.eq(Cat(rot.lo, rot.hi)), quant.i.payload.slot.eq(rot.tag),
-            quant.i.valid.eq(rope.rotated.valid), rope.rotated.ready.eq(quant.i.ready),
-        ]
-
-        # Head vectors complete, and leave, in order of head, then token: a head's last row tile comes
-        # for every token of the chunk before the next head's first tile.
-        wiring.connect(m, quant.o, wiring.flipped(self.o))
+            m.d.sync += [ep.pos0.eq(self.cfg.payload.pos), ep.v_from.eq(self.cfg.payload.core.bound1)]
+        wiring.connect(m, core.o, ep.i)
+        wiring.connect(m, ep.o, wiring.flipped(self.o))
         return m

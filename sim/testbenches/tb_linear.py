@@ -122,7 +122,8 @@ def qkv_reference(case, lanes):
 
 
 def unpack_qkv(dut, word):
-    view = dut.o.payload.shape().from_bits(word)
+    port = dut.qkv if hasattr(dut, "qkv") else dut.o      # FusedLinear's q|k|v port, or QkvLinear's
+    view = port.payload.shape().from_bits(word)
     return ([int(view.q[f"lane{i}"]) for i in range(dut.lanes)], int(view.e), int(view.slot), int(view.first),
             int(view.last))
 

@@ -1,0 +1,114 @@
+"""One LinearCore with every epilogue, chosen per command: what the LINEAR unit executes.
+
+The TLMM engine, NormQuant and the activation buffer are the large parts, so the accelerator has one
+of each. :class:`FusedLinear` puts the four epilogues of ``hw/isa.py``'s :class:`~hw.isa.Epilogue`
+behind one :class:`~hw.dataflow.linear.LinearCore`:
+
+* ``QKV``: :class:`~hw.dataflow.epilogues.QkvEpilogue` (RoPE + power-of-two quantise) -> ``qkv``;
+* ``RESIDUAL``: :class:`~hw.dataflow.epilogues.ResidualEpilogue` with the ``res`` stream -> ``residual``;
+* ``GATE_SILU`` / ``GATE_RELU2``: a :class:`~hw.dataflow.epilogues.GateEpilogue` each -> ``h``.
+
+The command (``cfg``) is the core's command, the epilogue and the chunk's first position. The core
+takes a command only after the previous command's last beat has left it, so the epilogue choice and
+the position are held here from the command's acceptance until then, and beats already in an epilogue
+finish there. Every token's input scale comes on ``sx`` (one SFloat per token): ``2^-16`` for the
+residual stream and the attention output, the gate's per-token scale for the FFN intermediate.
+"""
+
+from amaranth.hdl import Module, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..isa import Epilogue
+from ..params import check_int
+from ..vector.epilogue import vector_layout
+from ..vector.quant_pow2 import quant_out_layout
+from .epilogues import GateEpilogue, QkvEpilogue, ResidualEpilogue
+from .linear import LinearCore
+
+__all__ = ["FusedLinear", "fused_cfg_layout"]
+
+
+def fused_cfg_layout(core_cfg, pos_bits):
+    return data.StructLayout({"core": core_cfg, "epilogue": Epilogue, "pos": unsigned(pos_bits)})
+
+
+class FusedLinear(wiring.Component):
+    """See the module docstring.
+
+    Parameters
+    ----------
+    tables, lanes, vec_lanes, max_k, max_rows, max_tokens
+        As :class:`~hw.dataflow.linear.LinearCore`; inputs are 63-bit (the FFN intermediate).
+    head_dim : int
+        Head size of the ``QKV`` epilogue (a multiple of ``lanes``).
+    freq_table : sequence of int
+        RoPE phase increments.
+    pos_bits : int
+
+    Attributes
+    ----------
+    cfg : In(stream.Signature(fused_cfg_layout(...)))
+    x, weights, sx : In
+        As :class:`~hw.dataflow.linear.LinearCore` (with ``token_scales``).
+    res : In(stream.Signature(vector_layout(lanes)))
+        ``RESIDUAL`` only: the residual beats in the core's output order.
+    residual : Out(stream.Signature(vector_layout(lanes)))
+    h : Out(stream.Signature(vector_layout(lanes, 64)))
+    qkv : Out(stream.Signature(quant_out_layout(lanes, max_tokens)))
+    """
+
+    def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, head_dim, freq_table,
+                 pos_bits=16):
+        check_int("pos_bits", pos_bits, 1, 32)
+        self.lanes, self.max_tokens = lanes, max_tokens
+        self.core = core = LinearCore(tables, lanes, vec_lanes, max_k, max_rows, max_tokens, x_bits=63,
+                                      token_scales=True)
+        self.tables, self.vec_lanes, self.x_bits = tables, vec_lanes, 63
+        beats = stream.Signature(core.o.payload.shape())
+        self.qkv_ep = QkvEpilogue(beats, lanes, max_tokens, head_dim=head_dim, freq_table=freq_table,
+                                  pos_bits=pos_bits)
+        self.res_ep = ResidualEpilogue(beats, lanes)
+        self.silu_ep = GateEpilogue(beats, "silu", lanes, max_tokens)
+        self.relu2_ep = GateEpilogue(beats, "relu2", lanes, max_tokens)
+        sig = core.signature.members
+        super().__init__({
+            "cfg": In(stream.Signature(fused_cfg_layout(core.cfg.payload.shape(), pos_bits))),
+            "x": sig["x"], "weights": sig["weights"], "sx": sig["sx"],
+            "res": In(stream.Signature(vector_layout(lanes))),
+            "residual": Out(stream.Signature(vector_layout(lanes))),
+            "h": Out(stream.Signature(vector_layout(lanes, 64))),
+            "qkv": Out(stream.Signature(quant_out_layout(lanes, max_tokens))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        m.submodules.qkv_ep, m.submodules.res_ep = qkv, res = self.qkv_ep, self.res_ep
+        m.submodules.silu_ep, m.submodules.relu2_ep = silu, relu2 = self.silu_ep, self.relu2_ep
+        for name in ("x", "weights", "sx"):
+            wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(core, name))
+
+        kind = Signal(Epilogue)
+        m.d.comb += [core.cfg.payload.eq(self.cfg.payload.core), core.cfg.valid.eq(self.cfg.valid),
+                     self.cfg.ready.eq(core.cfg.ready)]
+        with m.If(self.cfg.valid & self.cfg.ready):
+            m.d.sync += [kind.eq(self.cfg.payload.epilogue), qkv.pos0.eq(self.cfg.payload.pos),
+                         qkv.v_from.eq(self.cfg.payload.core.bound1)]
+
+        # Demultiplex the core's beats to the command's epilogue.
+        targets = {Epilogue.QKV: qkv, Epilogue.RESIDUAL: res, Epilogue.GATE_SILU: silu, Epilogue.GATE_RELU2: relu2}
+        for k, ep in targets.items():
+            m.d.comb += [ep.i.payload.eq(core.o.payload), ep.i.valid.eq(core.o.valid & (kind == k))]
+            with m.If(kind == k):
+                m.d.comb += core.o.ready.eq(ep.i.ready)
+        wiring.connect(m, wiring.flipped(self.res), res.res)
+        wiring.connect(m, res.o, wiring.flipped(self.residual))
+        wiring.connect(m, qkv.o, wiring.flipped(self.qkv))
+        # Only one gate epilogue has beats in a command: merge their outputs.
+        with m.If(silu.o.valid):
+            m.d.comb += [self.h.valid.eq(1), self.h.payload.eq(silu.o.payload), silu.o.ready.eq(self.h.ready)]
+        with m.Else():
+            m.d.comb += [self.h.valid.eq(relu2.o.valid), self.h.payload.eq(relu2.o.payload),
+                         relu2.o.ready.eq(self.h.ready)]
+        return m
