@@ -265,7 +265,7 @@ def test_fused_linear_runs_every_epilogue_back_to_back():
 
     lanes, head_dim = 4, 8
     freq = make_qkv_case(np.random.default_rng(0), 3, 1, 1, head_dim, 1, 0)["freq"]
-    dut = FusedLinear(2, lanes, 4, 40, 48, 4, head_dim=head_dim, freq_table=freq)
+    dut = FusedLinear(2, lanes, 4, 40, 48, 4, head_dim=head_dim)     # RoPE table loaded at run time
     rng = np.random.default_rng(9)
     cmds = []
     qkv = make_qkv_case(rng, 24, 2, 1, head_dim, 3, 40, "residual", lanes)
@@ -297,6 +297,11 @@ def test_fused_linear_runs_every_epilogue_back_to_back():
                        for s in sx], **extra}
 
     async def bench(ctx):
+        for i, f in enumerate(freq):
+            ctx.set(dut.rope_load.payload, {"index": i, "value": int(f)})
+            ctx.set(dut.rope_load.valid, 1)
+            await ctx.tick()
+        ctx.set(dut.rope_load.valid, 0)
         for ep, case, extra, out, want, unpack in cmds:
             srcs = payloads(ep, case, extra)
             idx = {k: 0 for k in srcs}

@@ -115,12 +115,14 @@ class QkvEpilogue(wiring.Component):
     i : In(stream of the core's beats)
     pos0 : In(pos_bits)
         Position of the chunk's first token; held by the owner for the whole command.
+    load : In(stream.Signature(rope_load_layout(head_dim)))
+        With ``loadable``: run-time RoPE frequency writes (see :class:`~hw.vector.rope.RopeUnit`).
     v_from : In(tile bits)
         First v row tile (the core's ``bound1``); held likewise.
     o : Out(stream.Signature(quant_out_layout(lanes, max_tokens)))
     """
 
-    def __init__(self, beat_signature, lanes, max_tokens, *, head_dim, freq_table, pos_bits=16):
+    def __init__(self, beat_signature, lanes, max_tokens, *, head_dim, freq_table, pos_bits=16, loadable=False):
         check_int("lanes", lanes, 2, 64)
         check_int("head_dim", head_dim, 2, 4096)
         if lanes % 2 or head_dim % lanes:
@@ -130,17 +132,20 @@ class QkvEpilogue(wiring.Component):
         self.lanes, self.head_dim, self.pos_bits = lanes, head_dim, pos_bits
         self.head_beats = head_dim // lanes
         self.rope = RopeUnit(head_dim, lanes // 2, freq_table, pos_bits=pos_bits, indexed=True,
-                             tag_bits=token_bits(max_tokens))
+                             tag_bits=token_bits(max_tokens), loadable=loadable)
         self.quant = QuantPow2(lanes, head_dim, max_tokens)
         tile = beat_signature.members["payload"].shape.members["tile"]
+        load = {"load": In(self.rope.load.signature.flip())} if loadable else {}
         super().__init__({"i": In(beat_signature), "pos0": In(pos_bits), "v_from": In(tile),
-                          "o": Out(stream.Signature(quant_out_layout(lanes, max_tokens)))})
+                          "o": Out(stream.Signature(quant_out_layout(lanes, max_tokens))), **load})
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.rope = rope = self.rope
         m.submodules.quant = quant = self.quant
         hl = self.lanes // 2
+        if self.rope.loadable:
+            wiring.connect(m, wiring.flipped(self.load), rope.load)
 
         # Index of the beat in its head vector, tile mod d/N, followed as tiles go by (beats of a tile
         # are consecutive; a head starts at every d/N-th tile and at tile 0).

@@ -42,8 +42,8 @@ class FusedLinear(wiring.Component):
         As :class:`~hw.dataflow.linear.LinearCore`; inputs are 63-bit (the FFN intermediate).
     head_dim : int
         Head size of the ``QKV`` epilogue (a multiple of ``lanes``).
-    freq_table : sequence of int
-        RoPE phase increments.
+    freq_table : sequence of int or None
+        Initial RoPE phase increments; the model's are written at run time through ``rope_load``.
     pos_bits : int
 
     Attributes
@@ -56,9 +56,10 @@ class FusedLinear(wiring.Component):
     residual : Out(stream.Signature(vector_layout(lanes)))
     h : Out(stream.Signature(vector_layout(lanes, 64)))
     qkv : Out(stream.Signature(quant_out_layout(lanes, max_tokens)))
+    rope_load : In(stream.Signature(rope_load_layout(head_dim)))
     """
 
-    def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, head_dim, freq_table,
+    def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, head_dim, freq_table=None,
                  pos_bits=16):
         check_int("pos_bits", pos_bits, 1, 32)
         self.lanes, self.max_tokens = lanes, max_tokens
@@ -67,7 +68,7 @@ class FusedLinear(wiring.Component):
         self.tables, self.vec_lanes, self.x_bits = tables, vec_lanes, 63
         beats = stream.Signature(core.o.payload.shape())
         self.qkv_ep = QkvEpilogue(beats, lanes, max_tokens, head_dim=head_dim, freq_table=freq_table,
-                                  pos_bits=pos_bits)
+                                  pos_bits=pos_bits, loadable=True)
         self.res_ep = ResidualEpilogue(beats, lanes)
         self.silu_ep = GateEpilogue(beats, "silu", lanes, max_tokens)
         self.relu2_ep = GateEpilogue(beats, "relu2", lanes, max_tokens)
@@ -79,6 +80,7 @@ class FusedLinear(wiring.Component):
             "residual": Out(stream.Signature(vector_layout(lanes))),
             "h": Out(stream.Signature(vector_layout(lanes, 64))),
             "qkv": Out(stream.Signature(quant_out_layout(lanes, max_tokens))),
+            "rope_load": In(self.qkv_ep.load.signature.flip()),
         })
 
     def elaborate(self, platform):
@@ -105,6 +107,7 @@ class FusedLinear(wiring.Component):
         wiring.connect(m, wiring.flipped(self.res), res.res)
         wiring.connect(m, res.o, wiring.flipped(self.residual))
         wiring.connect(m, qkv.o, wiring.flipped(self.qkv))
+        wiring.connect(m, wiring.flipped(self.rope_load), qkv.load)
         # Only one gate epilogue has beats in a command: merge their outputs.
         with m.If(silu.o.valid):
             m.d.comb += [self.h.valid.eq(1), self.h.payload.eq(silu.o.payload), silu.o.ready.eq(self.h.ready)]

@@ -74,12 +74,13 @@ import numbers
 from amaranth.hdl import Cat, Const, Format, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
 
 from golden.numerics import RES_FRAC, ROPE_FRAC, ROPE_PHASE_BITS, ROPE_TABLE_BITS, sin_quarter_table
 
 from ..params import check_int
 
-__all__ = ["RopeUnit", "LaneArray", "rope_pairs_layout", "rope_rotated_layout"]
+__all__ = ["RopeUnit", "LaneArray", "rope_pairs_layout", "rope_rotated_layout", "rope_load_layout"]
 
 #: Width of the Q.16 residual-stream values rotated by the unit.
 VALUE_BITS = 32
@@ -129,6 +130,12 @@ def rope_pairs_layout(lanes, pos_bits=16, *, beat_bits=0, tag_bits=0):
     return data.StructLayout(fields)
 
 
+def rope_load_layout(head_dim):
+    """A run-time frequency write: entry ``index`` (0 .. d/2 - 1) gets ``value`` (unsigned Q0.32)."""
+    return data.StructLayout({"index": unsigned(max(1, (head_dim // 2 - 1).bit_length())),
+                              "value": unsigned(ROPE_PHASE_BITS)})
+
+
 def rope_rotated_layout(lanes, *, tag_bits=0):
     """Payload of the output stream: ``lanes`` rotated (lo', hi') pairs, the head-vector flags and the
     input beat's tag (with ``tag_bits``)."""
@@ -156,6 +163,9 @@ class RopeUnit(wiring.Component):
         Take the beat index from the ``beat`` field of each beat (see the module docstring).
     tag_bits : int
         Width of the ``tag`` carried from ``pairs`` to ``rotated`` (0: none).
+    loadable : bool
+        Add a ``load`` port that writes frequencies at run time (the model's theta comes from DRAM);
+        ``freq_table`` is then only the initial contents (``None``: zeros).
 
     Attributes
     ----------
@@ -169,7 +179,7 @@ class RopeUnit(wiring.Component):
         Cycles from accepting a beat to presenting it on ``rotated`` (no stalls).
     """
 
-    def __init__(self, head_dim, lanes, freq_table, *, pos_bits=16, indexed=False, tag_bits=0):
+    def __init__(self, head_dim, lanes, freq_table, *, pos_bits=16, indexed=False, tag_bits=0, loadable=False):
         check_int("head_dim", head_dim, 2, 1 << 16)
         if head_dim % 2:
             raise ValueError(f"head_dim must be even, got {head_dim}")
@@ -178,6 +188,13 @@ class RopeUnit(wiring.Component):
         check_int("tag_bits", tag_bits, 0, 64)
         if not isinstance(indexed, bool):
             raise TypeError(f"indexed must be a bool, got {indexed!r}")
+        if not isinstance(loadable, bool):
+            raise TypeError(f"loadable must be a bool, got {loadable!r}")
+        if freq_table is None:
+            if not loadable:
+                raise ValueError("freq_table is required unless the unit is loadable")
+            freq_table = [0] * (head_dim // 2)
+        self.loadable = loadable
         freq = list(freq_table)
         if len(freq) != head_dim // 2:
             raise ValueError(f"freq_table must hold head_dim/2 = {head_dim // 2} entries, got {len(freq)}")
@@ -195,6 +212,7 @@ class RopeUnit(wiring.Component):
             "pairs": In(stream.Signature(rope_pairs_layout(lanes, pos_bits, beat_bits=self.beat_bits,
                                                            tag_bits=tag_bits))),
             "rotated": Out(stream.Signature(rope_rotated_layout(lanes, tag_bits=tag_bits))),
+            **({"load": In(stream.Signature(rope_load_layout(head_dim)))} if loadable else {}),
         })
 
     #: Pipeline registers between the input and the output (see :meth:`elaborate`).
@@ -251,6 +269,15 @@ class RopeUnit(wiring.Component):
         freq_rom = memory.Memory(shape=unsigned(ROPE_PHASE_BITS * N), depth=self.beats,
                                  init=self.freq_rom_init())
         m.submodules.freq_rom = freq_rom
+        if self.loadable:
+            # One frequency per transfer, into its lane of its beat's word (32-bit write granularity).
+            wr_f = freq_rom.write_port(granularity=ROPE_PHASE_BITS)
+            idx = self.load.payload.index
+            m.d.comb += [self.load.ready.eq(1), wr_f.addr.eq(idx // N if N & (N - 1) else idx >> exact_log2(N)),
+                         wr_f.data.eq(self.load.payload.value.replicate(N))]
+            lane_of = idx % N if N & (N - 1) else idx[:exact_log2(N)]
+            for n in range(N):
+                m.d.comb += wr_f.en[n].eq(self.load.valid & (lane_of == n))
         rd_f = freq_rom.read_port()
         m.d.comb += [rd_f.addr.eq(cur), rd_f.en.eq(en)]
         valid = [stage("v1", 1, fire)]
