@@ -16,11 +16,13 @@ from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 from golden.fixed import INT32_MAX, INT32_MIN
+from golden.numerics import norm_quant
 from golden.sfloat import SFloat
 from hw.dataflow.epilogues import GateLinear, QkvLinear, ResidualLinear, qkv_row_order
 from hw.dataflow.linear import LinearCore
 from sim.testbenches.tb_linear import (cfg_payload, gate_reference, make_case, make_qkv_case, pack_vector,
-                                       qkv_reference, reference, residual_reference, sx_payloads, unpack_o,
+                                       qkv_reference, reference, residual_reference, sx_payloads, token_sx,
+                                       unpack_o,
                                        unpack_qkv, unpack_vector, weight_payloads, x_payloads)
 
 
@@ -302,6 +304,7 @@ def test_fused_linear_runs_every_epilogue_back_to_back():
             ctx.set(dut.rope_load.valid, 1)
             await ctx.tick()
         ctx.set(dut.rope_load.valid, 0)
+        ctx.set(dut.sq.ready, 1)
         for ep, case, extra, out, want, unpack in cmds:
             srcs = payloads(ep, case, extra)
             idx = {k: 0 for k in srcs}
@@ -319,8 +322,11 @@ def test_fused_linear_runs_every_epilogue_back_to_back():
                 ready = int(pyrng.random() < 0.7)
                 ctx.set(port.ready, ready)
                 sampled = await ctx.tick().sample(*(getattr(dut, n).valid for n in srcs),
-                                                  *(getattr(dut, n).ready for n in srcs), port.valid, port.payload)
+                                                  *(getattr(dut, n).ready for n in srcs), port.valid, port.payload,
+                                                  dut.sq.valid, dut.sq.payload)
                 vals = sampled[2:]
+                if vals[-2]:
+                    scales.append((int(vals[-1].m), int(vals[-1].e)))
                 n = len(srcs)
                 for i, name in enumerate(srcs):
                     if vals[i] and vals[n + i]:
@@ -332,7 +338,14 @@ def test_fused_linear_runs_every_epilogue_back_to_back():
                 ctx.set(getattr(dut, name).valid, 0)
             results.append((ep, got, want))
 
+    scales = []
     sim.add_testbench(bench)
     sim.run()
     for ep, got, want in results:
         assert got == want, ep
+    # The per-token activation scales leave on `sq`, command after command (zero scales as m = e = 0).
+    want_sq = []
+    for _ep, case, *_ in cmds:
+        _, sq = norm_quant(case["x"], token_sx(case), case["gain"])
+        want_sq += [(int(m), int(e) if int(m) else 0) for m, e in zip(sq.m, sq.e)]
+    assert scales == want_sq

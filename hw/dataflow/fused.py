@@ -51,6 +51,8 @@ class FusedLinear(wiring.Component):
     cfg : In(stream.Signature(fused_cfg_layout(...)))
     x, weights, sx : In
         As :class:`~hw.dataflow.linear.LinearCore` (with ``token_scales``).
+    sq : Out
+        Each token's activation scale (``emit_scales``): must be taken (the gate's scale needs it).
     res : In(stream.Signature(vector_layout(lanes)))
         ``RESIDUAL`` only: the residual beats in the core's output order.
     residual : Out(stream.Signature(vector_layout(lanes)))
@@ -64,7 +66,7 @@ class FusedLinear(wiring.Component):
         check_int("pos_bits", pos_bits, 1, 32)
         self.lanes, self.max_tokens = lanes, max_tokens
         self.core = core = LinearCore(tables, lanes, vec_lanes, max_k, max_rows, max_tokens, x_bits=63,
-                                      token_scales=True)
+                                      token_scales=True, emit_scales=True)
         self.tables, self.vec_lanes, self.x_bits = tables, vec_lanes, 63
         beats = stream.Signature(core.o.payload.shape())
         self.qkv_ep = QkvEpilogue(beats, lanes, max_tokens, head_dim=head_dim, freq_table=freq_table,
@@ -75,7 +77,7 @@ class FusedLinear(wiring.Component):
         sig = core.signature.members
         super().__init__({
             "cfg": In(stream.Signature(fused_cfg_layout(core.cfg.payload.shape(), pos_bits))),
-            "x": sig["x"], "weights": sig["weights"], "sx": sig["sx"],
+            "x": sig["x"], "weights": sig["weights"], "sx": sig["sx"], "sq": sig["sq"],
             "res": In(stream.Signature(vector_layout(lanes))),
             "residual": Out(stream.Signature(vector_layout(lanes))),
             "h": Out(stream.Signature(vector_layout(lanes, 64))),
@@ -88,7 +90,7 @@ class FusedLinear(wiring.Component):
         m.submodules.core = core = self.core
         m.submodules.qkv_ep, m.submodules.res_ep = qkv, res = self.qkv_ep, self.res_ep
         m.submodules.silu_ep, m.submodules.relu2_ep = silu, relu2 = self.silu_ep, self.relu2_ep
-        for name in ("x", "weights", "sx"):
+        for name in ("x", "weights", "sx", "sq"):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(core, name))
 
         kind = Signal(Epilogue)

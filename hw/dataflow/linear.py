@@ -111,9 +111,13 @@ class LinearCore(wiring.Component):
     token_scales : bool
         Take each token's input scale from the ``sx`` stream (one SFloat per token, in token order)
         instead of the command's ``sx``: down_proj's input ``h`` has a per-token scale from the gate.
+    emit_scales : bool
+        Add an ``sq`` output stream with each token's activation scale (the norm's output scale), in
+        token order: the gate's output scale is built from it.
     """
 
-    def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, x_bits=32, token_scales=False):
+    def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, x_bits=32, token_scales=False,
+                 emit_scales=False):
         self.tables = check_int("tables", tables, 1, 64)
         self.lanes = check_int("lanes", lanes, 1, 64)
         self.vec_lanes = check_int("vec_lanes", vec_lanes, 1, 64)
@@ -125,8 +129,10 @@ class LinearCore(wiring.Component):
         self.max_row_tiles = -(-max_rows // lanes)
         if not isinstance(token_scales, bool):
             raise TypeError(f"token_scales must be a bool, got {token_scales!r}")
-        self.token_scales = token_scales
+        self.token_scales, self.emit_scales = token_scales, bool(emit_scales)
         extra = {"sx": In(stream.Signature(sfloat_layout(E_BITS)))} if token_scales else {}
+        if emit_scales:
+            extra["sq"] = Out(stream.Signature(sfloat_layout(E_BITS)))
         super().__init__({
             **extra,
             "cfg": In(stream.Signature(linear_cfg_layout(max_k, self.max_row_tiles, self.max_k_steps,
@@ -204,7 +210,15 @@ class LinearCore(wiring.Component):
         group = Signal(range(SCALE_GROUPS))
         tmp = Signal(sfloat_layout(E_BITS))
         sws = Array([cfg.sw0, cfg.sw1, cfg.sw2])
-        m.d.comb += norm.s.ready.eq(~sq_valid)
+        if self.emit_scales:
+            # A copy of every token's scale leaves on `sq` (a FIFO of one per token in the chunk).
+            m.submodules.sq_out = sq_out = fifo.SyncFIFOBuffered(width=len(sq.as_value()), depth=max(2, M))
+            m.d.comb += [norm.s.ready.eq(~sq_valid & sq_out.w_rdy), sq_out.w_data.eq(norm.s.payload.sq.as_value()),
+                         sq_out.w_en.eq(norm.s.valid & norm.s.ready),
+                         self.sq.valid.eq(sq_out.r_rdy), self.sq.payload.as_value().eq(sq_out.r_data),
+                         sq_out.r_en.eq(self.sq.ready)]
+        else:
+            m.d.comb += norm.s.ready.eq(~sq_valid)
         with m.If(norm.s.valid & norm.s.ready):
             m.d.sync += [sq_valid.eq(1), sq.eq(norm.s.payload.sq)]
         cmd = su.cmd.payload
