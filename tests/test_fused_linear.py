@@ -101,6 +101,22 @@ def test_linear_core_per_token_input_scales(tokens):
     assert got == reference(case, 4)
 
 
+@pytest.mark.parametrize("bits, tokens", [(8, 1), (3, 2), (2, 3)])
+def test_linear_core_bit_serial_weights(bits, tokens):
+    """int-k weights (the LM head) bit-serially on the same core: k bit planes per (row tile, k-step), the
+    top plane negated; accumulators equal the integer matmul, weights at +-(2^(k-1) - 1) included."""
+    core = LinearCore(2, 4, 4, 40, 16, 4)
+    rng = np.random.default_rng(bits * 10 + tokens)
+    case = make_case(rng, 37, 14, tokens, "residual", 4)
+    qmax = (1 << (bits - 1)) - 1
+    w = rng.integers(-qmax, qmax + 1, (14, 37)).astype(np.int8)
+    w[0, :] = qmax
+    w[1, :] = -qmax
+    case.update(w=w, bits=bits)
+    got, _ = simulate(core, case, seed=bits)
+    assert got == reference(case, 4)
+
+
 def test_reference_exercises_saturation_and_extremes():
     """The extreme case drives accumulators to 127 * K and the huge case saturates the dequantiser, so
     the tests above cover those paths."""

@@ -19,7 +19,9 @@ the norm's ``sx``, gain ``shift`` and ``eps`` (as :class:`NormQuant`), and up to
 ``sw0..sw2``. A row tile's scale group is ``tile & 1`` when ``interleave`` is set (a fused gate|up
 matmul whose packed rows alternate gate and up tiles) and otherwise ``(tile >= bound0) + (tile >=
 bound1)`` (a fused q|k|v matmul: q tiles, then k, then v). ``k_steps`` and ``row_tiles`` are what the
-host packed the weights with (:func:`golden.tlmm.pack_ternary`); the unit trusts them.
+host packed the weights with (:func:`golden.tlmm.pack_ternary`); the unit trusts them. ``planes`` (2..8)
+runs int-k weights bit-serially (:func:`golden.tlmm.pack_bitserial`: each (row tile, k-step) has one word
+per bit plane, the top plane negated), the LM head; 0 or 1 means ternary.
 
 Streams
 -------
@@ -78,6 +80,7 @@ def linear_cfg_layout(max_k, max_row_tiles, max_k_steps, max_tokens, e_bits=E_BI
         "interleave": 1,
         "bound0": tile,
         "bound1": tile,
+        "planes": unsigned(4),
     })
 
 
@@ -279,11 +282,14 @@ class LinearCore(wiring.Component):
         # -- sequencer: (row tile, k-step, token) act steps from the buffer ------------------------------
         rt = Signal.like(cfg.row_tiles)
         sks = Signal.like(cfg.k_steps)
+        spl = Signal.like(cfg.planes)          # bit plane (0 for ternary)
         stok = Signal.like(cfg.tokens)
+        serial = cfg.planes > 1
+        last_plane = Mux(serial, cfg.planes - 1, 0)
         running = Signal()
         replayed = Signal()                    # the command's act steps have all been issued
         with m.If(loaded & ~running & ~replayed):
-            m.d.sync += [running.eq(1), rt.eq(0), sks.eq(0), stok.eq(0)]
+            m.d.sync += [running.eq(1), rt.eq(0), sks.eq(0), spl.eq(0), stok.eq(0)]
         with m.If(start):
             m.d.sync += replayed.eq(0)
         acts = engine.acts
@@ -295,22 +301,29 @@ class LinearCore(wiring.Component):
             m.d.sync += [
                 acts.valid.eq(issue),
                 step.token.eq(stok),
-                step.first.eq(sks == 0),
-                step.last.eq(sks == cfg.k_steps - 1),
+                step.first.eq((sks == 0) & (spl == 0)),
+                step.last.eq((sks == cfg.k_steps - 1) & (spl == last_plane)),
                 step.release.eq(stok == cfg.tokens - 1),
+                step.shift.eq(Mux(serial, spl, 0)),
+                step.negate.eq(serial & (spl == last_plane)),
             ]
         m.d.comb += [acts.payload.eq(step), acts.payload.x.as_value().eq(ard.data)]
         with m.If(issue):
+            # Order: row tile, k-step, bit plane, token (the engine's contract, sim/tlmm_driver.py).
             with m.If(stok == cfg.tokens - 1):
                 m.d.sync += stok.eq(0)
-                with m.If(sks == cfg.k_steps - 1):
-                    m.d.sync += sks.eq(0)
-                    with m.If(rt == cfg.row_tiles - 1):
-                        m.d.sync += [running.eq(0), replayed.eq(1)]
+                with m.If(spl == last_plane):
+                    m.d.sync += spl.eq(0)
+                    with m.If(sks == cfg.k_steps - 1):
+                        m.d.sync += sks.eq(0)
+                        with m.If(rt == cfg.row_tiles - 1):
+                            m.d.sync += [running.eq(0), replayed.eq(1)]
+                        with m.Else():
+                            m.d.sync += rt.eq(rt + 1)
                     with m.Else():
-                        m.d.sync += rt.eq(rt + 1)
+                        m.d.sync += sks.eq(sks + 1)
                 with m.Else():
-                    m.d.sync += sks.eq(sks + 1)
+                    m.d.sync += spl.eq(spl + 1)
             with m.Else():
                 m.d.sync += stok.eq(stok + 1)
         wiring.connect(m, wiring.flipped(self.weights), engine.weights)

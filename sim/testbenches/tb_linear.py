@@ -22,7 +22,7 @@ import numpy as np
 from golden.numerics import (dequant_q16, gate_relu2, gate_silu, norm_quant, quant_pow2, quantise_gain,
                              residual_add, rope_apply, rope_cos_sin, rope_freq_table)
 from golden.sfloat import SFloat
-from golden.tlmm import pack_ternary
+from golden.tlmm import pack_bitserial, pack_ternary
 
 __all__ = ["make_case", "make_qkv_case", "reference", "residual_reference", "gate_reference", "qkv_reference",
            "cfg_fields", "cfg_payload", "x_payloads", "sx_payloads", "token_sx", "weight_payloads", "unpack_o", "unpack_qkv", "KINDS"]
@@ -212,10 +212,12 @@ def pack_vector(values, bits):
 def cfg_fields(core, case):
     """The LinearCore command of ``case`` as a dict of field values (``core``: the core or an assembly)."""
     tokens, k = case["x"].shape
-    packed = pack_ternary(case["w"], core.tables, core.lanes)
+    rows = case["w"].shape[0]
+    k_steps = -(-(-(-k // 3)) // core.tables)
+    row_tiles = -(-rows // core.lanes)
     sfl = lambda s: {"m": int(s.m), "e": int(s.e) if int(s.m) else 0}  # noqa: E731
     return {
-        "n": k, "k_steps": packed.k_steps, "row_tiles": packed.row_tiles, "tokens": tokens,
+        "n": k, "k_steps": k_steps, "row_tiles": row_tiles, "tokens": tokens, "planes": case.get("bits", 1),
         "sx": sfl(case["sx"]), "shift": case["gain"].shift, "eps": sfl(case["gain"].eps),
         "sw0": sfl(case["sw"][0]), "sw1": sfl(case["sw"][1]), "sw2": sfl(case["sw"][2]),
         "interleave": int(case["interleave"]), "bound0": case["bounds"][0], "bound1": case["bounds"][1],
@@ -249,8 +251,12 @@ def x_payloads(core, case):
 
 
 def weight_payloads(core, case):
-    """The packed weight words (ints) in engine order: row tile, then k-step."""
-    packed = pack_ternary(case["w"], core.tables, core.lanes)
+    """The packed weight words (ints) in engine order: row tile, then k-step (then bit plane for int-k
+    weights, ``case["bits"]``)."""
+    if case.get("bits", 1) > 1:
+        packed = pack_bitserial(case["w"].astype(np.int64), case["bits"], core.tables, core.lanes)
+    else:
+        packed = pack_ternary(case["w"], core.tables, core.lanes)
     return [int.from_bytes(bytes(row), "little") for row in packed.data]
 
 
