@@ -300,6 +300,37 @@ def test_fused_linear_runs_every_epilogue_back_to_back():
     down["sx_tokens"] = [SFloat.from_float(np.float64(v)) for v in (3e-13, 5e-10)]
     cmds.append((Epilogue.RESIDUAL, down, {"res": [0] * 4}, "residual",
                  residual_reference(down, np.zeros((2, 8), np.int64), lanes), lambda w: unpack_vector(w, lanes, 32)))
+    # LM head: 8-bit rows, bit-serial, per-row scales; 3 tokens, 11 rows (the last tile is partial).
+    from golden.fixed import round_shift, saturate
+    from golden.numerics import quantise_rows
+    lm = make_case(rng, 30, 11, 3, "residual", lanes, interleave=False)
+    rq = quantise_rows(rng.normal(0, 1, (11, 30)), 8)
+    rq.e[2] = -60                     # a row whose shift is large: the logit rounds to 0 or saturates
+    lm.update(w=rq.q.astype(np.int8), bits=8, logits=True)
+    xq, sq = norm_quant(lm["x"], token_sx(lm), lm["gain"])
+    acc = xq @ rq.q.T.astype(np.int64)
+    m16q, shq = sq.multiplier()
+    want_l = saturate(round_shift(acc * m16q[:, None] * rq.m16[None, :], shq[:, None] - rq.e[None, :] - 16), 32)
+    tiles = -(-11 // lanes)
+    rows_beats, lm_want = [], []
+    for rt in range(tiles):
+        mm, ee = 0, 0
+        for n in range(lanes):
+            r = rt * lanes + n
+            if r < 11:
+                mm |= int(rq.m16[r]) << (16 * n)
+                ee |= (int(rq.e[r]) & 0xFFFF) << (16 * n)
+        rows_beats.append(dut.rows.payload.shape().const({"m16": mm, "e": ee}).as_bits())
+        for t in range(3):
+            vals = [int(want_l[t, rt * lanes + n]) if rt * lanes + n < 11 else 0 for n in range(lanes)]
+            lm_want.append((vals, t, rt))
+    mults = [dut.mult.payload.shape().const({"slot": t, "m16": int(m16q[t]), "sh": int(shq[t])}).as_bits()
+             for t in range(3)]
+
+    def unpack_logits(w):
+        v = dut.logits.payload.shape().from_bits(w)
+        return ([int(v.data[f"lane{n}"]) for n in range(lanes)], int(v.slot), int(v.tile))
+    cmds.append((Epilogue.QKV, lm, {"mult": mults, "rows": rows_beats}, "logits", lm_want, unpack_logits))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -307,7 +338,8 @@ def test_fused_linear_runs_every_epilogue_back_to_back():
     results = []
 
     def payloads(ep, case, extra):
-        fields = {"core": cfg_fields(dut.core, case), "epilogue": ep, "pos": int(case.get("pos", 0))}
+        fields = {"core": cfg_fields(dut.core, case), "epilogue": ep, "pos": int(case.get("pos", 0)),
+                  "logits": int(case.get("logits", False))}
         sx = case.get("sx_tokens") or [case["sx"]] * case["x"].shape[0]
         return {"cfg": [dut.cfg.payload.shape().const(fields).as_bits()], "x": x_payloads(dut.core, case),
                 "weights": weight_payloads(dut.core, case),
@@ -331,7 +363,9 @@ def test_fused_linear_runs_every_epilogue_back_to_back():
                     break
                 for name, items in srcs.items():
                     p = getattr(dut, name)
-                    live = idx[name] < len(items) and pyrng.random() < 0.7
+                    # The multipliers belong to the command: they follow its acceptance.
+                    after_cfg = name != "mult" or idx["cfg"] == 1
+                    live = after_cfg and idx[name] < len(items) and pyrng.random() < 0.7
                     ctx.set(p.valid, int(live))
                     if live:
                         ctx.set(Value.cast(p.payload), items[idx[name]])

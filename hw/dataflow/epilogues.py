@@ -23,18 +23,21 @@ through; see that module for the command and the beat order (row tile, then toke
     the KV cache and the attention engines (``docs/numerics.md``, "Q, K, V and the KV cache").
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from golden.numerics import RES_FRAC
+
 from ..params import check_int
 from ..tlmm.layouts import token_bits
-from ..vector.epilogue import GateRelu2, GateSilu, ResidualAdd, vector_layout
+from ..vector.epilogue import GateRelu2, GateSilu, ResidualAdd, _Pipe, vector_layout
 from ..vector.quant_pow2 import QuantPow2, quant_out_layout
 from ..vector.rope import RopeUnit
 from .linear import LinearCore
 
-__all__ = ["ResidualEpilogue", "GateEpilogue", "QkvEpilogue", "ResidualLinear", "GateLinear", "QkvLinear",
+__all__ = ["ResidualEpilogue", "GateEpilogue", "QkvEpilogue", "LogitsEpilogue", "logits_rows_layout",
+           "logits_mult_layout", "ResidualLinear", "GateLinear", "QkvLinear",
            "qkv_row_order", "qkv_cfg_layout"]
 
 _ACTIVATIONS = {"silu": GateSilu, "relu2": GateRelu2}
@@ -178,6 +181,119 @@ class QkvEpilogue(wiring.Component):
         # Head vectors complete, and leave, in order of head, then token: a head's last row tile comes
         # for every token of the chunk before the next head's first tile.
         wiring.connect(m, quant.o, wiring.flipped(self.o))
+        return m
+
+
+def logits_rows_layout(lanes):
+    """One row tile's scales: ``m16`` (unsigned 16) and ``e`` (signed 16) per lane (``hw/dram_format.py``)."""
+    return data.StructLayout({"m16": unsigned(16 * lanes), "e": unsigned(16 * lanes)})
+
+
+def logits_mult_layout(max_tokens):
+    """A token's activation multiplier ``sq.multiplier()``: ``m16`` and the shift ``sh``."""
+    return data.StructLayout({"slot": unsigned(token_bits(max_tokens)), "m16": unsigned(16), "sh": signed(16)})
+
+
+def logits_out_layout(lanes, beat_signature):
+    tile = beat_signature.members["payload"].shape.members["tile"]
+    slot = beat_signature.members["payload"].shape.members["slot"]
+    return data.StructLayout({"data": vector_layout(lanes, 32), "slot": slot, "tile": tile})
+
+
+#: Right shifts are clamped as ``golden.fixed.round_shift`` clamps them; a left shift of 32 or more
+#: saturates any non-zero product to int32.
+_LOGIT_MAX_RIGHT = 62
+_LOGIT_MAX_LEFT = 32
+
+
+class LogitsEpilogue(wiring.Component):
+    """LM-head logits: ``saturate32(round_shift(acc * m16(sq) * m16_row, sh(sq) - e_row - 16))`` per lane,
+    bit-exact with ``IntegerModel.lm_head_logits``.
+
+    Attributes
+    ----------
+    i : In(stream of the core's beats)
+        (row tile, token) order; ``acc`` is used.
+    mult : In(stream.Signature(logits_mult_layout(max_tokens)))
+        Each token's ``(m16, sh)``, after ``clear`` (the command's start) and before or while its beats
+        arrive; a beat waits for its token's.
+    rows : In(stream.Signature(logits_rows_layout(lanes)))
+        One beat per row tile, in tile order: the tile's row scales, taken after the tile's last token.
+    tokens : In(token bits)
+        Tokens per tile in this command (held by the owner).
+    clear : In(1)
+        Forget the multipliers (pulsed at the start of a command).
+    o : Out(stream.Signature(logits_out_layout(...)))
+    """
+
+    def __init__(self, beat_signature, lanes, max_tokens):
+        self.lanes, self.max_tokens = lanes, max_tokens
+        super().__init__({
+            "i": In(beat_signature),
+            "mult": In(stream.Signature(logits_mult_layout(max_tokens))),
+            "rows": In(stream.Signature(logits_rows_layout(lanes))),
+            "tokens": In(token_bits(max_tokens) + 1),
+            "clear": In(1),
+            "o": Out(stream.Signature(logits_out_layout(lanes, beat_signature))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N, M = self.lanes, self.max_tokens
+        m16q = Array(Signal(16, name=f"m16q_{t}") for t in range(M))
+        shq = Array(Signal(signed(16), name=f"shq_{t}") for t in range(M))
+        have = Signal(M)
+        m.d.comb += self.mult.ready.eq(1)
+        with m.If(self.mult.valid):
+            m.d.sync += [m16q[self.mult.payload.slot].eq(self.mult.payload.m16),
+                         shq[self.mult.payload.slot].eq(self.mult.payload.sh)]
+        beat = self.i.payload
+        en = Signal()
+        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        ready_in = en & self.rows.valid & have.bit_select(beat.slot, 1)
+        take = Signal()
+        m.d.comb += [self.i.ready.eq(ready_in), take.eq(self.i.valid & ready_in)]
+        # The tile's row scales stay at the head of `rows` until its last token's beat has gone by.
+        m.d.comb += self.rows.ready.eq(take & (beat.slot == self.tokens - 1))
+        set_bits = Signal(M)
+        with m.If(self.mult.valid):
+            m.d.comb += set_bits.eq(1 << self.mult.payload.slot)
+        m.d.sync += have.eq(Mux(self.clear, 0, have | set_bits))
+
+        pipe = _Pipe(m, en)
+        v1 = pipe.valid(take, "v1")
+        slot1, tile1 = pipe.reg(beat.slot, "slot1"), pipe.reg(beat.tile, "tile1")
+        v2 = pipe.valid(v1, "v2")
+        slot2, tile2 = pipe.reg(slot1, "slot2"), pipe.reg(tile1, "tile2")
+        lim_hi, lim_lo = (1 << 31) - 1, -(1 << 31)
+        outs = []
+        for n in range(N):
+            acc = beat.acc[f"lane{n}"]
+            m16r = self.rows.payload.m16[16 * n:16 * n + 16]
+            er = self.rows.payload.e[16 * n:16 * n + 16].as_signed()
+            # Stage 1: acc * m16(sq) (48 bits) and the shift.
+            p1 = pipe.reg(acc * m16q[beat.slot], f"p1_{n}", signed(49))
+            s1 = pipe.reg(shq[beat.slot] - er - RES_FRAC, f"s1_{n}", signed(19))
+            r1 = pipe.reg(m16r, f"m16r_{n}", unsigned(16))
+            # Stage 2: times m16_row (64 bits), then the rounding shift and int32 saturation.
+            p2 = pipe.reg(p1 * r1, f"p2_{n}", signed(66))
+            s2 = pipe.reg(s1, f"s2_{n}", signed(19))
+            right = Signal(range(_LOGIT_MAX_RIGHT + 1), name=f"right_{n}")
+            left = Signal(range(_LOGIT_MAX_LEFT + 1), name=f"left_{n}")
+            m.d.comb += [right.eq(Mux(s2 > _LOGIT_MAX_RIGHT, _LOGIT_MAX_RIGHT, Mux(s2 > 0, s2, 0))),
+                         left.eq(Mux(-s2 > _LOGIT_MAX_LEFT, _LOGIT_MAX_LEFT, Mux(s2 < 0, -s2, 0)))]
+            right_m1 = Signal(range(_LOGIT_MAX_RIGHT), name=f"rm1_{n}")
+            m.d.comb += right_m1.eq(right - 1)
+            down = Signal(signed(67), name=f"down_{n}")
+            m.d.comb += down.eq(((p2 >> right_m1) + 1) >> 1)
+            up = Signal(signed(66 + _LOGIT_MAX_LEFT), name=f"up_{n}")
+            m.d.comb += up.eq(p2 << left)
+            val = Mux(s2 > 0, down, up)
+            outs.append(Mux(val > lim_hi, lim_hi, Mux(val < lim_lo, lim_lo, val)))
+        with m.If(en):
+            m.d.sync += [self.o.valid.eq(v2), self.o.payload.slot.eq(slot2), self.o.payload.tile.eq(tile2)]
+            for n in range(N):
+                m.d.sync += self.o.payload.data[f"lane{n}"].eq(outs[n])
         return m
 
 

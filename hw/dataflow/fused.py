@@ -6,7 +6,9 @@ behind one :class:`~hw.dataflow.linear.LinearCore`:
 
 * ``QKV``: :class:`~hw.dataflow.epilogues.QkvEpilogue` (RoPE + power-of-two quantise) -> ``qkv``;
 * ``RESIDUAL``: :class:`~hw.dataflow.epilogues.ResidualEpilogue` with the ``res`` stream -> ``residual``;
-* ``GATE_SILU`` / ``GATE_RELU2``: a :class:`~hw.dataflow.epilogues.GateEpilogue` each -> ``h``.
+* ``GATE_SILU`` / ``GATE_RELU2``: a :class:`~hw.dataflow.epilogues.GateEpilogue` each -> ``h``;
+* the LM head (``logits`` set, bit-serial weights): :class:`~hw.dataflow.epilogues.LogitsEpilogue` ->
+  ``logits``.
 
 The command (``cfg``) is the core's command, the epilogue and the chunk's first position. The core
 takes a command only after the previous command's last beat has left it, so the epilogue choice and
@@ -23,14 +25,17 @@ from ..isa import Epilogue
 from ..params import check_int
 from ..vector.epilogue import vector_layout
 from ..vector.quant_pow2 import quant_out_layout
-from .epilogues import GateEpilogue, QkvEpilogue, ResidualEpilogue
+from .epilogues import (GateEpilogue, LogitsEpilogue, QkvEpilogue, ResidualEpilogue, logits_mult_layout,
+                        logits_rows_layout)
 from .linear import LinearCore
 
 __all__ = ["FusedLinear", "fused_cfg_layout"]
 
 
 def fused_cfg_layout(core_cfg, pos_bits):
-    return data.StructLayout({"core": core_cfg, "epilogue": Epilogue, "pos": unsigned(pos_bits)})
+    """The core's command, the epilogue, the chunk's first position; ``logits`` selects the LM-head
+    epilogue instead of ``epilogue`` (``LOGITS`` is its own instruction)."""
+    return data.StructLayout({"core": core_cfg, "epilogue": Epilogue, "pos": unsigned(pos_bits), "logits": 1})
 
 
 class FusedLinear(wiring.Component):
@@ -59,6 +64,11 @@ class FusedLinear(wiring.Component):
     h : Out(stream.Signature(vector_layout(lanes, 64)))
     qkv : Out(stream.Signature(quant_out_layout(lanes, max_tokens)))
     rope_load : In(stream.Signature(rope_load_layout(head_dim)))
+    mult, rows : In
+        LM head: each token's ``sq.multiplier()`` and each row tile's row scales
+        (:class:`~hw.dataflow.epilogues.LogitsEpilogue`).
+    logits : Out
+        LM-head logits, one beat per (row tile, token).
     """
 
     def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, head_dim, freq_table=None,
@@ -74,6 +84,7 @@ class FusedLinear(wiring.Component):
         self.res_ep = ResidualEpilogue(beats, lanes)
         self.silu_ep = GateEpilogue(beats, "silu", lanes, max_tokens)
         self.relu2_ep = GateEpilogue(beats, "relu2", lanes, max_tokens)
+        self.logits_ep = LogitsEpilogue(beats, lanes, max_tokens)
         sig = core.signature.members
         super().__init__({
             "cfg": In(stream.Signature(fused_cfg_layout(core.cfg.payload.shape(), pos_bits))),
@@ -83,6 +94,9 @@ class FusedLinear(wiring.Component):
             "h": Out(stream.Signature(vector_layout(lanes, 64))),
             "qkv": Out(stream.Signature(quant_out_layout(lanes, max_tokens))),
             "rope_load": In(self.qkv_ep.load.signature.flip()),
+            "mult": In(stream.Signature(logits_mult_layout(max_tokens))),
+            "rows": In(stream.Signature(logits_rows_layout(lanes))),
+            "logits": Out(self.logits_ep.signature.members["o"].signature),
         })
 
     def elaborate(self, platform):
@@ -90,21 +104,32 @@ class FusedLinear(wiring.Component):
         m.submodules.core = core = self.core
         m.submodules.qkv_ep, m.submodules.res_ep = qkv, res = self.qkv_ep, self.res_ep
         m.submodules.silu_ep, m.submodules.relu2_ep = silu, relu2 = self.silu_ep, self.relu2_ep
+        m.submodules.logits_ep = lg = self.logits_ep
         for name in ("x", "weights", "sx", "sq"):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(core, name))
 
         kind = Signal(Epilogue)
+        logits = Signal()
         m.d.comb += [core.cfg.payload.eq(self.cfg.payload.core), core.cfg.valid.eq(self.cfg.valid),
                      self.cfg.ready.eq(core.cfg.ready)]
-        with m.If(self.cfg.valid & self.cfg.ready):
-            m.d.sync += [kind.eq(self.cfg.payload.epilogue), qkv.pos0.eq(self.cfg.payload.pos),
-                         qkv.v_from.eq(self.cfg.payload.core.bound1)]
+        accept = self.cfg.valid & self.cfg.ready
+        with m.If(accept):
+            m.d.sync += [kind.eq(self.cfg.payload.epilogue), logits.eq(self.cfg.payload.logits),
+                         qkv.pos0.eq(self.cfg.payload.pos), qkv.v_from.eq(self.cfg.payload.core.bound1),
+                         lg.tokens.eq(self.cfg.payload.core.tokens)]
+        m.d.comb += lg.clear.eq(accept)
+        wiring.connect(m, wiring.flipped(self.mult), lg.mult)
+        wiring.connect(m, wiring.flipped(self.rows), lg.rows)
+        wiring.connect(m, lg.o, wiring.flipped(self.logits))
+        m.d.comb += [lg.i.payload.eq(core.o.payload), lg.i.valid.eq(core.o.valid & logits)]
+        with m.If(logits):
+            m.d.comb += core.o.ready.eq(lg.i.ready)
 
         # Demultiplex the core's beats to the command's epilogue.
         targets = {Epilogue.QKV: qkv, Epilogue.RESIDUAL: res, Epilogue.GATE_SILU: silu, Epilogue.GATE_RELU2: relu2}
         for k, ep in targets.items():
-            m.d.comb += [ep.i.payload.eq(core.o.payload), ep.i.valid.eq(core.o.valid & (kind == k))]
-            with m.If(kind == k):
+            m.d.comb += [ep.i.payload.eq(core.o.payload), ep.i.valid.eq(core.o.valid & ~logits & (kind == k))]
+            with m.If(~logits & (kind == k)):
                 m.d.comb += core.o.ready.eq(ep.i.ready)
         wiring.connect(m, wiring.flipped(self.res), res.res)
         wiring.connect(m, res.o, wiring.flipped(self.residual))
