@@ -95,6 +95,7 @@ class Accelerator:
             cache.length += chunk.size
             if want_all or last:
                 n = chunk.size if want_all else 1
-                raw = dev.read(cm.logits_addr, 4 * n * cm.vocab)
-                out.append(np.frombuffer(raw, "<i4").astype(np.int64).reshape(n, cm.vocab))
+                raw = dev.read(cm.logits_addr, 4 * n * cm.logits_stride)
+                rows = np.frombuffer(raw, "<i4").astype(np.int64).reshape(n, cm.logits_stride)
+                out.append(rows[:, :cm.vocab])
         return np.concatenate(out)

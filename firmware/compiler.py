@@ -22,7 +22,7 @@ from golden.numerics import score_constant
 from golden.tlmm import pack_bitserial, pack_ternary
 from hw.config import HwConfig
 from hw.dataflow.epilogues import qkv_row_order
-from hw.dram_format import embedding_stride, pack_embedding, pack_params, pack_rope, pack_row_scales
+from hw.dram_format import embedding_stride, logits_stride, pack_embedding, pack_params, pack_rope, pack_row_scales
 from hw.isa import INSTRUCTION_BYTES, Epilogue, Opcode, Source, encode
 
 from .kv_cache import KvCacheLayout
@@ -67,6 +67,7 @@ class CompiledModel:
     kv: KvCacheLayout
     max_chunk: int
     vocab: int
+    logits_stride: int
     instructions: list = field(default_factory=list)
 
     @property
@@ -180,7 +181,7 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
     if img.add("kv_cache", size=kv.total_bytes) != kv_base:
         raise AssertionError("KV cache placement")
     img.add("tokens", size=4 * max_chunk)
-    img.add("logits", size=4 * max_chunk * c.vocab_size)
+    img.add("logits", size=4 * max_chunk * logits_stride(c.vocab_size, N))
 
     score_m, score_s = score_constant(c.head_dim)
     program = [
@@ -197,4 +198,4 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
     raw = b"".join(encode(op, **f) for op, f in program)
     img.buf[prog:prog + len(raw)] = raw
     return CompiledModel(image=img.buf, program=prog, regions=img.regions, kv=kv, max_chunk=max_chunk,
-                         vocab=c.vocab_size, instructions=program)
+                         vocab=c.vocab_size, logits_stride=logits_stride(c.vocab_size, N), instructions=program)

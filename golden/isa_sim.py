@@ -20,8 +20,8 @@ import numpy as np
 
 from firmware.kv_cache import KvCacheError, KvCacheLayout
 from hw.dataflow.epilogues import qkv_row_order
-from hw.dram_format import (embedding_row_bytes, params_bytes, unpack_embedding_rows, unpack_params,
-                            unpack_rope, unpack_row_scales)
+from hw.dram_format import (embedding_row_bytes, logits_stride, params_bytes, unpack_embedding_rows,
+                            unpack_params, unpack_rope, unpack_row_scales)
 from hw.isa import INSTRUCTION_BYTES, Epilogue, ErrorCode, IsaError, Opcode, Source, decode
 
 from .attention import attention
@@ -286,4 +286,9 @@ class IsaMachine:
         m16, e = unpack_row_scales(self._read(row_scales, 4 * rows), rows)
         m16q, sh = sq.multiplier()
         out = saturate(round_shift(acc * m16q[:, None] * m16[None, :], sh[:, None] - e[None, :] - RES_FRAC), 32)
-        self._write(self.args["logits"], out.astype("<i4").tobytes())
+        # Each token's logits take whole row tiles (rows padded to a multiple of the lanes, with 0), so
+        # the hardware writes whole lanes-wide beats.
+        stride = logits_stride(rows, self.lanes)
+        padded = np.zeros((out.shape[0], stride), np.int64)
+        padded[:, :rows] = out
+        self._write(self.args["logits"], padded.astype("<i4").tobytes())

@@ -16,6 +16,9 @@ Embedding row (``4 + 2 * hidden`` bytes, rows ``stride`` apart)
     every row starts on a bus word).
 RoPE table
     ``head_dim / 2`` uint32 phase increments (:func:`golden.numerics.rope_freq_table`).
+Logits (written by ``LOGITS``)
+    Per token ``logits_stride(vocab, lanes)`` int32: the vocabulary rounded up to whole TLMM row tiles
+    (the padding is 0), so the hardware writes whole ``lanes``-wide beats.
 """
 
 import numpy as np
@@ -26,7 +29,7 @@ from golden.sfloat import SFloat
 __all__ = ["FormatError", "SFLOAT_BYTES", "PARAM_HEADER_BYTES", "ROW_SCALE_BYTES",
            "pack_sfloat", "unpack_sfloat", "pack_params", "unpack_params", "params_bytes",
            "pack_row_scales", "unpack_row_scales", "pack_embedding", "embedding_row_bytes", "embedding_stride", "unpack_embedding_rows",
-           "pack_rope", "unpack_rope"]
+           "pack_rope", "unpack_rope", "logits_stride"]
 
 SFLOAT_BYTES = 8
 PARAM_HEADER_BYTES = 4 + 4 * SFLOAT_BYTES
@@ -112,6 +115,11 @@ def pack_row_scales(rq: RowQuant):
 def unpack_row_scales(raw, rows):
     rec = np.frombuffer(bytes(raw), "<u2").reshape(rows, 2)
     return rec[:, 0].astype(np.int64), rec[:, 1].view("<i2").astype(np.int64)
+
+
+def logits_stride(rows, lanes):
+    """int32 logits per token in DRAM: ``rows`` rounded up to a multiple of the TLMM ``lanes``."""
+    return -(-rows // lanes) * lanes
 
 
 def embedding_row_bytes(hidden):

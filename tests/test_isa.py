@@ -81,8 +81,8 @@ def _run(machine, cm, toks, pos, all_logits=True):
     work = machine.run(cm.program, tokens=cm.tokens_addr, n_tokens=len(toks), pos=pos, logits=cm.logits_addr,
                        all_logits=all_logits)
     n = len(toks) if all_logits else 1
-    raw = bytes(machine.dram[cm.logits_addr:cm.logits_addr + 4 * n * cm.vocab])
-    return np.frombuffer(raw, "<i4").astype(np.int64).reshape(n, cm.vocab), work
+    raw = bytes(machine.dram[cm.logits_addr:cm.logits_addr + 4 * n * cm.logits_stride])
+    return np.frombuffer(raw, "<i4").astype(np.int64).reshape(n, cm.logits_stride)[:, :cm.vocab], work
 
 
 def test_prefill_then_decode_equals_integer_model(compiled):
