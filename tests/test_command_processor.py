@@ -101,7 +101,8 @@ def simulate(image, *, data_bits=64, program=None, args=None, dram_size=None, fa
             busy = sum(1 << i for i, u in enumerate(UNITS) if busy_left[u] > 0)
             ctx.set(cp.busy, busy)
             faulting = fault_at is not None and count == fault_at[0] + 1 and any(busy_left.values())
-            ctx.set(cp.fault, fault_at[1] if faulting else ErrorCode.NONE)
+            for u in UNITS:   # the fault shows on every unit's input: only the running unit's may count
+                ctx.set(getattr(cp, f"fault_{u}"), fault_at[1] if faulting else ErrorCode.NONE)
             ports = [getattr(cp, u) for u in UNITS]
             sampled = await ctx.tick().sample(*(p.valid for p in ports), *(p.ready for p in ports),
                                               *(p.payload for p in ports))

@@ -19,7 +19,9 @@ The driver writes the run arguments and ``program`` and sets ``control.start``. 
    inside an instruction, for example weight prefetch with the matmul).
 
 A unit raises ``busy`` from the cycle after it accepts a command until it has finished, and may report a
-fault (an :class:`~hw.isa.ErrorCode`, such as ``BAD_TOKEN``) on ``fault``; the first error stops the run,
+fault (an :class:`~hw.isa.ErrorCode`, such as ``BAD_TOKEN``) on its ``fault_<unit>`` input, which the
+processor looks at only while that unit runs its instruction (a unit's fault may stay set until its next
+command, so a stale one never stops a later run); the first error stops the run,
 and ``status`` shows its code and ``error_pc`` the instruction's address. ``done`` is raised in every
 case, so a bad program never hangs the driver.
 """
@@ -82,8 +84,8 @@ class CommandProcessor(wiring.Component):
         Unit commands.
     busy : In(len(UNITS))
         Bit ``i``: unit ``UNITS[i]`` is busy.
-    fault : In(ErrorCode)
-        A unit's error (``NONE`` when all is well).
+    fault_embed, fault_linear, fault_attend, fault_logits : In(ErrorCode)
+        Each unit's error (``NONE`` when all is well).
     running : Out(1)
     """
 
@@ -106,7 +108,7 @@ class CommandProcessor(wiring.Component):
             "setup": Out(BODIES[Opcode.SETUP]),
             "args": Out(run_args_layout()),
             "busy": In(len(UNITS)),
-            "fault": In(ErrorCode),
+            **{f"fault_{u}": In(ErrorCode) for u in UNITS},
             "running": Out(1),
         }
         for name, op in UNIT_OPCODES.items():
@@ -282,8 +284,12 @@ class CommandProcessor(wiring.Component):
                 # One cycle for the unit's busy to rise, then wait for every unit to finish.
                 m.d.comb += self.running.eq(1)
                 m.d.sync += settle.eq(0)
-                with m.If(self.fault != ErrorCode.NONE):
-                    m.d.sync += fail_code.eq(self.fault)
+                fault = Signal(ErrorCode)
+                for i, u in enumerate(UNITS):
+                    with m.If(target == i):
+                        m.d.comb += fault.eq(getattr(self, f"fault_{u}"))
+                with m.If(fault != ErrorCode.NONE):
+                    m.d.sync += fail_code.eq(fault)
                     m.next = "FAIL"
                 with m.Elif(~settle & (self.busy == 0)):
                     m.d.sync += pc.eq(pc + INSTRUCTION_BYTES)
