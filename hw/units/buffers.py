@@ -1,0 +1,148 @@
+"""The on-chip activation buffers shared by the execution units (``docs/architecture.md``).
+
+``X`` (residual stream, Q.16 int32), ``ATT`` (attention output, int32), ``H`` (FFN intermediate, int64)
+and ``Q`` (queries: int8 values and a 5-bit exponent per beat), each ``max_tokens`` vectors of up to
+``words`` beats of ``lanes`` elements. Word ``(token, index)`` of a buffer is at address
+``token * stride + index`` with a power-of-two ``stride`` (no multiplier).
+
+Instructions run one at a time, so the units take turns: every client port is served as it comes, and
+the units never use the same port in the same cycle.
+
+Ports
+-----
+``rd_req`` / ``rd_data``: reads of any buffer, answered in order one cycle later as ``lanes`` x 64-bit
+words (``X``/``ATT`` sign-extended, ``Q`` values sign-extended with the exponent in ``rd_e``); up to two
+answers wait while ``rd_data`` is stalled (requests are refused while both places are taken).
+``wr``: writes of any buffer (:func:`wr_layout`, from the LINEAR unit).
+``x_in``: the EMBED unit's residual beats (:func:`~hw.units.embed.embed_out_layout`).
+"""
+
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.lib import data, enum, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..params import check_int
+from ..tlmm.layouts import token_bits
+from ..vector.quant_pow2 import E_FIELD_BITS
+from .embed import embed_out_layout
+
+__all__ = ["ActivationBuffers", "Buffer", "rd_req_layout", "wr_layout"]
+
+
+class Buffer(enum.Enum, shape=2):
+    """The on-chip buffers."""
+
+    X = 0       # residual stream
+    ATT = 1     # attention output
+    H = 2       # FFN intermediate
+    Q = 3       # queries (int8 + exponent)
+
+
+def rd_req_layout(max_tokens, max_index):
+    return data.StructLayout({"buf": Buffer, "token": unsigned(token_bits(max_tokens)),
+                              "index": unsigned(max(1, max_index.bit_length()))})
+
+
+def wr_layout(lanes, max_tokens, max_index):
+    return data.StructLayout({"buf": Buffer, "token": unsigned(token_bits(max_tokens)),
+                              "index": unsigned(max(1, max_index.bit_length())), "data": unsigned(64 * lanes),
+                              "e": unsigned(E_FIELD_BITS)})
+
+
+_ELEMENT_BITS = {Buffer.X: 32, Buffer.ATT: 32, Buffer.H: 64, Buffer.Q: 8}
+
+
+class ActivationBuffers(wiring.Component):
+    """See the module docstring.
+
+    Parameters
+    ----------
+    lanes : int
+    max_tokens : int
+    words : dict
+        Beats per token of each :class:`~hw.units.linear.Buffer` (``X``: hidden / lanes, ``ATT``: q_dim /
+        lanes, ``H``: intermediate / lanes, ``Q``: q_dim / lanes).
+    max_index : int
+        Largest index the request and write layouts carry (the LINEAR unit's ``max_index``).
+
+    """
+
+    def __init__(self, *, lanes, max_tokens, words, max_index):
+        owner = "ActivationBuffers"
+        self.lanes = check_int("lanes", lanes, 1, 64, owner)
+        self.max_tokens = check_int("max_tokens", max_tokens, 1, 256, owner)
+        missing = set(Buffer) - set(words)
+        if missing:
+            raise ValueError(f"{owner}: words needs every buffer, missing {sorted(b.name for b in missing)}")
+        self.words = {b: check_int(f"words[{b.name}]", words[b], 1, 1 << 16, owner) for b in Buffer}
+        self.stride = {b: 1 << max(0, (self.words[b] - 1).bit_length()) for b in Buffer}
+        self.max_index = max_index
+        super().__init__({
+            "rd_req": In(stream.Signature(rd_req_layout(max_tokens, max_index))),
+            "rd_data": Out(stream.Signature(unsigned(64 * lanes))),
+            "rd_e": Out(E_FIELD_BITS),
+            "wr": In(stream.Signature(wr_layout(lanes, max_tokens, max_index))),
+            "x_in": In(stream.Signature(embed_out_layout(lanes, max_tokens, self.words[Buffer.X]))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N = self.lanes
+        mems, rports = {}, {}
+        for b in Buffer:
+            width = N * _ELEMENT_BITS[b] + (E_FIELD_BITS if b is Buffer.Q else 0)
+            mem = memory.Memory(shape=unsigned(width), depth=self.max_tokens * self.stride[b], init=[])
+            m.submodules[f"mem_{b.name.lower()}"] = mems[b] = mem
+            rports[b] = mem.read_port(domain="sync")
+
+        def addr(b, token, index):
+            return token * self.stride[b] + index      # a power-of-two stride: a shift
+
+        # -- writes: the LINEAR unit's `wr` (any buffer) and EMBED's `x_in` (X) -------------------------
+        w = self.wr.payload
+        m.d.comb += [self.wr.ready.eq(1), self.x_in.ready.eq(1)]
+        for b in Buffer:
+            wp = mems[b].write_port()
+            bits = _ELEMENT_BITS[b]
+            lanes = [w.data[64 * n:64 * n + bits] for n in range(N)]
+            data = lanes + ([w.e] if b is Buffer.Q else [])
+            m.d.comb += [wp.addr.eq(addr(b, w.token, w.index)), wp.data.eq(Cat(*data)),
+                         wp.en.eq(self.wr.valid & (w.buf == b))]
+            if b is Buffer.X:
+                x = self.x_in.payload
+                with m.If(self.x_in.valid):
+                    m.d.comb += [wp.addr.eq(addr(b, x.token, x.beat)), wp.data.eq(x.data.as_value()),
+                                 wp.en.eq(1)]
+
+        # -- reads: one cycle, then a two-place answer queue ------------------------------------------------
+        m.submodules.answers = answers = fifo.SyncFIFO(width=64 * N + E_FIELD_BITS, depth=2)   # first-word fall-through: room for exactly the two owed
+        in_flight = Signal()                # a read issued last cycle, its answer entering the queue now
+        r = self.rd_req.payload
+        take = self.rd_req.valid & self.rd_req.ready
+        # Answers owed: reads issued and not yet taken from `rd_data`; never more than the queue holds.
+        owed = Signal(range(3))
+        popped = self.rd_data.valid & self.rd_data.ready
+        m.d.sync += owed.eq(owed + take - popped)
+        m.d.comb += self.rd_req.ready.eq(owed < 2)
+        rd_buf = Signal(Buffer)
+        for b in Buffer:
+            m.d.comb += [rports[b].addr.eq(addr(b, r.token, r.index)), rports[b].en.eq(take & (r.buf == b))]
+        m.d.sync += in_flight.eq(take)
+        with m.If(take):
+            m.d.sync += rd_buf.eq(r.buf)
+        # Every element sign-extended to 64 bits.
+        lanes = [Signal(signed(64), name=f"lane{n}") for n in range(N)]
+        e = Signal(E_FIELD_BITS)
+        with m.Switch(rd_buf):
+            for b in Buffer:
+                with m.Case(b):
+                    bits = _ELEMENT_BITS[b]
+                    data = rports[b].data
+                    m.d.comb += [lanes[n].eq(data[bits * n:bits * (n + 1)].as_signed()) for n in range(N)]
+                    if b is Buffer.Q:
+                        m.d.comb += e.eq(data[N * bits:])
+        word = Cat(*lanes)
+        m.d.comb += [answers.w_data.eq(Cat(word, e)), answers.w_en.eq(in_flight),
+                     self.rd_data.valid.eq(answers.r_rdy), self.rd_data.payload.eq(answers.r_data[:64 * N]),
+                     self.rd_e.eq(answers.r_data[64 * N:]), answers.r_en.eq(self.rd_data.ready)]
+        return m
