@@ -16,12 +16,11 @@ from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 from golden.fixed import INT32_MAX, INT32_MIN
-from golden.numerics import norm_quant
 from golden.sfloat import SFloat
 from hw.dataflow.epilogues import GateLinear, QkvLinear, ResidualLinear, qkv_row_order
 from hw.dataflow.linear import LinearCore
 from sim.testbenches.tb_linear import (cfg_payload, gate_reference, make_case, make_qkv_case, pack_vector,
-                                       qkv_reference, reference, residual_reference, sx_payloads, token_sx,
+                                       qkv_reference, reference, residual_reference, sx_payloads,
                                        unpack_o,
                                        unpack_qkv, unpack_vector, weight_payloads, x_payloads)
 
@@ -236,115 +235,34 @@ def test_linear_core_cocotb_tiny(tmp_path):
     assert len(json.loads((tmp_path / "report.json").read_text())) == len(params["cases"])
 
 
-_TINY = {"tables": 4, "lanes": 4, "vec_lanes": 4, "max_tokens": 4, "x_bits": 32, "p_stall": 0.3}
-_ASSEMBLIES = {
-    # o_proj / down: decode and prefill commands, random residuals (saturation both ways is likely
-    # at int32 extremes: the residuals are drawn from the whole int32 range).
-    "residual": dict(max_k=64, max_rows=32, cases=[
-        {"k": 64, "rows": 32, "tokens": 1, "kind": "residual"}, {"k": 37, "rows": 12, "tokens": 4, "kind": "huge"},
-        {"k": 24, "rows": 8, "tokens": 2, "kind": "zero"}]),
-    # gate|up, both activations: tile pairs, a prefill chunk, extreme accumulators for ReLU^2.
-    "silu": dict(max_k=64, max_rows=32, cases=[
-        {"k": 64, "rows": 32, "tokens": 1, "kind": "residual"}, {"k": 31, "rows": 16, "tokens": 4, "kind": "huge"},
-        {"k": 20, "rows": 8, "tokens": 2, "kind": "tiny"}]),
-    "relu2": dict(max_k=64, max_rows=32, cases=[
-        {"k": 64, "rows": 32, "tokens": 3, "kind": "residual"}, {"k": 48, "rows": 16, "tokens": 1, "kind": "extreme"},
-        {"k": 20, "rows": 8, "tokens": 2, "kind": "zero"}]),
-    # q|k|v + RoPE + quant: decode at 0 and at the largest position, a chunk mid-sequence, GQA 1, 2, 4.
-    "qkv": dict(max_k=48, max_rows=96, head_dim=16, theta=10000.0, cases=[
-        {"k": 48, "heads": 2, "kv_heads": 2, "tokens": 1, "pos": 0, "kind": "residual"},
-        {"k": 29, "heads": 2, "kv_heads": 1, "tokens": 4, "pos": 300, "kind": "residual"},
-        {"k": 40, "heads": 4, "kv_heads": 1, "tokens": 2, "pos": 65534, "kind": "huge"},
-        {"k": 12, "heads": 1, "kv_heads": 1, "tokens": 1, "pos": 9, "kind": "zero"}]),
-}
+def test_fused_linear_program_cocotb_tiny(tmp_path):
+    """Verilator: one FusedLinear at the tiny geometry runs every command kind back to back (q|k|v with
+    RoPE, o_proj, SiLU and ReLU^2 gates, down_proj with per-token scales, the bit-serial LM head) under
+    30 % stalls on every stream, bit-exact, with every token's activation scale on ``sq``."""
+    from sim.testbenches.tb_linear import fused_design
 
-
-@pytest.mark.parametrize("assembly", sorted(_ASSEMBLIES))
-def test_epilogue_assemblies_cocotb_tiny(assembly, tmp_path):
-    """Each fused assembly at the tiny config on Verilator: commands back to back, 30 % stalls on every
-    stream, bit-exact against the golden chain."""
-    params = {**_TINY, **_ASSEMBLIES[assembly], "assembly": assembly, "seed": 21,
-              "report": str(tmp_path / "report.json")}
-    from sim.testbenches.tb_linear import make_design
-    build = build_component(make_design(params), f"linear_{assembly}_tiny")
+    params = {"assembly": "fused", "seed": 21, "p_stall": 0.3, "report": str(tmp_path / "report.json")}
+    build = build_component(fused_design(), "fused_linear_tiny")
     run_cocotb(build, "tb_linear", test_dir=TESTBENCH_DIR, seed=21,
                extra_env={"LINEAR_PARAMS": json.dumps(params)}, run_dir=tmp_path / "run")
-    assert len(json.loads((tmp_path / "report.json").read_text())) == len(params["cases"])
+    names = [r["name"] for r in json.loads((tmp_path / "report.json").read_text())]
+    assert names == ["qkv", "o_proj", "silu", "relu2", "down", "lm_head"]
 
 
 def test_fused_linear_runs_every_epilogue_back_to_back():
-    """One FusedLinear (one core, all epilogues) runs q|k|v, o_proj (residual), gate|up SiLU and ReLU^2
-    and down_proj (per-token input scales) one after another, each bit-exact against its golden chain."""
+    """Amaranth simulator: one FusedLinear (one core, all epilogues) runs q|k|v, o_proj (residual),
+    gate|up SiLU and ReLU^2, down_proj (per-token input scales) and the bit-serial LM head one after
+    another, each bit-exact against its golden chain, and emits every token's activation scale."""
     import random
 
-    from hw.dataflow.fused import FusedLinear
-    from hw.isa import Epilogue
-    from sim.testbenches.tb_linear import cfg_fields
+    from sim.testbenches.tb_linear import fused_design, fused_program
 
-    lanes, head_dim = 4, 8
-    freq = make_qkv_case(np.random.default_rng(0), 3, 1, 1, head_dim, 1, 0)["freq"]
-    dut = FusedLinear(2, lanes, 4, 40, 48, 4, head_dim=head_dim)     # RoPE table loaded at run time
-    rng = np.random.default_rng(9)
-    cmds = []
-    qkv = make_qkv_case(rng, 24, 2, 1, head_dim, 3, 40, "residual", lanes)
-    cmds.append((Epilogue.QKV, qkv, {}, "qkv", qkv_reference(qkv, lanes), lambda w: unpack_qkv(dut, w)))
-    res_case = make_case(rng, 16, 12, 3, "residual", lanes, interleave=False)
-    res = rng.integers(INT32_MIN, INT32_MAX + 1, (3, 12), dtype=np.int64)
-    beats = [pack_vector(res[t, rt * lanes:(rt + 1) * lanes], 32) for _a, _y, t, rt in reference(res_case, lanes)]
-    cmds.append((Epilogue.RESIDUAL, res_case, {"res": beats}, "residual", residual_reference(res_case, res, lanes),
-                 lambda w: unpack_vector(w, lanes, 32)))
-    for ep, act in ((Epilogue.GATE_SILU, "silu"), (Epilogue.GATE_RELU2, "relu2")):
-        g = make_case(rng, 20, 16, 2, "residual", lanes, interleave=True)
-        cmds.append((ep, g, {}, "h", gate_reference(g, lanes, act), lambda w: unpack_vector(w, lanes, 64)))
-    down = make_case(rng, 40, 8, 2, "gate", lanes, 63, interleave=False)
-    down["sx_tokens"] = [SFloat.from_float(np.float64(v)) for v in (3e-13, 5e-10)]
-    cmds.append((Epilogue.RESIDUAL, down, {"res": [0] * 4}, "residual",
-                 residual_reference(down, np.zeros((2, 8), np.int64), lanes), lambda w: unpack_vector(w, lanes, 32)))
-    # LM head: 8-bit rows, bit-serial, per-row scales; 3 tokens, 11 rows (the last tile is partial).
-    from golden.fixed import round_shift, saturate
-    from golden.numerics import quantise_rows
-    lm = make_case(rng, 30, 11, 3, "residual", lanes, interleave=False)
-    rq = quantise_rows(rng.normal(0, 1, (11, 30)), 8)
-    rq.e[2] = -60                     # a row whose shift is large: the logit rounds to 0 or saturates
-    lm.update(w=rq.q.astype(np.int8), bits=8, logits=True)
-    xq, sq = norm_quant(lm["x"], token_sx(lm), lm["gain"])
-    acc = xq @ rq.q.T.astype(np.int64)
-    m16q, shq = sq.multiplier()
-    want_l = saturate(round_shift(acc * m16q[:, None] * rq.m16[None, :], shq[:, None] - rq.e[None, :] - 16), 32)
-    tiles = -(-11 // lanes)
-    rows_beats, lm_want = [], []
-    for rt in range(tiles):
-        mm, ee = 0, 0
-        for n in range(lanes):
-            r = rt * lanes + n
-            if r < 11:
-                mm |= int(rq.m16[r]) << (16 * n)
-                ee |= (int(rq.e[r]) & 0xFFFF) << (16 * n)
-        rows_beats.append(dut.rows.payload.shape().const({"m16": mm, "e": ee}).as_bits())
-        for t in range(3):
-            vals = [int(want_l[t, rt * lanes + n]) if rt * lanes + n < 11 else 0 for n in range(lanes)]
-            lm_want.append((vals, t, rt))
-    mults = [dut.mult.payload.shape().const({"slot": t, "m16": int(m16q[t]), "sh": int(shq[t])}).as_bits()
-             for t in range(3)]
-
-    def unpack_logits(w):
-        v = dut.logits.payload.shape().from_bits(w)
-        return ([int(v.data[f"lane{n}"]) for n in range(lanes)], int(v.slot), int(v.tile))
-    cmds.append((Epilogue.QKV, lm, {"mult": mults, "rows": rows_beats}, "logits", lm_want, unpack_logits))
-
+    dut = fused_design()
+    freq, program = fused_program(dut, np.random.default_rng(9))
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     pyrng = random.Random(4)
-    results = []
-
-    def payloads(ep, case, extra):
-        fields = {"core": cfg_fields(dut.core, case), "epilogue": ep, "pos": int(case.get("pos", 0)),
-                  "logits": int(case.get("logits", False))}
-        sx = case.get("sx_tokens") or [case["sx"]] * case["x"].shape[0]
-        return {"cfg": [dut.cfg.payload.shape().const(fields).as_bits()], "x": x_payloads(dut.core, case),
-                "weights": weight_payloads(dut.core, case),
-                "sx": [dut.sx.payload.shape().const({"m": int(s.m), "e": int(s.e) if int(s.m) else 0}).as_bits()
-                       for s in sx], **extra}
+    results, scales = [], []
 
     async def bench(ctx):
         for i, f in enumerate(freq):
@@ -353,19 +271,16 @@ def test_fused_linear_runs_every_epilogue_back_to_back():
             await ctx.tick()
         ctx.set(dut.rope_load.valid, 0)
         ctx.set(dut.sq.ready, 1)
-        for ep, case, extra, out, want, unpack in cmds:
-            srcs = payloads(ep, case, extra)
+        for c in program:
+            srcs, port = c["sources"], getattr(dut, c["sink"])
             idx = {k: 0 for k in srcs}
-            port = getattr(dut, out)
             got = []
-            for _ in range(200000):
-                if len(got) == len(want):
+            for _ in range(100000):
+                if len(got) == len(c["want"]):
                     break
                 for name, items in srcs.items():
                     p = getattr(dut, name)
-                    # The multipliers belong to the command: they follow its acceptance.
-                    after_cfg = name != "mult" or idx["cfg"] == 1
-                    live = after_cfg and idx[name] < len(items) and pyrng.random() < 0.7
+                    live = idx[name] < len(items) and pyrng.random() < 0.7
                     ctx.set(p.valid, int(live))
                     if live:
                         ctx.set(Value.cast(p.payload), items[idx[name]])
@@ -383,19 +298,13 @@ def test_fused_linear_runs_every_epilogue_back_to_back():
                         idx[name] += 1
                 if vals[2 * n] and ready:
                     pay = vals[2 * n + 1]
-                    got.append(unpack(pay.as_bits() if hasattr(pay, "as_bits") else int(pay)))
+                    got.append(c["unpack"](pay.as_bits() if hasattr(pay, "as_bits") else int(pay)))
             for name in srcs:
                 ctx.set(getattr(dut, name).valid, 0)
-            results.append((ep, got, want))
+            results.append((c["name"], got, c["want"]))
 
-    scales = []
     sim.add_testbench(bench)
     sim.run()
-    for ep, got, want in results:
-        assert got == want, ep
-    # The per-token activation scales leave on `sq`, command after command (zero scales as m = e = 0).
-    want_sq = []
-    for _ep, case, *_ in cmds:
-        _, sq = norm_quant(case["x"], token_sx(case), case["gain"])
-        want_sq += [(int(m), int(e) if int(m) else 0) for m, e in zip(sq.m, sq.e)]
-    assert scales == want_sq
+    for name, got, want in results:
+        assert got == want, name
+    assert scales == [s for c in program for s in c["scales"]]

@@ -215,14 +215,13 @@ class LogitsEpilogue(wiring.Component):
     i : In(stream of the core's beats)
         (row tile, token) order; ``acc`` is used.
     mult : In(stream.Signature(logits_mult_layout(max_tokens)))
-        Each token's ``(m16, sh)``, after ``clear`` (the command's start) and before or while its beats
-        arrive; a beat waits for its token's.
+        Each token's ``(m16, sh)``, before or while its beats arrive (a beat waits for its token's); the
+        multipliers are forgotten when the command's last beat has gone by, so the next command's may
+        come any time after that.
     rows : In(stream.Signature(logits_rows_layout(lanes)))
         One beat per row tile, in tile order: the tile's row scales, taken after the tile's last token.
-    tokens : In(token bits)
-        Tokens per tile in this command (held by the owner).
-    clear : In(1)
-        Forget the multipliers (pulsed at the start of a command).
+    tokens, tiles : In
+        Tokens per tile and row tiles of this command (held by the owner).
     o : Out(stream.Signature(logits_out_layout(...)))
     """
 
@@ -233,7 +232,7 @@ class LogitsEpilogue(wiring.Component):
             "mult": In(stream.Signature(logits_mult_layout(max_tokens))),
             "rows": In(stream.Signature(logits_rows_layout(lanes))),
             "tokens": In(token_bits(max_tokens) + 1),
-            "clear": In(1),
+            "tiles": In(beat_signature.members["payload"].shape.members["tile"]),
             "o": Out(stream.Signature(logits_out_layout(lanes, beat_signature))),
         })
 
@@ -258,7 +257,8 @@ class LogitsEpilogue(wiring.Component):
         set_bits = Signal(M)
         with m.If(self.mult.valid):
             m.d.comb += set_bits.eq(1 << self.mult.payload.slot)
-        m.d.sync += have.eq(Mux(self.clear, 0, have | set_bits))
+        command_done = take & (beat.slot == self.tokens - 1) & (beat.tile == self.tiles - 1)
+        m.d.sync += have.eq(Mux(command_done, 0, have | set_bits))
 
         pipe = _Pipe(m, en)
         v1 = pipe.valid(take, "v1")

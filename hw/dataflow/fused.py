@@ -116,8 +116,7 @@ class FusedLinear(wiring.Component):
         with m.If(accept):
             m.d.sync += [kind.eq(self.cfg.payload.epilogue), logits.eq(self.cfg.payload.logits),
                          qkv.pos0.eq(self.cfg.payload.pos), qkv.v_from.eq(self.cfg.payload.core.bound1),
-                         lg.tokens.eq(self.cfg.payload.core.tokens)]
-        m.d.comb += lg.clear.eq(accept)
+                         lg.tokens.eq(self.cfg.payload.core.tokens), lg.tiles.eq(self.cfg.payload.core.row_tiles)]
         wiring.connect(m, wiring.flipped(self.mult), lg.mult)
         wiring.connect(m, wiring.flipped(self.rows), lg.rows)
         wiring.connect(m, lg.o, wiring.flipped(self.logits))

@@ -19,6 +19,7 @@ import random
 
 import numpy as np
 
+from golden.fixed import round_shift, saturate
 from golden.numerics import (dequant_q16, gate_relu2, gate_silu, norm_quant, quant_pow2, quantise_gain,
                              residual_add, rope_apply, rope_cos_sin, rope_freq_table)
 from golden.sfloat import SFloat
@@ -267,6 +268,89 @@ def unpack_o(core, word):
             int(view.slot), int(view.tile))
 
 
+def fused_design():
+    """The FusedLinear the fused-program tests run: the tiny config's T = N = 4, 4 vector lanes, head_dim 8."""
+    from hw.dataflow.fused import FusedLinear
+    dut = FusedLinear(4, 4, 4, 40, 48, 4, head_dim=8)
+    dut._MustUse__silence = True
+    return dut
+
+
+def fused_program(dut, rng):
+    """A command of every kind for one FusedLinear, in a row: q|k|v (prefill chunk at 40, GQA 2:1),
+    o_proj, gate|up SiLU and ReLU^2, down_proj with per-token scales, the 8-bit LM head.
+
+    Returns ``(freq, commands)``: the RoPE table to load first, and per command a dict with ``name``,
+    ``sources`` (port -> payload ints), ``sink`` (output port), ``want`` (expected beats, unpacked),
+    ``unpack`` (payload int -> beat) and ``scales`` (the ``sq`` values, ``(m, e)``).
+    """
+    from golden.fixed import INT32_MAX, INT32_MIN
+    from golden.numerics import quantise_rows
+    from hw.isa import Epilogue
+
+    lanes, head_dim = dut.lanes, 8
+    freq = rope_freq_table(head_dim, 10000.0)
+    raw = []
+    qkv = make_qkv_case(rng, 24, 2, 1, head_dim, 3, 40, "residual", lanes)
+    raw.append(("qkv", Epilogue.QKV, qkv, {}, "qkv", qkv_reference(qkv, lanes), lambda w: unpack_qkv(dut, w)))
+    res_case = make_case(rng, 16, 12, 3, "residual", lanes, interleave=False)
+    res = rng.integers(INT32_MIN, INT32_MAX + 1, (3, 12), dtype=np.int64)
+    beats = [pack_vector(res[t, rt * lanes:(rt + 1) * lanes], 32) for _a, _y, t, rt in reference(res_case, lanes)]
+    raw.append(("o_proj", Epilogue.RESIDUAL, res_case, {"res": beats}, "residual",
+                residual_reference(res_case, res, lanes), lambda w: unpack_vector(w, lanes, 32)))
+    for ep, act in ((Epilogue.GATE_SILU, "silu"), (Epilogue.GATE_RELU2, "relu2")):
+        g = make_case(rng, 20, 16, 2, "residual", lanes, interleave=True)
+        raw.append((act, ep, g, {}, "h", gate_reference(g, lanes, act), lambda w: unpack_vector(w, lanes, 64)))
+    down = make_case(rng, 40, 8, 2, "gate", lanes, 63, interleave=False)
+    down["sx_tokens"] = [SFloat.from_float(np.float64(v)) for v in (3e-13, 5e-10)]
+    raw.append(("down", Epilogue.RESIDUAL, down, {"res": [0] * 4}, "residual",
+                residual_reference(down, np.zeros((2, 8), np.int64), lanes), lambda w: unpack_vector(w, lanes, 32)))
+    # LM head: 8-bit rows, bit-serial, per-row scales; 3 tokens, 11 rows (the last tile is partial).
+    lm = make_case(rng, 30, 11, 3, "residual", lanes, interleave=False)
+    rq = quantise_rows(rng.normal(0, 1, (11, 30)), 8)
+    rq.e[2] = -60                     # a row whose shift is large: the logit rounds to 0
+    lm.update(w=rq.q.astype(np.int8), bits=8, logits=True)
+    xq, sq = norm_quant(lm["x"], token_sx(lm), lm["gain"])
+    acc = xq @ rq.q.T.astype(np.int64)
+    m16q, shq = sq.multiplier()
+    want_l = saturate(round_shift(acc * m16q[:, None] * rq.m16[None, :], shq[:, None] - rq.e[None, :] - 16), 32)
+    rows_beats, lm_want = [], []
+    for rt in range(-(-11 // lanes)):
+        mm = ee = 0
+        for n in range(lanes):
+            r = rt * lanes + n
+            if r < 11:
+                mm |= int(rq.m16[r]) << (16 * n)
+                ee |= (int(rq.e[r]) & 0xFFFF) << (16 * n)
+        rows_beats.append(dut.rows.payload.shape().const({"m16": mm, "e": ee}).as_bits())
+        for t in range(3):
+            lm_want.append(([int(want_l[t, rt * lanes + n]) if rt * lanes + n < 11 else 0 for n in range(lanes)],
+                            t, rt))
+    mults = [dut.mult.payload.shape().const({"slot": t, "m16": int(m16q[t]), "sh": int(shq[t])}).as_bits()
+             for t in range(3)]
+
+    def unpack_logits(w):
+        v = dut.logits.payload.shape().from_bits(w)
+        return [int(v.data[f"lane{n}"]) for n in range(lanes)], int(v.slot), int(v.tile)
+    raw.append(("lm_head", Epilogue.QKV, lm, {"mult": mults, "rows": rows_beats}, "logits", lm_want, unpack_logits))
+
+    commands = []
+    for name, ep, case, extra, sink, want, unpack in raw:
+        fields = {"core": cfg_fields(dut.core, case), "epilogue": ep, "pos": int(case.get("pos", 0)),
+                  "logits": int(case.get("logits", False))}
+        sx = token_sx(case)
+        sx_layout = dut.sx.payload.shape()
+        sources = {"cfg": [dut.cfg.payload.shape().const(fields).as_bits()], "x": x_payloads(dut.core, case),
+                   "weights": weight_payloads(dut.core, case),
+                   "sx": [sx_layout.const({"m": int(m), "e": int(e) if int(m) else 0}).as_bits()
+                          for m, e in zip(sx.m, sx.e)], **extra}
+        _, sq_t = norm_quant(case["x"], sx, case["gain"])
+        scales = [(int(m), int(e) if int(m) else 0) for m, e in zip(sq_t.m, sq_t.e)]
+        commands.append({"name": name, "sources": sources, "sink": sink, "want": want, "unpack": unpack,
+                         "scales": scales})
+    return freq, commands
+
+
 try:
     import cocotb
 except ImportError:  # the helpers above are used without cocotb too
@@ -317,6 +401,9 @@ if cocotb is not None:
     @cocotb.test()
     async def test_cases_with_stalls(dut):
         p = json.loads(os.environ["LINEAR_PARAMS"])
+        if p.get("assembly") == "fused":
+            await _fused_program(dut, p)
+            return
         twin = make_design(p)
         rng = np.random.default_rng(p["seed"])
         extra_inputs = {"residual": ["res"]}.get(p.get("assembly", "core"), [])
@@ -332,6 +419,31 @@ if cocotb is not None:
             for i, (g, e) in enumerate(zip(got, want)):
                 assert g == e, f"case {c}: beat {i}: got {g}, want {e}"
             report.append({**c, "cycles": run.cycles})
+        if p.get("report"):
+            with open(p["report"], "w") as f:
+                json.dump(report, f)
+
+    async def _fused_program(dut, p):
+        """Every command kind on one FusedLinear, back to back, 30 % stalls; the RoPE table is loaded with
+        the first command (it is written within d/2 cycles; the norm takes hundreds)."""
+        twin = fused_design()
+        freq, program = fused_program(twin, np.random.default_rng(p["seed"]))
+        load = twin.rope_load.payload.shape()
+        loads = [load.const({"index": i, "value": int(f)}).as_bits() for i, f in enumerate(freq)]
+        ports = ["cfg", "x", "weights", "sx", "res", "mult", "rows", "rope_load"]
+        await streams.reset(dut, ports, ["qkv", "residual", "h", "logits", "sq"])
+        report = []
+        for i, c in enumerate(program):
+            sources = dict(c["sources"], **({"rope_load": loads} if i == 0 else {}))
+            run = await streams.run_streams(dut, sources, [c["sink"], "sq"], [len(c["want"]), len(c["scales"])],
+                                            random.Random(p["seed"] + i), p["p_stall"], p["p_stall"])
+            got = [c["unpack"](w) for w in run.outputs[c["sink"]]]
+            assert got == c["want"], f"{c['name']}: first difference at beat " \
+                f"{next(k for k, (g, w) in enumerate(zip(got, c['want'])) if g != w)}"
+            sq_layout = twin.sq.payload.shape()
+            scales = [(int(v.m), int(v.e)) for v in (sq_layout.from_bits(w) for w in run.outputs["sq"])]
+            assert scales == c["scales"], c["name"]
+            report.append({"name": c["name"], "cycles": run.cycles})
         if p.get("report"):
             with open(p["report"], "w") as f:
                 json.dump(report, f)
