@@ -8,16 +8,25 @@ top this took the simulation from about 150 k to about 300 k cycles per second.
 
 The wrapper keeps every port of the component except ``clk``, which becomes an internal ``reg`` that
 testbenches can still wait on (``FallingEdge(dut.clk)``). Do not start a cocotb ``Clock`` on it.
+
+Amaranth writes every memory's initial contents as one ``initial`` assignment per word, zeros included.
+For the large memories of a benchmark top (a 2 MiB weight buffer, DRAM models of megabytes) that is
+tens of megabytes of Verilog that Verilator must compile, for values it would give the memories anyway:
+Verilator starts every variable at zero unless a run asks for random reset values
+(``+verilator+rand+reset+2``, which these testbenches do not). So the all-zero word assignments inside
+``initial`` blocks are dropped; non-zero initial contents stay.
 """
 
 from __future__ import annotations
+
+import re
 
 from amaranth.hdl import Value
 
 from .build import build_verilog
 from .verilog import export_verilog
 
-__all__ = ["build_clocked", "TIMING_ARGS"]
+__all__ = ["build_clocked", "strip_zero_memory_init", "TIMING_ARGS"]
 
 #: Verilator arguments for delays in the Verilog: --timing needs C++20 coroutines (g++ >= 10).
 TIMING_ARGS = ("--timing", "-CFLAGS", "-std=c++20")
@@ -29,6 +38,25 @@ def _ports(component):
         name = "__".join(str(p) for p in path)
         ports.append((name, "input" if member.flow.name == "In" else "output", len(Value.cast(value))))
     return ports
+
+
+_ZERO_WORD = re.compile(r"^\s*\S+\s*\[\d+\]\s*=\s*\d+'h0+;\s*$")
+
+
+def strip_zero_memory_init(text):
+    """``text`` without the all-zero word assignments of ``initial begin ... end`` blocks."""
+    out, inside = [], False
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if inside:
+            if stripped == "end":
+                inside = False
+            elif _ZERO_WORD.match(line):
+                continue
+        elif stripped == "initial begin":
+            inside = True
+        out.append(line)
+    return "".join(out)
 
 
 def build_clocked(component, toplevel, *, period_ns=10, build_args=()):
@@ -50,7 +78,7 @@ def build_clocked(component, toplevel, *, period_ns=10, build_args=()):
     if period_ns % 2 or period_ns < 2:
         raise ValueError(f"period_ns must be an even number of ns, got {period_ns}")
     core = f"{toplevel}_core"
-    text = export_verilog(component, core)
+    text = strip_zero_memory_init(export_verilog(component, core))
     ports = _ports(component)
     decl = ",\n  ".join(f"{d} wire [{w - 1}:0] {n}" for n, d, w in ports)
     conn = ",\n    ".join(f".{n}({n})" for n in ["clk"] + [n for n, _, _ in ports])

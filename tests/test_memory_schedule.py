@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from firmware.weight_schedule import dram_image, layer_matrices, plan_for_config, plan_weights
+from firmware.weight_schedule import dram_image, layer_matrices, plan_for_config, plan_weights, stationary_order
 from golden.tlmm import pack_ternary
 from hw.config import load_hw_config
 
@@ -55,16 +55,58 @@ def test_estimate_and_bitnet_large_on_kv260():
         plan_weights([("a", 4, 4)], tables=4, lanes=4, data_bytes=8, buffer_bytes=1024, base=100)
 
 
+def test_ports_pad_and_table_stationary_order():
+    """Three ports: port-local tile addresses; a 24-byte bus holds whole 10-byte words of padding, which
+    the last tile reports; table-stationary order permutes words inside each matrix only."""
+    rng = np.random.default_rng(1)
+    shapes = [("x", 11, 113), ("y", 3, 7)]
+    ws = [rng.integers(-1, 2, (r, k), dtype=np.int8) for _, r, k in shapes]
+    packed = [pack_ternary(w, 4, 4) for w in ws]
+    plan = plan_weights(shapes, tables=4, lanes=4, data_bytes=24, buffer_bytes=24 * 16, ports=3, block_rows=2,
+                        base=0x2000)
+    assert plan.port_bytes == 8 and plan.weight_bytes == 310 and plan.beats == 13
+    assert [t.addr for t in plan.tiles] == [0x2000, 0x2000 + 8 * 8]
+    assert plan.tiles[-1].end and plan.tiles[-1].pad == 13 * 24 - 310 and plan.tiles[-1].as_dict()["pad"] == 2
+    assert [t.pad for t in plan.tiles[:-1]] == [0]
+    assert stationary_order(3, 2, 2) == [0, 2, 1, 3, 4, 5]
+    blob = b"".join(w.to_bytes(24, "little") for w in dram_image(plan, packed))
+    order = stationary_order(packed[0].row_tiles, packed[0].k_steps, 2)
+    assert blob[:300] == packed[0].data[order].tobytes() and blob[300:310] == packed[1].to_bytes()
+    # Block estimate: 15 fill cycles per block and k-step per token.
+    est = plan.estimate(2, 8, 10)
+    x = plan.matrices[0]
+    assert x.row_tiles == 3 and x.k_steps == 10
+    assert est["compute_cycles"] == 2 * (30 + 10 * 2 * 15) + 2 * (1 + 1 * 15)
+    with pytest.raises(ValueError, match="power-of-two"):
+        plan_weights(shapes, tables=4, lanes=4, data_bytes=24, buffer_bytes=1024)
+    with pytest.raises(ValueError, match="ternary"):
+        plan_weights([("z", 4, 4, 2)], tables=4, lanes=4, data_bytes=8, buffer_bytes=1024, block_rows=2)
+
+
 def test_bench_memory_tiny():
-    """The benchmark at tiny: bit-exact runs (checked inside), the issue's goals, the CLI's keys."""
+    """The benchmark at tiny with its configured engine (lutram): bit-exact runs (checked inside), read
+    amplification 1, cycles as estimated (decode is compute-bound there: table fills), the CLI's keys."""
     from firmware.bench_memory import bench_memory, format_memory
 
     res = bench_memory("tiny")
-    assert res["dram_utilisation"] >= 0.95
+    assert res["engine"] == "lutram" and res["block_rows"] == 64
     assert res["prefill_read_amplification"] == pytest.approx(1.0, abs=1e-3)
+    assert res["decode"]["estimate"]["bound"] == "compute"
+    assert res["decode"]["cycles_vs_estimate"] == pytest.approx(1.0, abs=0.02)
+    assert res["prefill"]["cycles_vs_estimate"] == pytest.approx(1.0, abs=0.02)
     assert res["sim_cycles_per_second"] > 0
     assert {"hw", "method", "dram_utilisation", "prefill_read_amplification", "sim_cycles_per_second"} <= set(res)
-    assert "DRAM utilisation" in format_memory(res)
+    assert "DRAM utilisation" in format_memory(res) and "lutram" in res["method"]
+
+
+def test_bench_memory_tiny_mux():
+    """With the mux engine (no table fills) decode at tiny is memory-bound: the port is busy >= 95 %."""
+    from firmware.bench_memory import bench_memory
+
+    res = bench_memory("tiny", engine="mux")
+    assert res["decode"]["estimate"]["bound"] == "memory"
+    assert res["dram_utilisation"] >= 0.95
+    assert res["prefill_read_amplification"] == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.slow

@@ -6,9 +6,11 @@ sequencer walking a matrix table and an activation memory, and the sums go into 
 testbench writes the memories through ``load``, pulses ``go``, waits in long ``ClockCycles`` chunks until
 ``done`` and reads the counters. Not for synthesis (asynchronous memory reads).
 
-Act-step order is the engine's (``sim/tlmm_driver.py``): per matrix, for each row tile, for each
-k-step, for each token. The activation memory holds each matrix's ``k_steps * tokens`` entries
-(k-step major, token minor) from the matrix's ``act_base``.
+Act-step order is the engine's. ``mux`` (``sim/tlmm_driver.py``): per matrix, for each row tile, for
+each k-step, for each token. ``lutram``: per matrix, for each block of ``block_rows`` row tiles, for each
+k-step, for each token (one table set each; :class:`~hw.memory.lut_feed.LutWordFeed` walks the words
+in the same order from a second read port of the matrix table). The activation memory holds each
+matrix's ``k_steps * tokens`` entries (k-step major, token minor) from the matrix's ``act_base``.
 """
 
 from amaranth.hdl import Module, Signal, signed, unsigned
@@ -55,7 +57,8 @@ class MemoryBenchTop(wiring.Component):
 
     Parameters
     ----------
-    tables, lanes, data_bits, buffer_words, dram_words, latency, bytes_per_cycle, max_tokens :
+    tables, lanes, data_bits, buffer_words, dram_words, latency, bytes_per_cycle, max_tokens, ports, engine,
+    block_rows :
         As for :class:`WeightPath` (no jitter: the benchmark measures the exact model).
     max_commands, max_matrices, act_words : int
         Depths of the command, matrix-table and activation memories.
@@ -76,14 +79,16 @@ class MemoryBenchTop(wiring.Component):
     """
 
     def __init__(self, tables, lanes, *, data_bits, buffer_words, dram_words, latency=20, bytes_per_cycle=None,
-                 max_tokens=8, max_commands=256, max_matrices=64, act_words=4096, max_outstanding=4):
+                 max_tokens=8, max_commands=256, max_matrices=64, act_words=4096, max_outstanding=4, ports=1,
+                 engine="mux", block_rows=16):
         owner = "MemoryBenchTop"
         self.max_commands = check_int("max_commands", max_commands, 1, 1 << 16, owner)
         self.max_matrices = check_int("max_matrices", max_matrices, 1, 1 << 16, owner)
         self.act_words = check_int("act_words", act_words, 1, 1 << 16, owner)
         self.path = WeightPath(tables, lanes, data_bits=data_bits, buffer_words=buffer_words, dram_words=dram_words,
                                latency=latency, bytes_per_cycle=bytes_per_cycle, max_tokens=max_tokens,
-                               max_outstanding=max_outstanding)
+                               max_outstanding=max_outstanding, ports=ports, engine=engine, block_rows=block_rows)
+        self.engine, self.block_rows = engine, block_rows
         self.tables, self.lanes, self.max_tokens = tables, lanes, max_tokens
         self.cmd_layout = tile_command_layout(32, self.path.manager.beats_bits)
         self.entry_layout = matrix_entry_layout(max_tokens)
@@ -143,39 +148,66 @@ class MemoryBenchTop(wiring.Component):
         mat_rd = mat_mem.read_port(domain="comb")
         act_rd = act_mem.read_port(domain="comb")
         entry = mat_rd.data
-        step = path.acts.payload
         last_ks = Signal()
         release = Signal()
+        # The outer walk: one row tile at a time (mux) or one block of row tiles (lutram).
+        rt_step = 1 if self.engine == "mux" else self.block_rows
+        last_rt = Signal()
         m.d.comb += [
             mat_rd.addr.eq(mat),
             act_rd.addr.eq(entry.act_base + rel),
             last_ks.eq(ks == entry.k_steps - 1),
             release.eq(tok == entry.tokens - 1),
+            last_rt.eq(rt + rt_step >= entry.row_tiles),
             path.acts.valid.eq(stepping),
-            step.x.eq(act_rd.data),
-            step.token.eq(tok),
-            step.first.eq(ks == 0),
-            step.last.eq(last_ks),
-            step.release.eq(release),
-            step.shift.eq(0),
-            step.negate.eq(0),
         ]
+        if self.engine == "mux":
+            step = path.acts.payload
+            m.d.comb += [
+                step.x.eq(act_rd.data),
+                step.token.eq(tok),
+                step.first.eq(ks == 0),
+                step.last.eq(last_ks),
+                step.release.eq(release),
+                step.shift.eq(0),
+                step.negate.eq(0),
+            ]
+        else:
+            m.d.comb += path.acts.payload.eq(act_rd.data)
+            # The word feed walks the same matrices from its own read port of the table.
+            fmat = Signal(16)
+            feed_rd = mat_mem.read_port(domain="comb")
+            m.d.comb += [
+                feed_rd.addr.eq(fmat),
+                path.desc.valid.eq(running & (fmat < self.n_matrices)),
+                path.desc.payload.row_tiles.eq(feed_rd.data.row_tiles),
+                path.desc.payload.k_steps.eq(feed_rd.data.k_steps),
+                path.desc.payload.tokens.eq(feed_rd.data.tokens),
+            ]
+            with m.If(path.desc.valid & path.desc.ready):
+                m.d.sync += fmat.eq(fmat + 1)
+            with m.If(self.go):
+                m.d.sync += fmat.eq(0)
         with m.If(path.acts.valid & path.acts.ready):
             m.d.sync += [rel.eq(rel + 1), tok.eq(tok + 1)]
             with m.If(release):
                 m.d.sync += [tok.eq(0), ks.eq(ks + 1)]
                 with m.If(last_ks):
-                    m.d.sync += [ks.eq(0), rt.eq(rt + 1), rel.eq(0)]
-                    with m.If(rt == entry.row_tiles - 1):
+                    m.d.sync += [ks.eq(0), rt.eq(rt + rt_step), rel.eq(0)]
+                    with m.If(last_rt):
                         m.d.sync += [rt.eq(0), mat.eq(mat + 1)]
                         with m.If(mat == self.n_matrices - 1):
                             m.d.sync += stepping.eq(0)
 
         # Checksum sink (always ready: the benchmark measures the weight path, not a slow consumer).
         m.d.comb += path.sums.ready.eq(1)
+        # One signal per lane: `c` appears twice in each step, so nesting the expressions instead would
+        # grow the expression tree as 2**lanes (65 536 copies at 16 lanes, minutes of elaboration).
         c = self.checksum
         for n in range(self.lanes):
-            c = ((c << 5) - c + path.sums.payload.y[n].as_unsigned())[:32]
+            c_next = Signal(32, name=f"checksum_{n}")
+            m.d.comb += c_next.eq(((c << 5) - c + path.sums.payload.y[n].as_unsigned())[:32])
+            c = c_next
         with m.If(path.sums.valid & running):
             m.d.sync += [self.checksum.eq(c), self.sums_seen.eq(self.sums_seen + 1)]
             with m.If(self.sums_seen + 1 == self.n_sums):

@@ -3,8 +3,11 @@
 The weight words of a matrix are packed back to back in DRAM (``5*T*N`` bits each, little-endian), so
 a weight word may start in the middle of a bus word and span two or more of them: no DRAM bytes are
 wasted on alignment. The gearbox treats its input as one little-endian bit stream and cuts it into
-output words. A ``flush`` on an input word marks the end of a contiguous segment: once fewer than a
-whole output word's bits remain, they are padding and are dropped, so the next segment starts aligned.
+output words. A ``flush`` on an input word marks the end of a contiguous segment: its top ``pad`` bytes
+are not data, and once fewer than a whole output word's bits remain, they are padding and are dropped,
+so the next segment starts aligned. (``pad`` matters when an input word is wider than an output word:
+then the padding after a segment's last output word can hold whole output words, which must not come
+out.)
 """
 
 from math import gcd
@@ -19,7 +22,9 @@ __all__ = ["Gearbox", "gearbox_input_layout"]
 
 
 def gearbox_input_layout(in_bits):
-    return data.StructLayout({"data": unsigned(in_bits), "flush": 1})
+    """``data``; ``flush`` ends a segment; ``pad``: bytes at the top of a flush word that are not data."""
+    pad_bits = max(1, (in_bits // 8).bit_length())
+    return data.StructLayout({"data": unsigned(in_bits), "flush": 1, "pad": unsigned(pad_bits)})
 
 
 class Gearbox(wiring.Component):
@@ -32,8 +37,10 @@ class Gearbox(wiring.Component):
     Parameters
     ----------
     in_bits, out_bits : int
-        Input and output widths. Positions inside the register are multiples of ``gcd(in_bits,
-        out_bits)``, so placing an input word is a multiplexer over that many positions.
+        Input and output widths, multiples of 8. Positions inside the register are multiples of
+        ``gcd(in_bits, out_bits)``, so placing an input word is a multiplexer over that many positions.
+        A flush word's data bits (``in_bits - 8 * pad``) must be a multiple of that unit, which holds
+        when the segment is whole output words read as whole input words.
 
     Attributes
     ----------
@@ -44,6 +51,8 @@ class Gearbox(wiring.Component):
     def __init__(self, in_bits, out_bits):
         self.in_bits = check_int("in_bits", in_bits, 1, 1 << 16, "Gearbox")
         self.out_bits = check_int("out_bits", out_bits, 1, 1 << 16, "Gearbox")
+        if in_bits % 8 or out_bits % 8:
+            raise ValueError(f"Gearbox: widths must be whole bytes, got {in_bits} and {out_bits} bits")
         super().__init__({
             "i": In(stream.Signature(gearbox_input_layout(in_bits))),
             "o": Out(stream.Signature(unsigned(out_bits))),
@@ -81,6 +90,15 @@ class Gearbox(wiring.Component):
         m.d.comb += self.i.ready.eq((~flushing | drop) & (fill2 <= W // unit))
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & self.i.ready)
+        # Units a flush word adds: its data bits, without the padding bytes at its top. Bits above
+        # `fill` are ignored and, after a flush, cleared by the drop before any new word is placed.
+        pad_units = Signal(range(D // unit + 1))
+        with m.Switch(self.i.payload.pad):
+            for b in range(1, D // 8):
+                with m.Case(b):
+                    m.d.comb += pad_units.eq(8 * b // unit)
+        added = Signal(range(D // unit + 1))
+        m.d.comb += added.eq(D // unit - Mux(self.i.payload.flush, pad_units, 0))
         placed = Signal(D + W)
         with m.Switch(fill2):
             for k in range(W // unit + 1):
@@ -89,7 +107,7 @@ class Gearbox(wiring.Component):
         with m.If(accept):
             m.d.sync += [
                 held.eq(held2 | placed),
-                fill.eq(fill2 + D // unit),
+                fill.eq(fill2 + added),
                 flushing.eq(self.i.payload.flush),
             ]
         with m.Else():

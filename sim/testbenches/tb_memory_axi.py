@@ -1,10 +1,12 @@
-"""cocotb testbench of ``hw.memory.AxiBurstReader`` against cocotbext-axi's ``AxiRamRead``, on Verilator.
+"""cocotb testbench of ``hw.memory.AxiBurstReader`` (or an ``AxiReaderGroup`` of several ports) against
+cocotbext-axi's ``AxiRamRead``, on Verilator.
 
 Environment (from ``run_cocotb(extra_env=...)``):
 
 ``AXI_PARAMS``
     JSON: ``addr_bits``, ``data_bits``, ``max_burst``, ``max_outstanding``, ``buffer_words``,
-    ``beats_bits``, ``tag_bits`` of the reader under test.
+    ``beats_bits``, ``tag_bits`` of the reader under test, and ``ports`` for a group (default 1: a
+    single reader with an ``axi`` port; else ``axi[p]``, one RAM each, ``data_bits`` the total width).
 
 The RAM stalls ``arready`` and ``rvalid`` at random through cocotbext-axi's pause generators (in runs,
 so a burst sees a random latency), and the consumer of the reader's data stream stalls at random. Every
@@ -12,7 +14,9 @@ cycle a protocol checker verifies the AXI4 master rules (AR payload stable while
 INCR, full width, aligned, at most ``max_burst`` beats, no 4 KiB crossing, at most ``max_outstanding``
 bursts in flight), that ``rready`` is high whenever ``rvalid`` is (space is reserved before a burst is
 issued), and the output stream rules (valid held, payload stable while stalled). The data must be the
-RAM's words in command order, with ``last``/``tag`` on each command's last word.
+RAM's words in command order, with ``last``/``tag`` on each command's last word; for a group, wide word
+``j`` of a command at port-local address ``a`` is the ports' words at ``a + j * port bytes``, port 0 in
+the low bits. Each port's RAM has its own pause generators, so the ports run out of step.
 """
 
 import json
@@ -26,7 +30,9 @@ from cocotbext.axi import AxiRamRead, AxiReadBus
 from sim import cocotb_streams as streams
 
 P = json.loads(os.environ["AXI_PARAMS"])
-BYTES = P["data_bits"] // 8
+PORTS = P.get("ports", 1)
+PREFIXES = ["axi_"] if PORTS == 1 else [f"axi__{p}_" for p in range(PORTS)]
+BYTES = P["data_bits"] // 8 // PORTS          # one port's bus
 SIZE = BYTES.bit_length() - 1
 RAM_BYTES = 1 << 16
 AR_FIELDS = ("araddr", "arlen", "arsize", "arburst", "arid")
@@ -37,7 +43,7 @@ def pack_cmd(addr, beats, tag):
 
 
 def unpack_data(value):
-    mask = (1 << P["data_bits"]) - 1
+    mask = (1 << P["data_bits"]) - 1              # the whole (group) width
     last = (value >> P["data_bits"]) & 1
     return value & mask, last, (value >> (P["data_bits"] + 1)) if last else 0   # the tag counts on last words
 
@@ -61,12 +67,15 @@ class FaultyRam(AxiRamRead):
 
 
 async def setup(dut, rng, p_ar, p_r):
-    ram = FaultyRam(AxiReadBus.from_prefix(dut, "axi_"), dut.clk, dut.rst, size=RAM_BYTES)
-    ram.write(0, bytes(rng.getrandbits(8) for _ in range(RAM_BYTES)))
-    ram.ar_channel.set_pause_generator(pauses(rng, p_ar, 6))
-    ram.r_channel.set_pause_generator(pauses(rng, p_r, 12))
+    rams = []
+    for prefix in PREFIXES:
+        ram = FaultyRam(AxiReadBus.from_prefix(dut, prefix), dut.clk, dut.rst, size=RAM_BYTES)
+        ram.write(0, bytes(rng.getrandbits(8) for _ in range(RAM_BYTES)))
+        ram.ar_channel.set_pause_generator(pauses(rng, p_ar, 6))
+        ram.r_channel.set_pause_generator(pauses(rng, p_r, 12))
+        rams.append(ram)
     await streams.reset(dut, inputs=("cmd",), outputs=("data",))
-    return ram
+    return rams
 
 
 def random_commands(rng, n):
@@ -83,31 +92,38 @@ def random_commands(rng, n):
     return cmds
 
 
-def expected(ram, cmds):
+def expected(rams, cmds):
     out = []
     for addr, beats, tag in cmds:
         for k in range(beats):
-            word = int.from_bytes(ram.read(addr + k * BYTES, BYTES), "little")
+            word = sum(int.from_bytes(ram.read(addr + k * BYTES, BYTES), "little") << (8 * BYTES * p)
+                       for p, ram in enumerate(rams))
             last = int(k == beats - 1)
             out.append((word, last, tag if last else 0))
     return out
 
 
 class Checker:
-    """Per-cycle AXI master and output-stream rules."""
+    """Per-cycle AXI master rules of one port (``prefix``: ``axi_`` or ``axi__<p>_``), and the
+    output-stream rules (when ``stream`` is set: once per design)."""
 
-    def __init__(self, dut):
+    def __init__(self, dut, prefix="axi_", stream=True):
         self.dut = dut
+        self.prefix = prefix
+        self.stream = stream
         self.ar_held = None
         self.out_held = None
         self.outstanding = 0
         self.max_seen = 0
         self.bursts = []
 
+    def sig(self, name):
+        return int(getattr(self.dut, f"{self.prefix}_{name}").value)
+
     def sample(self, data_ready):
         d = self.dut
-        arvalid, arready = int(d.axi__arvalid.value), int(d.axi__arready.value)
-        ar = tuple(int(getattr(d, f"axi__{f}").value) for f in AR_FIELDS)
+        arvalid, arready = self.sig("arvalid"), self.sig("arready")
+        ar = tuple(self.sig(f) for f in AR_FIELDS)
         if self.ar_held is not None:
             assert arvalid, "arvalid dropped before arready"
             assert ar == self.ar_held, f"AR payload changed while waiting: {self.ar_held} -> {ar}"
@@ -122,12 +138,14 @@ class Checker:
             assert addr // 4096 == (addr + beats * BYTES - 1) // 4096, f"burst {addr:#x}+{beats} crosses 4 KiB"
             self.bursts.append((addr, beats))
             self.outstanding += 1
-        if int(d.axi__rvalid.value):
-            assert int(d.axi__rready.value), "rready low while rvalid (no space reserved?)"
-            if int(d.axi__rlast.value):
+        if self.sig("rvalid"):
+            assert self.sig("rready"), f"{self.prefix}: rready low while rvalid (no space reserved?)"
+            if self.sig("rlast"):
                 self.outstanding -= 1
         self.max_seen = max(self.max_seen, self.outstanding)
         assert self.outstanding <= P["max_outstanding"], f"{self.outstanding} bursts in flight"
+        if not self.stream:
+            return
         if int(d.data__valid.value):
             payload = int(d.data__payload.value)
             if self.out_held is not None:
@@ -138,7 +156,7 @@ class Checker:
 
 
 async def run_commands(dut, rng, cmds, want, p_stall, limit=200_000):
-    checker = Checker(dut)
+    checkers = [Checker(dut, prefix, stream=p == 0) for p, prefix in enumerate(PREFIXES)]
     got = []
     i, cycles = 0, 0
     while len(got) < len(want):
@@ -149,7 +167,8 @@ async def run_commands(dut, rng, cmds, want, p_stall, limit=200_000):
         ready = rng.random() >= p_stall
         dut.data__ready.value = int(ready)
         await ReadOnly()
-        checker.sample(ready)
+        for checker in checkers:
+            checker.sample(ready)
         if i < len(cmds) and int(dut.cmd__ready.value):
             i += 1
         if ready and int(dut.data__valid.value):
@@ -162,27 +181,29 @@ async def run_commands(dut, rng, cmds, want, p_stall, limit=200_000):
     await ReadOnly()
     assert int(dut.data__valid.value) == 0, "data beyond the commands"
     assert int(dut.idle.value) == 1 and int(dut.error.value) == 0
-    return checker, cycles
+    return checkers, cycles
 
 
 @cocotb.test()
 async def test_random_commands_random_latency(dut):
     """Random commands (4 KiB straddles, multi-burst), random AR/R pauses, consumer stalls 30 %."""
     rng = random.Random(int(os.environ.get("COCOTB_RANDOM_SEED", "1")))
-    ram = await setup(dut, rng, p_ar=0.3, p_r=0.2)
+    rams = await setup(dut, rng, p_ar=0.3, p_r=0.2)
     cmds = random_commands(rng, 40)
-    checker, _ = await run_commands(dut, rng, cmds, expected(ram, cmds), p_stall=0.3)
-    assert any(b < P["max_burst"] for _, b in checker.bursts) and any(b == P["max_burst"] for _, b in checker.bursts)
-    assert checker.max_seen >= 2, "never more than one burst in flight"
+    checkers, _ = await run_commands(dut, rng, cmds, expected(rams, cmds), p_stall=0.3)
+    for checker in checkers:
+        bursts = [b for _, b in checker.bursts]
+        assert any(b < P["max_burst"] for b in bursts) and any(b == P["max_burst"] for b in bursts)
+        assert checker.max_seen >= 2, "never more than one burst in flight"
 
 
 @cocotb.test()
 async def test_slow_consumer_throttles_issue(dut):
     """A consumer that stalls 80 % of the time: AR issue waits for buffer space, rready never drops."""
     rng = random.Random(int(os.environ.get("COCOTB_RANDOM_SEED", "1")) + 1)
-    ram = await setup(dut, rng, p_ar=0.1, p_r=0.05)
+    rams = await setup(dut, rng, p_ar=0.1, p_r=0.05)
     cmds = [(0, 4 * P["buffer_words"], 1)]
-    await run_commands(dut, rng, cmds, expected(ram, cmds), p_stall=0.8)
+    await run_commands(dut, rng, cmds, expected(rams, cmds), p_stall=0.8)
 
 
 @cocotb.test()

@@ -5,7 +5,12 @@ Environment (from ``run_cocotb(extra_env=...)``):
 
 ``WB_PARAMS``
     JSON: ``tables``, ``lanes``, ``max_tokens``, ``acc_bits``, ``data_bits``, ``buffer_words``,
-    ``dram_words`` of the build.
+    ``dram_words`` of the build, and optionally ``engine`` (``mux``, the default, or ``lutram``),
+    ``block_rows`` (``lutram``) and ``ports`` (AXI4 ports striping the bus, default 1).
+
+With ``lutram`` the weight image is in table-stationary order, the testbench also drives the word
+feed's matrix descriptors, the act steps are bare table sets (block, k-step, token order), and the sums
+come out per block, token-major.
 
 Each test writes a weight image (``firmware.weight_schedule``) into the DRAM model through its
 ``load`` port, then drives the tile commands and the engine's act steps and collects its sums with
@@ -21,20 +26,25 @@ import os
 import cocotb
 import numpy as np
 from cocotb.triggers import FallingEdge, ReadOnly
-from sim.tlmm_driver import expected_outputs, make_problem, schedule
+from sim.tlmm_driver import _k_step_activations, expected_outputs, make_problem, schedule
 
 from firmware.weight_schedule import dram_image, plan_weights
 from golden.tlmm import reference_matmul
 from hw.memory.dram_model import load_layout
+from hw.memory.lut_feed import lut_matrix_layout
 from hw.memory.weight_buffer import tile_command_layout
 from hw.tlmm.layouts import act_step_layout, sums_layout
 from sim import cocotb_streams as streams
 
 P = json.loads(os.environ["WB_PARAMS"])
 T, N, MAX_TOK, ACC = P["tables"], P["lanes"], P["max_tokens"], P["acc_bits"]
+LUT = P.get("engine", "mux") == "lutram"
+R = P.get("block_rows") if LUT else None
+PORTS = P.get("ports", 1)
 DATA_BYTES = P["data_bits"] // 8
 ACT = act_step_layout(T, MAX_TOK)
-SUMS = sums_layout(N, ACC, MAX_TOK)
+SUMS = sums_layout(N, ACC, R * MAX_TOK if LUT else MAX_TOK)
+DESC = lut_matrix_layout(MAX_TOK)
 CMD = tile_command_layout(32, 24)
 LOAD = load_layout(P["dram_words"], P["data_bits"])
 
@@ -45,7 +55,24 @@ def unpack_sums(bits):
 
 
 async def reset(dut):
-    await streams.reset(dut, inputs=("cmd", "acts", "load"), outputs=("sums",))
+    await streams.reset(dut, inputs=("cmd", "acts", "load") + (("desc",) if LUT else ()), outputs=("sums",))
+
+
+def lut_streams(x, w, packed):
+    """Table sets and expected (slot, sums) of one matrix for the lutram engine, block by block."""
+    xs = _k_step_activations(x, packed)
+    tokens, tiles = x.shape[0], packed.row_tiles
+    y = reference_matmul(x, w)
+    yp = np.zeros((tokens, tiles * N), np.int64)
+    yp[:, :y.shape[1]] = y
+    acts, want = [], []
+    for b0 in range(0, tiles, R):
+        for ks in range(packed.k_steps):
+            for t in range(tokens):
+                acts.append(sum((int(v) & 0xFF) << (8 * i) for i, v in enumerate(xs[t, ks])))
+        want += [(t * R + rt - b0, [int(v) for v in yp[t, rt * N:(rt + 1) * N]])
+                 for t in range(tokens) for rt in range(b0, min(b0 + R, tiles))]
+    return acts, want
 
 
 async def load_image(dut, words):
@@ -70,20 +97,28 @@ def problems_for(rng, shapes, tokens):
 async def run_pass(dut, rng, problems, p_in_stall, p_out_stall, load=True):
     """One pass over ``problems`` [(x, w, packed)]; returns (schedule, DRAM beats read)."""
     plan = plan_weights([(f"m{i}", w.shape[0], w.shape[1]) for i, (_, w, _) in enumerate(problems)], tables=T, lanes=N,
-                        data_bytes=DATA_BYTES, buffer_bytes=P["buffer_words"] * DATA_BYTES)
+                        data_bytes=DATA_BYTES, buffer_bytes=P["buffer_words"] * DATA_BYTES, ports=PORTS,
+                        block_rows=R)
     assert plan.weight_bytes > P["buffer_words"] * DATA_BYTES, "the test wants weights larger than the buffer"
     image = dram_image(plan, [p for _, _, p in problems])
     assert len(image) <= P["dram_words"]
     if load:
         await load_image(dut, image)
-    steps, want = [], []
+    steps, want, descs = [], [], []
     for x, w, packed in problems:
-        steps += [ACT.const(s).as_bits() for _, s in schedule(x, packed)]
-        want += expected_outputs(reference_matmul(x, w), N)
+        if LUT:
+            acts, expect = lut_streams(x, w, packed)
+            steps += acts
+            want += expect
+            descs.append(DESC.const({"row_tiles": packed.row_tiles, "k_steps": packed.k_steps,
+                                     "tokens": x.shape[0]}).as_bits())
+        else:
+            steps += [ACT.const(s).as_bits() for _, s in schedule(x, packed)]
+            want += expected_outputs(reference_matmul(x, w), N)
     cmds = [CMD.const(c).as_bits() for c in plan.commands()]
     before = await read_counter(dut, "dram_beats")
-    run = await streams.run_streams(dut, {"cmd": cmds, "acts": steps}, "sums", len(want), rng,
-                                    p_in_stall, p_out_stall)
+    sources = {"cmd": cmds, "acts": steps, **({"desc": descs} if LUT else {})}
+    run = await streams.run_streams(dut, sources, "sums", len(want), rng, p_in_stall, p_out_stall)
     got = [unpack_sums(p) for p in run.received]
     for k, (g, e) in enumerate(zip(got, want)):
         assert g == e, f"output {k}: got slot {g[0]} {g[1]}, expected slot {e[0]} {e[1]}"

@@ -1,0 +1,223 @@
+"""AXI4 write channels and a burst write master (the KV cache will be written through it).
+
+Same conventions as the read side (``hw/memory/axi.py``): AXI4 port names, full-width INCR bursts of at
+most ``max_burst`` beats that never cross a 4 KiB boundary, ID 0, a sticky error output. Amaranth
+flattens a port ``axi`` of :class:`AxiWriteSignature` to ``axi__awaddr`` and so on, which is what
+cocotbext-axi finds with ``AxiWriteBus.from_prefix(dut, "axi_")``.
+"""
+
+from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from ..params import check_int
+from .axi import BOUNDARY_BYTES, MAX_BURST, AxiBurst
+
+__all__ = ["AxiWriteSignature", "AxiBurstWriter", "write_command_layout"]
+
+
+class AxiWriteSignature(wiring.Signature):
+    """AXI4 write-address, write-data and write-response channels, from the master's side.
+
+    Parameters
+    ----------
+    addr_bits : int
+        Byte-address width (12..64).
+    data_bits : int
+        Data-bus width: a power of two from 8 to 1024, as AXI4 requires.
+    id_bits : int
+        Transaction ID width (at least 1: cocotbext-axi requires ``awid``/``bid``).
+
+    Members
+    -------
+    awaddr, awlen, awsize, awburst, awid, awvalid : Out
+    awready : In
+    wdata, wstrb, wlast, wvalid : Out
+    wready : In
+    bresp, bid, bvalid : In
+    bready : Out
+    """
+
+    def __init__(self, addr_bits, data_bits, id_bits=1):
+        self.addr_bits = check_int("addr_bits", addr_bits, 12, 64, "AxiWriteSignature")
+        self.data_bits = check_int("data_bits", data_bits, 8, 1024, "AxiWriteSignature")
+        if data_bits & (data_bits - 1):
+            raise ValueError(f"AxiWriteSignature: data_bits must be a power of two (AXI4), got {data_bits}")
+        self.id_bits = check_int("id_bits", id_bits, 1, 16, "AxiWriteSignature")
+        super().__init__({
+            "awaddr": Out(addr_bits),
+            "awlen": Out(8),
+            "awsize": Out(3),
+            "awburst": Out(2),
+            "awid": Out(id_bits),
+            "awvalid": Out(1),
+            "awready": In(1),
+            "wdata": Out(data_bits),
+            "wstrb": Out(data_bits // 8),
+            "wlast": Out(1),
+            "wvalid": Out(1),
+            "wready": In(1),
+            "bresp": In(2),
+            "bid": In(id_bits),
+            "bvalid": In(1),
+            "bready": Out(1),
+        })
+
+    def __eq__(self, other):
+        return (type(other) is type(self) and (self.addr_bits, self.data_bits, self.id_bits)
+                == (other.addr_bits, other.data_bits, other.id_bits))
+
+    def __hash__(self):
+        return hash((type(self), self.addr_bits, self.data_bits, self.id_bits))
+
+    def __repr__(self):
+        return f"AxiWriteSignature({self.addr_bits}, {self.data_bits}, id_bits={self.id_bits})"
+
+
+def write_command_layout(addr_bits, beats_bits):
+    """A write command: ``beats`` bus words to byte address ``addr`` (bus-aligned)."""
+    return data.StructLayout({"addr": unsigned(addr_bits), "beats": unsigned(beats_bits)})
+
+
+class AxiBurstWriter(wiring.Component):
+    """AXI4 write master: byte-address commands and a stream of bus words in, INCR bursts out.
+
+    A command is cut into INCR bursts of at most ``max_burst`` beats that never cross a 4 KiB boundary,
+    all with ID 0. A burst's address goes out first; its beats follow on W from the ``data`` stream
+    (one bus word per beat, all byte strobes set, ``wlast`` on the burst's last beat) once the address
+    is accepted. Up to ``max_outstanding`` bursts may be issued without their write response; each
+    response is accepted at once (``bready`` is always high) and SLVERR or DECERR sets a sticky
+    ``error``.
+
+    Address issue does not wait for data: the W channel simply waits for ``data`` words, so a
+    producer may start the data before or after its command. The command's ``beats`` words must
+    eventually come, or the W channel (and so the slave) waits for them.
+
+    Parameters
+    ----------
+    addr_bits : int
+        Byte-address width.
+    data_bits : int
+        Bus width, a power of two (8..1024).
+    max_burst : int
+        Longest burst in beats (1..256).
+    max_outstanding : int
+        Bursts issued and not yet answered on B (1..64).
+    beats_bits : int
+        Width of a command's ``beats`` field.
+    id_bits : int
+        AXI ID width (the ID driven is always 0).
+
+    Attributes
+    ----------
+    cmd : In(stream.Signature(write_command_layout(addr_bits, beats_bits)))
+        ``addr`` must be a multiple of the bus width in bytes (low bits are ignored); ``beats = 0`` is
+        accepted and does nothing.
+    data : In(stream.Signature(unsigned(data_bits)))
+    axi : Out(AxiWriteSignature(addr_bits, data_bits, id_bits))
+    error : Out(1)
+        Sticky: a write response was SLVERR or DECERR.
+    idle : Out(1)
+        No command in progress, no burst waiting for data or for its response.
+    """
+
+    def __init__(self, addr_bits, data_bits, *, max_burst=MAX_BURST, max_outstanding=4, beats_bits=24, id_bits=1):
+        owner = "AxiBurstWriter"
+        self.axi_signature = AxiWriteSignature(addr_bits, data_bits, id_bits)
+        self.addr_bits, self.data_bits = addr_bits, data_bits
+        self.max_burst = check_int("max_burst", max_burst, 1, MAX_BURST, owner)
+        self.max_outstanding = check_int("max_outstanding", max_outstanding, 1, 64, owner)
+        self.beats_bits = check_int("beats_bits", beats_bits, 1, 32, owner)
+        self.cmd_layout = write_command_layout(addr_bits, beats_bits)
+        super().__init__({
+            "cmd": In(stream.Signature(self.cmd_layout)),
+            "data": In(stream.Signature(unsigned(data_bits))),
+            "axi": Out(self.axi_signature),
+            "error": Out(1),
+            "idle": Out(1),
+        })
+
+    @property
+    def data_bytes(self):
+        return self.data_bits // 8
+
+    def elaborate(self, platform):
+        m = Module()
+        axi = self.axi
+        size = exact_log2(self.data_bytes)
+        len_bits = 8
+
+        # Bursts whose address went out and whose beats have not all gone out on W: their lengths.
+        m.submodules.bursts = bursts = SyncFIFO(width=len_bits, depth=self.max_outstanding)
+
+        active = Signal()
+        addr = Signal(self.addr_bits)
+        left = Signal(self.beats_bits)
+        # Bursts issued on AW and not yet answered on B.
+        outstanding = Signal(range(self.max_outstanding + 1))
+
+        # Burst length: the command's rest, the burst limit, or up to the next 4 KiB boundary.
+        to_boundary = Signal(range(BOUNDARY_BYTES // self.data_bytes + 1))
+        m.d.comb += to_boundary.eq(Const(BOUNDARY_BYTES >> size) - addr[size:12])
+        limit = Signal(range(self.max_burst + 1))
+        m.d.comb += limit.eq(Mux(to_boundary < self.max_burst, to_boundary, self.max_burst))
+        beats = Signal(range(self.max_burst + 1))
+        m.d.comb += beats.eq(Mux(left < limit, left, limit))
+
+        # Once raised, awvalid holds: `outstanding` and the burst FIFO's space only grow until the
+        # handshake, and the payload registers change only on it.
+        m.d.comb += [
+            axi.awaddr.eq(addr),
+            axi.awlen.eq(beats - 1),
+            axi.awsize.eq(size),
+            axi.awburst.eq(AxiBurst.INCR),
+            axi.awid.eq(0),
+            axi.awvalid.eq(active & (outstanding < self.max_outstanding) & bursts.w_rdy),
+        ]
+        aw_fire = Signal()
+        m.d.comb += [
+            aw_fire.eq(axi.awvalid & axi.awready),
+            bursts.w_data.eq(beats - 1),
+            bursts.w_en.eq(aw_fire),
+        ]
+        with m.If(aw_fire):
+            m.d.sync += [addr.eq(addr + (beats << size)), left.eq(left - beats)]
+            with m.If(beats == left):
+                m.d.sync += active.eq(0)
+
+        m.d.comb += self.cmd.ready.eq(~active)
+        with m.If(self.cmd.valid & self.cmd.ready & (self.cmd.payload.beats != 0)):
+            m.d.sync += [
+                active.eq(1),
+                addr.eq(self.cmd.payload.addr & ~Const((1 << size) - 1, self.addr_bits)),
+                left.eq(self.cmd.payload.beats),
+            ]
+
+        # W: the head burst's beats, straight from the data stream (whose payload is stable while it
+        # waits, as a stream's must be), `wlast` on its last beat.
+        beat = Signal(len_bits)
+        last = Signal()
+        m.d.comb += [
+            last.eq(beat == bursts.r_data),
+            axi.wdata.eq(self.data.payload),
+            axi.wstrb.eq(Const(-1, self.data_bytes)),
+            axi.wlast.eq(last),
+            axi.wvalid.eq(bursts.r_rdy & self.data.valid),
+            self.data.ready.eq(bursts.r_rdy & axi.wready),
+        ]
+        w_fire = Signal()
+        m.d.comb += [w_fire.eq(axi.wvalid & axi.wready), bursts.r_en.eq(w_fire & last)]
+        with m.If(w_fire):
+            m.d.sync += beat.eq(Mux(last, 0, beat + 1))
+
+        # B: always ready; count the answers and keep any error.
+        b_fire = Signal()
+        m.d.comb += [axi.bready.eq(1), b_fire.eq(axi.bvalid)]
+        with m.If(b_fire & axi.bresp[1]):
+            m.d.sync += self.error.eq(1)
+        m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
+
+        m.d.comb += self.idle.eq(~active & (outstanding == 0))
+        return m
