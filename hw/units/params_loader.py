@@ -71,6 +71,7 @@ class ParamsLoader(wiring.Component):
         self._reader = AxiBurstReader(ADDR_BITS, data_bits, buffer_words=max(8, min(beats, 128)),
                                       max_burst=min(64, max(8, min(beats, 128))), max_outstanding=2,
                                       beats_bits=beats.bit_length() + 1)
+        self.axi_signature = self._reader.axi_signature
         super().__init__({
             "cmd": In(stream.Signature(data.StructLayout({"addr": unsigned(ADDR_BITS),
                                                           "k": unsigned(max_k.bit_length())}))),
