@@ -25,6 +25,7 @@ examples:
   trillium bench golden --shape bitnet-large --json
   trillium bench tlmm --hw ecp5 --json            TLMM cost vs adder-tree baseline, and throughput
   trillium bench vector --hw tellme-kv260         vector units' elements/cycle vs the TLMM engine
+  trillium bench attention --hw tellme-kv260 --json   attention RTL cycles vs DRAM and compute bounds
   trillium config --hw tellme-kv260               show a validated hardware config
 """
 
@@ -178,6 +179,16 @@ def cmd_bench(args):
             raise UserError(str(exc)) from exc
         print(json.dumps(res, indent=1) if args.json else format_memory(res))
         return 0
+    if args.what == "attention":
+        from .bench_attention import bench_attention, format_attention
+
+        try:
+            res = bench_attention(args.hw, args.shape,
+                                  progress=None if args.json else (lambda m: print(m, file=sys.stderr)))
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        print(json.dumps(res, indent=1) if args.json else format_attention(res))
+        return 0
     raise UserError(f"unknown benchmark '{args.what}'")
 
 
@@ -262,8 +273,10 @@ def build_parser():
                                    "TLMM engine's ECP5 cost per MAC/cycle against an adder-tree baseline "
                                    "(Yosys synth_ecp5) and its sustained throughput in Verilator RTL cycles. "
                                    "vector: elements/cycle of every vector unit (RTL cycles) against the "
-                                   "rate the TLMM engine feeds it on --shape; names the bottleneck, if any.")
-    b.add_argument("what", choices=("golden", "tlmm", "vector", "memory"))
+                                   "rate the TLMM engine feeds it on --shape; names the bottleneck, if any. "
+                                   "attention: decode and prefill attention RTL cycles against the DRAM and "
+                                   "compute bounds at 512 and 2048 tokens, bit-exact against golden.")
+    b.add_argument("what", choices=("golden", "tlmm", "vector", "memory", "attention"))
     b.add_argument("--hw", default="tiny", help="hardware config for tlmm and vector (default tiny)")
     b.add_argument("--shape", default="bitnet-large", help="bitnet-large, bitnet-3b or bitnet-2b4t")
     b.add_argument("--prompt-tokens", type=int, default=8)

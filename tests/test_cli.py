@@ -109,3 +109,18 @@ def test_bench_tlmm_json(capsys):
     assert code == 0
     assert {"lut4_per_mac", "baseline_lut4_per_mac", "lut_ratio", "steady_state_efficiency"} <= set(res)
     assert res["steady_state_efficiency"] >= 0.97
+
+
+def test_bench_attention_refuses_unknown_shape(capsys):
+    code, _, err = run(capsys, "bench", "attention", "--hw", "tiny", "--shape", "nope")
+    assert code == 2 and "unknown model shape 'nope'" in err
+
+
+@pytest.mark.slow
+def test_bench_attention_json(capsys):
+    code, out, _ = run(capsys, "bench", "attention", "--hw", "tiny", "--json")
+    res = json.loads(out)
+    assert code == 0
+    # tiny's max_context is 512: only that context is run.
+    assert set(res["decode_ratio"]) == set(res["prefill_ratio"]) == {"512"}
+    assert 1.0 <= res["decode_ratio"]["512"] <= 1.2 and 1.0 <= res["prefill_ratio"]["512"] <= 1.3

@@ -1,0 +1,387 @@
+"""The attention engine: a tile of up to ``query_block`` consecutive queries (all heads) against the KV
+cache, streamed once per tile, bit-exact with ``golden.attention``. Decode is a tile of one query.
+
+The ``kv`` stream carries the cache segments of ``firmware.kv_cache.KvCacheLayout`` in the order
+``KvCacheLayout.decode_reads`` gives for the tile's last position: kv head major, then block; per segment
+the exponent rows, 32 K rows, 32 V rows and the padding, cut into chunks of ``chunk`` bytes. Blocks past
+the tile's last query are never streamed (fully masked tiles are skipped). One segment is one block of
+the contract's online softmax (docs/numerics.md, "Attention"; docs/attention.md).
+
+Per kv head the engine holds ``rows = query_block * group`` query rows; row ``r`` is query ``r // group``
+of the tile and head ``r % group`` of the kv head's group. Per segment:
+
+* exponent rows: ``ke[0..31]`` and ``ve[0..31]`` are captured, and the prefix maxima of ``ve`` (row
+  ``r`` needs ``max ev_j`` over its own valid keys ``j <= pos_r``).
+* K rows: for each chunk of each key row, one cycle per active query row, each a dot product of
+  ``chunk`` int8 pairs (``chunk`` MACs per cycle). Per finished key and query row, the score
+  ``z = saturate(round_shift(dot * mA, sA + 16 - eq - ek_j), 32)`` goes into the score buffer and,
+  if the key is not masked for that row, the row's block maximum.
+* one cycle for the last score to land; each row's ``M'``, ``a = exp2_neg(M' - M)`` and ``E'`` are
+  then combinational from registers.
+* V rows: for each chunk of each key row and query row, ``p_j = exp2_neg(M' - z_j)``,
+  ``pv = round_shift(p_j, E' - ev_j)`` and ``num += pv * v8_j`` on ``chunk`` lanes; the first key of a
+  block rescales ``num`` by ``a`` (``round_shift(num * a, 15 + E' - E)``) in the same cycle. ``den`` is
+  updated once per key row. Masked keys (``j > pos_r``) change nothing, and a row without any valid key
+  in the block keeps its state, as in the golden model.
+* padding chunks are dropped.
+
+After a kv head's last block the :class:`~hw.attention.normalise.Normaliser` turns ``num`` and ``den``
+into Q.16 outputs while the engine streams the next kv head into the other bank of the ``num`` memory.
+"""
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from golden.numerics import ATTN_KEY_BLOCK, EXP_FRAC, RES_FRAC, score_constant
+
+from ..params import check_int
+from .arith import round_shift, saturate, tree_sum, vmax
+from .exp2 import Exp2Neg
+from .normalise import DEN_BITS, EXP_BITS, NUM_BITS, Normaliser
+
+__all__ = ["AttentionEngine", "q_layout", "cmd_layout", "chunk_geometry"]
+
+_BLK = ATTN_KEY_BLOCK
+_EXP_BYTES = 2 * ATTN_KEY_BLOCK
+
+
+def chunk_geometry(head_dim, lanes):
+    """``(chunk, row_beats)``: bytes per stream beat and beats per row for ``lanes`` MACs per cycle.
+
+    A row of ``head_dim`` bytes is one beat if ``lanes >= head_dim``, else ``head_dim / lanes`` beats
+    (``lanes`` must then divide ``head_dim``).
+    """
+    if lanes >= head_dim:
+        return head_dim, 1
+    if head_dim % lanes:
+        raise ValueError(f"head_dim = {head_dim} is not a multiple of lanes = {lanes} (needed when lanes < "
+                         "head_dim)")
+    return lanes, head_dim // lanes
+
+
+def q_layout(chunk):
+    """One beat of a query row: ``chunk`` int8 values and the row's exponent (read on its first beat)."""
+    return data.StructLayout({"data": data.ArrayLayout(signed(8), chunk), "e": unsigned(EXP_BITS)})
+
+
+def cmd_layout(max_context, query_block=1):
+    """A tile: the position ``pos`` of its first query and ``last``, the number of queries minus one.
+
+    Query ``i`` (``0 <= i <= last``) is at position ``pos + i`` and attends to keys ``0 .. pos + i``.
+    """
+    return data.StructLayout({"pos": unsigned(max(1, (max_context - 1).bit_length())),
+                              "last": range(max(2, query_block))})
+
+
+def _array(n, shape, name):
+    return Array(Signal(shape, name=f"{name}{i}") for i in range(n))
+
+
+class AttentionEngine(wiring.Component):
+    """Attention engine for tiles of consecutive queries, fed by a stream of KV cache chunks.
+
+    Parameters
+    ----------
+    heads, kv_heads : int
+        Query and key/value heads; ``kv_heads`` divides ``heads`` (GQA group ``heads / kv_heads``).
+    head_dim : int
+        ``d``, 1..256.
+    lanes : int
+        int8 MACs per cycle of the dot-product and accumulate units (see :func:`chunk_geometry`).
+    query_block : int
+        Queries per tile (1 for decode).
+    max_context : int
+        Largest context; a multiple of 32.
+    pad_chunks : int
+        Padding chunks at the end of each segment (``KvCacheLayout.pad_chunks(chunk)``).
+
+    Attributes
+    ----------
+    cmd : In(stream.Signature(cmd_layout(max_context, query_block)))
+        One tile; accepted while idle.
+    q : In(stream.Signature(q_layout(chunk)))
+        Per kv head, before its first segment: its query rows (query major, then head of the group),
+        ``row_beats`` beats each, for the tile's queries only.
+    kv : In(stream.Signature(unsigned(8 * chunk)))
+        The cache stream (little-endian bytes).
+    o : Out(stream.Signature(data.ArrayLayout(signed(32), chunk)))
+        Q.16 outputs per kv head, in the ``q`` row order, ``row_beats`` beats per row.
+    idle : Out(1)
+        No tile in progress (the last kv head's outputs may still be draining from the normaliser).
+    """
+
+    def __init__(self, heads, kv_heads, head_dim, lanes, *, query_block=1, max_context=4096, pad_chunks=0):
+        owner = type(self).__name__
+        self.heads = check_int("heads", heads, 1, 256, owner)
+        self.kv_heads = check_int("kv_heads", kv_heads, 1, heads, owner)
+        if heads % kv_heads:
+            raise ValueError(f"{owner}: kv_heads = {kv_heads} does not divide heads = {heads}")
+        self.head_dim = check_int("head_dim", head_dim, 1, 256, owner)
+        self.lanes = check_int("lanes", lanes, 1, 256, owner)
+        self.query_block = check_int("query_block", query_block, 1, 64, owner)
+        self.max_context = check_int("max_context", max_context, _BLK, 1 << 16, owner)
+        if max_context % _BLK:
+            raise ValueError(f"{owner}: max_context = {max_context} is not a multiple of {_BLK}")
+        self.pad_chunks = check_int("pad_chunks", pad_chunks, 0, 1 << 16, owner)
+        self.group = heads // kv_heads
+        self.rows = self.group * self.query_block
+        self.chunk, self.row_beats = chunk_geometry(head_dim, lanes)
+        self.exp_rows = -(-_EXP_BYTES // head_dim)
+        self.score_m, self.score_s = score_constant(head_dim)
+        super().__init__({
+            "cmd": In(stream.Signature(cmd_layout(max_context, query_block))),
+            "q": In(stream.Signature(q_layout(self.chunk))),
+            "kv": In(stream.Signature(unsigned(8 * self.chunk))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(32), self.chunk))),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        G, NR, R, C = self.group, self.rows, self.row_beats, self.chunk
+        RR = NR * R
+        exp_chunks = self.exp_rows * R
+
+        m.submodules.norm = norm = Normaliser(NR, C, R)
+        wiring.connect(m, wiring.flipped(self.o), norm.o)
+        m.submodules.exp_a = exp_a = Exp2Neg()   # rescale factor a
+        m.submodules.exp_p = exp_p = Exp2Neg()   # weights p_j
+
+        # Depths of at least 2: a one-word memory would get a zero-width address, which Verilator rejects.
+        m.submodules.qmem = qmem = Memory(shape=data.ArrayLayout(signed(8), C), depth=max(2, RR), init=[])
+        q_wr, q_rd = qmem.write_port(), qmem.read_port(domain="comb")
+        m.submodules.zbuf = zbuf = Memory(shape=signed(32), depth=NR * _BLK, init=[])
+        z_wr, z_rd = zbuf.write_port(), zbuf.read_port(domain="comb")
+        m.submodules.num = num = Memory(shape=data.ArrayLayout(signed(NUM_BITS), C), depth=2 * RR, init=[])
+        n_wr, n_rd, n_norm = num.write_port(), num.read_port(domain="comb"), num.read_port(domain="comb")
+        m.d.comb += [n_norm.addr.eq(norm.num_addr), norm.num_data.eq(n_norm.data)]
+
+        # -- tile and loop state (counters are never zero bits wide: Verilator rejects [-1:0]) -----------
+        pos = Signal.like(self.cmd.payload.pos)             # first query's position
+        last_q = Signal(range(max(2, self.query_block)))
+        rows_m1 = Signal(range(max(2, NR)))                 # active rows - 1
+        last_block = Signal(range(max(2, self.max_context // _BLK)))
+        h = Signal(range(max(2, self.kv_heads)))
+        b = Signal.like(last_block)
+        bank = Signal()                      # num bank of the current kv head (toggles per head)
+        r = Signal(range(max(2, NR)))
+        k = Signal(range(max(2, R)))
+        j = Signal(range(_BLK))
+        cnt = Signal(range(max(exp_chunks, self.pad_chunks, RR) + 1))
+        pos_bits = len(pos) + 2
+
+        # Row r's query offset in the tile, and its last valid key in this block: lim_r = pos_r - 32 b.
+        row_q = Array(Const(i // G, range(max(2, self.query_block))) for i in range(NR))
+
+        def lim_of(row):
+            return (pos + row_q[row] - (b << 5)).as_signed()
+
+        # -- softmax state, per query row ----------------------------------------------------------------
+        qe = _array(NR, EXP_BITS, "qe")
+        run_max = _array(NR, signed(32), "run_max")
+        blk_max = _array(NR, signed(32), "blk_max")
+        dacc = _array(NR, signed(24), "dacc")
+        den = _array(NR, DEN_BITS, "den")
+        run_e = _array(NR, EXP_BITS, "run_e")
+        started = _array(NR, 1, "started")
+        ke = _array(_BLK, EXP_BITS, "ke")
+        ve = _array(_BLK, EXP_BITS, "ve")
+
+        # Prefix maxima of ve: row r's block maximum of ev_j over j <= lim_r is ve_pmax[min(lim_r, 31)].
+        ve_pmax = []
+        for i in range(_BLK):
+            t = Signal(EXP_BITS, name=f"ve_pmax{i}")
+            m.d.comb += t.eq(ve[i] if i == 0 else vmax(ve_pmax[-1], ve[i]))
+            ve_pmax.append(t)
+        ve_pmax = Array(ve_pmax)
+
+        # Per row: live in this block (some key valid), M', E'. The block update writes them all.
+        live, new_max, new_e = [], [], []
+        for i in range(NR):
+            lim = Signal(signed(pos_bits + 1), name=f"lim{i}")
+            m.d.comb += lim.eq(lim_of(i))
+            lv = Signal(name=f"live{i}")
+            m.d.comb += lv.eq((lim >= 0) & ((i <= rows_m1) if i else 1))  # (row 0 is always active)
+            blk_e = Signal(EXP_BITS, name=f"blk_e{i}")
+            m.d.comb += blk_e.eq(ve_pmax[Mux(lim > _BLK - 1, _BLK - 1, lim[:5])])
+            nm = Signal(signed(32), name=f"new_max{i}")
+            m.d.comb += nm.eq(Mux(started[i], vmax(run_max[i], blk_max[i]), blk_max[i]))
+            ne = Signal(EXP_BITS, name=f"new_e{i}")
+            m.d.comb += ne.eq(Mux(started[i], vmax(run_e[i], blk_e), blk_e))
+            live.append(lv)
+            new_max.append(nm)
+            new_e.append(ne)
+        new_max_r, new_e_r = Array(new_max)[r], Array(new_e)[r]
+
+        kv_bytes = [self.kv.payload[8 * i:8 * i + 8].as_signed() for i in range(C)]
+
+        # -- score pipeline (K rows): stage 1 = chunk dot product, stage 2 = accumulate, scale, max -----
+        s1_valid = Signal()
+        s1_r = Signal.like(r)
+        s1_j = Signal.like(j)
+        s1_first = Signal()
+        s1_last = Signal()
+        s1_part = Signal(signed(24))
+        m.d.comb += q_rd.addr.eq(r * R + k)
+        part = tree_sum(q_rd.data[i] * kv_bytes[i] for i in range(C))
+
+        dot = Signal(signed(24))
+        m.d.comb += dot.eq(Mux(s1_first, 0, dacc[s1_r]) + s1_part)
+        shift = Signal(signed(8))
+        m.d.comb += shift.eq(self.score_s + RES_FRAC - qe[s1_r] - ke[s1_j])
+        # |dot * mA| < 2^39: right shifts beyond 41 give 0; any left shift of 32 saturates a non-zero value.
+        z = Signal(signed(32))
+        m.d.comb += z.eq(saturate(round_shift(dot * self.score_m, shift, max_left=32, max_right=41), 32))
+        s1_lim = Signal(signed(pos_bits + 1))
+        m.d.comb += s1_lim.eq(lim_of(s1_r))
+        m.d.sync += s1_valid.eq(0)
+        with m.If(s1_valid):
+            m.d.sync += dacc[s1_r].eq(dot)
+            with m.If(s1_last):
+                m.d.comb += [z_wr.addr.eq(s1_r * _BLK + s1_j), z_wr.data.eq(z), z_wr.en.eq(1)]
+                # Valid keys of a row are a prefix of the block, so a live row's first key is j = 0.
+                with m.If(s1_j <= s1_lim):
+                    m.d.sync += blk_max[s1_r].eq(Mux(s1_j == 0, z, vmax(blk_max[s1_r], z)))
+
+        # -- weighted sum (V rows) ----------------------------------------------------------------------
+        run_max_r, run_e_r = run_max[r], run_e[r]
+        m.d.comb += [
+            exp_a.t.eq(new_max_r - run_max_r),
+            z_rd.addr.eq(r * _BLK + j),
+            exp_p.t.eq(new_max_r - z_rd.data),
+        ]
+        alpha = Signal(EXP_FRAC + 1)
+        m.d.comb += alpha.eq(Mux(started[r], exp_a.p, 0))
+        p = exp_p.p
+        pv = Signal(EXP_FRAC + 1)
+        m.d.comb += pv.eq(round_shift(p, (new_e_r - ve[j]).as_signed(), max_left=0, max_right=EXP_FRAC + 3))
+        rescale = Signal(signed(8))
+        m.d.comb += rescale.eq((EXP_FRAC + new_e_r - run_e_r).as_signed())
+        m.d.comb += [n_rd.addr.eq(bank * RR + r * R + k), n_wr.addr.eq(bank * RR + r * R + k)]
+        for i in range(C):
+            acc = n_rd.data[i]
+            # |num * a| < 2^50: a right shift of 52 or more gives 0.
+            base = Mux(j == 0, round_shift(acc * alpha, rescale, max_left=0, max_right=52), acc)
+            m.d.comb += n_wr.data[i].eq(base + pv * kv_bytes[i])
+        den_next = Signal(DEN_BITS)
+        m.d.comb += den_next.eq(Mux(j == 0, round_shift(den[r] * alpha, EXP_FRAC, max_left=0, max_right=EXP_FRAC),
+                                    den[r]) + p)
+        v_lim = Signal(signed(pos_bits + 1))
+        m.d.comb += v_lim.eq(lim_of(r))
+
+        # -- normaliser hand-off --------------------------------------------------------------------------
+        m.d.comb += [norm.start.payload.bank.eq(bank), norm.start.payload.count.eq(rows_m1 + 1)]
+        for i in range(NR):
+            m.d.comb += [norm.start.payload.den[i].eq(den[i]), norm.start.payload.e[i].eq(run_e[i])]
+
+        last_r = r == rows_m1
+        last_k = k == R - 1
+
+        def advance(on_rows_end):
+            """Step query row, then chunk, then key row; ``on_rows_end`` runs after the segment's last."""
+            m.d.sync += r.eq(r + 1)
+            with m.If(last_r):
+                m.d.sync += [r.eq(0), k.eq(k + 1)]
+                with m.If(last_k):
+                    m.d.sync += [k.eq(0), j.eq(j + 1)]
+                    with m.If(j == _BLK - 1):
+                        m.d.sync += j.eq(0)
+                        on_rows_end()
+
+        def segment_end():
+            m.d.sync += b.eq(b + 1)
+            with m.If(b == last_block):
+                m.next = "HEAD_END"
+            with m.Else():
+                m.next = "EXP"
+
+        with m.FSM(name="attention"):
+            with m.State("IDLE"):
+                m.d.comb += [self.idle.eq(1), self.cmd.ready.eq(1)]
+                with m.If(self.cmd.valid):
+                    c = self.cmd.payload
+                    m.d.sync += [pos.eq(c.pos), last_q.eq(c.last), rows_m1.eq((c.last + 1) * G - 1),
+                                 last_block.eq((c.pos + c.last) >> 5), h.eq(0), r.eq(0), k.eq(0), cnt.eq(0)]
+                    m.next = "Q_LOAD"
+
+            with m.State("Q_LOAD"):
+                m.d.comb += [self.q.ready.eq(1), q_wr.addr.eq(r * R + k), q_wr.data.eq(self.q.payload.data)]
+                with m.If(self.q.valid):
+                    m.d.comb += q_wr.en.eq(1)
+                    with m.If(k == 0):
+                        m.d.sync += qe[r].eq(self.q.payload.e)
+                    m.d.sync += k.eq(k + 1)
+                    with m.If(last_k):
+                        m.d.sync += [k.eq(0), r.eq(r + 1)]
+                        with m.If(last_r):
+                            m.d.sync += [r.eq(0), b.eq(0), j.eq(0), cnt.eq(0)]
+                            m.d.sync += [started[i].eq(0) for i in range(NR)]
+                            m.next = "EXP"
+
+            with m.State("EXP"):
+                m.d.comb += self.kv.ready.eq(1)
+                with m.If(self.kv.valid):
+                    for c in range(-(-_EXP_BYTES // C)):
+                        with m.If(cnt == c):
+                            for lane in range(C):
+                                i = c * C + lane
+                                if i < _BLK:
+                                    m.d.sync += ke[i].eq(self.kv.payload[8 * lane:8 * lane + EXP_BITS])
+                                elif i < _EXP_BYTES:
+                                    m.d.sync += ve[i - _BLK].eq(self.kv.payload[8 * lane:8 * lane + EXP_BITS])
+                    m.d.sync += cnt.eq(cnt + 1)
+                    with m.If(cnt == exp_chunks - 1):
+                        m.d.sync += cnt.eq(0)
+                        m.next = "K"
+
+            with m.State("K"):
+                m.d.comb += self.kv.ready.eq(last_r)
+                with m.If(self.kv.valid):
+                    m.d.sync += [s1_valid.eq(1), s1_r.eq(r), s1_j.eq(j), s1_first.eq(k == 0), s1_last.eq(last_k),
+                                 s1_part.eq(part)]
+
+                    def rows_done():
+                        m.next = "K_WAIT"
+                    advance(rows_done)
+
+            with m.State("K_WAIT"):
+                # The last score is written this cycle; M', a and E' are valid from the next one.
+                m.next = "V"
+
+            with m.State("V"):
+                m.d.comb += self.kv.ready.eq(last_r)
+                with m.If(self.kv.valid):
+                    with m.If(j <= v_lim):
+                        m.d.comb += n_wr.en.eq(1)
+                        with m.If(k == 0):
+                            m.d.sync += den[r].eq(den_next)
+
+                    def block_done():
+                        for i in range(NR):
+                            with m.If(live[i]):
+                                m.d.sync += [run_max[i].eq(new_max[i]), run_e[i].eq(new_e[i]), started[i].eq(1)]
+                        if self.pad_chunks:
+                            m.next = "PAD"
+                        else:
+                            segment_end()
+                    advance(block_done)
+
+            with m.State("PAD"):
+                m.d.comb += self.kv.ready.eq(1)
+                with m.If(self.kv.valid):
+                    m.d.sync += cnt.eq(cnt + 1)
+                    with m.If(cnt == self.pad_chunks - 1):
+                        m.d.sync += cnt.eq(0)
+                        segment_end()
+
+            with m.State("HEAD_END"):
+                m.d.comb += norm.start.valid.eq(1)
+                with m.If(norm.start.ready):
+                    m.d.sync += [bank.eq(~bank), h.eq(h + 1)]
+                    with m.If(h == self.kv_heads - 1):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "Q_LOAD"
+        return m

@@ -1,0 +1,51 @@
+"""``exp2_neg`` of the numerics contract: ``2^-t`` in Q1.15 for a Q.16 log2 distance ``t >= 0``."""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from golden.numerics import EXP_FRAC, EXP_TABLE_BITS, RES_FRAC, exp_table
+
+from ..params import check_int
+
+__all__ = ["Exp2Neg"]
+
+
+class Exp2Neg(wiring.Component):
+    """Combinational ``golden.numerics.exp2_neg``: a 1024 x 16-bit ROM and a shifter.
+
+    ``t10 = (t + 32) >> 6`` (round to Q.10); ``p = EXP[t10 & 1023] >> min(t10 >> 10, 16)``.
+
+    Parameters
+    ----------
+    t_bits : int
+        Width of the unsigned input (differences of two saturated int32 scores need 33).
+
+    Attributes
+    ----------
+    t : In(t_bits)
+    p : Out(16)
+        Q1.15; 32768 for ``t < 32``.
+    """
+
+    def __init__(self, t_bits=33):
+        self.t_bits = check_int("t_bits", t_bits, 8, 64, "Exp2Neg")
+        super().__init__({"t": In(t_bits), "p": Out(EXP_FRAC + 1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.rom = rom = Memory(shape=EXP_FRAC + 1, depth=1 << EXP_TABLE_BITS,
+                                        init=[int(v) for v in exp_table()])
+        rd = rom.read_port(domain="comb")
+        drop = RES_FRAC - EXP_TABLE_BITS
+        t10 = Signal(self.t_bits + 1 - drop)
+        m.d.comb += t10.eq((self.t + (1 << (drop - 1))) >> drop)
+        whole = t10[EXP_TABLE_BITS:]
+        sh = Signal(range(EXP_FRAC + 2))
+        m.d.comb += [
+            sh.eq(Mux(whole > EXP_FRAC + 1, EXP_FRAC + 1, whole)),
+            rd.addr.eq(t10[:EXP_TABLE_BITS]),
+            self.p.eq(rd.data >> sh),
+        ]
+        return m
