@@ -174,7 +174,8 @@ def cmd_bench(args):
         from .bench_memory import bench_memory, format_memory
 
         try:
-            res = bench_memory(args.hw, progress=None if args.json else (lambda m: print(m, file=sys.stderr)))
+            res = bench_memory(args.hw, progress=None if args.json else (lambda m: print(m, file=sys.stderr)),
+                               engine=args.engine)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
         print(json.dumps(res, indent=1) if args.json else format_memory(res))
@@ -279,6 +280,8 @@ def build_parser():
     b.add_argument("what", choices=("golden", "tlmm", "vector", "memory", "attention"))
     b.add_argument("--hw", default="tiny", help="hardware config for tlmm and vector (default tiny)")
     b.add_argument("--shape", default="bitnet-large", help="bitnet-large, bitnet-3b or bitnet-2b4t")
+    b.add_argument("--engine", choices=("mux", "lutram"), default=None,
+                   help="memory: TLMM engine behind the weight buffer (default: the config's table_storage)")
     b.add_argument("--prompt-tokens", type=int, default=8)
     b.add_argument("--decode-tokens", type=int, default=8)
     b.add_argument("--json", action="store_true")
