@@ -15,7 +15,7 @@ from amaranth.utils import exact_log2
 from ..params import check_int
 from .axi import BOUNDARY_BYTES, MAX_BURST, AxiBurst
 
-__all__ = ["AxiWriteSignature", "AxiBurstWriter", "write_command_layout"]
+__all__ = ["AxiWriteSignature", "AxiBurstWriter", "write_command_layout", "write_data_layout"]
 
 
 class AxiWriteSignature(wiring.Signature):
@@ -76,6 +76,11 @@ class AxiWriteSignature(wiring.Signature):
         return f"AxiWriteSignature({self.addr_bits}, {self.data_bits}, id_bits={self.id_bits})"
 
 
+def write_data_layout(data_bits):
+    """A bus word with its byte strobes (bit ``i`` of ``strb`` enables byte ``i``)."""
+    return data.StructLayout({"data": unsigned(data_bits), "strb": unsigned(data_bits // 8)})
+
+
 def write_command_layout(addr_bits, beats_bits):
     """A write command: ``beats`` bus words to byte address ``addr`` (bus-aligned)."""
     return data.StructLayout({"addr": unsigned(addr_bits), "beats": unsigned(beats_bits)})
@@ -109,6 +114,10 @@ class AxiBurstWriter(wiring.Component):
         Width of a command's ``beats`` field.
     id_bits : int
         AXI ID width (the ID driven is always 0).
+    strobes : bool
+        Each data word carries its byte strobes (``data``, ``strb``): bytes whose strobe is clear are
+        not written (small records inside a bus word, such as the KV cache's exponent bytes). Without
+        it every byte is written.
 
     Attributes
     ----------
@@ -116,6 +125,7 @@ class AxiBurstWriter(wiring.Component):
         ``addr`` must be a multiple of the bus width in bytes (low bits are ignored); ``beats = 0`` is
         accepted and does nothing.
     data : In(stream.Signature(unsigned(data_bits)))
+        Or ``write_data_layout(data_bits)`` with ``strobes``.
     axi : Out(AxiWriteSignature(addr_bits, data_bits, id_bits))
     error : Out(1)
         Sticky: a write response was SLVERR or DECERR.
@@ -123,7 +133,8 @@ class AxiBurstWriter(wiring.Component):
         No command in progress, no burst waiting for data or for its response.
     """
 
-    def __init__(self, addr_bits, data_bits, *, max_burst=MAX_BURST, max_outstanding=4, beats_bits=24, id_bits=1):
+    def __init__(self, addr_bits, data_bits, *, max_burst=MAX_BURST, max_outstanding=4, beats_bits=24, id_bits=1,
+                 strobes=False):
         owner = "AxiBurstWriter"
         self.axi_signature = AxiWriteSignature(addr_bits, data_bits, id_bits)
         self.addr_bits, self.data_bits = addr_bits, data_bits
@@ -131,9 +142,12 @@ class AxiBurstWriter(wiring.Component):
         self.max_outstanding = check_int("max_outstanding", max_outstanding, 1, 64, owner)
         self.beats_bits = check_int("beats_bits", beats_bits, 1, 32, owner)
         self.cmd_layout = write_command_layout(addr_bits, beats_bits)
+        if not isinstance(strobes, bool):
+            raise TypeError(f"{owner}: strobes must be a bool, got {strobes!r}")
+        self.strobes = strobes
         super().__init__({
             "cmd": In(stream.Signature(self.cmd_layout)),
-            "data": In(stream.Signature(unsigned(data_bits))),
+            "data": In(stream.Signature(write_data_layout(data_bits) if strobes else unsigned(data_bits))),
             "axi": Out(self.axi_signature),
             "error": Out(1),
             "idle": Out(1),
@@ -201,8 +215,8 @@ class AxiBurstWriter(wiring.Component):
         last = Signal()
         m.d.comb += [
             last.eq(beat == bursts.r_data),
-            axi.wdata.eq(self.data.payload),
-            axi.wstrb.eq(Const(-1, self.data_bytes)),
+            axi.wdata.eq(self.data.payload.data if self.strobes else self.data.payload),
+            axi.wstrb.eq(self.data.payload.strb if self.strobes else Const(-1, self.data_bytes)),
             axi.wlast.eq(last),
             axi.wvalid.eq(bursts.r_rdy & self.data.valid),
             self.data.ready.eq(bursts.r_rdy & axi.wready),
