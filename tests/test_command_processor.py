@@ -44,7 +44,7 @@ def _words(image, data_bits):
 
 
 def simulate(image, *, data_bits=64, program=None, args=None, dram_size=None, fault_at=None, runs=1, seed=0,
-             max_tokens=8):
+             max_tokens=8, stale=None):
     """Run the processor on ``image``; returns a list per run of (status, csrs, dispatched commands)."""
     program = COMPILED.program if program is None else program
     cp = CommandProcessor(CONFIG_ID, data_bits, lanes=4, max_tokens=max_tokens)
@@ -102,7 +102,10 @@ def simulate(image, *, data_bits=64, program=None, args=None, dram_size=None, fa
             ctx.set(cp.busy, busy)
             faulting = fault_at is not None and count == fault_at[0] + 1 and any(busy_left.values())
             for u in UNITS:   # the fault shows on every unit's input: only the running unit's may count
-                ctx.set(getattr(cp, f"fault_{u}"), fault_at[1] if faulting else ErrorCode.NONE)
+                code = fault_at[1] if faulting else ErrorCode.NONE
+                if stale is not None and u == stale[0]:
+                    code = stale[1]       # a fault left over on this unit's input the whole time
+                ctx.set(getattr(cp, f"fault_{u}"), code)
             ports = [getattr(cp, u) for u in UNITS]
             sampled = await ctx.tick().sample(*(p.valid for p in ports), *(p.ready for p in ports),
                                               *(p.payload for p in ports))
@@ -200,6 +203,16 @@ def test_unit_fault_stops_the_run_and_a_restart_runs_clean():
     assert csrs["error_pc"] == COMPILED.program + INSTRUCTION_BYTES
     code, csrs, log = _error(second)
     assert code is ErrorCode.NONE and len(log) == 5 * 2 + 2   # start cleared the error; the whole program ran
+
+
+def test_a_unit_fault_counts_only_while_that_unit_runs():
+    """A fault held on the LOGITS unit's input from the start stops the run only at the LOGITS
+    instruction: every earlier instruction went to its unit."""
+    (status, csrs, log, _), = simulate(COMPILED.image, stale=("logits", ErrorCode.CONFIG_MISMATCH))
+    assert ErrorCode(status >> 4) is ErrorCode.CONFIG_MISMATCH
+    logits_at = next(i for i, (op, _) in enumerate(COMPILED.instructions) if op is Opcode.LOGITS)
+    assert csrs["error_pc"] == COMPILED.program + logits_at * INSTRUCTION_BYTES
+    assert len(log) == sum(op not in (Opcode.SETUP, Opcode.END) for op, _ in COMPILED.instructions)
 
 
 def test_arguments_are_validated():
