@@ -1,0 +1,134 @@
+"""Writes the LINEAR unit's k and v beats into the KV cache in DRAM, in the layout of
+``firmware/kv_cache.py`` (``docs/attention.md``).
+
+A segment holds one kv head's 32 positions of one layer: the 32 K exponent bytes, the 32 V exponent
+bytes (padded to ``exp_rows`` rows of ``d`` bytes), the 32 K rows, the 32 V rows, padded to the bus::
+
+    blocks      = max_context / 32
+    exp_rows    = ceil(64 / d)
+    segment     = ceil((exp_rows + 64) * d / bus) * bus
+    seg(l, h, b) = kv_base + ((l * kv_heads + h) * blocks + b) * segment
+    row          = seg + (exp_rows + 32 * is_v + pos % 32) * d      (+ beat * lanes for each beat)
+    exponent     = seg + 32 * is_v + pos % 32
+
+Each beat (``lanes`` int8 values) becomes a one-beat AXI write whose byte strobes cover its ``lanes``
+bytes; each vector's exponent a one-byte write. Decode writes ``2 * kv_heads * (d + 1)`` bytes per layer
+and token, so small writes cost nothing that matters. The geometry (``segment``, ``exp_rows``) is
+computed from the ``SETUP`` registers when a command starts.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from golden.numerics import ATTN_KEY_BLOCK
+
+from ..isa import ADDR_BITS, BODIES, Opcode
+from ..memory.axi_write import AxiBurstWriter
+from ..params import check_int
+from .linear import kv_layout
+
+__all__ = ["KvWriter"]
+
+_EXP_BYTES = 2 * ATTN_KEY_BLOCK
+
+
+class KvWriter(wiring.Component):
+    """See the module docstring.
+
+    Parameters
+    ----------
+    data_bits : int
+        DRAM bus width (a power of two, at least ``8 * lanes``).
+    lanes : int
+        int8 values per ``kv`` beat.
+    pos_bits, max_heads : int
+        As the LINEAR unit's ``kv`` stream.
+
+    Attributes
+    ----------
+    start : In(stream.Signature({"layer": 8}))
+        A command's layer; the geometry is computed from ``setup`` before beats are taken.
+    setup : In(BODIES[Opcode.SETUP])
+    kv : In(stream.Signature(kv_layout(...)))
+    axi : Out(AxiWriteSignature)
+    idle : Out(1)
+        No write in progress or waiting for its response.
+    error : Out(1)
+    """
+
+    def __init__(self, *, data_bits, lanes, pos_bits, max_heads):
+        owner = "KvWriter"
+        self.data_bits = check_int("data_bits", data_bits, 8, 1024, owner)
+        if data_bits & (data_bits - 1):
+            raise ValueError(f"{owner}: data_bits must be a power of two, got {data_bits}")
+        self.lanes = check_int("lanes", lanes, 1, data_bits // 8, owner)
+        self.writer = AxiBurstWriter(ADDR_BITS, data_bits, max_burst=1, max_outstanding=4, beats_bits=2,
+                                     strobes=True)
+        super().__init__({
+            "start": In(stream.Signature(data.StructLayout({"layer": unsigned(8)}))),
+            "setup": In(BODIES[Opcode.SETUP]),
+            "kv": In(stream.Signature(kv_layout(lanes, pos_bits, max_heads))),
+            "axi": Out(self.writer.axi_signature),
+            "idle": Out(1),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.writer = wr = self.writer
+        wiring.connect(m, wr.axi, wiring.flipped(self.axi))
+        B, N = self.data_bits // 8, self.lanes
+        lg = exact_log2(B)
+        s = self.setup
+        d = s.head_dim
+
+        # Geometry of the run, from SETUP (small multipliers, once per command).
+        exp_rows = Signal(8)
+        segment = Signal(ADDR_BITS)
+        blocks = Signal(16)
+        layer = Signal(8)
+        m.d.comb += self.start.ready.eq(1)
+        with m.If(self.start.valid):
+            # ceil(64 / d) = 1 + #{k in 1..63 : k * d < 64}: constant multiples, no divider.
+            rows = Signal(8)
+            m.d.comb += rows.eq(1 + sum((k * d < _EXP_BYTES).as_unsigned() for k in range(1, _EXP_BYTES)))
+            raw = (rows + 2 * ATTN_KEY_BLOCK) * d
+            m.d.sync += [exp_rows.eq(rows), layer.eq(self.start.payload.layer),
+                         segment.eq(((raw + B - 1) >> lg) << lg),
+                         blocks.eq(s.max_context >> exact_log2(ATTN_KEY_BLOCK))]
+
+        # One beat -> a write of its lanes; the vector's last beat -> also its exponent byte.
+        p = self.kv.payload
+        j = p.pos[:exact_log2(ATTN_KEY_BLOCK)]
+        block = p.pos >> exact_log2(ATTN_KEY_BLOCK)
+        seg = Signal(ADDR_BITS)
+        m.d.comb += seg.eq(s.kv_base + ((layer * s.kv_heads + p.head) * blocks + block) * segment)
+        row_addr = Signal(ADDR_BITS)
+        exp_addr = Signal(ADDR_BITS)
+        m.d.comb += [row_addr.eq(seg + (exp_rows + Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j) * d + p.beat * N),
+                     exp_addr.eq(seg + Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j)]
+        phase_exp = Signal()                 # the beat's values are out; its exponent byte is next
+        addr = Mux(phase_exp, exp_addr, row_addr)
+        off = addr[:lg]
+        nbytes = Mux(phase_exp, 1, N)
+        m.d.comb += [
+            wr.cmd.payload.addr.eq(addr), wr.cmd.payload.beats.eq(1),
+            wr.data.payload.data.eq(Mux(phase_exp, p.e, p.data) << (off << 3)),
+            wr.data.payload.strb.eq((((1 << nbytes) - 1) << off)[:B]),
+        ]
+        # Each write: its command, then its data word (the writer takes data after the address).
+        sent_cmd = Signal()
+        m.d.comb += [wr.cmd.valid.eq(self.kv.valid & ~sent_cmd), wr.data.valid.eq(self.kv.valid & sent_cmd)]
+        with m.If(wr.cmd.valid & wr.cmd.ready):
+            m.d.sync += sent_cmd.eq(1)
+        with m.If(wr.data.valid & wr.data.ready):
+            m.d.sync += sent_cmd.eq(0)
+            with m.If(p.last & ~phase_exp):
+                m.d.sync += phase_exp.eq(1)
+            with m.Else():
+                m.d.sync += phase_exp.eq(0)
+                m.d.comb += self.kv.ready.eq(1)
+        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid), self.error.eq(wr.error)]
+        return m
