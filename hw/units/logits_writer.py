@@ -1,0 +1,99 @@
+"""Writes the LM head's logits beats to DRAM: token ``t``'s row tile ``r`` (``lanes`` int32) goes to
+``logits + (t * stride + r * lanes) * 4``, with ``stride = ceil(vocab / lanes) * lanes`` entries per token
+(``hw.dram_format.logits_stride``), through the AXI4 write master with byte strobes.
+
+A beat of ``4 * lanes`` bytes becomes one write of ``ceil(4 * lanes / bus)`` bus words (the beat starts
+on a multiple of its own size, so it never straddles more words than that), strobes covering its bytes.
+"""
+
+from amaranth.hdl import Module, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from ..isa import ADDR_BITS
+from ..memory.axi_write import AxiBurstWriter
+from ..params import check_int
+from .linear import lg_out_layout
+
+__all__ = ["LogitsWriter"]
+
+
+class LogitsWriter(wiring.Component):
+    """See the module docstring.
+
+    Parameters
+    ----------
+    data_bits : int
+        DRAM bus width (a power of two).
+    lanes : int
+        Logits per beat (the TLMM lanes, a power of two).
+    max_tokens, max_row_tiles : int
+        As the LINEAR unit's ``lg_out`` stream.
+
+    Attributes
+    ----------
+    start : In(stream.Signature({"addr": 32, "tiles": ...}))
+        The logits area (``logits`` run argument) and the row tiles per token of this command.
+    lg : In(stream.Signature(lg_out_layout(...)))
+    axi : Out(AxiWriteSignature)
+    idle, error : Out(1)
+    """
+
+    def __init__(self, *, data_bits, lanes, max_tokens, max_row_tiles):
+        owner = "LogitsWriter"
+        self.data_bits = check_int("data_bits", data_bits, 8, 1024, owner)
+        self.lanes = check_int("lanes", lanes, 1, 64, owner)
+        for name, v in (("data_bits", data_bits), ("lanes", lanes)):
+            if v & (v - 1):
+                raise ValueError(f"{owner}: {name} must be a power of two, got {v}")
+        self.beat_bytes = 4 * lanes
+        self.words = max(1, self.beat_bytes // (data_bits // 8))
+        self.writer = AxiBurstWriter(ADDR_BITS, data_bits, max_burst=self.words, max_outstanding=4,
+                                     beats_bits=max(2, self.words.bit_length() + 1), strobes=True)
+        layout = lg_out_layout(lanes, max_tokens, max_row_tiles)
+        super().__init__({
+            "start": In(stream.Signature(data.StructLayout({"addr": unsigned(ADDR_BITS),
+                                                            "tiles": layout.members["tile"]}))),
+            "lg": In(stream.Signature(layout)),
+            "axi": Out(self.writer.axi_signature),
+            "idle": Out(1),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.writer = wr = self.writer
+        wiring.connect(m, wr.axi, wiring.flipped(self.axi))
+        B, W, N = self.data_bits // 8, self.words, self.lanes
+        lgb = exact_log2(B)
+        base = Signal(ADDR_BITS)
+        tiles = Signal.like(self.start.payload.tiles)
+        m.d.comb += self.start.ready.eq(1)
+        with m.If(self.start.valid):
+            m.d.sync += [base.eq(self.start.payload.addr), tiles.eq(self.start.payload.tiles)]
+
+        p = self.lg.payload
+        addr = Signal(ADDR_BITS)
+        m.d.comb += addr.eq(base + ((p.token * tiles + p.tile) << exact_log2(self.beat_bytes)))
+        off = Signal(range(B))
+        m.d.comb += off.eq(addr[:lgb] if self.beat_bytes < B else 0)
+        word = Signal(range(W + 1))            # bus word of the beat being sent
+        sent_cmd = Signal()
+        m.d.comb += [wr.cmd.payload.addr.eq(addr), wr.cmd.payload.beats.eq(W),
+                     wr.cmd.valid.eq(self.lg.valid & ~sent_cmd), wr.data.valid.eq(self.lg.valid & sent_cmd)]
+        if self.beat_bytes < B:
+            m.d.comb += [wr.data.payload.data.eq(p.data << (off << 3)),
+                         wr.data.payload.strb.eq(((1 << self.beat_bytes) - 1) << off)]
+        else:
+            m.d.comb += [wr.data.payload.data.eq(p.data.word_select(word, 8 * B) if W > 1 else p.data),
+                         wr.data.payload.strb.eq((1 << B) - 1)]
+        with m.If(wr.cmd.valid & wr.cmd.ready):
+            m.d.sync += [sent_cmd.eq(1), word.eq(0)]
+        with m.If(wr.data.valid & wr.data.ready):
+            m.d.sync += word.eq(word + 1)
+            with m.If(word == W - 1):
+                m.d.sync += sent_cmd.eq(0)
+                m.d.comb += self.lg.ready.eq(1)
+        m.d.comb += [self.idle.eq(wr.idle & ~self.lg.valid), self.error.eq(wr.error)]
+        return m
