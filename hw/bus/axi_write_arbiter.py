@@ -1,0 +1,86 @@
+"""AXI4 write arbiter: several write masters share one DRAM write port.
+
+Write addresses are granted round-robin, one AW at a time, with the master's index prepended to
+``awid``. The W channel follows the granted bursts in grant order (AXI4 has no write interleaving):
+a small FIFO of grants says whose beats go out, until ``wlast``. Write responses are routed back by
+``bid``. A master's W beats therefore go out only after its address was granted, which is what
+:class:`~hw.memory.axi_write.AxiBurstWriter` does anyway.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import fifo, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..memory.axi_write import AxiWriteSignature
+from ..params import check_int
+
+__all__ = ["AxiWriteArbiter"]
+
+
+class AxiWriteArbiter(wiring.Component):
+    """``masters`` write ports in (``m[i]``), one write port out (``s``).
+
+    Parameters
+    ----------
+    masters : int
+        1..16.
+    addr_bits, data_bits, id_bits : int
+        As :class:`~hw.memory.axi_write.AxiWriteSignature`; the slave port's ID is ``id_bits +
+        ceil(log2(masters))`` wide.
+    max_bursts : int
+        Granted bursts whose W beats may still be pending (the grant FIFO depth).
+    """
+
+    def __init__(self, masters, addr_bits, data_bits, *, id_bits=1, max_bursts=8):
+        self.masters = check_int("masters", masters, 1, 16, "AxiWriteArbiter")
+        self.max_bursts = check_int("max_bursts", max_bursts, 2, 256, "AxiWriteArbiter")
+        self.sel_bits = max(1, (masters - 1).bit_length())
+        self.id_bits = id_bits
+        super().__init__({
+            "m": In(AxiWriteSignature(addr_bits, data_bits, id_bits)).array(masters),
+            "s": Out(AxiWriteSignature(addr_bits, data_bits, id_bits + self.sel_bits)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, s = self.masters, self.s
+        m.submodules.grants = grants = fifo.SyncFIFO(width=self.sel_bits, depth=self.max_bursts)
+
+        # AW: round-robin from the master after the last one granted; only while the grant FIFO has room.
+        last = Signal(range(n))
+        grant = Signal(range(n))
+        any_req = Signal()
+        for k in reversed(range(n)):
+            idx = Signal(range(n), name=f"cand{k}")
+            v = last + 1 + k
+            m.d.comb += idx.eq(Mux(v >= n, v - n, v) if n > 1 else 0)
+            with m.If(Cat(*(self.m[i].awvalid for i in range(n))).bit_select(idx, 1)):
+                m.d.comb += [grant.eq(idx), any_req.eq(1)]
+        for i in range(n):
+            mi = self.m[i]
+            with m.If(grant == i):
+                m.d.comb += [s.awaddr.eq(mi.awaddr), s.awlen.eq(mi.awlen), s.awsize.eq(mi.awsize),
+                             s.awburst.eq(mi.awburst), s.awid.eq(Cat(mi.awid, grant)),
+                             mi.awready.eq(s.awready & grants.w_rdy)]
+        m.d.comb += [s.awvalid.eq(any_req & grants.w_rdy), grants.w_data.eq(grant),
+                     grants.w_en.eq(s.awvalid & s.awready)]
+        with m.If(s.awvalid & s.awready):
+            m.d.sync += last.eq(grant)
+
+        # W: from the master at the head of the grant FIFO, until its burst's last beat.
+        head = grants.r_data
+        for i in range(n):
+            mi = self.m[i]
+            with m.If(grants.r_rdy & (head == i)):
+                m.d.comb += [s.wdata.eq(mi.wdata), s.wstrb.eq(mi.wstrb), s.wlast.eq(mi.wlast),
+                             s.wvalid.eq(mi.wvalid), mi.wready.eq(s.wready)]
+        m.d.comb += grants.r_en.eq(s.wvalid & s.wready & s.wlast)
+
+        # B: route by the index in the upper ID bits.
+        owner = s.bid[self.id_bits:]
+        for i in range(n):
+            mi = self.m[i]
+            m.d.comb += [mi.bresp.eq(s.bresp), mi.bid.eq(s.bid[:self.id_bits]), mi.bvalid.eq(s.bvalid & (owner == i))]
+            with m.If(owner == i):
+                m.d.comb += s.bready.eq(mi.bready)
+        return m
