@@ -321,30 +321,22 @@ class LinearUnit(wiring.Component):
                      self.lg_out.valid.eq(fl.logits.valid), fl.logits.ready.eq(self.lg_out.ready)]
         with m.If(self.lg_out.valid & self.lg_out.ready):
             m.d.sync += out_left.eq(out_left - 1)
-        # RESIDUAL: (tile, token) order.
-        with m.If(lg):
-            pass
-        with m.Elif(kind == Epilogue.RESIDUAL):
+        # RESIDUAL (row tile, token) and GATE (tile pair, token): one beat per index and token, tokens
+        # innermost; they share the counters.
+        with m.If(~lg & (kind == Epilogue.RESIDUAL)):
             m.d.comb += [self.wr.valid.eq(fl.residual.valid), fl.residual.ready.eq(self.wr.ready),
                          w.buf.eq(Buffer.X), w.index.eq(out_a)]
             for n in range(N):
                 m.d.comb += w.data[64 * n:64 * n + 64].eq(fl.residual.payload[f"lane{n}"].as_signed())
-            with m.If(self.wr.valid & self.wr.ready):
-                m.d.sync += out_left.eq(out_left - 1)
-                with m.If(out_t == tokens - 1):
-                    m.d.sync += [out_t.eq(0), out_a.eq(out_a + 1)]
-                with m.Else():
-                    m.d.sync += out_t.eq(out_t + 1)
-        # GATE: (tile pair, token) order.
-        with m.Elif(gate):
+        with m.Elif(~lg & gate):
             m.d.comb += [self.wr.valid.eq(fl.h.valid), fl.h.ready.eq(self.wr.ready), w.buf.eq(Buffer.H),
                          w.index.eq(out_a), w.data.eq(fl.h.payload.as_value())]
-            with m.If(self.wr.valid & self.wr.ready):
-                m.d.sync += out_left.eq(out_left - 1)
-                with m.If(out_t == tokens - 1):
-                    m.d.sync += [out_t.eq(0), out_a.eq(out_a + 1)]
-                with m.Else():
-                    m.d.sync += out_t.eq(out_t + 1)
+        with m.If(~lg & ((kind == Epilogue.RESIDUAL) | gate) & self.wr.valid & self.wr.ready):
+            m.d.sync += out_left.eq(out_left - 1)
+            with m.If(out_t == tokens - 1):
+                m.d.sync += [out_t.eq(0), out_a.eq(out_a + 1)]
+            with m.Else():
+                m.d.sync += out_t.eq(out_t + 1)
         # QKV: vectors in (head, token) order, d/N beats each; q heads to Q, k and v to the KV cache.
         q = fl.qkv.payload
         head_tile = Signal(range(self.max_row_tiles + hb + 1))   # first row tile of the current head
