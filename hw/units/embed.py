@@ -16,7 +16,7 @@ Output ``x``: ``ceil(hidden / lanes)`` beats per token, tokens in order, each wi
 ``beat`` index (the residual buffer's write address).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -28,6 +28,7 @@ from ..memory.axi import AxiBurstReader
 from ..params import check_int
 from ..tlmm.layouts import token_bits
 from ..vector.epilogue import lane, vector_layout
+from .byte_queue import ByteQueue
 
 __all__ = ["EmbedUnit", "embed_out_layout"]
 
@@ -126,21 +127,8 @@ class EmbedUnit(wiring.Component):
 
         # -- byte queue: bus words in, the row scale and `lanes` int16 values out --------------------------
         vec_bytes = 2 * L
-        cap = B + max(vec_bytes, ROW_SCALE_BYTES)          # bytes held
-        q = Signal(8 * cap)
-        have = Signal(range(cap + 1))
-        take_scale, take_vec, push = Signal(), Signal(), Signal()
-        taken = Signal(range(cap + 1))
-        m.d.comb += taken.eq(Mux(take_scale, ROW_SCALE_BYTES, 0) | Mux(take_vec, vec_bytes, 0))
-        kept = Signal(8 * cap)
-        m.d.comb += kept.eq(Mux(take_scale, q >> (8 * ROW_SCALE_BYTES), Mux(take_vec, q >> (8 * vec_bytes), q)))
-        incoming = Signal(8 * cap)
-        at = Signal(range(cap + 1))             # where the next bus word goes: after the bytes kept
-        m.d.comb += [at.eq(have - taken), incoming.eq(rd.data.payload.data << (at * 8))]
-        with m.If(push):
-            m.d.sync += [q.eq(kept | incoming), have.eq(have - taken + B)]
-        with m.Else():
-            m.d.sync += [q.eq(kept), have.eq(have - taken)]
+        bq = ByteQueue(m, rd.data.payload.data, word_bytes=B, head_bytes=ROW_SCALE_BYTES, item_bytes=vec_bytes)
+        q, have = bq.q, bq.have
 
         # -- scaling pipeline (one beat: product, then shift and saturate) ---------------------------------
         m16 = Signal(16)
@@ -233,20 +221,21 @@ class EmbedUnit(wiring.Component):
                     with m.If(rd.cmd.ready):
                         # Empty the queue: bytes left from the last row (the read may run into the next
                         # row) must not be ORed into this one.
-                        m.d.sync += [have.eq(0), q.eq(0), beat.eq(0)]
+                        m.d.sync += [*bq.clear(), beat.eq(0)]
                         m.next = "SCALE"
             with m.State("SCALE"):
-                m.d.comb += [rd.data.ready.eq(have < ROW_SCALE_BYTES), push.eq(rd.data.valid & rd.data.ready)]
+                m.d.comb += [rd.data.ready.eq(have < ROW_SCALE_BYTES), bq.push.eq(rd.data.valid & rd.data.ready)]
                 with m.If(have >= ROW_SCALE_BYTES):
-                    m.d.comb += take_scale.eq(1)
+                    m.d.comb += bq.take_head.eq(1)
                     e = q[16:32].as_signed()
                     m.d.sync += [m16.eq(q[:16]), sh.eq(-(e + RES_FRAC))]
                     m.next = "VALUES"
             with m.State("VALUES"):
                 can_take = (have >= vec_bytes) & out_ready
+                take_vec = bq.take_item
                 m.d.comb += take_vec.eq(can_take & (beat < beats))
                 # Take a bus word whenever it fits after this cycle's take (and the row still has words).
-                m.d.comb += [rd.data.ready.eq(at + B <= cap), push.eq(rd.data.valid & rd.data.ready)]
+                m.d.comb += [rd.data.ready.eq(bq.room), bq.push.eq(rd.data.valid & rd.data.ready)]
                 with m.If(out_ready):
                     m.d.sync += p_valid.eq(take_vec)
                 with m.If(take_vec):

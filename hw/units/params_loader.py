@@ -10,7 +10,7 @@ EMBED unit's) takes the 36 header bytes and then ``lanes`` gains per beat; gain 
 :func:`~hw.vector.norm_quant.norm_in_layout`'s ``g`` field.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -20,6 +20,7 @@ from ..memory.axi import AxiBurstReader
 from ..params import check_int
 from ..vector.norm_quant import GAIN_SHIFT_BITS
 from ..vector.scalar_unit import E_BITS, sfloat_layout
+from .byte_queue import ByteQueue
 
 __all__ = ["ParamsLoader", "params_header_layout"]
 
@@ -96,20 +97,8 @@ class ParamsLoader(wiring.Component):
         m.d.comb += [rdp.addr.eq(self.gain_addr), self.gain_data.eq(rdp.data)]
 
         # Byte queue: bus words in; the header (36 bytes) then `lanes` gains per step out.
-        cap = B + max(vec_bytes, PARAM_HEADER_BYTES)
-        q = Signal(8 * cap)
-        have = Signal(range(cap + 1))
-        take_hdr, take_vec = Signal(), Signal()
-        taken = Signal(range(cap + 1))
-        m.d.comb += taken.eq(Mux(take_hdr, PARAM_HEADER_BYTES, 0) | Mux(take_vec, vec_bytes, 0))
-        kept = Mux(take_hdr, q >> (8 * PARAM_HEADER_BYTES), Mux(take_vec, q >> (8 * vec_bytes), q))
-        at = Signal(range(cap + 1))
-        m.d.comb += at.eq(have - taken)
-        push = Signal()
-        with m.If(push):
-            m.d.sync += [q.eq(kept | (rd.data.payload.data << (at * 8))), have.eq(at + B)]
-        with m.Else():
-            m.d.sync += [q.eq(kept), have.eq(at)]
+        bq = ByteQueue(m, rd.data.payload.data, word_bytes=B, head_bytes=PARAM_HEADER_BYTES, item_bytes=vec_bytes)
+        q, have = bq.q, bq.have
 
         k = Signal.like(self.cmd.payload.k)
         addr = Signal(ADDR_BITS)
@@ -127,7 +116,7 @@ class ParamsLoader(wiring.Component):
                 with m.If(self.cmd.valid):
                     ck = self.cmd.payload.k
                     m.d.sync += [k.eq(ck), addr.eq(self.cmd.payload.addr), words.eq((ck + L - 1) >> (L.bit_length() - 1)), word.eq(0),
-                                 have.eq(0), q.eq(0), self.busy.eq(1)]
+                                 *bq.clear(), self.busy.eq(1)]
                     m.next = "READ"
             with m.State("READ"):
                 total = PARAM_HEADER_BYTES + 2 * L * words
@@ -136,9 +125,9 @@ class ParamsLoader(wiring.Component):
                 with m.If(rd.cmd.ready):
                     m.next = "HEADER"
             with m.State("HEADER"):
-                m.d.comb += [rd.data.ready.eq(have < PARAM_HEADER_BYTES), push.eq(rd.data.valid & rd.data.ready)]
+                m.d.comb += [rd.data.ready.eq(have < PARAM_HEADER_BYTES), bq.push.eq(rd.data.valid & rd.data.ready)]
                 with m.If(have >= PARAM_HEADER_BYTES):
-                    m.d.comb += take_hdr.eq(1)
+                    m.d.comb += bq.take_head.eq(1)
                     m.d.sync += hdr.shift.eq(q[:8].as_signed())
                     for name, off in (("eps", 4), ("sw0", 4 + SFLOAT_BYTES), ("sw1", 4 + 2 * SFLOAT_BYTES),
                                       ("sw2", 4 + 3 * SFLOAT_BYTES)):
@@ -146,9 +135,9 @@ class ParamsLoader(wiring.Component):
                         m.d.sync += [getattr(hdr, name).m.eq(f["m"]), getattr(hdr, name).e.eq(f["e"])]
                     m.next = "GAINS"
             with m.State("GAINS"):
-                m.d.comb += [take_vec.eq((have >= vec_bytes) & (word < words)),
-                             rd.data.ready.eq(at + B <= cap), push.eq(rd.data.valid & rd.data.ready)]
-                with m.If(take_vec):
+                m.d.comb += [bq.take_item.eq((have >= vec_bytes) & (word < words)),
+                             rd.data.ready.eq(bq.room), bq.push.eq(rd.data.valid & rd.data.ready)]
+                with m.If(bq.take_item):
                     lanes_live = Signal(L)
                     for n in range(L):
                         m.d.comb += lanes_live[n].eq(word * L + n < k)
