@@ -7,12 +7,13 @@ still holds. The masters (``AxiBurstReader``) reserve buffer space before they i
 take R beats whenever they come: one master's slow consumer never blocks another master's data.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..memory.axi import AxiReadSignature
 from ..params import check_int
+from .round_robin import round_robin
 
 __all__ = ["AxiReadArbiter"]
 
@@ -45,14 +46,7 @@ class AxiReadArbiter(wiring.Component):
         n, s = self.masters, self.s
         # Round-robin: the grant starts from the master after the last one served.
         last = Signal(range(n))
-        grant = Signal(range(n))
-        any_req = Signal()
-        for k in reversed(range(n)):       # lowest rotation distance wins: assigned last
-            idx = Signal(range(n), name=f"cand{k}")
-            v = last + 1 + k                 # < 2n: one conditional subtraction wraps it
-            m.d.comb += idx.eq(Mux(v >= n, v - n, v) if n > 1 else 0)
-            with m.If(Cat(*(self.m[i].arvalid for i in range(n))).bit_select(idx, 1)):
-                m.d.comb += [grant.eq(idx), any_req.eq(1)]
+        grant, any_req = round_robin(m, [self.m[i].arvalid for i in range(n)], last)
         for i in range(n):
             mi = self.m[i]
             with m.If(grant == i):

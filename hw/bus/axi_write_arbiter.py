@@ -7,12 +7,13 @@ a small FIFO of grants says whose beats go out, until ``wlast``. Write responses
 :class:`~hw.memory.axi_write.AxiBurstWriter` does anyway.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..memory.axi_write import AxiWriteSignature
 from ..params import check_int
+from .round_robin import round_robin
 
 __all__ = ["AxiWriteArbiter"]
 
@@ -48,14 +49,7 @@ class AxiWriteArbiter(wiring.Component):
 
         # AW: round-robin from the master after the last one granted; only while the grant FIFO has room.
         last = Signal(range(n))
-        grant = Signal(range(n))
-        any_req = Signal()
-        for k in reversed(range(n)):
-            idx = Signal(range(n), name=f"cand{k}")
-            v = last + 1 + k
-            m.d.comb += idx.eq(Mux(v >= n, v - n, v) if n > 1 else 0)
-            with m.If(Cat(*(self.m[i].awvalid for i in range(n))).bit_select(idx, 1)):
-                m.d.comb += [grant.eq(idx), any_req.eq(1)]
+        grant, any_req = round_robin(m, [self.m[i].awvalid for i in range(n)], last)
         for i in range(n):
             mi = self.m[i]
             with m.If(grant == i):
