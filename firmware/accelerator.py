@@ -54,7 +54,7 @@ class Accelerator:
         self.config = c
         self.model = IntegerModel(weights)
         ctx = min(c.max_position_embeddings, hw.max_context) if max_context is None else max_context
-        self.compiled = cm = compile_model(self.model, hw, max_context=ctx, max_chunk=min(max_chunk, ctx))
+        self.compiled = cm = compile_model(self.model, hw, max_context=ctx, max_chunk=min(max_chunk, ctx, hw.limits.max_chunk))
         self.max_context = ctx
         self.device = make_device(device, hw, len(cm.image))
         self.device.check_id()

@@ -27,7 +27,7 @@ from hw.isa import INSTRUCTION_BYTES, Epilogue, Opcode, Source, encode
 
 from .kv_cache import KvCacheLayout
 
-__all__ = ["CompileError", "Region", "CompiledModel", "compile_model", "gate_up_order"]
+__all__ = ["CompileError", "Region", "CompiledModel", "check_limits", "compile_model", "gate_up_order"]
 
 _ATTN_BLOCK = 32
 
@@ -110,6 +110,30 @@ def _codes(wt):
     return np.ascontiguousarray(wt.T).astype(np.int8)
 
 
+def check_limits(config, hw: HwConfig):
+    """Refuse a model the hardware build cannot run (``hw.limits``), naming every value out of range.
+
+    Raises
+    ------
+    CompileError
+    """
+    lim, c = hw.limits, config
+    problems = []
+    if c.head_dim != lim.head_dim:
+        problems.append(f"head_dim {c.head_dim} != {lim.head_dim}")
+    for what, value, most in (("hidden_size", c.hidden_size, lim.max_hidden),
+                              ("intermediate_size", c.intermediate_size, lim.max_intermediate),
+                              ("num_attention_heads", c.num_attention_heads, lim.max_heads),
+                              ("num_key_value_heads", c.num_key_value_heads, lim.max_kv_heads),
+                              ("GQA group", c.num_attention_heads // c.num_key_value_heads, lim.max_group),
+                              ("vocab_size", c.vocab_size, lim.max_vocab)):
+        if value > most:
+            problems.append(f"{what} {value} > {most}")
+    if problems:
+        raise CompileError(f"the model does not fit hardware config '{hw.name}' (its 'limits' section): "
+                           + "; ".join(problems))
+
+
 def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_chunk=16):
     """Lay out ``model`` for ``hw`` and assemble its program (see the module docstring).
 
@@ -121,6 +145,9 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
     """
     c = model.config
     T, N = hw.tlmm.tables, hw.tlmm.lanes
+    check_limits(c, hw)
+    if not 1 <= max_chunk <= hw.limits.max_chunk:
+        raise CompileError(f"max_chunk {max_chunk} outside 1..{hw.limits.max_chunk} (limits.max_chunk of '{hw.name}')")
     if N % 2 or c.head_dim % N:
         raise CompileError(f"head_dim {c.head_dim} must be a multiple of the TLMM lanes ({N}), which must be "
                            "even: a row tile holds whole RoPE pairs of one head")

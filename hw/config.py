@@ -29,6 +29,7 @@ __all__ = [
     "WeightBufferConfig",
     "VectorConfig",
     "AttentionConfig",
+    "LimitsConfig",
     "HwConfig",
     "CONFIG_DIR",
     "available_hw_configs",
@@ -163,12 +164,60 @@ class AttentionConfig:
     }
 
 
+@dataclass(frozen=True)
+class LimitsConfig:
+    """The largest model a build of the accelerator runs: sizes of on-chip buffers and counters.
+
+    A model within these limits runs on the build with any values; one beyond them is refused by the
+    driver before it starts (and by the units, with ``CONFIG_MISMATCH``, if a program asks anyway).
+
+    Parameters
+    ----------
+    head_dim : int
+        The attention head size the build supports (exactly; a multiple of ``tlmm.lanes``).
+    max_hidden, max_intermediate : int
+        Largest ``hidden_size`` and ``intermediate_size``.
+    max_heads, max_kv_heads, max_group : int
+        Largest query-head and key/value-head counts and GQA group (``heads / kv_heads``).
+    max_vocab : int
+        Largest vocabulary (LM-head rows).
+    max_chunk : int
+        Most tokens per run (prefill chunk): the activation buffers hold this many vectors.
+    """
+
+    head_dim: int
+    max_hidden: int
+    max_intermediate: int
+    max_heads: int
+    max_kv_heads: int
+    max_group: int
+    max_vocab: int
+    max_chunk: int
+
+    _schema = {
+        "head_dim": _Field(int, 2, 256),
+        "max_hidden": _Field(int, 1, 16384),
+        "max_intermediate": _Field(int, 1, 65536),
+        "max_heads": _Field(int, 1, 128),
+        "max_kv_heads": _Field(int, 1, 128),
+        "max_group": _Field(int, 1, 64),
+        "max_vocab": _Field(int, 2, 1 << 20),
+        "max_chunk": _Field(int, 1, 256),
+    }
+
+    @property
+    def q_dim(self):
+        """Largest query width, ``max_heads * head_dim``."""
+        return self.max_heads * self.head_dim
+
+
 _SECTIONS = {
     "tlmm": TlmmConfig,
     "dram": DramConfig,
     "weight_buffer": WeightBufferConfig,
     "vector": VectorConfig,
     "attention": AttentionConfig,
+    "limits": LimitsConfig,
 }
 _TOP = {
     "name": None,
@@ -199,6 +248,7 @@ class HwConfig:
     weight_buffer: WeightBufferConfig
     vector: VectorConfig
     attention: AttentionConfig
+    limits: LimitsConfig
     source: str = "<dict>"
 
     def to_dict(self):
@@ -256,6 +306,19 @@ class HwConfig:
                 f"{self.source}: key 'dram.bandwidth_bytes_per_cycle' = {self.dram.bandwidth_bytes_per_cycle} "
                 f"exceeds the port width of {self.dram.data_bytes} bytes per cycle"
             )
+        if self.vector.lanes != self.tlmm.lanes:
+            raise ConfigError(f"{self.source}: key 'vector.lanes' = {self.vector.lanes} must equal 'tlmm.lanes' = "
+                              f"{self.tlmm.lanes}: the fused vector path takes one TLMM output beat per cycle")
+        lim = self.limits
+        if lim.head_dim % self.tlmm.lanes:
+            raise ConfigError(f"{self.source}: key 'limits.head_dim' = {lim.head_dim} must be a multiple of "
+                              f"'tlmm.lanes' = {self.tlmm.lanes}")
+        if lim.max_kv_heads > lim.max_heads or lim.max_group > lim.max_heads:
+            raise ConfigError(f"{self.source}: keys 'limits.max_kv_heads' and 'limits.max_group' must not exceed "
+                              f"'limits.max_heads' = {lim.max_heads}")
+        if lim.max_chunk > self.max_context:
+            raise ConfigError(f"{self.source}: key 'limits.max_chunk' = {lim.max_chunk} exceeds 'max_context' = "
+                              f"{self.max_context}")
         if self.weight_buffer.kbytes * 1024 < 4 * self.tlmm.word_bytes:
             raise ConfigError(
                 f"{self.source}: key 'weight_buffer.kbytes' = {self.weight_buffer.kbytes} must hold at least "

@@ -25,6 +25,12 @@ def small_config(act, heads, kv_heads, **kw):
     return dataclasses.replace(MODEL_SHAPES["bitnet-large"], **base)
 
 
+def tiny_hw(head_dim=16):
+    """The tiny config with the build's head_dim set to the test models' (the ISA simulator runs any)."""
+    hw = load_hw_config("tiny")
+    return dataclasses.replace(hw, limits=dataclasses.replace(hw.limits, head_dim=head_dim))
+
+
 MODELS = {"relu2-gqa": small_config("relu2", 4, 1), "silu-mha": small_config("silu", 4, 4)}
 
 
@@ -72,7 +78,7 @@ def test_encoding_errors(call, match):
 @pytest.fixture(scope="module", params=list(MODELS))
 def compiled(request):
     model = IntegerModel(random_model(MODELS[request.param], seed=11))
-    return model, compile_model(model, load_hw_config("tiny"), max_context=96, max_chunk=16)
+    return model, compile_model(model, tiny_hw(), max_context=96, max_chunk=16)
 
 
 def _run(machine, cm, toks, pos, all_logits=True):
@@ -150,10 +156,15 @@ def test_run_errors_have_codes(compiled):
 
 
 def test_compile_rejects_shapes_the_hardware_cannot_run():
-    hw = load_hw_config("tiny")
+    hw = tiny_hw()
     odd = IntegerModel(random_model(small_config("silu", 2, 2, head_dim=18, hidden_size=36), seed=1))
     with pytest.raises(CompileError, match="head_dim"):
-        compile_model(odd, hw)
+        compile_model(odd, tiny_hw(18))
+    big = IntegerModel(random_model(small_config("silu", 4, 4, hidden_size=136, vocab_size=1100), seed=1))
+    with pytest.raises(CompileError, match=r"head_dim 16 != 8; hidden_size 136 > 128; vocab_size 1100 > 1024"):
+        compile_model(big, load_hw_config("tiny"))
+    with pytest.raises(CompileError, match="max_chunk 17 outside 1..16"):
+        compile_model(IntegerModel(random_model(small_config("silu", 4, 4), seed=1)), hw, max_chunk=17)
     inter = IntegerModel(random_model(small_config("silu", 4, 4, intermediate_size=82), seed=1))
     with pytest.raises(CompileError, match="intermediate_size"):
         compile_model(inter, hw)

@@ -17,6 +17,7 @@ from hw.units.kv_writer import KvWriter
     (64, 4, 2, 8, 1, [5, 6, 7]),          # tiny: a prefill chunk of 3 in layer 1
     (64, 4, 1, 16, 0, [31, 32]),          # across a block boundary
     (128, 8, 3, 24, 2, [100]),            # d not a power of two: 3 exponent rows
+    (32, 16, 2, 64, 1, [30, 31, 32, 33]),   # ecp5: a beat is a burst of 4 bus words
 ])
 def test_writes_match_the_layout(data_bits, lanes, kv_heads, d, layer, positions):
     rng = np.random.default_rng(d + len(positions))
@@ -68,15 +69,22 @@ def test_writes_match_the_layout(data_bits, lanes, kv_heads, d, layer, positions
             if kv_v and kv_r:
                 i += 1
             if awv and awr:
-                assert awlen == 0
-                aws.append(awaddr)
+                assert awlen == max(0, lanes // bus - 1) or awlen == 0
+                assert awaddr % bus == 0 or awlen == 0
+                aws.append([awaddr, awlen])
             if wv and wr_:
-                base = aws.pop(0)
-                assert wlast
+                burst = aws[0]
+                base = burst[0]
                 for n in range(bus):
                     if wstrb >> n & 1:
                         mem[base + n] = (wdata >> (8 * n)) & 0xFF
-                pending_b.append(cycle + prng.randint(1, 5))
+                assert wlast == (burst[1] == 0)
+                if burst[1] == 0:
+                    aws.pop(0)
+                    pending_b.append(cycle + prng.randint(1, 5))
+                else:
+                    burst[0] += bus
+                    burst[1] -= 1
             if bv:
                 pending_b.pop(0)
             if i == len(beats) and idle and not pending_b and cycle > 5:

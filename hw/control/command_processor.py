@@ -87,6 +87,8 @@ class CommandProcessor(wiring.Component):
     fault_embed, fault_linear, fault_attend, fault_logits : In(ErrorCode)
         Each unit's error (``NONE`` when all is well).
     running : Out(1)
+    done : Out(1)
+        ``status.done``: the last run has finished (cleared by ``start``); the top level's interrupt.
     """
 
     def __init__(self, config_id, data_bits, *, lanes, max_tokens):
@@ -110,6 +112,7 @@ class CommandProcessor(wiring.Component):
             "busy": In(len(UNITS)),
             **{f"fault_{u}": In(ErrorCode) for u in UNITS},
             "running": Out(1),
+            "done": Out(1),
         }
         for name, op in UNIT_OPCODES.items():
             members[name] = Out(stream.Signature(BODIES[op]))
@@ -135,6 +138,7 @@ class CommandProcessor(wiring.Component):
         stall_cnt = [Signal(_COUNTER_BITS, name=f"stall_{u}") for u in UNITS]
         start = Signal()
         m.d.sync += cycles.eq(cycles + 1)
+        m.d.comb += self.done.eq(done)
 
         # -- CSR bus -------------------------------------------------------------------------------------
         csr = self.csr

@@ -63,9 +63,13 @@ class KvWriter(wiring.Component):
         self.data_bits = check_int("data_bits", data_bits, 8, 1024, owner)
         if data_bits & (data_bits - 1):
             raise ValueError(f"{owner}: data_bits must be a power of two, got {data_bits}")
-        self.lanes = check_int("lanes", lanes, 1, data_bits // 8, owner)
-        self.writer = AxiBurstWriter(ADDR_BITS, data_bits, max_burst=1, max_outstanding=4, beats_bits=2,
-                                     strobes=True)
+        self.lanes = check_int("lanes", lanes, 1, 1024, owner)
+        if lanes & (lanes - 1):
+            raise ValueError(f"{owner}: lanes must be a power of two, got {lanes}")
+        # A beat wider than the bus is a burst of whole bus words (rows start on a multiple of `lanes`).
+        self.words = max(1, lanes // (data_bits // 8))
+        self.writer = AxiBurstWriter(ADDR_BITS, data_bits, max_burst=self.words, max_outstanding=4,
+                                     beats_bits=max(2, self.words.bit_length() + 1), strobes=True)
         super().__init__({
             "start": In(stream.Signature(data.StructLayout({"layer": unsigned(8)}))),
             "setup": In(BODIES[Opcode.SETUP]),
@@ -112,18 +116,28 @@ class KvWriter(wiring.Component):
         phase_exp = Signal()                 # the beat's values are out; its exponent byte is next
         addr = Mux(phase_exp, exp_addr, row_addr)
         off = addr[:lg]
-        nbytes = Mux(phase_exp, 1, N)
+        W = self.words
+        word = Signal(range(W + 1))          # bus word of a wide beat
+        if W == 1:
+            nbytes = Mux(phase_exp, 1, N)
+            values = p.data << (off << 3)
+            strb = (((1 << nbytes) - 1) << off)[:B]
+        else:
+            values = p.data.word_select(word, 8 * B)
+            strb = (1 << B) - 1
         m.d.comb += [
-            wr.cmd.payload.addr.eq(addr), wr.cmd.payload.beats.eq(1),
-            wr.data.payload.data.eq(Mux(phase_exp, p.e, p.data) << (off << 3)),
-            wr.data.payload.strb.eq((((1 << nbytes) - 1) << off)[:B]),
+            wr.cmd.payload.addr.eq(addr), wr.cmd.payload.beats.eq(Mux(phase_exp, 1, W)),
+            wr.data.payload.data.eq(Mux(phase_exp, p.e << (off << 3), values)),
+            wr.data.payload.strb.eq(Mux(phase_exp, (1 << off)[:B], strb)),
         ]
-        # Each write: its command, then its data word (the writer takes data after the address).
+        # Each write: its command, then its data words (the writer takes data after the address).
         sent_cmd = Signal()
         m.d.comb += [wr.cmd.valid.eq(self.kv.valid & ~sent_cmd), wr.data.valid.eq(self.kv.valid & sent_cmd)]
         with m.If(wr.cmd.valid & wr.cmd.ready):
-            m.d.sync += sent_cmd.eq(1)
+            m.d.sync += [sent_cmd.eq(1), word.eq(0)]
         with m.If(wr.data.valid & wr.data.ready):
+            m.d.sync += word.eq(word + 1)
+        with m.If(wr.data.valid & wr.data.ready & (phase_exp | (word == W - 1))):
             m.d.sync += sent_cmd.eq(0)
             with m.If(p.last & ~phase_exp):
                 m.d.sync += phase_exp.eq(1)
