@@ -14,7 +14,6 @@ from amaranth.sim import Simulator
 
 from golden.numerics import exp2_neg
 from hw.attention.decode import DecodeAttention, chunk_geometry
-from hw.attention.engine import AttentionEngine
 from hw.attention.exp2 import Exp2Neg
 from sim.testbenches.tb_attention_decode import Case, amaranth_run as _amaranth_run
 
@@ -80,18 +79,27 @@ def test_chunk_geometry():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(heads=4, kv_heads=3), "does not divide"),
-    (dict(heads=0), "heads must be"),
+    (dict(max_group=0), "max_group must be"),
+    (dict(max_kv_heads=0), "max_kv_heads must be"),
     (dict(head_dim=40, lanes=16), "not a multiple of lanes"),
     (dict(max_context=100), "multiple of 32"),
     (dict(lanes=0), "lanes must be"),
 ])
 def test_arguments_are_validated(bad, match):
-    args = dict(heads=4, kv_heads=2, head_dim=16, lanes=8)
+    args = dict(max_group=2, max_kv_heads=2, head_dim=16, lanes=8)
     args.update(bad)
     lanes = args.pop("lanes")
     with pytest.raises(ValueError, match=match):
-        DecodeAttention(args.pop("heads"), args.pop("kv_heads"), args.pop("head_dim"), lanes, **args)
+        DecodeAttention(args.pop("max_group"), args.pop("max_kv_heads"), args.pop("head_dim"), lanes, **args)
+
+
+def test_decode_amaranth_sim_group_changes_at_run_time():
+    """One build (max_group 4, max_kv_heads 2): MHA (group 1, 2 kv heads), GQA 4 (1 kv head), GQA 2 and
+    MHA again, back to back."""
+    mk = dict(head_dim=16, lanes=8, max_context=128, max_group=4, max_kv_heads=2)
+    cases = [Case(2, 2, pos=40, seed=1, **mk), Case(4, 1, pos=70, seed=2, **mk), Case(4, 2, pos=5, seed=3, **mk),
+             Case(1, 1, pos=33, seed=4, **mk)]
+    _amaranth_run(cases, 8, 128, p_stall=0.2, seed=3)
 
 
 from sim import build_component, run_cocotb  # noqa: E402
@@ -100,7 +108,8 @@ from sim.testbenches import TESTBENCH_DIR  # noqa: E402
 
 def _cocotb(tmp_path, heads, kv_heads, head_dim, lanes, max_context, cases, p_stall=0.3):
     probe = Case(heads, kv_heads, head_dim, lanes, max_context, 0)
-    dut = DecodeAttention(heads, kv_heads, head_dim, lanes, max_context=max_context, pad_chunks=probe.pad_chunks)
+    dut = DecodeAttention(heads // kv_heads, kv_heads, head_dim, lanes, max_context=max_context,
+                          pad_chunks=probe.pad_chunks)
     build = build_component(dut, f"attn_decode_{heads}_{kv_heads}_{head_dim}_{lanes}_{max_context}")
     report = tmp_path / "report.json"
     params = {"heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "lanes": lanes,

@@ -85,10 +85,13 @@ class AttentionBenchTop(wiring.Component):
         if self.bus_bytes & (self.bus_bytes - 1) or self.bus_bytes < 1:
             raise ValueError(f"{owner}: an AXI4 port needs a power-of-two width, got {self.bus_bytes} bytes")
         self.heads = check_int("heads", heads, 1, 256, owner)
+        if heads % layout.kv_heads:
+            raise ValueError(f"{owner}: kv_heads = {layout.kv_heads} does not divide heads = {heads}")
+        self.group = heads // layout.kv_heads
         chunk, _ = chunk_geometry(layout.head_dim, lanes)
         self.query_block = check_int("query_block", query_block, 1, 64, owner)
         self.max_queries = check_int("max_queries", max_queries, 1, layout.max_context, owner)
-        self.engine = AttentionEngine(heads, layout.kv_heads, layout.head_dim, lanes, query_block=query_block,
+        self.engine = AttentionEngine(self.group, layout.kv_heads, layout.head_dim, lanes, query_block=query_block,
                                       max_context=layout.max_context, pad_chunks=layout.pad_chunks(chunk))
         self.chunk, self.row_beats = chunk, self.engine.row_beats
         words = layout.layer_bytes // self.bus_bytes
@@ -171,6 +174,8 @@ class AttentionBenchTop(wiring.Component):
             eng.cmd.valid.eq(cmd_active),
             eng.cmd.payload.pos.eq(cmd_pos),
             eng.cmd.payload.last.eq(Mux(cmd_left > QB, QB, cmd_left) - 1),
+            eng.cmd.payload.group.eq(self.group),
+            eng.cmd.payload.kv_heads.eq(lay.kv_heads),
         ]
         with m.If(eng.cmd.valid & eng.cmd.ready):
             m.d.sync += [cmd_pos.eq(cmd_pos + QB), cmd_left.eq(cmd_left - QB)]

@@ -7,8 +7,11 @@ the exponent rows, 32 K rows, 32 V rows and the padding, cut into chunks of ``ch
 the tile's last query are never streamed (fully masked tiles are skipped). One segment is one block of
 the contract's online softmax (docs/numerics.md, "Attention"; docs/attention.md).
 
-Per kv head the engine holds ``rows = query_block * group`` query rows; row ``r`` is query ``r // group``
-of the tile and head ``r % group`` of the kv head's group. Per segment:
+The GQA group and the number of kv heads are run-time values of each tile command (``group`` 1 ..
+``max_group``, ``kv_heads`` 1 .. ``max_kv_heads``), so one build serves MHA and GQA models. Per kv head
+the engine holds ``(last + 1) * group`` active query rows (of at most ``max_group * query_block``); row
+``r`` is query ``r // group`` of the tile and head ``r % group`` of the kv head's group. Inactive rows
+cost no cycles. Per segment:
 
 * exponent rows: ``ke[0..31]`` and ``ve[0..31]`` are captured, and the prefix maxima of ``ve`` (row
   ``r`` needs ``max ev_j`` over its own valid keys ``j <= pos_r``).
@@ -66,13 +69,16 @@ def q_layout(chunk):
     return data.StructLayout({"data": data.ArrayLayout(signed(8), chunk), "e": unsigned(EXP_BITS)})
 
 
-def cmd_layout(max_context, query_block=1):
-    """A tile: the position ``pos`` of its first query and ``last``, the number of queries minus one.
+def cmd_layout(max_context, query_block=1, max_group=1, max_kv_heads=1):
+    """A tile: the position ``pos`` of its first query, ``last``, the number of queries minus one, the GQA
+    ``group`` (query heads per kv head, 1 .. ``max_group``) and ``kv_heads`` (1 .. ``max_kv_heads``).
 
     Query ``i`` (``0 <= i <= last``) is at position ``pos + i`` and attends to keys ``0 .. pos + i``.
     """
     return data.StructLayout({"pos": unsigned(max(1, (max_context - 1).bit_length())),
-                              "last": range(max(2, query_block))})
+                              "last": range(max(2, query_block)),
+                              "group": unsigned(max(1, max_group.bit_length())),
+                              "kv_heads": unsigned(max(1, max_kv_heads.bit_length()))})
 
 
 def _array(n, shape, name):
@@ -84,8 +90,11 @@ class AttentionEngine(wiring.Component):
 
     Parameters
     ----------
-    heads, kv_heads : int
-        Query and key/value heads; ``kv_heads`` divides ``heads`` (GQA group ``heads / kv_heads``).
+    max_group : int
+        Largest GQA group (query heads per kv head) a command may ask for; sizes the query rows
+        (``max_group * query_block``).
+    max_kv_heads : int
+        Largest number of kv heads a command may ask for.
     head_dim : int
         ``d``, 1..256.
     lanes : int
@@ -99,8 +108,9 @@ class AttentionEngine(wiring.Component):
 
     Attributes
     ----------
-    cmd : In(stream.Signature(cmd_layout(max_context, query_block)))
-        One tile; accepted while idle.
+    cmd : In(stream.Signature(cmd_layout(max_context, query_block, max_group, max_kv_heads)))
+        One tile; accepted while idle. ``group`` must be 1 .. ``max_group`` and ``kv_heads`` 1 ..
+        ``max_kv_heads`` (not checked: the ATTEND unit refuses other shapes).
     q : In(stream.Signature(q_layout(chunk)))
         Per kv head, before its first segment: its query rows (query major, then head of the group),
         ``row_beats`` beats each, for the tile's queries only.
@@ -112,12 +122,11 @@ class AttentionEngine(wiring.Component):
         No tile in progress (the last kv head's outputs may still be draining from the normaliser).
     """
 
-    def __init__(self, heads, kv_heads, head_dim, lanes, *, query_block=1, max_context=4096, pad_chunks=0):
+    def __init__(self, max_group, max_kv_heads, head_dim, lanes, *, query_block=1, max_context=4096,
+                 pad_chunks=0):
         owner = type(self).__name__
-        self.heads = check_int("heads", heads, 1, 256, owner)
-        self.kv_heads = check_int("kv_heads", kv_heads, 1, heads, owner)
-        if heads % kv_heads:
-            raise ValueError(f"{owner}: kv_heads = {kv_heads} does not divide heads = {heads}")
+        self.max_group = check_int("max_group", max_group, 1, 256, owner)
+        self.max_kv_heads = check_int("max_kv_heads", max_kv_heads, 1, 256, owner)
         self.head_dim = check_int("head_dim", head_dim, 1, 256, owner)
         self.lanes = check_int("lanes", lanes, 1, 256, owner)
         self.query_block = check_int("query_block", query_block, 1, 64, owner)
@@ -125,13 +134,12 @@ class AttentionEngine(wiring.Component):
         if max_context % _BLK:
             raise ValueError(f"{owner}: max_context = {max_context} is not a multiple of {_BLK}")
         self.pad_chunks = check_int("pad_chunks", pad_chunks, 0, 1 << 16, owner)
-        self.group = heads // kv_heads
-        self.rows = self.group * self.query_block
+        self.rows = self.max_group * self.query_block
         self.chunk, self.row_beats = chunk_geometry(head_dim, lanes)
         self.exp_rows = -(-_EXP_BYTES // head_dim)
         self.score_m, self.score_s = score_constant(head_dim)
         super().__init__({
-            "cmd": In(stream.Signature(cmd_layout(max_context, query_block))),
+            "cmd": In(stream.Signature(cmd_layout(max_context, query_block, max_group, max_kv_heads))),
             "q": In(stream.Signature(q_layout(self.chunk))),
             "kv": In(stream.Signature(unsigned(8 * self.chunk))),
             "o": Out(stream.Signature(data.ArrayLayout(signed(32), self.chunk))),
@@ -140,7 +148,8 @@ class AttentionEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        G, NR, R, C = self.group, self.rows, self.row_beats, self.chunk
+        MG, NR, R, C = self.max_group, self.rows, self.row_beats, self.chunk
+        QB = self.query_block
         RR = NR * R
         exp_chunks = self.exp_rows * R
 
@@ -163,7 +172,8 @@ class AttentionEngine(wiring.Component):
         last_q = Signal(range(max(2, self.query_block)))
         rows_m1 = Signal(range(max(2, NR)))                 # active rows - 1
         last_block = Signal(range(max(2, self.max_context // _BLK)))
-        h = Signal(range(max(2, self.kv_heads)))
+        h = Signal(range(max(2, self.max_kv_heads)))
+        h_last = Signal.like(h)                             # kv heads - 1
         b = Signal.like(last_block)
         bank = Signal()                      # num bank of the current kv head (toggles per head)
         r = Signal(range(max(2, NR)))
@@ -172,8 +182,12 @@ class AttentionEngine(wiring.Component):
         cnt = Signal(range(max(exp_chunks, self.pad_chunks, RR) + 1))
         pos_bits = len(pos) + 2
 
-        # Row r's query offset in the tile, and its last valid key in this block: lim_r = pos_r - 32 b.
-        row_q = Array(Const(i // G, range(max(2, self.query_block))) for i in range(NR))
+        # Row r's query offset in the tile (r // group, registered per row at command time from a choice
+        # over the possible groups: no divider), and its last valid key in this block: lim_r = pos_r - 32 b.
+        if MG == 1:
+            row_q = Array(Const(i, range(max(2, QB))) for i in range(NR))
+        else:
+            row_q = _array(NR, range(max(2, QB)), "row_q")
 
         def lim_of(row):
             return (pos + row_q[row] - (b << 5)).as_signed()
@@ -302,8 +316,16 @@ class AttentionEngine(wiring.Component):
                 m.d.comb += [self.idle.eq(1), self.cmd.ready.eq(1)]
                 with m.If(self.cmd.valid):
                     c = self.cmd.payload
-                    m.d.sync += [pos.eq(c.pos), last_q.eq(c.last), rows_m1.eq((c.last + 1) * G - 1),
-                                 last_block.eq((c.pos + c.last) >> 5), h.eq(0), r.eq(0), k.eq(0), cnt.eq(0)]
+                    m.d.sync += [pos.eq(c.pos), last_q.eq(c.last), last_block.eq((c.pos + c.last) >> 5), h.eq(0),
+                                 h_last.eq(c.kv_heads - 1), r.eq(0), k.eq(0), cnt.eq(0)]
+                    if MG == 1:
+                        m.d.sync += rows_m1.eq(c.last)
+                    else:
+                        m.d.sync += rows_m1.eq((c.last + 1) * c.group - 1)
+                        with m.Switch(c.group):
+                            for g in range(1, MG + 1):
+                                with m.Case(g):
+                                    m.d.sync += [row_q[i].eq(min(i // g, QB - 1)) for i in range(NR)]
                     m.next = "Q_LOAD"
 
             with m.State("Q_LOAD"):
@@ -380,7 +402,7 @@ class AttentionEngine(wiring.Component):
                 m.d.comb += norm.start.valid.eq(1)
                 with m.If(norm.start.ready):
                     m.d.sync += [bank.eq(~bank), h.eq(h + 1)]
-                    with m.If(h == self.kv_heads - 1):
+                    with m.If(h == h_last):
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "Q_LOAD"

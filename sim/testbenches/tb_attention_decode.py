@@ -2,8 +2,10 @@
 ``query_block = 1``) against :func:`golden.attention.attention`.
 
 Environment: ``ATTN_PARAMS`` JSON with ``heads``, ``kv_heads``, ``head_dim``, ``lanes``, ``max_context``,
-optionally ``query_block``, ``cases`` (a list of ``{"pos": int, "kind": str, "seed": int}`` and optionally
-``"tq"``, the number of queries from ``pos`` on), ``p_stall`` and optionally ``report`` (path: cycles per
+optionally ``query_block``, ``max_group`` and ``max_kv_heads`` (the build's maxima; default the case's
+group and kv heads), ``cases`` (a list of ``{"pos": int, "kind": str, "seed": int}`` and optionally
+``"tq"``, the number of queries from ``pos`` on, and ``"heads"`` / ``"kv_heads"`` overriding the
+run's), ``p_stall`` and optionally ``report`` (path: cycles per
 case are written there).
 
 The stimulus, stream packing and checking need no simulator: ``tests/test_attention_decode.py`` uses
@@ -20,6 +22,7 @@ from firmware.kv_cache import KvCacheLayout
 from golden.attention import attention
 from golden.numerics import quant_pow2
 from hw.attention.decode import chunk_geometry
+from hw.attention.engine import cmd_layout
 
 __all__ = ["KINDS", "make_case", "Case"]
 
@@ -46,11 +49,14 @@ class Case:
     """
 
     def __init__(self, heads, kv_heads, head_dim, lanes, max_context, pos, kind="random", seed=0, bus_bytes=8,
-                 tq=1, query_block=1):
+                 tq=1, query_block=1, max_group=None, max_kv_heads=None):
         rng = np.random.default_rng(seed)
         self.heads, self.kv_heads, self.head_dim, self.pos = heads, kv_heads, head_dim, pos
         self.tq, self.query_block, self.max_context = tq, query_block, max_context
         self.group = heads // kv_heads
+        # The engine build's maxima (the command carries the case's group and kv heads).
+        self.max_group = max_group or self.group
+        self.max_kv_heads = max_kv_heads or kv_heads
         self.chunk, self.row_beats = chunk_geometry(head_dim, lanes)
         t = pos + tq
         if kind == "saturate":
@@ -87,7 +93,9 @@ class Case:
 
     # -- stream beats as integers (cocotb) and as values (Amaranth sim) ----------------------------------
     def cmds(self):
-        return [(self.pos + t0, n - 1) for t0, n in self.tiles()]
+        """``{pos, last, group, kv_heads}`` of each tile command."""
+        return [{"pos": self.pos + t0, "last": n - 1, "group": self.group, "kv_heads": self.kv_heads}
+                for t0, n in self.tiles()]
 
     def q_beats(self):
         """``[(int8 values, e)]`` in the engine's order (tiles, kv heads, rows, chunks)."""
@@ -107,8 +115,11 @@ class Case:
                 for t0, n in self.tiles() for rows in self._rows(t0, n) for qi, hd in rows
                 for k in range(self.row_beats)]
 
-    def pack_cmd(self, pos, last):
-        return pos | last << max(1, (self.max_context - 1).bit_length())
+    def cmd_layout(self):
+        return cmd_layout(self.max_context, self.query_block, self.max_group, self.max_kv_heads)
+
+    def pack_cmd(self, cmd):
+        return self.cmd_layout().const(cmd).as_bits()
 
     def pack_q(self, vals, e):
         word = 0
@@ -132,21 +143,29 @@ class Case:
 
 
 def amaranth_run(case, lanes, max_context, p_stall=0.0, seed=0):
-    """Run ``case`` through the engine in the Amaranth simulator (random stalls) and check the output."""
+    """Run ``case`` (or a list of cases, back to back on one engine: same head_dim, query_block and
+    padding; the build's maxima are those of the first case) through the engine in the Amaranth simulator
+    (random stalls) and check the outputs."""
     import numpy as np
     from amaranth.sim import Simulator
 
     from hw.attention.decode import DecodeAttention
     from hw.attention.engine import AttentionEngine
 
+    cases = case if isinstance(case, list) else [case]
+    case = cases[0]
     if case.query_block == 1:
-        dut = DecodeAttention(case.heads, case.kv_heads, case.head_dim, lanes, max_context=max_context,
+        dut = DecodeAttention(case.max_group, case.max_kv_heads, case.head_dim, lanes, max_context=max_context,
                               pad_chunks=case.pad_chunks)
     else:
-        dut = AttentionEngine(case.heads, case.kv_heads, case.head_dim, lanes, query_block=case.query_block,
+        dut = AttentionEngine(case.max_group, case.max_kv_heads, case.head_dim, lanes, query_block=case.query_block,
                               max_context=max_context, pad_chunks=case.pad_chunks)
     rng = np.random.default_rng(seed)
-    kv, qb, want = case.kv_words(), case.q_beats(), case.expected_beats()
+    cmds = [c for cs in cases for c in cs.cmds()]
+    kv = [w for cs in cases for w in cs.kv_words()]
+    qb = [b for cs in cases for b in cs.q_beats()]
+    want = [b for cs in cases for b in cs.expected_beats()]
+    work = sum(len(cs.kv_words()) * cs.group * cs.query_block for cs in cases)
     out = []
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -171,14 +190,17 @@ def amaranth_run(case, lanes, max_context, p_stall=0.0, seed=0):
             if valid and ready:
                 out.append([int(v) for v in pay])
             cycles += 1
-            assert cycles < 20 * (len(kv) * case.group * case.query_block + 200), "timeout"
+            assert cycles < 20 * (work + 200 * len(cases)), "timeout"
 
-    sim.add_testbench(feeder(dut.cmd, case.cmds(), lambda c: {"pos": c[0], "last": c[1]}))
+    sim.add_testbench(feeder(dut.cmd, cmds, lambda c: c))
     sim.add_testbench(feeder(dut.q, qb, lambda b: {"data": b[0], "e": b[1]}))
     sim.add_testbench(feeder(dut.kv, kv, lambda w: w))
     sim.add_testbench(sink)
     sim.run()
-    case.check(out)
+    for cs in cases:
+        n = len(cs.expected_beats())
+        cs.check(out[:n])
+        out = out[n:]
 
 
 
@@ -198,11 +220,13 @@ if cocotb is not None:
         await streams.reset(dut, ["cmd", "q", "kv"], ["o"])
         report = []
         for i, spec in enumerate(p["cases"]):
-            case = Case(p["heads"], p["kv_heads"], p["head_dim"], p["lanes"], p["max_context"], spec["pos"],
-                        spec["kind"], spec["seed"], tq=spec.get("tq", 1), query_block=p.get("query_block", 1))
+            case = Case(spec.get("heads", p["heads"]), spec.get("kv_heads", p["kv_heads"]), p["head_dim"], p["lanes"],
+                        p["max_context"], spec["pos"], spec["kind"], spec["seed"], tq=spec.get("tq", 1),
+                        query_block=p.get("query_block", 1), max_group=p.get("max_group"),
+                        max_kv_heads=p.get("max_kv_heads"))
             rng = random.Random(spec["seed"])
             run = await streams.run_streams(
-                dut, {"cmd": [case.pack_cmd(*c) for c in case.cmds()],
+                dut, {"cmd": [case.pack_cmd(c) for c in case.cmds()],
                       "q": [case.pack_q(v, e) for v, e in case.q_beats()],
                       "kv": case.kv_words()},
                 "o", len(case.expected_beats()), rng, p["p_stall"], p["p_stall"])

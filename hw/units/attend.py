@@ -1,0 +1,369 @@
+"""The ATTEND unit: one ``ATTEND`` instruction, from the query buffer and the KV cache in DRAM to the
+attention buffer, through :class:`~hw.attention.engine.AttentionEngine`. Bit-exact with
+``golden.isa_sim.IsaMachine._op_attend``.
+
+Sequence of a command (``docs/isa.md``, ``ATTEND``; ``docs/attention.md``, "The ATTEND unit")
+---------------------------------------------------------------------------------------------
+1. Check ``SETUP`` against the build: ``head_dim``, ``heads`` a whole number ``group`` of ``kv_heads``
+   (found by comparing ``heads`` with ``kv_heads * g`` for every ``g`` up to ``max_group``: no divider),
+   ``group <= max_group``, ``kv_heads <= max_kv_heads``, ``score_m`` / ``score_s`` equal to
+   ``score_constant(head_dim)``, ``max_context`` a non-zero multiple of 32 within the build's, and
+   ``n_tokens <= max_tokens`` (the command processor checks it too). Anything else is
+   ``CONFIG_MISMATCH``: nothing is read or written and the unit finishes at once. (Layer and address
+   range checks, ``BAD_ADDRESS``, are the command processor's.)
+2. Two cycles of address set-up: ``head_bytes = (max_context / 32) * segment_bytes`` (a shift and a
+   constant multiply: ``segment_bytes`` is a build-time constant of ``head_dim`` and the bus width) and
+   ``layer_base = kv_base + layer * kv_heads * head_bytes`` (``firmware.kv_cache.KvCacheLayout``).
+3. Four sequencers then run side by side over the tiles of ``query_block`` queries of the run's
+   ``n_tokens`` tokens (positions ``pos ..``), each in the engine's order (tile, kv head, query of the
+   tile, head of the group, beat):
+
+   * **tile commands** to the engine: ``pos + t0``, ``last``, ``group``, ``kv_heads``;
+   * **KV reads**: one :class:`~hw.memory.axi.AxiBurstReader` command per (tile, kv head) for that kv
+     head's segments ``0 .. (last query's position) // 32``, which are adjacent in DRAM. The reader
+     keeps ``max_outstanding`` bursts in flight and runs ahead of the engine as far as its buffer
+     allows, into the next kv head and tile, so decode stays DRAM-bound. A
+     :class:`~hw.memory.gearbox.Gearbox` cuts the bus words into the engine's ``chunk``-byte beats;
+     the last bus word of every segment is a flush whose top ``pad_bytes`` bytes (the segment's bus
+     padding) are dropped, so the engine is built without padding chunks;
+   * **query reads** from buffer ``Q`` (index ``head * head_dim / lanes + beat`` of token ``t0 + query``),
+     at most two outstanding, their ``lanes``-wide answers repacked into ``chunk``-byte beats with the
+     vector's exponent from ``rd_e``; they run ahead into the next kv head while the engine streams;
+   * **outputs**: the engine's ``chunk``-wide Q.16 beats repacked into ``lanes``-wide writes of buffer
+     ``ATT`` (int32 in the low 32 bits of each 64-bit lane), token ``t0 + query``, index
+     ``head * head_dim / lanes + beat``.
+4. ``busy`` falls when the last output has been written.
+
+``lanes`` and ``chunk`` must divide one another (both divide ``head_dim``), so the repacking is a
+counter and a register, never a barrel shifter.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.numerics import ATTN_KEY_BLOCK, score_constant
+
+from ..attention.engine import AttentionEngine, chunk_geometry
+from ..isa import ADDR_BITS, BODIES, RUN_ARGS, ErrorCode, Opcode
+from ..memory.axi import AxiBurstReader
+from ..memory.gearbox import Gearbox
+from ..params import check_int
+from ..vector.quant_pow2 import E_FIELD_BITS
+from .buffers import Buffer, rd_req_layout, wr_layout
+
+__all__ = ["AttendUnit", "segment_bytes"]
+
+_EXP_BYTES = 2 * ATTN_KEY_BLOCK
+
+
+def segment_bytes(head_dim, bus_bytes):
+    """``(segment_bytes, pad_bytes)`` of ``firmware.kv_cache.KvCacheLayout`` for ``head_dim`` and the bus."""
+    raw = (-(-_EXP_BYTES // head_dim) + 2 * ATTN_KEY_BLOCK) * head_dim
+    seg = -(-raw // bus_bytes) * bus_bytes
+    return seg, seg - raw
+
+
+class AttendUnit(wiring.Component):
+    """See the module docstring.
+
+    Parameters
+    ----------
+    head_dim : int
+        ``d`` of the build (``SETUP.head_dim`` must equal it); a multiple of ``lanes``.
+    lanes : int
+        Vector lanes ``N``: elements per activation-buffer beat (the TLMM lanes); a power of two.
+    att_lanes : int
+        Attention MACs per cycle (``attention.lanes``): the engine's ``chunk = min(att_lanes, d)``.
+    query_block : int
+        Queries per tile.
+    max_context : int
+        Largest ``SETUP.max_context`` (a multiple of 32).
+    max_group, max_kv_heads : int
+        Largest GQA group and number of kv heads.
+    data_bits : int
+        DRAM bus width (a power of two, 32 .. 1024).
+    max_tokens : int
+        Tokens per run (the buffers' capacity).
+    max_index : int
+        Largest index of the buffer ports (``LinearUnit.max_index`` at the top level); must cover
+        ``max_group * max_kv_heads * d / N - 1``.
+
+    Attributes
+    ----------
+    cmd : In(stream.Signature(BODIES[Opcode.ATTEND]))
+    setup : In(BODIES[Opcode.SETUP])
+    n_tokens, pos : In
+        The run arguments.
+    axi : Out(AxiReadSignature(ADDR_BITS, data_bits))
+        KV cache reads.
+    rd_req : Out(stream.Signature(rd_req_layout(max_tokens, max_index)))
+    rd_data : In(stream.Signature(unsigned(64 * lanes)))
+    rd_e : In(E_FIELD_BITS)
+        Valid with ``rd_data``: the q vector's exponent.
+    wr : Out(stream.Signature(wr_layout(lanes, max_tokens, max_index)))
+    busy : Out(1)
+    fault : Out(ErrorCode)
+        ``CONFIG_MISMATCH`` or ``NONE``; held until the next command.
+    """
+
+    def __init__(self, *, head_dim, lanes, att_lanes, query_block, max_context, max_group, max_kv_heads, data_bits,
+                 max_tokens, max_index):
+        owner = "AttendUnit"
+        self.lanes = check_int("lanes", lanes, 1, 64, owner)
+        if lanes & (lanes - 1):
+            raise ValueError(f"{owner}: lanes must be a power of two, got {lanes}")
+        self.head_dim = check_int("head_dim", head_dim, 1, 256, owner)
+        if head_dim % lanes:
+            raise ValueError(f"{owner}: head_dim = {head_dim} is not a multiple of lanes = {lanes}")
+        self.att_lanes = check_int("att_lanes", att_lanes, 1, 256, owner)
+        self.chunk, self.row_beats = chunk_geometry(head_dim, att_lanes)
+        if self.chunk % lanes and lanes % self.chunk:
+            raise ValueError(f"{owner}: the attention chunk ({self.chunk} bytes) and lanes = {lanes} must divide "
+                             "one another")
+        self.query_block = check_int("query_block", query_block, 1, 64, owner)
+        self.max_context = check_int("max_context", max_context, ATTN_KEY_BLOCK, 1 << 16, owner)
+        if max_context % ATTN_KEY_BLOCK:
+            raise ValueError(f"{owner}: max_context = {max_context} is not a multiple of {ATTN_KEY_BLOCK}")
+        self.max_group = check_int("max_group", max_group, 1, 255, owner)
+        self.max_kv_heads = check_int("max_kv_heads", max_kv_heads, 1, 255, owner)
+        self.data_bits = check_int("data_bits", data_bits, 32, 1024, owner)
+        if data_bits & (data_bits - 1):
+            raise ValueError(f"{owner}: data_bits must be a power of two, got {data_bits}")
+        self.max_tokens = check_int("max_tokens", max_tokens, 1, 256, owner)
+        self.beats_per_head = head_dim // lanes
+        need = max_group * max_kv_heads * self.beats_per_head - 1
+        self.max_index = check_int("max_index", max_index, need, 1 << 20, owner)
+        B = data_bits // 8
+        self.segment_bytes, self.pad_bytes = segment_bytes(head_dim, B)
+        self.seg_beats = self.segment_bytes // B
+        self.score_m, self.score_s = score_constant(head_dim)
+        self.engine = AttentionEngine(max_group, max_kv_heads, head_dim, att_lanes, query_block=query_block,
+                                      max_context=max_context, pad_chunks=0)
+        max_burst = max(1, min(64, 4096 // B))
+        max_beats = (max_context // ATTN_KEY_BLOCK) * self.seg_beats
+        self._reader = AxiBurstReader(ADDR_BITS, data_bits, buffer_words=max(16, 4 * max_burst), max_burst=max_burst,
+                                      max_outstanding=4, beats_bits=max_beats.bit_length())
+        self.gearbox = Gearbox(data_bits, 8 * self.chunk)
+        super().__init__({
+            "cmd": In(stream.Signature(BODIES[Opcode.ATTEND])),
+            "setup": In(BODIES[Opcode.SETUP]),
+            "n_tokens": In(RUN_ARGS["n_tokens"]),
+            "pos": In(RUN_ARGS["pos"]),
+            "axi": Out(self._reader.axi_signature),
+            "rd_req": Out(stream.Signature(rd_req_layout(max_tokens, max_index))),
+            "rd_data": In(stream.Signature(unsigned(64 * lanes))),
+            "rd_e": In(E_FIELD_BITS),
+            "wr": Out(stream.Signature(wr_layout(lanes, max_tokens, max_index))),
+            "busy": Out(1),
+            "fault": Out(ErrorCode),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N, C, QB, DN = self.lanes, self.chunk, self.query_block, self.beats_per_head
+        MG, MKV = self.max_group, self.max_kv_heads
+        m.submodules.engine = eng = self.engine
+        m.submodules.reader = rd = self._reader
+        m.submodules.gearbox = gb = self.gearbox
+        wiring.connect(m, wiring.flipped(self.axi), rd.axi)
+        s = self.setup
+
+        # -- registers of the command ---------------------------------------------------------------------
+        tokens = Signal(range(self.max_tokens + 1))
+        pos0 = Signal.like(self.pos)
+        layer = Signal(8)
+        group = Signal(range(MG + 1))
+        kvh_m1 = Signal(range(max(2, MKV)))
+        head_bytes = Signal(ADDR_BITS)
+        layer_heads = Signal(16)
+        layer_base = Signal(ADDR_BITS)
+        t0_bits = range(self.max_tokens + QB + 1)
+
+        # SETUP checks; the group is the g with heads == kv_heads * g (no divider).
+        found = Signal(range(MG + 1))
+        for g in range(1, MG + 1):
+            with m.If(s.heads == s.kv_heads * g):
+                m.d.comb += found.eq(g)
+        bad = Signal()
+        m.d.comb += bad.eq((s.head_dim != self.head_dim) | (s.kv_heads == 0) | (s.kv_heads > MKV) | (found == 0)
+                           | (s.score_m != self.score_m) | (s.score_s != self.score_s) | (s.max_context == 0)
+                           | (s.max_context[:5] != 0) | (s.max_context > self.max_context)
+                           | (self.n_tokens > self.max_tokens))
+
+        def tile_size(left):
+            return Mux(left > QB, QB, left)
+
+        # -- 1. tile commands --------------------------------------------------------------------------------
+        c_active = Signal()
+        c_t0 = Signal(t0_bits)
+        c_left = Signal(t0_bits)
+        m.d.comb += [c_left.eq(tokens - c_t0), eng.cmd.valid.eq(c_active),
+                     eng.cmd.payload.pos.eq(pos0 + c_t0), eng.cmd.payload.last.eq(tile_size(c_left) - 1),
+                     eng.cmd.payload.group.eq(group), eng.cmd.payload.kv_heads.eq(kvh_m1 + 1)]
+        with m.If(eng.cmd.valid & eng.cmd.ready):
+            m.d.sync += c_t0.eq(c_t0 + QB)
+            with m.If(c_left <= QB):
+                m.d.sync += c_active.eq(0)
+
+        # -- 2. KV reads: per (tile, kv head) its segments 0 .. last block, adjacent in DRAM -----------------
+        k_active = Signal()
+        k_t0 = Signal(t0_bits)
+        k_left = Signal(t0_bits)
+        k_h = Signal.like(kvh_m1)
+        k_addr = Signal(ADDR_BITS)
+        last_block = Signal(range(max(2, self.max_context // ATTN_KEY_BLOCK)))
+        m.d.comb += [k_left.eq(tokens - k_t0), last_block.eq((pos0 + k_t0 + tile_size(k_left) - 1) >> 5),
+                     rd.cmd.valid.eq(k_active), rd.cmd.payload.addr.eq(k_addr),
+                     rd.cmd.payload.beats.eq((last_block + 1) * self.seg_beats), rd.cmd.payload.tag.eq(0)]
+        with m.If(rd.cmd.valid & rd.cmd.ready):
+            m.d.sync += [k_h.eq(k_h + 1), k_addr.eq(k_addr + head_bytes)]
+            with m.If(k_h == kvh_m1):
+                m.d.sync += [k_h.eq(0), k_addr.eq(layer_base), k_t0.eq(k_t0 + QB)]
+                with m.If(k_left <= QB):
+                    m.d.sync += k_active.eq(0)
+        # Bus words to chunks; the last word of each segment flushes the gearbox, dropping the bus padding.
+        seg_i = Signal(range(max(2, self.seg_beats)))       # never zero bits wide (Verilator)
+        seg_end = seg_i == self.seg_beats - 1
+        m.d.comb += [gb.i.valid.eq(rd.data.valid), rd.data.ready.eq(gb.i.ready),
+                     gb.i.payload.data.eq(rd.data.payload.data), gb.i.payload.flush.eq(seg_end),
+                     gb.i.payload.pad.eq(Mux(seg_end, self.pad_bytes, 0))]
+        with m.If(gb.i.valid & gb.i.ready):
+            m.d.sync += seg_i.eq(Mux(seg_end, 0, seg_i + 1))
+        wiring.connect(m, gb.o, eng.kv)
+
+        # -- 3. query reads: (tile, kv head, query, head of the group, beat) ------------------------------
+        def head_loop(prefix, step, left, active):
+            """Counters of one (tile, kv head, query, head of the group, beat) walk, advanced by ``step``."""
+            t0 = Signal(t0_bits, name=f"{prefix}_t0")
+            h = Signal.like(kvh_m1, name=f"{prefix}_h")
+            hbase = Signal(range(MG * MKV + 1), name=f"{prefix}_hbase")     # first head of the kv head's group
+            qi = Signal(range(max(2, QB)), name=f"{prefix}_qi")
+            g = Signal(range(max(2, MG)), name=f"{prefix}_g")
+            b = Signal(range(max(2, DN)), name=f"{prefix}_b")
+            m.d.comb += left.eq(tokens - t0)
+            with m.If(step):
+                m.d.sync += b.eq(b + 1)
+                with m.If(b == DN - 1):
+                    m.d.sync += [b.eq(0), g.eq(g + 1)]
+                    with m.If(g == group - 1):
+                        m.d.sync += [g.eq(0), qi.eq(qi + 1)]
+                        with m.If(qi == tile_size(left) - 1):
+                            m.d.sync += [qi.eq(0), h.eq(h + 1), hbase.eq(hbase + group)]
+                            with m.If(h == kvh_m1):
+                                m.d.sync += [h.eq(0), hbase.eq(0), t0.eq(t0 + QB)]
+                                with m.If(left <= QB):
+                                    m.d.sync += active.eq(0)
+            reset = [t0.eq(0), h.eq(0), hbase.eq(0), qi.eq(0), g.eq(0), b.eq(0)]
+            return t0 + qi, (hbase + g) * DN + b, reset
+
+        q_active = Signal()
+        q_left = Signal(t0_bits)
+        outstanding = Signal(range(3))
+        sent, answered = Signal(), Signal()
+        q_token, q_index, q_reset = head_loop("q", sent, q_left, q_active)
+        m.d.comb += [self.rd_req.valid.eq(q_active & (outstanding != 2)),
+                     self.rd_req.payload.buf.eq(Buffer.Q), self.rd_req.payload.token.eq(q_token),
+                     self.rd_req.payload.index.eq(q_index),
+                     sent.eq(self.rd_req.valid & self.rd_req.ready),
+                     answered.eq(self.rd_data.valid & self.rd_data.ready)]
+        m.d.sync += outstanding.eq(outstanding + sent - answered)
+
+        # Answers (N int8 values in 64-bit lanes) to chunks of C bytes with the exponent.
+        beat = Cat(*(self.rd_data.payload[64 * n:64 * n + 8] for n in range(N)))
+        eq = eng.q.payload
+        m.d.comb += eq.e.eq(self.rd_e)
+        if C >= N:
+            K = C // N
+            q_sub = Signal(range(max(2, K)))
+            last_sub = (q_sub == K - 1) if K > 1 else Const(1)
+            if K > 1:
+                q_acc = Signal(8 * N * (K - 1))
+                m.d.comb += eq.data.as_value().eq(Cat(q_acc, beat))
+            else:
+                m.d.comb += eq.data.as_value().eq(beat)
+            m.d.comb += [eng.q.valid.eq(self.rd_data.valid & last_sub),
+                         self.rd_data.ready.eq(~last_sub | eng.q.ready)]
+            if K > 1:
+                with m.If(answered):
+                    m.d.sync += q_sub.eq(Mux(last_sub, 0, q_sub + 1))
+                    with m.If(~last_sub):
+                        m.d.sync += q_acc.word_select(q_sub, 8 * N).eq(beat)
+        else:
+            S = N // C
+            q_sub = Signal(range(S))
+            m.d.comb += [eq.data.as_value().eq(beat.word_select(q_sub, 8 * C)), eng.q.valid.eq(self.rd_data.valid),
+                         self.rd_data.ready.eq(eng.q.ready & (q_sub == S - 1))]
+            with m.If(eng.q.valid & eng.q.ready):
+                m.d.sync += q_sub.eq(Mux(q_sub == S - 1, 0, q_sub + 1))
+
+        # -- 4. outputs: chunks of C int32 to N-lane ATT beats ------------------------------------------------
+        o_active = Signal()
+        o_left = Signal(t0_bits)
+        wrote = Signal()
+        o_token, o_index, o_reset = head_loop("o", wrote, o_left, o_active)
+        w = self.wr.payload
+        m.d.comb += [w.buf.eq(Buffer.ATT), w.token.eq(o_token), w.index.eq(o_index), w.e.eq(0),
+                     wrote.eq(self.wr.valid & self.wr.ready)]
+        chunk_bits = eng.o.payload.as_value()
+
+        def lanes_out(values):
+            for n in range(N):
+                m.d.comb += w.data[64 * n:64 * n + 64].eq(values[32 * n:32 * n + 32].as_signed())
+
+        if C >= N:
+            S = C // N
+            o_sub = Signal(range(max(2, S)))
+            last_o = (o_sub == S - 1) if S > 1 else Const(1)
+            lanes_out(chunk_bits.word_select(o_sub, 32 * N) if S > 1 else chunk_bits)
+            m.d.comb += [self.wr.valid.eq(eng.o.valid), eng.o.ready.eq(self.wr.ready & last_o)]
+            if S > 1:
+                with m.If(wrote):
+                    m.d.sync += o_sub.eq(Mux(last_o, 0, o_sub + 1))
+        else:
+            K = N // C
+            o_sub = Signal(range(K))
+            o_acc = Signal(32 * C * (K - 1))
+            last_o = o_sub == K - 1
+            lanes_out(Cat(o_acc, chunk_bits))
+            m.d.comb += [self.wr.valid.eq(eng.o.valid & last_o), eng.o.ready.eq(~last_o | self.wr.ready)]
+            with m.If(eng.o.valid & eng.o.ready):
+                m.d.sync += o_sub.eq(Mux(last_o, 0, o_sub + 1))
+                with m.If(~last_o):
+                    m.d.sync += o_acc.word_select(o_sub, 32 * C).eq(chunk_bits)
+
+        # -- the command sequence -----------------------------------------------------------------------------
+        with m.FSM(name="attend"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += [self.busy.eq(1), layer.eq(self.cmd.payload.layer), tokens.eq(self.n_tokens),
+                                 pos0.eq(self.pos), group.eq(found), kvh_m1.eq(s.kv_heads - 1)]
+                    with m.If(bad):
+                        m.d.sync += self.fault.eq(ErrorCode.CONFIG_MISMATCH)
+                        m.next = "FAULT"
+                    with m.Elif(self.n_tokens == 0):
+                        m.d.sync += self.fault.eq(ErrorCode.NONE)
+                        m.next = "FAULT"                 # nothing to do: finish
+                    with m.Else():
+                        m.d.sync += self.fault.eq(ErrorCode.NONE)
+                        m.next = "ADDR1"
+            with m.State("FAULT"):
+                m.d.sync += self.busy.eq(0)
+                m.next = "IDLE"
+            with m.State("ADDR1"):
+                m.d.sync += [head_bytes.eq((s.max_context >> 5) * self.segment_bytes),
+                             layer_heads.eq(layer * s.kv_heads)]
+                m.next = "ADDR2"
+            with m.State("ADDR2"):
+                base = Signal(ADDR_BITS)
+                m.d.comb += base.eq(s.kv_base + layer_heads * head_bytes)
+                m.d.sync += [layer_base.eq(base), k_addr.eq(base), k_t0.eq(0), k_h.eq(0), c_t0.eq(0),
+                             c_active.eq(1), k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset, *o_reset]
+                m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(~o_active & ~c_active & ~k_active & ~q_active & (outstanding == 0) & rd.idle
+                          & ~rd.data.valid & ~gb.o.valid):
+                    m.d.sync += self.busy.eq(0)
+                    m.next = "IDLE"
+        return m
