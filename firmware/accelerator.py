@@ -46,17 +46,20 @@ class Accelerator:
     max_context : int or None
         KV cache positions to reserve (default: the smaller of the model's and the hardware's context).
     max_chunk : int
-        Most tokens per run.
+        Most tokens per run (at most the build's ``limits.max_chunk``).
+    device_options : dict, optional
+        Keyword arguments of the device (for ``verilator``: ``waves``, ``timeout_cycles``).
     """
 
-    def __init__(self, weights, hw: HwConfig, device="isa", *, max_context=None, max_chunk=DEFAULT_MAX_CHUNK):
+    def __init__(self, weights, hw: HwConfig, device="isa", *, max_context=None, max_chunk=DEFAULT_MAX_CHUNK,
+                 device_options=None):
         c = weights.config
         self.config = c
         self.model = IntegerModel(weights)
         ctx = min(c.max_position_embeddings, hw.max_context) if max_context is None else max_context
         self.compiled = cm = compile_model(self.model, hw, max_context=ctx, max_chunk=min(max_chunk, ctx, hw.limits.max_chunk))
         self.max_context = ctx
-        self.device = make_device(device, hw, len(cm.image))
+        self.device = make_device(device, hw, len(cm.image), **(device_options or {}))
         self.device.check_id()
         self.device.write(0, bytes(cm.image))
         self.device.write_csr("program", cm.program)

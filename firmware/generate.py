@@ -2,8 +2,9 @@
 
 Backends share one small interface (``new_cache(max_len)``, ``forward(tokens, cache, all_logits)``,
 ``config``). ``golden`` is the bit-exact integer model (what the accelerator computes), ``float`` the float
-reference, ``isa`` the compiled program on the ISA simulator (``firmware/accelerator.py``, with a
-hardware config). The Verilator RTL and a board plug in as devices of the same driver.
+reference, ``isa`` the compiled program on the ISA simulator and ``verilator`` the same program on the
+accelerator's RTL in Verilator (``firmware/accelerator.py``, with a hardware config). A board plugs in as
+another device of the same driver.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from .sampling import SamplingParams, select_token
 
 __all__ = ["BACKENDS", "DEVICE_BACKENDS", "make_backend", "GenerationResult", "Generator", "ContextOverflowError"]
 
-BACKENDS = ("golden", "float", "isa")
+BACKENDS = ("golden", "float", "isa", "verilator")
 #: Backends that run compiled programs on a device (they take a hardware config).
-DEVICE_BACKENDS = ("isa",)
+DEVICE_BACKENDS = ("isa", "verilator")
 
 
 class _GoldenBackend:
@@ -54,14 +55,14 @@ class _FloatBackend:
 
 
 class _DeviceBackend:
-    def __init__(self, weights, device, hw):
+    def __init__(self, weights, device, hw, device_options=None):
         from hw.config import load_hw_config
 
         from .accelerator import Accelerator
 
         self.name = device
         self.hw = load_hw_config(hw) if isinstance(hw, str) else hw
-        self.accel = Accelerator(weights, self.hw, device)
+        self.accel = Accelerator(weights, self.hw, device, device_options=device_options)
         self.config = weights.config
 
     @property
@@ -75,14 +76,15 @@ class _DeviceBackend:
         return self.accel.forward(tokens, cache, all_logits=all_logits) / 65536.0
 
 
-def make_backend(name, weights, hw="tiny"):
-    """Build the named backend for loaded weights (``hw``: hardware config, for device backends)."""
+def make_backend(name, weights, hw="tiny", device_options=None):
+    """Build the named backend for loaded weights (``hw``: hardware config, and ``device_options``: keyword
+    arguments of the device, such as ``waves``, for device backends)."""
     if name == "golden":
         return _GoldenBackend(weights)
     if name == "float":
         return _FloatBackend(weights)
     if name in DEVICE_BACKENDS:
-        return _DeviceBackend(weights, name, hw)
+        return _DeviceBackend(weights, name, hw, device_options)
     raise ValueError(f"unknown backend '{name}' (available: {', '.join(BACKENDS)})")
 
 

@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from checkpoints import SHAPES, TEXT, make_checkpoint
+
 from firmware.accelerator import Accelerator
 from firmware.checkpoint import load_checkpoint
 from firmware.checkpoint_writer import save_checkpoint
@@ -20,25 +22,9 @@ from golden.weights import random_model
 from hw.config import load_hw_config
 from hw.isa import ErrorCode
 
-TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x = 0\n    y = 0\n" * 20
-
-SHAPES = {  # relu2 + GQA (2B-4T style) and silu + MHA (1bitLLM style)
-    "relu2-gqa": dict(base="bitnet-2b4t", num_attention_heads=4, num_key_value_heads=1),
-    "silu-mha": dict(base="bitnet-large", num_attention_heads=4, num_key_value_heads=4),
-}
-
-
 @pytest.fixture(scope="module", params=list(SHAPES))
 def model_dir(request, tmp_path_factory):
-    tok = train_bpe_tokenizer([TEXT], 300)
-    shape = dict(SHAPES[request.param])
-    cfg = dataclasses.replace(
-        MODEL_SHAPES[shape.pop("base")], vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=False,
-        bos_token_id=0, eos_token_ids=(1,), **shape)
-    path = tmp_path_factory.mktemp("ckpt") / request.param
-    save_checkpoint(random_model(cfg, seed=4), path, weight_format="packed", tokenizer=tok)
-    return path
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / request.param, request.param)
 
 
 def run(capsys, *args):

@@ -1,0 +1,211 @@
+"""The accelerator's top level: one AXI4 DRAM master, one AXI4-Lite CSR slave, one interrupt.
+
+Everything inside is sized by one hardware config (``hw/configs/*.yaml``), including the largest model
+the build runs (its ``limits`` section)::
+
+    csr (AXI4-Lite) -> AxiLiteCsrBridge -> CommandProcessor --cmds--> EMBED, LINEAR (+LOGITS), ATTEND
+                                                                        |        |             |
+                                     ActivationBuffers (X, ATT, H, Q) <-+--------+-------------+
+                                                                                 |
+                                              KvWriter <- k/v beats -------------+
+                                          LogitsWriter <- logits beats ----------+
+
+    read masters:  instruction fetch, EMBED, LINEAR params / weights / RoPE + row scales, ATTEND
+                   -> AxiReadArbiter (round robin, R routed by ID) -> axi_rd
+    write masters: KvWriter, LogitsWriter -> AxiWriteArbiter -> axi_wr
+
+The command processor runs one instruction at a time, so the LINEAR and ATTEND units never use the
+activation buffers' read and write ports in the same cycle: the ports are switched to ATTEND while it
+is busy and to LINEAR otherwise. A ``LINEAR`` with the ``QKV`` epilogue also starts the KV writer, and a
+``LOGITS`` the logits writer, in the same handshake as the unit's command; an instruction ends only when
+its writes have been acknowledged, so the next one (``ATTEND`` reading the cache, or the host reading the
+logits) sees them.
+
+``irq`` is ``status.done``: high from the end of a run until the next start.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .attention.engine import chunk_geometry
+from .bus.axi_read_arbiter import AxiReadArbiter
+from .bus.axi_write_arbiter import AxiWriteArbiter
+from .config import HwConfig
+from .control.axi_lite import AxiLiteCsrBridge, AxiLiteSignature
+from .control.command_processor import CommandProcessor
+from .csr_map import UNITS
+from .isa import ADDR_BITS, RUN_ARGS, Epilogue, ErrorCode
+from .memory.axi import AxiReadSignature
+from .memory.axi_write import AxiWriteSignature
+from .units.attend import AttendUnit
+from .units.buffers import ActivationBuffers, Buffer
+from .units.embed import EmbedUnit
+from .units.kv_writer import KvWriter
+from .units.linear import LinearUnit
+from .units.logits_writer import LogitsWriter
+
+__all__ = ["TrilliumTop", "CSR_ADDR_BITS", "READ_MASTERS", "WRITE_MASTERS"]
+
+#: AXI4-Lite address width of the CSR slave (byte addresses; the CSRs are 32-bit words).
+CSR_ADDR_BITS = 16
+#: The read masters, in arbiter port order (the upper ``arid`` bits name the master).
+READ_MASTERS = ("fetch", "embed", "params", "weights", "rope", "attend")
+#: The write masters, in arbiter port order.
+WRITE_MASTERS = ("kv", "logits")
+
+
+class TrilliumTop(wiring.Component):
+    """The whole accelerator for one hardware config.
+
+    Parameters
+    ----------
+    hw : HwConfig
+        The hardware config; its ``limits`` size the buffers, and its hash is the ``id`` CSR.
+
+    Attributes
+    ----------
+    csr : In(AxiLiteSignature(CSR_ADDR_BITS))
+        The CSRs of ``hw/csr_map.py`` at byte offset ``4 * index``.
+    axi_rd : Out(AxiReadSignature(32, hw.dram.data_bits, id_bits))
+    axi_wr : Out(AxiWriteSignature(32, hw.dram.data_bits, id_bits))
+        The DRAM master. Reads and writes are independent AXI4 channels of one port.
+    irq : Out(1)
+        ``status.done``.
+    """
+
+    def __init__(self, hw):
+        if not isinstance(hw, HwConfig):
+            raise TypeError(f"TrilliumTop: hw must be a HwConfig (use hw.config.load_hw_config), got {hw!r}")
+        self.hw = hw
+        lim, N, bits = hw.limits, hw.tlmm.lanes, hw.dram.data_bits
+        if bits < 32 or bits & (bits - 1):
+            # A 768-bit port (tellme-kv260) needs the AxiReaderGroup port split of hw/memory/axi_group.py
+            # in front of every reader; the top level does not have it yet.
+            raise ValueError(f"TrilliumTop: dram.data_bits = {bits} is not supported by the top level (a power "
+                             "of two from 32 to 1024 is)")
+        kv_dim = lim.max_kv_heads * lim.head_dim
+        self.cp = CommandProcessor(hw.config_hash, bits, lanes=N, max_tokens=lim.max_chunk)
+        self.bridge = AxiLiteCsrBridge(CSR_ADDR_BITS, self.cp.csr.addr.shape().width)
+        self.embed = EmbedUnit(data_bits=bits, lanes=N, max_hidden=lim.max_hidden, max_tokens=lim.max_chunk)
+        self.linear = LinearUnit(
+            tables=hw.tlmm.tables, lanes=N, data_bits=bits,
+            max_k=max(lim.max_hidden, lim.max_intermediate, lim.q_dim),
+            max_rows=max(lim.q_dim + 2 * kv_dim, 2 * lim.max_intermediate, lim.max_hidden, lim.max_vocab),
+            max_tokens=lim.max_chunk, head_dim=lim.head_dim, max_heads=lim.max_kv_heads)
+        self.attend = AttendUnit(
+            head_dim=lim.head_dim, lanes=N, att_lanes=hw.attention.lanes, query_block=hw.attention.query_block,
+            max_context=hw.max_context, max_group=lim.max_group, max_kv_heads=lim.max_kv_heads, data_bits=bits,
+            max_tokens=lim.max_chunk, max_index=self.linear.max_index)
+        words = {Buffer.X: -(-lim.max_hidden // N), Buffer.ATT: lim.q_dim // N,
+                 Buffer.H: -(-lim.max_intermediate // N), Buffer.Q: lim.q_dim // N}
+        self.buffers = ActivationBuffers(lanes=N, max_tokens=lim.max_chunk, words=words,
+                                         max_index=self.linear.max_index)
+        self.kv_writer = KvWriter(data_bits=bits, lanes=N, pos_bits=RUN_ARGS["pos"], max_heads=lim.max_kv_heads)
+        self.logits_writer = LogitsWriter(data_bits=bits, lanes=N, max_tokens=lim.max_chunk,
+                                          max_row_tiles=self.linear.max_row_tiles)
+        self.read_arbiter = AxiReadArbiter(len(READ_MASTERS), ADDR_BITS, bits)
+        self.write_arbiter = AxiWriteArbiter(len(WRITE_MASTERS), ADDR_BITS, bits)
+        # Fail at construction, not deep in elaboration, if the attention geometry is impossible.
+        chunk_geometry(lim.head_dim, hw.attention.lanes)
+        super().__init__({
+            "csr": In(AxiLiteSignature(CSR_ADDR_BITS)),
+            "axi_rd": Out(self.read_arbiter.s.signature),
+            "axi_wr": Out(self.write_arbiter.s.signature),
+            "irq": Out(1),
+        })
+
+    @property
+    def read_signature(self) -> AxiReadSignature:
+        return self.read_arbiter.s.signature
+
+    @property
+    def write_signature(self) -> AxiWriteSignature:
+        return self.write_arbiter.s.signature
+
+    def elaborate(self, platform):
+        m = Module()
+        for name in ("cp", "bridge", "embed", "linear", "attend", "buffers", "kv_writer", "logits_writer",
+                     "read_arbiter", "write_arbiter"):
+            m.submodules[name] = getattr(self, name)
+        cp, emb, lin, att, buf = self.cp, self.embed, self.linear, self.attend, self.buffers
+        kvw, lgw = self.kv_writer, self.logits_writer
+        N = self.hw.tlmm.lanes
+
+        # -- host side -------------------------------------------------------------------------------------
+        wiring.connect(m, wiring.flipped(self.csr), self.bridge.axi)
+        wiring.connect(m, self.bridge.csr, cp.csr)
+        m.d.comb += self.irq.eq(cp.done)
+
+        # -- DRAM side -------------------------------------------------------------------------------------
+        reads = {"fetch": cp.axi, "embed": emb.axi, "params": lin.axi_params, "weights": lin.axi_weights,
+                 "rope": lin.axi_rope, "attend": att.axi}
+        for i, name in enumerate(READ_MASTERS):
+            wiring.connect(m, reads[name], self.read_arbiter.m[i])
+        wiring.connect(m, wiring.flipped(self.axi_rd), self.read_arbiter.s)
+        writes = {"kv": kvw.axi, "logits": lgw.axi}
+        for i, name in enumerate(WRITE_MASTERS):
+            wiring.connect(m, writes[name], self.write_arbiter.m[i])
+        wiring.connect(m, wiring.flipped(self.axi_wr), self.write_arbiter.s)
+
+        # -- model registers and run arguments -----------------------------------------------------------
+        args = cp.args
+        m.d.comb += [
+            emb.hidden.eq(cp.setup.hidden), emb.tokens.eq(args.tokens), emb.n_tokens.eq(args.n_tokens),
+            lin.setup.eq(cp.setup), lin.n_tokens.eq(args.n_tokens), lin.pos.eq(args.pos),
+            lin.all_logits.eq(args.all_logits),
+            att.setup.eq(cp.setup), att.n_tokens.eq(args.n_tokens), att.pos.eq(args.pos),
+            kvw.setup.eq(cp.setup),
+        ]
+
+        # -- commands --------------------------------------------------------------------------------------
+        wiring.connect(m, cp.embed, emb.cmd)
+        wiring.connect(m, cp.attend, att.cmd)
+        # LINEAR: a QKV command also starts the KV writer (both take it in one handshake).
+        c = cp.linear
+        qkv = c.payload.epilogue == Epilogue.QKV
+        m.d.comb += [lin.cmd.payload.eq(c.payload), kvw.start.payload.layer.eq(c.payload.layer),
+                     lin.cmd.valid.eq(c.valid & (~qkv | kvw.start.ready)),
+                     kvw.start.valid.eq(c.valid & qkv & lin.cmd.ready),
+                     c.ready.eq(lin.cmd.ready & (~qkv | kvw.start.ready))]
+        # LOGITS: the logits writer learns the area and the row tiles per token.
+        g = cp.logits
+        m.d.comb += [lin.logits_cmd.payload.eq(g.payload), lgw.start.payload.addr.eq(args.logits),
+                     lgw.start.payload.tiles.eq((g.payload.rows + N - 1) >> (N.bit_length() - 1)),
+                     lin.logits_cmd.valid.eq(g.valid & lgw.start.ready),
+                     lgw.start.valid.eq(g.valid & lin.logits_cmd.ready),
+                     g.ready.eq(lin.logits_cmd.ready & lgw.start.ready)]
+        running_logits = Signal()        # the LINEAR unit's current command is a LOGITS
+        with m.If(c.valid & c.ready):
+            m.d.sync += running_logits.eq(0)
+        with m.If(g.valid & g.ready):
+            m.d.sync += running_logits.eq(1)
+
+        # -- unit outputs ----------------------------------------------------------------------------------
+        wiring.connect(m, emb.x, buf.x_in)
+        wiring.connect(m, lin.kv, kvw.kv)
+        wiring.connect(m, lin.lg_out, lgw.lg)
+        # The buffers' read and write ports: ATTEND's while it runs, LINEAR's otherwise.
+        use_att = att.busy
+        for src, dst in ((lin.rd_req, att.rd_req), (lin.wr, att.wr)):
+            sink = buf.rd_req if src is lin.rd_req else buf.wr
+            m.d.comb += [sink.valid.eq(Mux(use_att, dst.valid, src.valid)),
+                         sink.payload.eq(Mux(use_att, dst.payload.as_value(), src.payload.as_value())),
+                         src.ready.eq(sink.ready & ~use_att), dst.ready.eq(sink.ready & use_att)]
+        m.d.comb += [lin.rd_data.payload.eq(buf.rd_data.payload), att.rd_data.payload.eq(buf.rd_data.payload),
+                     att.rd_e.eq(buf.rd_e),
+                     lin.rd_data.valid.eq(buf.rd_data.valid & ~use_att), att.rd_data.valid.eq(buf.rd_data.valid & use_att),
+                     buf.rd_data.ready.eq(Mux(use_att, att.rd_data.ready, lin.rd_data.ready))]
+
+        # -- busy and faults -----------------------------------------------------------------------------
+        # An instruction lasts until its DRAM writes are acknowledged.
+        busy = {"embed": emb.busy, "linear": (lin.busy & ~running_logits) | ~kvw.idle, "attend": att.busy,
+                "logits": (lin.busy & running_logits) | ~lgw.idle}
+        m.d.comb += cp.busy.eq(Cat(*(busy[u] for u in UNITS)))
+        m.d.comb += [
+            cp.fault_embed.eq(emb.fault),
+            cp.fault_attend.eq(att.fault),
+            cp.fault_linear.eq(Mux(kvw.error, ErrorCode.BAD_ADDRESS, lin.fault)),
+            cp.fault_logits.eq(Mux(lgw.error, ErrorCode.BAD_ADDRESS, lin.fault)),
+        ]
+        return m

@@ -1,0 +1,39 @@
+# amaranth: UnusedElaboratable=no
+"""The top level (hw/top.py) and ``trillium export-verilog``: the Verilog file has the documented ports,
+and configurations the top level cannot build are refused with a clear error. The top level's behaviour
+is tested by co-simulation (tests/test_cosim.py)."""
+
+import json
+import re
+
+import pytest
+
+from firmware.cli import main
+from hw.config import load_hw_config
+from hw.top import TrilliumTop
+
+
+def test_export_verilog_writes_the_documented_ports(capsys, tmp_path):
+    out = tmp_path / "top.v"
+    assert main(["export-verilog", "--hw", "tiny", "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    hw = load_hw_config("tiny")
+    assert report["module"] == "trillium_top" and report["config_hash"] == f"0x{hw.config_hash:08x}"
+    text = out.read_text()
+    header = re.search(r"^module trillium_top\((.*?)\);", text, re.S | re.M).group(1)
+    ports = {p.strip() for p in header.split(",")}
+    for want in ("clk", "rst", "irq", "csr__awaddr", "csr__rdata", "axi_rd__araddr", "axi_rd__rdata", "axi_rd__rid",
+                 "axi_wr__awaddr", "axi_wr__wdata", "axi_wr__wstrb", "axi_wr__bid"):
+        assert want in ports, want
+    assert re.search(r"input \[63:0\] axi_rd__rdata;", text)
+
+
+def test_top_refuses_what_it_cannot_build(capsys, tmp_path):
+    with pytest.raises(TypeError, match="HwConfig"):
+        TrilliumTop("tiny")
+    with pytest.raises(ValueError, match="data_bits = 768 is not supported"):
+        TrilliumTop(load_hw_config("tellme-kv260"))
+    assert main(["export-verilog", "--hw", "tiny", "-o", str(tmp_path), "--name", "x"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["export-verilog", "--hw", "tiny", "-o", str(tmp_path / "a.v"), "--name", "1x"]) == 2
+    assert "Verilog identifier" in capsys.readouterr().err
