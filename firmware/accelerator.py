@@ -63,6 +63,8 @@ class Accelerator:
         self.device.check_id()
         self.device.write(0, bytes(cm.image))
         self.device.write_csr("program", cm.program)
+        # Addresses at or beyond the image are errors (BAD_ADDRESS), not reads of whatever lies there.
+        self.device.write_csr("dram_size", len(cm.image))
         self.runs = 0
 
     def new_cache(self, max_len):

@@ -102,10 +102,21 @@ class IsaDevice(Device):
         c["status"] = STATUS_DONE | (ErrorCode.NONE.value << STATUS_ERROR_SHIFT)
 
 
-DEVICES = {"isa": IsaDevice}
+def _verilator_device(hw, dram_bytes, **kwargs):
+    # Imported on use: the Verilator device needs cocotb and the simulation toolchain.
+    from .verilator_device import VerilatorDevice
+
+    return VerilatorDevice(hw, dram_bytes, **kwargs)
 
 
-def make_device(name, hw, dram_bytes):
+DEVICES = {"isa": IsaDevice, "verilator": _verilator_device}
+
+
+def make_device(name, hw, dram_bytes, **options):
+    """The named device with ``dram_bytes`` of DRAM; ``options`` are the device's own keyword arguments
+    (``verilator``: ``waves``, ``timeout_cycles``)."""
     if name not in DEVICES:
         raise ValueError(f"unknown device '{name}' (available: {', '.join(DEVICES)})")
-    return DEVICES[name](hw, dram_bytes)
+    if options and name == "isa":
+        raise ValueError(f"the isa device takes no options, got {', '.join(sorted(options))}")
+    return DEVICES[name](hw, dram_bytes, **options)
