@@ -63,6 +63,19 @@ def _device_options(args):
     return opts
 
 
+def _finish_device(backend):
+    """Close a device backend's device; name the waveform file if one was recorded."""
+    accel = getattr(backend, "accel", None)
+    dev = getattr(accel, "device", None)
+    close = getattr(dev, "close", None)
+    if close is None:
+        return
+    close()
+    path = getattr(dev, "waves_path", None)
+    if path is not None:
+        print(f"waves: {path}", file=sys.stderr)
+
+
 def _load(model_dir, backend, hw="tiny", device_options=None):
     from golden.weights import ModelWeights  # noqa: F401  (keeps import errors readable)
 
@@ -95,8 +108,12 @@ def cmd_generate(args):
     if stream:
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
-    res = gen.generate(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed, stop=tuple(args.stop or ()), on_token=on_token)
+    try:
+        res = gen.generate(args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, seed=args.seed, stop=tuple(args.stop or ()), on_token=on_token)
+    except BaseException:
+        _finish_device(backend)
+        raise
     if args.json:
         out = res.to_json()
         out["backend"] = args.backend
@@ -107,6 +124,7 @@ def cmd_generate(args):
         print(f"[{len(res.prompt_tokens)} prompt tokens, {len(res.tokens)} generated, stop: {res.stop_reason}; "
               f"first token {t['time_to_first_token_s']:.3f} s, {t['decode_tokens_per_s'] or 0:.2f} tok/s "
               f"on the {args.backend} backend (host time)]", file=sys.stderr)
+    _finish_device(backend)
     return 0
 
 
@@ -120,8 +138,11 @@ def cmd_logits(args):
     limit = getattr(backend, "max_context", None) or weights.config.max_position_embeddings
     if len(tokens) > limit:
         raise UserError(f"{len(tokens)} tokens exceed the context of {limit} positions ({args.backend} backend)")
-    cache = backend.new_cache(len(tokens))
-    logits = backend.forward(np.asarray(tokens), cache, all_logits=True).astype(np.float32)
+    try:
+        cache = backend.new_cache(len(tokens))
+        logits = backend.forward(np.asarray(tokens), cache, all_logits=True).astype(np.float32)
+    finally:
+        _finish_device(backend)
     np.save(args.out, logits)
     print(f"wrote {args.out}: float32 logits, shape {list(logits.shape)} ({args.backend} backend)")
     return 0
@@ -392,7 +413,8 @@ def _is_user_error(exc):
              IsADirectoryError, PermissionError]
     try:
         from .checkpoint import CheckpointError
-        kinds.append(CheckpointError)
+        from .device import DeviceError
+        kinds += [CheckpointError, DeviceError]
     except ImportError:
         pass
     return isinstance(exc, tuple(kinds))

@@ -159,7 +159,9 @@ class AttentionConfig:
     query_block: int
 
     _schema = {
-        "lanes": _Field(int, 1, 256, (_pow2, "a power of two")),
+        # Any width: a row of head_dim bytes is one chunk when lanes >= head_dim (96 lanes for d = 96 leave
+        # none idle); narrower lanes must divide head_dim (checked with the limits).
+        "lanes": _Field(int, 1, 256),
         "query_block": _Field(int, 1, 64, (_pow2, "a power of two")),
     }
 
@@ -313,6 +315,12 @@ class HwConfig:
         if lim.head_dim % self.tlmm.lanes:
             raise ConfigError(f"{self.source}: key 'limits.head_dim' = {lim.head_dim} must be a multiple of "
                               f"'tlmm.lanes' = {self.tlmm.lanes}")
+        att, d = self.attention.lanes, lim.head_dim
+        chunk = min(att, d)
+        if d % chunk or (chunk % self.tlmm.lanes and self.tlmm.lanes % chunk):
+            raise ConfigError(f"{self.source}: key 'attention.lanes' = {att} does not suit 'limits.head_dim' = {d}: "
+                              f"the attention chunk min(lanes, head_dim) = {chunk} must divide head_dim, and it and "
+                              f"'tlmm.lanes' = {self.tlmm.lanes} must divide one another")
         if lim.max_kv_heads > lim.max_heads or lim.max_group > lim.max_heads:
             raise ConfigError(f"{self.source}: keys 'limits.max_kv_heads' and 'limits.max_group' must not exceed "
                               f"'limits.max_heads' = {lim.max_heads}")

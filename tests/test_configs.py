@@ -39,6 +39,13 @@ def _base():
     (lambda d: d["dram"].__setitem__("bandwidth_bytes_per_cycle", 100.0), r"exceeds the port width"),
     (lambda d: d["tlmm"].update(tables=3, lanes=3), r"must be a multiple of 8"),
     (lambda d: d.__setitem__("clock_mhz", True), r"'clock_mhz' = True: expected float"),
+    (lambda d: d["vector"].__setitem__("lanes", 8), r"'vector.lanes' = 8 must equal 'tlmm.lanes' = 4"),
+    (lambda d: d["attention"].__setitem__("lanes", 6), r"'attention.lanes' = 6 does not suit 'limits.head_dim' = 8"),
+    (lambda d: d["limits"].__setitem__("head_dim", 10), r"'limits.head_dim' = 10 must be a multiple of 'tlmm.lanes'"),
+    (lambda d: d["limits"].__setitem__("max_group", 9), r"must not exceed 'limits.max_heads' = 8"),
+    (lambda d: d.update(max_context=128) or d["limits"].__setitem__("max_chunk", 200),
+     r"'limits.max_chunk' = 200 exceeds 'max_context' = 128"),
+    (lambda d: d.pop("limits"), r"missing section 'limits'"),
 ])
 def test_bad_hw_config_names_file_and_key(tmp_path, mutate, expect):
     d = _base()
