@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -242,8 +243,19 @@ class VerilatorDevice(Device):
     def _build(self):
         from sim.cosim_top import CosimTop, build_cosim
 
-        top = self.top_factory(self.hw)
-        cosim = CosimTop(top, self.model_bytes, self.hw.dram.latency_cycles, self.hw.dram.bandwidth_bytes_per_cycle)
+        def make():
+            top = self.top_factory(self.hw)
+            return CosimTop(top, self.model_bytes, self.hw.dram.latency_cycles,
+                            self.hw.dram.bandwidth_bytes_per_cycle)
+
+        if self.top_factory is _default_top:
+            # The default top's Verilog depends only on the config, the DRAM model and the sources: it is
+            # cached, and nothing is elaborated (or even constructed) when it is.
+            self._data_bits = self.hw.dram.data_bits
+            self._depth = -(-self.model_bytes // (self._data_bits // 8))
+            key = json.dumps([self.hw.to_dict(), self.model_bytes], sort_keys=True)
+            return build_cosim(make, TOPLEVEL, waves=self.waves, verilog_key=key)
+        cosim = make()
         self._depth, self._data_bits = cosim.depth, cosim.data_bits
         return build_cosim(cosim, TOPLEVEL, waves=self.waves)
 

@@ -44,6 +44,7 @@ socket closes (checked between requests and every slice of a run), so it never o
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 from amaranth.lib import stream, wiring
@@ -165,9 +166,49 @@ def cosim_verilog(cosim: CosimTop, name: str) -> str:
     return export_verilog(cosim, name) + DRAM_ARRAY_VERILOG + public
 
 
-def build_cosim(cosim: CosimTop, name: str, *, waves=False):
-    """Build (or reuse from the cache) the Verilator model of ``cosim``; a :class:`sim.build.SimBuild`. Only the
-    top level's ports are visible to cocotb (see :data:`BUILD_ARGS`)."""
-    from .build import build_verilog
+def _source_digest():
+    """SHA-256 over every Python source the gateware can import (hw/, golden/, sim/) and the Amaranth version:
+    what the elaborated Verilog of a design depends on, besides its constructor arguments."""
+    import hashlib
+    from importlib.metadata import version
+    from pathlib import Path
 
-    return build_verilog(cosim_verilog(cosim, name), name, waves=waves, build_args=BUILD_ARGS)
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256(version("amaranth").encode())
+    for package in ("hw", "golden", "sim"):
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def build_cosim(cosim, name: str, *, waves=False, verilog_key=None):
+    """Build (or reuse from the cache) the Verilator model of ``cosim`` (a :class:`CosimTop`, or a function
+    making one, called only when its Verilog is not cached); a :class:`sim.build.SimBuild`. Only the top
+    level's ports are visible to cocotb (see :data:`BUILD_ARGS`).
+
+    ``verilog_key``, a string naming everything the design's construction depends on (for example the
+    hardware config's content and the DRAM model's size), lets the elaborated Verilog itself be cached
+    too, keyed with the digest of the gateware sources: elaborating the whole accelerator takes longer
+    than starting a cached simulator.
+    """
+    import hashlib
+
+    from .build import build_verilog, cache_root
+
+    def verilog():
+        return cosim_verilog(cosim() if callable(cosim) else cosim, name)
+
+    if verilog_key is not None:
+        key = hashlib.sha256(f"{name}\0{verilog_key}\0{_source_digest()}".encode()).hexdigest()[:24]
+        path = cache_root() / "verilog" / f"{name}-{key}.v"
+        if path.exists():
+            text = path.read_text()
+        else:
+            text = verilog()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)          # atomic: a reader never sees half a file
+    else:
+        text = verilog()
+    return build_verilog(text, name, waves=waves, build_args=BUILD_ARGS)
