@@ -3,6 +3,7 @@
 :class:`Accelerator` compiles a model for a hardware configuration (``firmware/compiler.py``), checks
 the device's ID register against that configuration, loads the DRAM image once and then runs the
 program for every prefill chunk and decode step, with the token count and position as run arguments.
+Every run is recorded in :attr:`Accelerator.run_log` (tokens, position, the ``run_cycles`` CSR).
 The KV cache stays in device DRAM between calls; :class:`DeviceCache` only tracks how many positions
 it holds.
 """
@@ -66,6 +67,10 @@ class Accelerator:
         # Addresses at or beyond the image are errors (BAD_ADDRESS), not reads of whatever lies there.
         self.device.write_csr("dram_size", len(cm.image))
         self.runs = 0
+        #: One dict per run: ``n_tokens``, ``pos``, ``run_cycles`` (the device's ``run_cycles`` CSR; the ISA
+        #: simulator counts no cycles and reports 0) and ``work`` (the ISA simulator's
+        #: :class:`golden.isa_sim.WorkCounts` of the run as a dict, or None on other devices).
+        self.run_log = []
 
     def new_cache(self, max_len):
         if max_len > self.max_context:
@@ -97,6 +102,10 @@ class Accelerator:
                 dev.write_csr(name, value)
             dev.run()
             self.runs += 1
+            work = getattr(dev, "last_work", None)
+            self.run_log.append({"n_tokens": int(chunk.size), "pos": int(cache.length),
+                                 "run_cycles": int(dev.read_csr("run_cycles")),
+                                 "work": work.to_dict() if work is not None else None})
             cache.length += chunk.size
             if want_all or last:
                 n = chunk.size if want_all else 1

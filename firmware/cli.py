@@ -16,7 +16,7 @@ __all__ = ["main", "build_parser"]
 
 EPILOG = """\
 examples:
-  trillium demo                                   build a small model and generate text (golden backend)
+  trillium demo                                   the trained demo model generating Python on the RTL
   trillium generate --model DIR --prompt "def main():" --max-new-tokens 32
   trillium generate --model DIR --prompt "x" --temperature 0.8 --top-p 0.9 --seed 1 --json
   trillium logits --model DIR --tokens 1,2,3 --backend golden --out logits.npy
@@ -284,7 +284,12 @@ def cmd_export_verilog(args):
 def cmd_demo(args):
     from .demo import run_demo
 
-    return run_demo(json_only=args.json, max_new_tokens=args.max_new_tokens, prompt=args.prompt)
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    return run_demo(json_only=args.json, max_new_tokens=args.max_new_tokens, prompt=args.prompt,
+                    backend=args.backend, hw=args.hw, temperature=args.temperature, top_p=args.top_p,
+                    seed=args.seed, heal=not args.no_heal, model_dir=args.model,
+                    device_options=_device_options(args))
 
 
 def _add_device_options(p):
@@ -336,13 +341,27 @@ def build_parser():
     lg.add_argument("--out", required=True, help="output .npy file")
     lg.set_defaults(func=cmd_logits)
 
-    d = sub.add_parser("demo", help="build a small model and generate text on it",
-                       description="Build (once, cached) a small BitNet model in the Hugging Face packed "
-                                   "layout with a BPE tokenizer, generate text on the golden backend and "
-                                   "print a report.")
+    d = sub.add_parser("demo", help="generate Python with the project's trained ternary model on the RTL",
+                       description="Run the committed demo model (firmware/demo_model: a 4-layer ternary "
+                                   "model trained on the Python standard library by python -m "
+                                   "firmware.train_demo) on the accelerator RTL in Verilator (default; built "
+                                   "once and cached), stream the text, and report tokens, TTFT and decode "
+                                   "cycles, a tok/s projection at the config's clock, DRAM bytes per token "
+                                   "and utilisation.")
+    d.add_argument("--backend", default="verilator", choices=("verilator", "isa", "golden"),
+                   help="verilator: the accelerator RTL (cycle counts); isa: the ISA simulator; golden: the "
+                        "bit-exact integer model (default verilator)")
+    d.add_argument("--hw", default="tiny", help="hardware config (default tiny)")
+    _add_device_options(d)
     d.add_argument("--json", action="store_true", help="print the report as JSON only")
-    d.add_argument("--max-new-tokens", type=int, default=24)
+    d.add_argument("--max-new-tokens", type=int, default=40)
     d.add_argument("--prompt", default="def ")
+    d.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    d.add_argument("--top-p", type=float, default=None)
+    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--no-heal", action="store_true",
+                   help="prefill the prompt's tokens as they are (default: regenerate its last token)")
+    d.add_argument("--model", default=None, help="another checkpoint directory (default: the committed demo model)")
     d.set_defaults(func=cmd_demo)
 
     a = sub.add_parser("accuracy", help="integer model vs float reference (cosine, KL, top-1)")
