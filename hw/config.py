@@ -116,21 +116,30 @@ class DramConfig:
         Read latency of the simulation DRAM model, in accelerator cycles.
     bandwidth_bytes_per_cycle : float
         Sustained bytes per accelerator cycle of the DRAM behind the port (the roofline's bandwidth).
+    capacity_mbytes : int
+        DRAM the accelerator may use, in MiB (the board's memory): the model image, the KV caches of every
+        session and the token and logits areas must fit.
     """
 
     data_bits: int
     latency_cycles: int
     bandwidth_bytes_per_cycle: float
+    capacity_mbytes: int
 
     _schema = {
         "data_bits": _Field(int, 16, 1024, (lambda v: v % 64 == 0 or v in (16, 32), "16, 32 or a multiple of 64")),
         "latency_cycles": _Field(int, 1, 1000),
         "bandwidth_bytes_per_cycle": _Field(float, 0.5, 256.0),
+        "capacity_mbytes": _Field(int, 1, 4096),
     }
 
     @property
     def data_bytes(self):
         return self.data_bits // 8
+
+    @property
+    def capacity_bytes(self):
+        return self.capacity_mbytes << 20
 
 
 @dataclass(frozen=True)
