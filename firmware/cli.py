@@ -23,6 +23,7 @@ examples:
   trillium logits --model DIR --tokens 1,2,3 --backend isa --hw tiny --out isa.npy   (equal to golden)
   trillium logits --model DIR --tokens 1,2,3 --backend verilator --out rtl.npy     (RTL; equal to golden)
   trillium generate --model DIR --prompt "x" --backend verilator --waves           (FST of the RTL run)
+  trillium serve --model DIR --prompt "def " --prompt "class " --backend isa --token-budget 8   (sessions)
   trillium accuracy                               integer model vs float reference on random models
   trillium bench golden --shape bitnet-large --json
   trillium bench tlmm --hw ecp5 --json            TLMM cost vs adder-tree baseline, and throughput
@@ -125,6 +126,63 @@ def cmd_generate(args):
               f"first token {t['time_to_first_token_s']:.3f} s, {t['decode_tokens_per_s'] or 0:.2f} tok/s "
               f"on the {args.backend} backend (host time)]", file=sys.stderr)
     _finish_device(backend)
+    return 0
+
+
+def cmd_serve(args):
+    import types
+
+    from hw.config import load_hw_config
+
+    from .accelerator import Accelerator
+    from .checkpoint import load_checkpoint
+    from .compiler import CompileError
+    from .device import DeviceError
+    from .generate import Generator
+    from .kv_manager import blocks_for
+    from .scheduler import format_report, serve
+    from .tokenizer import load_tokenizer
+
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if args.token_budget is not None and args.token_budget < 1:
+        raise UserError(f"--token-budget must be at least 1 (tokens per step, decodes included), got "
+                        f"{args.token_budget}")
+    weights = load_checkpoint(args.model)
+    tok = load_tokenizer(args.model)
+    enc = Generator(types.SimpleNamespace(config=weights.config), tok)
+    prompts = [enc.encode_prompt(p) for p in args.prompt]
+    hw = load_hw_config(args.hw)
+    # The KV arena holds exactly these sessions (a small DRAM image, also for the Verilator device).
+    positions = sum(32 * blocks_for(len(p) + args.max_new_tokens) for p in prompts)
+    try:
+        acc = Accelerator(weights, hw, args.backend, device_options=_device_options(args) or None,
+                          kv_positions=positions, max_sessions=len(prompts))
+    except (CompileError, DeviceError) as e:
+        raise UserError(f"{args.backend} backend on hardware config '{args.hw}': {e}") from None
+    texts = {i: [] for i in range(len(prompts))}
+
+    def on_token(session, token):
+        texts[session].append(token)
+        if not args.json:
+            piece = tok.decode(texts[session])[len(tok.decode(texts[session][:-1])):]
+            print(f"[s{session}] {token:>6} {piece!r}", flush=True)
+
+    backend = types.SimpleNamespace(accel=acc)
+    try:
+        rep = serve(acc, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, seed=args.seed, token_budget=args.token_budget, on_token=on_token)
+    finally:
+        _finish_device(backend)
+    for d in rep["sessions"]:
+        d["prompt"] = args.prompt[d["session"]]
+        d["text"] = tok.decode(d["tokens"])
+    if args.json:
+        print(json.dumps(rep))
+    else:
+        print(format_report(rep))
+        for d in rep["sessions"]:
+            print(f"s{d['session']}: {d['prompt']!r} -> {d['text']!r}")
     return 0
 
 
@@ -328,6 +386,29 @@ def build_parser():
     g.add_argument("--json", action="store_true",
                    help="print one JSON object (prompt_tokens, tokens, text, timing) instead of streaming")
     g.set_defaults(func=cmd_generate)
+
+    sv = sub.add_parser("serve", help="several prompts at once on one accelerator (sessions, chunked prefill)",
+                        description="Run several prompts as concurrent sessions on one accelerator: each session "
+                                    "has its own KV region and program; every step runs the waiting decodes "
+                                    "first, then prefill chunks up to the token budget (docs/driver.md). Tokens "
+                                    "stream tagged by session; then a per-session table of time to first token "
+                                    "and time between tokens (device cycles and projected seconds; on the isa "
+                                    "device, which counts no cycles, DRAM bytes and MACs).")
+    sv.add_argument("--model", required=True, help="checkpoint directory (config.json, *.safetensors, tokenizer.json)")
+    sv.add_argument("--prompt", required=True, action="append", help="a prompt (repeat for several sessions)")
+    sv.add_argument("--backend", default="isa", choices=("isa", "verilator"),
+                    help="isa: the ISA simulator (no cycles); verilator: the RTL (cycles) (default isa)")
+    sv.add_argument("--hw", default="tiny", help="hardware config (default tiny)")
+    _add_device_options(sv)
+    sv.add_argument("--token-budget", type=int, default=None,
+                    help="tokens per step, decodes included (default: the build's limits.max_chunk)")
+    sv.add_argument("--max-new-tokens", type=int, default=16)
+    sv.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    sv.add_argument("--top-k", type=int, default=None)
+    sv.add_argument("--top-p", type=float, default=None)
+    sv.add_argument("--seed", type=int, default=None, help="sampler seed (each session's sampler starts from it)")
+    sv.add_argument("--json", action="store_true", help="print one JSON report instead of streaming")
+    sv.set_defaults(func=cmd_serve)
 
     lg = sub.add_parser("logits", help="logits for every position of a token sequence",
                         description="Run a token sequence and save float32 logits of shape [n_tokens, vocab].")

@@ -27,13 +27,18 @@ from hw.isa import INSTRUCTION_BYTES, Epilogue, Opcode, Source, encode
 
 from .kv_cache import KvCacheLayout
 
-__all__ = ["CompileError", "Region", "CompiledModel", "check_limits", "compile_model", "gate_up_order"]
+__all__ = ["CompileError", "DramCapacityError", "Region", "CompiledModel", "check_limits", "compile_model",
+           "gate_up_order", "session_program"]
 
 _ATTN_BLOCK = 32
 
 
 class CompileError(ValueError):
     """A model that this hardware configuration cannot run, with the reason."""
+
+
+class DramCapacityError(CompileError):
+    """The image (model, KV arena, programs, I/O) is larger than the config's ``dram.capacity_mbytes``."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ class CompiledModel:
         Byte address of the program's first instruction.
     regions : dict
         Name -> :class:`Region` (``program``, ``rope``, ``embed``, ``layers.{i}.{linear}.weights`` /
-        ``.params``, ``final_norm``, ``lm_head``, ``lm_head.scales``, ``kv_cache``, ``tokens``, ``logits``).
+        ``.params``, ``final_norm``, ``lm_head``, ``lm_head.scales``, ``kv_cache`` (the KV arena), ``tokens``,
+        ``logits``, and ``program_slots`` when asked for).
     kv : KvCacheLayout
     max_chunk : int
         Most tokens per run (sizes the token and logits areas).
@@ -69,6 +75,18 @@ class CompiledModel:
     vocab: int
     logits_stride: int
     instructions: list = field(default_factory=list)
+    #: Program slots (``program_slots`` of :func:`compile_model`): one program copy per session.
+    program_slots: int = 0
+
+    @property
+    def program_bytes(self):
+        return len(self.instructions) * INSTRUCTION_BYTES
+
+    def slot_address(self, i):
+        """Byte address of program slot ``i``."""
+        if not 0 <= i < self.program_slots:
+            raise IndexError(f"program slot {i} outside 0..{self.program_slots - 1}")
+        return self.regions["program_slots"].addr + i * self.program_bytes
 
     @property
     def tokens_addr(self):
@@ -134,14 +152,23 @@ def check_limits(config, hw: HwConfig):
                            + "; ".join(problems))
 
 
-def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_chunk=16):
+def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_chunk=16, kv_arena_bytes=None,
+                  program_slots=0):
     """Lay out ``model`` for ``hw`` and assemble its program (see the module docstring).
+
+    ``kv_arena_bytes`` sizes the ``kv_cache`` region (the KV arena that sessions share,
+    ``firmware/kv_manager.py``); it is never smaller than one cache of ``max_context`` positions, which
+    the program at ``program`` uses. ``program_slots`` reserves room for that many program copies at the
+    end of the image (``program_slots`` region), one per session (:func:`session_program`). Without
+    them, the image is exactly the single-session layout.
 
     Raises
     ------
     CompileError
         If a shape does not suit the configuration (head_dim or intermediate size not a multiple of the
         TLMM lanes, odd lanes, context beyond the configuration's ``max_context``).
+    DramCapacityError
+        If the whole image is larger than ``hw.dram.capacity_bytes``.
     """
     c = model.config
     T, N = hw.tlmm.tables, hw.tlmm.lanes
@@ -205,10 +232,15 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
     lm_s = img.add("lm_head.scales", pack_row_scales(lm))
     kv_base = -(-len(img.buf) // img.align) * img.align
     kv = KvCacheLayout(n_layers, c.num_key_value_heads, c.head_dim, ctx, bus_bytes=bus, base=kv_base)
-    if img.add("kv_cache", size=kv.total_bytes) != kv_base:
+    arena = kv.total_bytes if kv_arena_bytes is None else max(kv.total_bytes, int(kv_arena_bytes))
+    arena = -(-arena // img.align) * img.align
+    if img.add("kv_cache", size=arena) != kv_base:
         raise AssertionError("KV cache placement")
     img.add("tokens", size=4 * max_chunk)
     img.add("logits", size=4 * max_chunk * logits_stride(c.vocab_size, N))
+    if program_slots:
+        img.add("program_slots", size=program_slots * n_instr * INSTRUCTION_BYTES)
+    _check_capacity(img, hw)
 
     score_m, score_s = score_constant(c.head_dim)
     program = [
@@ -224,5 +256,52 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
     assert len(program) == n_instr
     raw = b"".join(encode(op, **f) for op, f in program)
     img.buf[prog:prog + len(raw)] = raw
-    return CompiledModel(image=img.buf, program=prog, regions=img.regions, kv=kv, max_chunk=max_chunk,
-                         vocab=c.vocab_size, logits_stride=logits_stride(c.vocab_size, N), instructions=program)
+    cm = CompiledModel(image=img.buf, program=prog, regions=img.regions, kv=kv, max_chunk=max_chunk,
+                       vocab=c.vocab_size, logits_stride=logits_stride(c.vocab_size, N), instructions=program,
+                       program_slots=program_slots)
+    for i in range(program_slots):
+        a = cm.slot_address(i)
+        img.buf[a:a + len(raw)] = raw
+    return cm
+
+
+def _mib(n):
+    return f"{n / (1 << 20):.3f}"
+
+
+def _check_capacity(img, hw):
+    need, cap = len(img.buf), hw.dram.capacity_bytes
+    if need <= cap:
+        return
+    kv = img.regions["kv_cache"].size
+    progs = img.regions["program_slots"].size if "program_slots" in img.regions else 0
+    raise DramCapacityError(
+        f"the model needs {_mib(need)} MiB of DRAM (model {_mib(need - kv - progs)} MiB incl. program and I/O, "
+        f"KV arena {_mib(kv)} MiB, session programs {_mib(progs)} MiB); the hardware config '{hw.name}' has "
+        f"{_mib(cap)} MiB (dram.capacity_mbytes = {hw.dram.capacity_mbytes})")
+
+
+def session_program(cm: CompiledModel, kv_base, max_context):
+    """The program of a session whose KV cache is ``max_context`` positions at ``kv_base``: the compiled
+    program with its ``SETUP`` re-encoded (every other instruction is the same bytes).
+
+    Raises
+    ------
+    CompileError
+        If the cache is not a whole number of 32-position blocks, exceeds the compiled context, or does not
+        lie inside the KV arena.
+    """
+    arena = cm.regions["kv_cache"]
+    if max_context < _ATTN_BLOCK or max_context % _ATTN_BLOCK or max_context > cm.kv.max_context:
+        raise CompileError(f"session max_context {max_context} must be a multiple of {_ATTN_BLOCK} in "
+                           f"{_ATTN_BLOCK}..{cm.kv.max_context}")
+    layout = KvCacheLayout(cm.kv.layers, cm.kv.kv_heads, cm.kv.head_dim, max_context, bus_bytes=cm.kv.bus_bytes,
+                           base=kv_base)
+    if kv_base < arena.addr or kv_base + layout.total_bytes > arena.addr + arena.size:
+        raise CompileError(f"KV region {kv_base:#x}..{kv_base + layout.total_bytes:#x} outside the KV arena "
+                           f"{arena.addr:#x}..{arena.addr + arena.size:#x}")
+    op, fields = cm.instructions[0]
+    assert op is Opcode.SETUP
+    setup = encode(op, **dict(fields, kv_base=kv_base, max_context=max_context))
+    rest = bytes(cm.image[cm.program + INSTRUCTION_BYTES:cm.program + cm.program_bytes])
+    return setup + rest

@@ -107,26 +107,28 @@ def test_cli_logits_and_generate_verilator_equal_golden(capsys, model_dir, tmp_p
 def test_rtl_errors_have_codes_and_do_not_hang(tmp_path):
     weights = load_checkpoint(make_checkpoint(tmp_path / "m", "silu-mha", layers=1))
     acc = Accelerator(weights, HW, "verilator")
-    dev, cm = acc.device, acc.compiled
+    dev = acc.device
     try:
         dev.check_id()
-        good = bytes(dev.read(cm.program, INSTRUCTION_BYTES * 2))
+        cache = acc.new_cache(4)              # a session: its own copy of the program
+        prog = cache.program
+        good = bytes(dev.read(prog, INSTRUCTION_BYTES * 2))
         # An unknown opcode as the second instruction.
-        dev.write(cm.program + INSTRUCTION_BYTES, bytes([0xEE]) + bytes(INSTRUCTION_BYTES - 1))
+        dev.write(prog + INSTRUCTION_BYTES, bytes([0xEE]) + bytes(INSTRUCTION_BYTES - 1))
         with pytest.raises(DeviceError) as e:
-            acc.forward([3], acc.new_cache(4))
+            acc.forward([3], cache)
         assert e.value.code is ErrorCode.ILLEGAL_INSTRUCTION
-        assert e.value.csrs["error_pc"] == cm.program + INSTRUCTION_BYTES
+        assert e.value.csrs["error_pc"] == prog + INSTRUCTION_BYTES
         # An EMBED whose table lies beyond DRAM.
-        dev.write(cm.program + INSTRUCTION_BYTES, encode(Opcode.EMBED, table=dev.dram_bytes + 64,
-                                                         rows=weights.config.vocab_size, stride=128))
+        dev.write(prog + INSTRUCTION_BYTES, encode(Opcode.EMBED, table=dev.dram_bytes + 64,
+                                                   rows=weights.config.vocab_size, stride=128))
         with pytest.raises(DeviceError) as e:
-            acc.forward([3], acc.new_cache(4))
+            acc.forward([3], cache)
         assert e.value.code is ErrorCode.BAD_ADDRESS
         # The program restored: the same device runs correctly again.
-        dev.write(cm.program, good)
+        dev.write(prog, good)
         ref = IntegerModel(weights)
-        np.testing.assert_array_equal(acc.forward([3, 4], acc.new_cache(4), all_logits=True),
+        np.testing.assert_array_equal(acc.forward([3, 4], cache, all_logits=True),
                                       ref.forward(np.array([3, 4]), ref.new_cache(4)))
     finally:
         _close(acc)
