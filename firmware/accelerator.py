@@ -111,7 +111,7 @@ class Accelerator:
             raise ValueError(f"max_sessions must be a positive integer, got {max_sessions!r}")
         # One 32-position block of every layer and kv head (firmware/kv_manager.py).
         block_bytes = KvCacheLayout(len(self.model.layers), c.num_key_value_heads, c.head_dim, ATTN_KEY_BLOCK,
-                                    bus_bytes=hw.dram.data_bytes).total_bytes
+                                    bus_bytes=hw.dram.bus_bytes).total_bytes
         self.compiled = cm = compile_model(self.model, hw, max_context=ctx,
                                            max_chunk=min(max_chunk, ctx, hw.limits.max_chunk),
                                            kv_arena_bytes=arena_blocks * block_bytes, program_slots=max_sessions)

@@ -330,7 +330,7 @@ def cmd_export_verilog(args):
     out.write_text(header + text)
     report = {"file": str(out), "module": args.name, "hw": hw.name, "config_hash": f"0x{hw.config_hash:08x}",
               "bytes": out.stat().st_size, "seconds": round(time.monotonic() - t0, 1),
-              "dram_data_bits": hw.dram.data_bits, "csr_addr_bits": 16}
+              "dram_data_bits": hw.dram.bus_bits, "csr_addr_bits": 16}
     if args.json:
         print(json.dumps(report, indent=1))
     else:

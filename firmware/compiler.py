@@ -184,7 +184,7 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
     ctx = -(-ctx // _ATTN_BLOCK) * _ATTN_BLOCK
     if not 1 <= max_chunk <= ctx:
         raise CompileError(f"max_chunk {max_chunk} outside 1..{ctx}")
-    bus = hw.dram.data_bytes
+    bus = hw.dram.bus_bytes            # the top level's AXI word (hw/top.py)
     img = _Image(bus * -(-64 // bus))
 
     n_layers = len(model.layers)

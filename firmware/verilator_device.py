@@ -219,7 +219,7 @@ class VerilatorDevice(Device):
                  start_timeout_s=120.0):
         super().__init__(hw, dram_bytes)
         self.model_bytes = _model_bytes(dram_bytes)
-        words = -(-dram_bytes // hw.dram.data_bytes)
+        words = -(-dram_bytes // hw.dram.bus_bytes)
         self.timeout_cycles = int(timeout_cycles) if timeout_cycles is not None else 1_000_000 + 64 * words
         if self.timeout_cycles <= 0:
             raise ValueError(f"timeout_cycles must be positive, got {timeout_cycles}")
@@ -251,7 +251,7 @@ class VerilatorDevice(Device):
         if self.top_factory is _default_top:
             # The default top's Verilog depends only on the config, the DRAM model and the sources: it is
             # cached, and nothing is elaborated (or even constructed) when it is.
-            self._data_bits = self.hw.dram.data_bits
+            self._data_bits = self.hw.dram.bus_bits
             self._depth = -(-self.model_bytes // (self._data_bits // 8))
             key = json.dumps([self.hw.to_dict(), self.model_bytes], sort_keys=True)
             return build_cosim(make, TOPLEVEL, waves=self.waves, verilog_key=key)

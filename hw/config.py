@@ -141,6 +141,20 @@ class DramConfig:
     def capacity_bytes(self):
         return self.capacity_mbytes << 20
 
+    @property
+    def bus_bits(self):
+        """The AXI word of the accelerator's top level: ``data_bits`` rounded up to a power of two.
+
+        ``tellme-kv260``'s 768 bits (three 256-bit ports of the KV260) become one 1024-bit port whose
+        simulation model is limited to ``bandwidth_bytes_per_cycle``; the compiler aligns the DRAM image and
+        the KV cache segments to this word, as the gateware does.
+        """
+        return 1 << (self.data_bits - 1).bit_length()
+
+    @property
+    def bus_bytes(self):
+        return self.bus_bits // 8
+
 
 @dataclass(frozen=True)
 class WeightBufferConfig:

@@ -45,7 +45,7 @@ from .units.kv_writer import KvWriter
 from .units.linear import LinearUnit
 from .units.logits_writer import LogitsWriter
 
-__all__ = ["TrilliumTop", "CSR_ADDR_BITS", "READ_MASTERS", "WRITE_MASTERS"]
+__all__ = ["TrilliumTop", "bus_bits", "CSR_ADDR_BITS", "READ_MASTERS", "WRITE_MASTERS"]
 
 #: AXI4-Lite address width of the CSR slave (byte addresses; the CSRs are 32-bit words).
 CSR_ADDR_BITS = 16
@@ -53,6 +53,19 @@ CSR_ADDR_BITS = 16
 READ_MASTERS = ("fetch", "embed", "params", "weights", "rope", "attend")
 #: The write masters, in arbiter port order.
 WRITE_MASTERS = ("kv", "logits")
+
+
+def bus_bits(hw):
+    """The data width of the top level's AXI4 port: ``hw.dram.bus_bits``.
+
+    ``dram.data_bits`` when it is a power of two. A width that is not (``tellme-kv260``'s 768 bits: three
+    256-bit ports of the KV260's PS) is rounded up to the next power of two, 1024: every unit then reads
+    whole 128-byte words, and the simulation DRAM model limits the port to
+    ``dram.bandwidth_bytes_per_cycle`` (76.8 B/cycle), as the block benchmarks model it too. Splitting
+    the port into three 256-bit AXI4 ports for the real board (the ``AxiReaderGroup`` of
+    ``hw/memory/axi_group.py`` in front of the masters) is not built.
+    """
+    return hw.dram.bus_bits
 
 
 class TrilliumTop(wiring.Component):
@@ -67,8 +80,8 @@ class TrilliumTop(wiring.Component):
     ----------
     csr : In(AxiLiteSignature(CSR_ADDR_BITS))
         The CSRs of ``hw/csr_map.py`` at byte offset ``4 * index``.
-    axi_rd : Out(AxiReadSignature(32, hw.dram.data_bits, id_bits))
-    axi_wr : Out(AxiWriteSignature(32, hw.dram.data_bits, id_bits))
+    axi_rd : Out(AxiReadSignature(32, bus_bits(hw), id_bits))
+    axi_wr : Out(AxiWriteSignature(32, bus_bits(hw), id_bits))
         The DRAM master. Reads and writes are independent AXI4 channels of one port.
     irq : Out(1)
         ``status.done``.
@@ -78,12 +91,12 @@ class TrilliumTop(wiring.Component):
         if not isinstance(hw, HwConfig):
             raise TypeError(f"TrilliumTop: hw must be a HwConfig (use hw.config.load_hw_config), got {hw!r}")
         self.hw = hw
-        lim, N, bits = hw.limits, hw.tlmm.lanes, hw.dram.data_bits
-        if bits < 32 or bits & (bits - 1):
-            # A 768-bit port (tellme-kv260) needs the AxiReaderGroup port split of hw/memory/axi_group.py
-            # in front of every reader; the top level does not have it yet.
-            raise ValueError(f"TrilliumTop: dram.data_bits = {bits} is not supported by the top level (a power "
-                             "of two from 32 to 1024 is)")
+        lim, N = hw.limits, hw.tlmm.lanes
+        bits = bus_bits(hw)
+        if bits < 32:
+            raise ValueError(f"TrilliumTop: dram.data_bits = {hw.dram.data_bits} is below the units' 32 bits")
+        #: The AXI data width of the top level's port (see :func:`bus_bits`).
+        self.bus_bits = bits
         kv_dim = lim.max_kv_heads * lim.head_dim
         self.cp = CommandProcessor(hw.config_hash, bits, lanes=N, max_tokens=lim.max_chunk)
         self.bridge = AxiLiteCsrBridge(CSR_ADDR_BITS, self.cp.csr.addr.shape().width)

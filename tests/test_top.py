@@ -31,8 +31,7 @@ def test_export_verilog_writes_the_documented_ports(capsys, tmp_path):
 def test_top_refuses_what_it_cannot_build(capsys, tmp_path):
     with pytest.raises(TypeError, match="HwConfig"):
         TrilliumTop("tiny")
-    with pytest.raises(ValueError, match="data_bits = 768 is not supported"):
-        TrilliumTop(load_hw_config("tellme-kv260"))
+    assert TrilliumTop(load_hw_config("tellme-kv260")).bus_bits == 1024   # 3 x 256 bits, modelled as one port
     assert main(["export-verilog", "--hw", "tiny", "-o", str(tmp_path), "--name", "x"]) == 2
     assert "is a directory" in capsys.readouterr().err
     assert main(["export-verilog", "--hw", "tiny", "-o", str(tmp_path / "a.v"), "--name", "1x"]) == 2
