@@ -102,3 +102,17 @@ def test_accelerator_run_log(demo):
     acc.forward(np.array([5]), cache)
     assert [(r["n_tokens"], r["pos"]) for r in acc.run_log] == [(16, 0), (2, 16), (1, 18)]
     assert all(r["work"]["dram_read_bytes"] > 0 for r in acc.run_log)
+
+
+def test_demo_cli_on_the_rtl_equals_golden(capsys):
+    """The README's main command on its default backend (the Verilator RTL): same tokens as golden, and a
+    report with RTL cycle counts and a labelled projection."""
+    reports = {}
+    for backend in ("golden", "verilator"):
+        assert main(["demo", "--backend", backend, "--json", "--max-new-tokens", "3"]) == 0
+        reports[backend] = json.loads(capsys.readouterr().out)
+    rtl = reports["verilator"]
+    assert rtl["tokens"] == reports["golden"]["tokens"] and rtl["text"] == reports["golden"]["text"]
+    assert tuple(rtl) == REPORT_KEYS
+    assert rtl["cycles"] is not None and rtl["projection"] is not None and rtl["utilisation"] is not None
+    print(json.dumps({k: rtl[k] for k in ("cycles", "projection", "utilisation")}))
