@@ -36,6 +36,7 @@ import numpy as np
 from golden.model_int import ContextOverflowError
 
 from .device import DeviceError
+from .kv_manager import KvMemoryError
 from .sampling import SamplingParams, select_token
 
 __all__ = ["Scheduler", "SessionState", "TokenEvent", "POLICIES", "serve", "format_report"]
@@ -83,6 +84,8 @@ class SessionState:
     def state(self):
         if self.stop_reason:
             return "done"
+        if self.cache is None:
+            return "waiting"            # queued for a KV region (submit(..., wait=True))
         return "prefill" if self.prefilled < len(self.prompt) else "decode"
 
 
@@ -130,9 +133,10 @@ class Scheduler:
 
     # -- sessions --------------------------------------------------------------------------------------
     def submit(self, prompt_tokens, max_new_tokens=32, *, temperature=0.0, top_k=None, top_p=None, seed=None,
-               stop_ids=None):
+               stop_ids=None, wait=False):
         """Add a session; returns its id. Its KV region (``len(prompt) + max_new_tokens`` positions) and
-        program are allocated now.
+        program are allocated now, or, with ``wait=True`` and no room, at the first step after other sessions
+        have freed enough (sessions are admitted in submission order; its TTFT counts the wait).
 
         Raises
         ------
@@ -160,11 +164,34 @@ class Scheduler:
                                        f"{max_new_tokens} new tokens = {need} positions exceeds the context of "
                                        f"{ctx} positions")
         stops = frozenset(cfg.eos_token_ids if stop_ids is None else (int(s) for s in stop_ids))
-        cache = self.accel.new_cache(need)
         sid = len(self.sessions)
-        self.sessions[sid] = SessionState(sid, prompt, max_new_tokens, params, stops, cache, dict(self.clock),
-                                          kv_region=(cache.region.base, cache.region.max_context))
+        cache = None
+        if not (wait and any(x.state == "waiting" for x in self.sessions.values())):   # keep the order
+            try:
+                cache = self.accel.new_cache(need)
+            except KvMemoryError:
+                if not wait:
+                    raise
+                if not self.active:
+                    raise                # nothing will ever free room for it
+        state = SessionState(sid, prompt, max_new_tokens, params, stops, cache, dict(self.clock))
+        if cache is not None:
+            state.kv_region = (cache.region.base, cache.region.max_context)
+        self.sessions[sid] = state
         return sid
+
+    def _admit(self):
+        """Give waiting sessions their KV regions, in submission order, while they fit."""
+        for s in self.sessions.values():
+            if s.state != "waiting":
+                continue
+            try:
+                s.cache = self.accel.new_cache(len(s.prompt) + s.max_new_tokens)
+            except KvMemoryError:
+                if not any(x.state in ("prefill", "decode") for x in self.sessions.values()):
+                    raise                # nothing running will ever free room for it
+                return
+            s.kv_region = (s.cache.region.base, s.cache.region.max_context)
 
     @property
     def active(self):
@@ -217,13 +244,14 @@ class Scheduler:
     def _finish(self, s, reason):
         s.stop_reason = reason
         s.pending = None
-        if not s.cache.freed:
+        if s.cache is not None and not s.cache.freed:
             self.accel.free(s.cache)
 
     def step(self):
         """Run one step (decodes first, then prefill chunks up to the budget); returns its
         :class:`TokenEvent` list (empty when every session is done)."""
         events = []
+        self._admit()
         start = dict(self.clock)
         decoding = [s for s in self.sessions.values() if s.state == "decode"]
         rec = {"step": self.steps, "decoding": [s.id for s in decoding], "decodes": [], "prefills": []}
@@ -288,8 +316,9 @@ class Scheduler:
         for s in self.sessions.values():
             d = {"session": s.id, "prompt_tokens": len(s.prompt), "tokens": list(s.tokens),
                  "stop_reason": s.stop_reason or s.state, "error": s.error or None, "prefill_runs": s.prefill_runs,
-                 "decode_runs": s.decode_runs, "max_len": s.cache.max_len, "kv_base": s.kv_region[0],
-                 "kv_region_positions": s.kv_region[1]}
+                 "decode_runs": s.decode_runs, "max_len": len(s.prompt) + s.max_new_tokens,
+                 "kv_base": s.kv_region[0] if s.kv_region else None,
+                 "kv_region_positions": s.kv_region[1] if s.kv_region else None}
             ttft = _diff(s.stamps[0], s.submitted) if s.stamps else None
             tbt = [_diff(b, a) for a, b in zip(s.stamps, s.stamps[1:])]
             if self.counts_cycles:
@@ -356,7 +385,8 @@ def serve(accelerator, prompts, max_new_tokens=32, *, temperature=0.0, top_k=Non
         raise ValueError("serve needs at least one prompt")
     try:
         for p, n in zip(prompts, news):
-            sched.submit(p, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_ids=stop_ids)
+            sched.submit(p, n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_ids=stop_ids,
+                         wait=True)
         for ev in sched.stream():
             if on_token:
                 on_token(ev.session, ev.token)

@@ -213,6 +213,26 @@ def test_serve_streams_and_sampling_matches_single_session(weights):
 
 
 # -- bad input ------------------------------------------------------------------------------------------
+def test_waiting_sessions_are_admitted_when_room_frees(weights):
+    """With wait=True a session that does not fit the KV arena queues, is admitted (in order) when a running
+    session ends, and still equals golden."""
+    acc = Accelerator(weights, HW, "isa", max_context=64, kv_positions=2 * 32)
+    sched = Scheduler(acc, token_budget=8)
+    specs = [(prompt(6, 41), 26), (prompt(4, 42), 4), (prompt(5, 43), 3)]   # 32 + 8 + 8 positions
+    first = sched.submit(*specs[0])
+    queued = [sched.submit(p, n, wait=True) for p, n in specs[1:]]
+    assert sched.sessions[queued[0]].state == "prefill"      # one block left: the 8-position session fits
+    assert sched.sessions[queued[1]].state == "waiting"      # the arena is full
+    sched.run_until_done()
+    for sid, (p, n) in zip([first, *queued], specs):
+        assert sched.sessions[sid].tokens == golden_greedy(weights, p, n), f"session {sid}"
+    waited = sched.report()["sessions"][2]
+    assert waited["kv_base"] is not None and waited["ttft_dram_read_bytes"] > 0
+    assert acc.kv.free_blocks == acc.kv.blocks
+    with pytest.raises(ContextOverflowError):
+        sched.submit(prompt(70, 1), 2, wait=True)
+
+
 def test_bad_input_gives_precise_errors(weights):
     acc = Accelerator(weights, HW, "isa", max_context=64, kv_positions=2 * 32, max_sessions=3)
     sched = Scheduler(acc, token_budget=4)
