@@ -123,7 +123,9 @@ class Accelerator:
         self._sessions = 0
         self.device = make_device(device, hw, len(cm.image), **(device_options or {}))
         self.device.check_id()
-        self.device.write(0, bytes(cm.image))
+        base = self.device.allocate(len(cm.image), name="image")
+        assert base == 0, "the image is linked at address 0"
+        self.device.write(base, bytes(cm.image))
         self.device.write_csr("program", cm.program)
         # Addresses at or beyond the image are errors (BAD_ADDRESS), not reads of whatever lies there.
         self.device.write_csr("dram_size", len(cm.image))

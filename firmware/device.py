@@ -1,6 +1,6 @@
 """Devices: what the driver talks to, one API for every backend that runs programs.
 
-A device has DRAM (``write``/``read`` bytes at byte addresses), the CSRs of ``hw/csr_map.py``
+A device has DRAM (``allocate`` a region, ``write``/``read`` bytes at byte addresses), the CSRs of ``hw/csr_map.py``
 (``write_csr``/``read_csr`` by name) and ``run()``: start the program and wait until ``done``. ``run``
 raises :class:`DeviceError` with the error code and the CSR state when the program stops with an
 error or does not finish in time.
@@ -38,6 +38,34 @@ class Device:
         self.hw, self.dram_bytes = hw, dram_bytes
         self._csr = {name: 0 for name in CSR_BY_NAME}
         self._csr["id"] = hw.config_hash
+        #: DRAM regions handed out by :meth:`allocate`: name -> (address, bytes).
+        self.allocations = {}
+        self._next_free = 0
+
+    def allocate(self, nbytes, *, align=None, name=None):
+        """Reserve ``nbytes`` of device DRAM (aligned to ``align``, default the bus word); returns the address.
+
+        Regions are handed out in order from address 0 and never overlap. The driver allocates the
+        compiled image first, so that it lands at address 0, where its absolute addresses point.
+
+        Raises
+        ------
+        DeviceError
+            If the region does not fit the device's DRAM.
+        """
+        align = self.hw.dram.bus_bytes if align is None else align
+        if not isinstance(nbytes, int) or nbytes <= 0 or not isinstance(align, int) or align <= 0:
+            raise ValueError(f"allocate: nbytes and align must be positive integers, got {nbytes!r}, {align!r}")
+        addr = -(-self._next_free // align) * align
+        if addr + nbytes > self.dram_bytes:
+            raise DeviceError(f"cannot allocate {nbytes} bytes of DRAM: {self.dram_bytes - addr} of the device's "
+                              f"{self.dram_bytes} bytes are left")
+        name = name or f"region{len(self.allocations)}"
+        if name in self.allocations:
+            raise ValueError(f"allocate: a region named {name!r} exists")
+        self.allocations[name] = (addr, nbytes)
+        self._next_free = addr + nbytes
+        return addr
 
     def _check_range(self, addr, n):
         if addr < 0 or n < 0 or addr + n > self.dram_bytes:

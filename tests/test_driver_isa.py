@@ -89,6 +89,12 @@ def test_device_refuses_mismatched_config_and_reports_errors(model_dir):
         dev.write_csr("status", 0)
     with pytest.raises(DeviceError, match="outside"):
         dev.read(4090, 10)
+    # DRAM allocation: in order, aligned to the bus word, never past the end.
+    assert dev.allocate(100, name="a") == 0 and dev.allocate(10) == 104 and dev.allocate(8, align=64) == 128
+    assert dev.allocations["a"] == (0, 100)
+    with pytest.raises(DeviceError, match="cannot allocate 4000 bytes"):
+        dev.allocate(4000)
+    assert acc.device.allocations["image"] == (0, len(acc.compiled.image))
 
 
 def test_cli_unsupported_shape_is_one_line(capsys, tmp_path):
