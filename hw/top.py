@@ -200,15 +200,15 @@ class TrilliumTop(wiring.Component):
         wiring.connect(m, lin.lg_out, lgw.lg)
         # The buffers' read and write ports: ATTEND's while it runs, LINEAR's otherwise.
         use_att = att.busy
-        for src, dst in ((lin.rd_req, att.rd_req), (lin.wr, att.wr)):
-            sink = buf.rd_req if src is lin.rd_req else buf.wr
-            m.d.comb += [sink.valid.eq(Mux(use_att, dst.valid, src.valid)),
-                         sink.payload.eq(Mux(use_att, dst.payload.as_value(), src.payload.as_value())),
-                         src.ready.eq(sink.ready & ~use_att), dst.ready.eq(sink.ready & use_att)]
-        m.d.comb += [lin.rd_data.payload.eq(buf.rd_data.payload), att.rd_data.payload.eq(buf.rd_data.payload),
+        for lin_port, att_port, sink in ((lin.rd_req, att.rd_req, buf.rd_req), (lin.wr, att.wr, buf.wr)):
+            m.d.comb += [sink.valid.eq(Mux(use_att, att_port.valid, lin_port.valid)),
+                         sink.payload.eq(Mux(use_att, att_port.payload.as_value(), lin_port.payload.as_value())),
+                         lin_port.ready.eq(sink.ready & ~use_att), att_port.ready.eq(sink.ready & use_att)]
+        answer = buf.rd_data
+        m.d.comb += [lin.rd_data.payload.eq(answer.payload), att.rd_data.payload.eq(answer.payload),
                      att.rd_e.eq(buf.rd_e),
-                     lin.rd_data.valid.eq(buf.rd_data.valid & ~use_att), att.rd_data.valid.eq(buf.rd_data.valid & use_att),
-                     buf.rd_data.ready.eq(Mux(use_att, att.rd_data.ready, lin.rd_data.ready))]
+                     lin.rd_data.valid.eq(answer.valid & ~use_att), att.rd_data.valid.eq(answer.valid & use_att),
+                     answer.ready.eq(Mux(use_att, att.rd_data.ready, lin.rd_data.ready))]
 
         # -- busy and faults -----------------------------------------------------------------------------
         # An instruction lasts until its DRAM writes are acknowledged.
