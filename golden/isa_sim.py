@@ -21,7 +21,7 @@ import numpy as np
 from firmware.kv_cache import KvCacheError, KvCacheLayout
 from hw.dataflow.epilogues import qkv_row_order
 from hw.dram_format import (embedding_row_bytes, logits_stride, params_bytes, unpack_embedding_rows,
-                            unpack_params, unpack_rope, unpack_row_scales)
+                            unpack_params, unpack_rope, unpack_row_scales, x_stash_stride)
 from hw.isa import INSTRUCTION_BYTES, Epilogue, ErrorCode, IsaError, Opcode, Source, decode
 
 from .attention import attention
@@ -292,3 +292,29 @@ class IsaMachine:
         padded = np.zeros((out.shape[0], stride), np.int64)
         padded[:, :rows] = out
         self._write(self.args["logits"], padded.astype("<i4").tobytes())
+
+    def _stash_aligned(self, addr):
+        # The units move whole lanes-wide beats on whole bus words (docs/isa.md).
+        align = max(self.bus_bytes, 4 * self.lanes)
+        if addr % align:
+            raise IsaRuntimeError(ErrorCode.BAD_ADDRESS, f"residual stash at {addr:#x} is not {align}-byte aligned",
+                                  self._pc)
+
+    def _op_load_x(self, addr):
+        s = self._need_setup()
+        self._stash_aligned(addr)
+        n, hidden = self.args["n_tokens"], s["hidden"]
+        stride = x_stash_stride(hidden, self.lanes)
+        raw = np.frombuffer(self._read(addr, n * stride), "<i4").reshape(n, stride // 4)
+        self.buffers["x"] = raw[:, :hidden].astype(np.int64)
+
+    def _op_save_x(self, addr):
+        s = self._need_setup()
+        if "x" not in self.buffers:
+            raise IsaRuntimeError(ErrorCode.ILLEGAL_INSTRUCTION, "SAVE_X before the residual buffer is written",
+                                  self._pc)
+        self._stash_aligned(addr)
+        x = self.buffers["x"]
+        padded = np.zeros((x.shape[0], x_stash_stride(s["hidden"], self.lanes) // 4), np.int64)
+        padded[:, :x.shape[1]] = x
+        self._write(addr, padded.astype("<i4").tobytes())

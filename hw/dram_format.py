@@ -19,6 +19,9 @@ RoPE table
 Logits (written by ``LOGITS``)
     Per token ``logits_stride(vocab, lanes)`` int32: the vocabulary rounded up to whole TLMM row tiles
     (the padding is 0), so the hardware writes whole ``lanes``-wide beats.
+Residual stash (written by ``SAVE_X``, read by ``LOAD_X``)
+    Per token ``x_stash_stride(hidden, lanes)`` bytes: the Q.16 int32 residual vector rounded up to whole
+    ``lanes``-wide beats (``SAVE_X`` writes the padding as 0, ``LOAD_X`` ignores it).
 """
 
 import numpy as np
@@ -29,7 +32,7 @@ from golden.sfloat import SFloat
 __all__ = ["FormatError", "SFLOAT_BYTES", "PARAM_HEADER_BYTES", "ROW_SCALE_BYTES",
            "pack_sfloat", "unpack_sfloat", "pack_params", "unpack_params", "params_bytes",
            "pack_row_scales", "unpack_row_scales", "pack_embedding", "embedding_row_bytes", "embedding_stride", "unpack_embedding_rows",
-           "pack_rope", "unpack_rope", "logits_stride"]
+           "pack_rope", "unpack_rope", "logits_stride", "x_stash_stride"]
 
 SFLOAT_BYTES = 8
 PARAM_HEADER_BYTES = 4 + 4 * SFLOAT_BYTES
@@ -120,6 +123,11 @@ def unpack_row_scales(raw, rows):
 def logits_stride(rows, lanes):
     """int32 logits per token in DRAM: ``rows`` rounded up to a multiple of the TLMM ``lanes``."""
     return -(-rows // lanes) * lanes
+
+
+def x_stash_stride(hidden, lanes):
+    """Bytes per token of a residual stash: ``hidden`` int32 rounded up to whole ``lanes``-wide beats."""
+    return 4 * logits_stride(hidden, lanes)
 
 
 def embedding_row_bytes(hidden):

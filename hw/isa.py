@@ -49,6 +49,10 @@ class Opcode(enum.Enum, shape=_OPCODE_BITS):
     ATTEND = 4
     #: Final RMSNorm + bit-serial LM head; logits to DRAM.
     LOGITS = 5
+    #: The run's residual-stream vectors from DRAM into the residual buffer (a layer-group run resumes).
+    LOAD_X = 6
+    #: The residual buffer's vectors to DRAM (a layer-group run stops before the last layer).
+    SAVE_X = 7
 
 
 class ErrorCode(enum.Enum, shape=4):
@@ -137,6 +141,13 @@ BODIES = {
         "k": unsigned(17),
         "rows": unsigned(24),          # vocabulary size
         "bits": unsigned(4),
+    }),
+    # Residual stash (hw.dram_format.x_stash_stride): token t's int32 vector at addr + t * stride.
+    Opcode.LOAD_X: data.StructLayout({
+        "addr": _ADDR,
+    }),
+    Opcode.SAVE_X: data.StructLayout({
+        "addr": _ADDR,
     }),
 }
 
