@@ -25,7 +25,7 @@ from golden.model_int import ContextOverflowError, IntegerModel
 from golden.numerics import ATTN_KEY_BLOCK
 from hw.config import HwConfig
 
-from .compiler import compile_model, session_program
+from .compiler import compile_model, group_program, session_program
 from .device import DeviceError, make_device
 from .kv_cache import KvCacheLayout
 from .kv_manager import KvManager, KvMemoryError, blocks_for
@@ -53,6 +53,8 @@ class DeviceCache:
     slot: int = None
     program: int = None
     session: int = None
+    #: What the program slot holds now: (first layer, last layer + 1, with LOGITS).
+    slot_holds: tuple = None
 
     @property
     def freed(self):
@@ -169,7 +171,7 @@ class Accelerator:
             self._free_slots.insert(0, slot)
             raise
         cache = DeviceCache(max_len=max_len, owner=self, region=region, slot=slot, program=addr,
-                            session=self._sessions)
+                            session=self._sessions, slot_holds=(0, self.compiled.layers, True))
         self._sessions += 1
         # A session dropped without free() gives its region back when it is garbage collected.
         cache._finalizer = weakref.finalize(cache, self._release, region, slot)
@@ -222,22 +224,51 @@ class Accelerator:
         if cache.region is None:
             raise ValueError(f"session {cache.session} has been freed")
 
-    def run_chunk(self, chunk, cache: DeviceCache, all_logits=False, read_logits=True):
+    def _load_program(self, cache, first, last, logits):
+        """Make the session's program slot hold layers ``first .. last - 1`` (with or without LOGITS)."""
+        want = (first, last, logits)
+        if cache.slot_holds == want:
+            return
+        cm, r = self.compiled, cache.region
+        if want == (0, cm.layers, True):
+            raw = session_program(cm, r.base, r.max_context)
+        else:
+            raw = group_program(cm, r.base, r.max_context, first, last, cm.stash_address(cache.slot), logits=logits)
+        cache.slot_holds = None           # unknown if the write fails half way
+        self.device.write(cache.program, raw)
+        cache.slot_holds = want
+
+    def run_chunk(self, chunk, cache: DeviceCache, all_logits=False, read_logits=True, layers=None):
         """One device run of at most ``max_chunk`` tokens of a session at ``cache.length``, with no host-side
         checks of the token ids or the context: the device checks them (``BAD_TOKEN``, ``CONTEXT_OVERFLOW``
-        raise :class:`firmware.device.DeviceError`). Returns the logits rows (or None if not read)."""
+        raise :class:`firmware.device.DeviceError`). Returns the logits rows (or None if not read).
+
+        ``layers = (first, last)`` runs only layers ``first .. last - 1`` (a layer group, docs/driver.md): the
+        residual stream comes from the session's stash when ``first > 0`` and goes back to it when ``last``
+        is below the layer count; the session's length advances, and logits are read, only after the last
+        layer. The same tokens must be given to every group of a chunk. Without logits to read, the program
+        leaves out the LM head.
+        """
         self._check_session(cache)
         cm, dev = self.compiled, self.device
         chunk = np.asarray(chunk, dtype=np.int64)
         if chunk.ndim != 1 or not 1 <= chunk.size <= cm.max_chunk:
             raise ValueError(f"a run takes 1..{cm.max_chunk} tokens, got shape {chunk.shape}")
+        first, last = (0, cm.layers) if layers is None else layers
+        if not (isinstance(first, (int, np.integer)) and isinstance(last, (int, np.integer))
+                and 0 <= first < last <= cm.layers):
+            raise ValueError(f"layers must be (first, last) with 0 <= first < last <= {cm.layers}, got {layers!r}")
+        first, last = int(first), int(last)
+        ends = last == cm.layers
+        read_logits = read_logits and ends
+        self._load_program(cache, first, last, read_logits)
         want_all = bool(all_logits)
         dev.write(cm.tokens_addr, (chunk & 0xFFFFFFFF).astype("<u4").tobytes())
         for name, value in (("program", cache.program), ("tokens", cm.tokens_addr), ("n_tokens", chunk.size),
                             ("pos", cache.length), ("logits", cm.logits_addr), ("all_logits", int(want_all))):
             dev.write_csr(name, value)
         entry = {"n_tokens": int(chunk.size), "pos": int(cache.length), "session": cache.session,
-                 "kv_base": cache.region.base}
+                 "kv_base": cache.region.base, "layers": (first, last), "logits": read_logits}
         try:
             dev.run()
         except DeviceError as e:
@@ -250,7 +281,8 @@ class Accelerator:
         work = getattr(dev, "last_work", None)
         self.run_log.append(dict(entry, run_cycles=int(dev.read_csr("run_cycles")),
                                  work=work.to_dict() if work is not None else None))
-        cache.length += chunk.size
+        if ends:
+            cache.length += chunk.size
         if not read_logits:
             return None
         n = chunk.size if want_all else 1

@@ -148,6 +148,8 @@ def cmd_serve(args):
     if args.token_budget is not None and args.token_budget < 1:
         raise UserError(f"--token-budget must be at least 1 (tokens per step, decodes included), got "
                         f"{args.token_budget}")
+    if args.layer_group is not None and args.policy != "layer-group":
+        raise UserError("--layer-group applies to --policy layer-group only")
     weights = load_checkpoint(args.model)
     tok = load_tokenizer(args.model)
     enc = Generator(types.SimpleNamespace(config=weights.config), tok)
@@ -171,7 +173,10 @@ def cmd_serve(args):
     backend = types.SimpleNamespace(accel=acc)
     try:
         rep = serve(acc, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                    top_p=args.top_p, seed=args.seed, token_budget=args.token_budget, on_token=on_token)
+                    top_p=args.top_p, seed=args.seed, token_budget=args.token_budget, policy=args.policy,
+                    layer_group=args.layer_group, on_token=on_token)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     finally:
         _finish_device(backend)
     for d in rep["sessions"]:
@@ -390,7 +395,9 @@ def build_parser():
     sv = sub.add_parser("serve", help="several prompts at once on one accelerator (sessions, chunked prefill)",
                         description="Run several prompts as concurrent sessions on one accelerator: each session "
                                     "has its own KV region and program; every step runs the waiting decodes "
-                                    "first, then prefill chunks up to the token budget (docs/driver.md). Tokens "
+                                    "first, then prefill work up to the token budget: token chunks (--policy "
+                                    "chunked) or whole chunks through groups of layers (--policy layer-group, "
+                                    "fewer weight reads for the same budget; docs/driver.md). Tokens "
                                     "stream tagged by session; then a per-session table of time to first token "
                                     "and time between tokens (device cycles and projected seconds; on the isa "
                                     "device, which counts no cycles, DRAM bytes and MACs).")
@@ -401,7 +408,14 @@ def build_parser():
     sv.add_argument("--hw", default="tiny", help="hardware config (default tiny)")
     _add_device_options(sv)
     sv.add_argument("--token-budget", type=int, default=None,
-                    help="tokens per step, decodes included (default: the build's limits.max_chunk)")
+                    help="tokens per step, decodes included (default: the build's limits.max_chunk); "
+                         "layer-group counts it times the layers, in token-layers")
+    sv.add_argument("--policy", default="chunked", choices=("chunked", "layer-group"),
+                    help="chunked: prefill chunks of at most the budget left (default); layer-group: full chunks "
+                         "(limits.max_chunk) through as many layers as the budget left allows, the residual stream "
+                         "kept in DRAM between groups")
+    sv.add_argument("--layer-group", type=int, default=None,
+                    help="layer-group only: most layers per prefill run (default: what the budget allows)")
     sv.add_argument("--max-new-tokens", type=int, default=16)
     sv.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     sv.add_argument("--top-k", type=int, default=None)

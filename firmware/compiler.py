@@ -22,15 +22,18 @@ from golden.numerics import score_constant
 from golden.tlmm import pack_bitserial, pack_ternary
 from hw.config import HwConfig
 from hw.dataflow.epilogues import qkv_row_order
-from hw.dram_format import embedding_stride, logits_stride, pack_embedding, pack_params, pack_rope, pack_row_scales
+from hw.dram_format import (embedding_stride, logits_stride, pack_embedding, pack_params, pack_rope, pack_row_scales,
+                            x_stash_stride)
 from hw.isa import INSTRUCTION_BYTES, Epilogue, Opcode, Source, encode
 
 from .kv_cache import KvCacheLayout
 
 __all__ = ["CompileError", "DramCapacityError", "Region", "CompiledModel", "check_limits", "compile_model",
-           "gate_up_order", "session_program"]
+           "gate_up_order", "session_program", "group_program", "INSTRUCTIONS_PER_LAYER"]
 
 _ATTN_BLOCK = 32
+#: LINEAR QKV, ATTEND, LINEAR o_proj, LINEAR gate|up, LINEAR down_proj.
+INSTRUCTIONS_PER_LAYER = 5
 
 
 class CompileError(ValueError):
@@ -61,7 +64,7 @@ class CompiledModel:
     regions : dict
         Name -> :class:`Region` (``program``, ``rope``, ``embed``, ``layers.{i}.{linear}.weights`` /
         ``.params``, ``final_norm``, ``lm_head``, ``lm_head.scales``, ``kv_cache`` (the KV arena), ``tokens``,
-        ``logits``, and ``program_slots`` when asked for).
+        ``logits``, and ``program_slots`` and ``x_stash`` (one residual stash per slot) when asked for).
     kv : KvCacheLayout
     max_chunk : int
         Most tokens per run (sizes the token and logits areas).
@@ -82,11 +85,23 @@ class CompiledModel:
     def program_bytes(self):
         return len(self.instructions) * INSTRUCTION_BYTES
 
-    def slot_address(self, i):
-        """Byte address of program slot ``i``."""
+    @property
+    def layers(self):
+        return (len(self.instructions) - 4) // INSTRUCTIONS_PER_LAYER
+
+    def _slot(self, i):
         if not 0 <= i < self.program_slots:
             raise IndexError(f"program slot {i} outside 0..{self.program_slots - 1}")
-        return self.regions["program_slots"].addr + i * self.program_bytes
+        return i
+
+    def slot_address(self, i):
+        """Byte address of program slot ``i``."""
+        return self.regions["program_slots"].addr + self._slot(i) * self.program_bytes
+
+    def stash_address(self, i):
+        """Byte address of the residual stash of program slot ``i`` (``max_chunk`` tokens; layer-group runs)."""
+        stash = self.regions["x_stash"]
+        return stash.addr + self._slot(i) * (stash.size // self.program_slots)
 
     @property
     def tokens_addr(self):
@@ -113,8 +128,9 @@ class _Image:
         self.buf = bytearray()
         self.regions = {}
 
-    def add(self, name, data=b"", size=None):
-        addr = -(-len(self.buf) // self.align) * self.align
+    def add(self, name, data=b"", size=None, align=None):
+        align = self.align if align is None else align
+        addr = -(-len(self.buf) // align) * align
         size = len(data) if size is None else size
         self.buf.extend(bytes(addr - len(self.buf)))
         self.buf.extend(bytes(data))
@@ -189,7 +205,7 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
 
     n_layers = len(model.layers)
     # Program first: its size is known (SETUP, EMBED, 5 per layer, LOGITS, END).
-    n_instr = 2 + 5 * n_layers + 2
+    n_instr = 2 + INSTRUCTIONS_PER_LAYER * n_layers + 2
     prog = img.add("program", size=n_instr * INSTRUCTION_BYTES)
     rope = img.add("rope", pack_rope(model.rope_freq))
     stride = embedding_stride(c.hidden_size, img.align)
@@ -240,6 +256,10 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
     img.add("logits", size=4 * max_chunk * logits_stride(c.vocab_size, N))
     if program_slots:
         img.add("program_slots", size=program_slots * n_instr * INSTRUCTION_BYTES)
+        # SAVE_X / LOAD_X move whole lanes-wide beats on whole bus words: align each slot's stash to both.
+        stash_align = max(img.align, 4 * N)
+        per_slot = -(-max_chunk * x_stash_stride(c.hidden_size, N) // stash_align) * stash_align
+        img.add("x_stash", size=program_slots * per_slot, align=stash_align)
     _check_capacity(img, hw)
 
     score_m, score_s = score_constant(c.head_dim)
@@ -281,16 +301,7 @@ def _check_capacity(img, hw):
         f"{_mib(cap)} MiB (dram.capacity_mbytes = {hw.dram.capacity_mbytes})")
 
 
-def session_program(cm: CompiledModel, kv_base, max_context):
-    """The program of a session whose KV cache is ``max_context`` positions at ``kv_base``: the compiled
-    program with its ``SETUP`` re-encoded (every other instruction is the same bytes).
-
-    Raises
-    ------
-    CompileError
-        If the cache is not a whole number of 32-position blocks, exceeds the compiled context, or does not
-        lie inside the KV arena.
-    """
+def _session_setup(cm, kv_base, max_context):
     arena = cm.regions["kv_cache"]
     if max_context < _ATTN_BLOCK or max_context % _ATTN_BLOCK or max_context > cm.kv.max_context:
         raise CompileError(f"session max_context {max_context} must be a multiple of {_ATTN_BLOCK} in "
@@ -302,6 +313,46 @@ def session_program(cm: CompiledModel, kv_base, max_context):
                            f"{arena.addr:#x}..{arena.addr + arena.size:#x}")
     op, fields = cm.instructions[0]
     assert op is Opcode.SETUP
-    setup = encode(op, **dict(fields, kv_base=kv_base, max_context=max_context))
+    return encode(op, **dict(fields, kv_base=kv_base, max_context=max_context))
+
+
+def session_program(cm: CompiledModel, kv_base, max_context):
+    """The program of a session whose KV cache is ``max_context`` positions at ``kv_base``: the compiled
+    program with its ``SETUP`` re-encoded (every other instruction is the same bytes).
+
+    Raises
+    ------
+    CompileError
+        If the cache is not a whole number of 32-position blocks, exceeds the compiled context, or does not
+        lie inside the KV arena.
+    """
+    setup = _session_setup(cm, kv_base, max_context)
     rest = bytes(cm.image[cm.program + INSTRUCTION_BYTES:cm.program + cm.program_bytes])
     return setup + rest
+
+
+def group_program(cm: CompiledModel, kv_base, max_context, first, last, stash, *, logits=True):
+    """The program of layers ``first .. last - 1`` of a session (the layer-group prefill, docs/driver.md).
+
+    The run starts from ``EMBED`` when ``first`` is 0 and from ``LOAD_X stash`` otherwise, and ends with
+    ``LOGITS`` when ``last`` is the layer count and with ``SAVE_X stash`` otherwise; the layers' own
+    instructions are the compiled ones. ``logits=False`` leaves out the final ``LOGITS`` (a prefill chunk
+    that is not the prompt's last needs only its KV cache). Running the groups ``[0, g1), [g1, g2), ..., [gk, layers)`` one
+    after another on the same tokens and position gives the logits and KV cache of one whole-model run.
+
+    Raises
+    ------
+    CompileError
+        As :func:`session_program`, or if the layer range is empty or outside the model.
+    """
+    L = cm.layers
+    if not (isinstance(first, int) and isinstance(last, int) and 0 <= first < last <= L):
+        raise CompileError(f"layer group {first!r}..{last!r} must satisfy 0 <= first < last <= {L}")
+    setup = _session_setup(cm, kv_base, max_context)
+    ins = cm.instructions
+    body = ins[2 + INSTRUCTIONS_PER_LAYER * first:2 + INSTRUCTIONS_PER_LAYER * last]
+    head = ins[1] if first == 0 else (Opcode.LOAD_X, dict(addr=stash))
+    tail = [ins[-2]] if logits else []
+    if last < L:
+        tail = [(Opcode.SAVE_X, dict(addr=stash))]
+    return setup + b"".join(encode(op, **f) for op, f in [head, *body, *tail, (Opcode.END, {})])

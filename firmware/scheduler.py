@@ -23,8 +23,17 @@ the clock at the end of the run that produced its logits, so
 in cycles, and as seconds at the config's ``clock_mhz`` (a projection of the simulated RTL's cycles, not
 a measurement on hardware).
 
-``policy="layer-group"`` (prefill a group of layers for one session between decodes) is not implemented:
-it needs the ISA to keep a prefill's activations in DRAM between layer groups (docs/driver.md).
+``policy="layer-group"`` bounds a step's prefill work by layers instead of by tokens. The budget is
+counted in **token-layers** (``token_budget * layers``; a decode takes ``layers``). A prefill chunk keeps
+its full size (up to ``max_chunk`` tokens, and at most ``token_budget * layers``, so one layer of it fits a
+step), and each step runs it through the next group of layers that fits the budget left
+(``layer_group`` caps the group). The residual stream waits in the session's stash in DRAM between
+groups (``SAVE_X`` / ``LOAD_X``, ``firmware.compiler.group_program``). With a small budget, chunked
+prefill cuts a prompt into small chunks and streams every weight once per small chunk; layer-group
+streams them once per full chunk, for the same bound on how long a decode waits.
+
+In both policies a prefill chunk that is not its prompt's last runs without the LM head (``LOGITS``): only
+its KV cache is needed.
 """
 
 from __future__ import annotations
@@ -42,10 +51,6 @@ from .sampling import SamplingParams, select_token
 __all__ = ["Scheduler", "SessionState", "TokenEvent", "POLICIES", "serve", "format_report"]
 
 POLICIES = ("chunked", "layer-group")
-
-_LAYER_GROUP = ("policy 'layer-group' is not implemented: it prefills a group of layers of one session "
-                "between decode steps, which needs an ISA change (a program entry per layer group and the "
-                "prefill's residual stream kept in DRAM between groups, docs/driver.md); use policy='chunked'")
 
 
 @dataclass
@@ -79,6 +84,8 @@ class SessionState:
     kv_region: tuple = ()               # (kv_base, positions) of its KV region
     prefill_runs: int = 0
     decode_runs: int = 0
+    chunk: int = 0                      # layer-group: tokens of the chunk in flight (0: none)
+    layers_done: int = 0                # layer-group: layers the chunk in flight has been through
 
     @property
     def state(self):
@@ -104,15 +111,15 @@ class Scheduler:
     ----------
     accelerator : firmware.accelerator.Accelerator
     policy : str
-        ``"chunked"`` (decodes first, then prefill chunks up to the budget). ``"layer-group"`` raises
-        :class:`NotImplementedError` (docs/driver.md).
+        ``"chunked"`` (decodes first, then prefill chunks up to the budget) or ``"layer-group"`` (decodes
+        first, then full prefill chunks through groups of layers up to the budget in token-layers).
     token_budget : int or None
         Tokens per step, decodes included (default: the compiled ``max_chunk``, ``limits.max_chunk``).
+    layer_group : int or None
+        ``layer-group`` only: most layers per prefill run (default: as many as the budget allows).
     """
 
-    def __init__(self, accelerator, policy="chunked", token_budget=None):
-        if policy == "layer-group":
-            raise NotImplementedError(_LAYER_GROUP)
+    def __init__(self, accelerator, policy="chunked", token_budget=None, layer_group=None):
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r} (available: {', '.join(POLICIES)})")
         self.accel = accelerator
@@ -122,12 +129,22 @@ class Scheduler:
             raise ValueError(f"token_budget must be an integer >= 1 (tokens per step, decodes included), got "
                              f"{token_budget!r}")
         self.policy, self.token_budget = policy, int(budget)
+        self.layers = accelerator.compiled.layers
+        if layer_group is not None:
+            if policy != "layer-group":
+                raise ValueError(f"layer_group applies to policy 'layer-group' only (policy is {policy!r})")
+            if not isinstance(layer_group, (int, np.integer)) or isinstance(layer_group, bool) or \
+                    not 1 <= layer_group <= self.layers:
+                raise ValueError(f"layer_group must be an integer in 1..{self.layers} (the model's layers), got "
+                                 f"{layer_group!r}")
+        self.layer_group = None if layer_group is None else int(layer_group)
         self.counts_cycles = accelerator.device.name != "isa"
         self.sessions = {}
         self.clock = _zero_clock()
         self.steps = 0
-        #: One dict per step: ``step``, ``decodes`` [(session, pos)], ``prefills`` [(session, pos, n)],
-        #: ``tokens`` (run tokens), ``decoding`` (sessions decoding at the step's start), ``cost`` and
+        #: One dict per step: ``step``, ``decodes`` [(session, pos)], ``prefills`` [(session, pos, n)] or, in
+        #: ``layer-group``, [(session, pos, n, (first, last))], ``tokens`` (run tokens), ``token_layers`` (tokens
+        #: times the layers they went through), ``decoding`` (sessions decoding at the step's start), ``cost`` and
         #: ``events`` [(session, token)].
         self.log = []
 
@@ -201,22 +218,26 @@ class Scheduler:
         return not self.active
 
     # -- running ---------------------------------------------------------------------------------------
-    def _run(self, s, tokens):
-        """One run of session ``s``: its last logits row, or None if the device refused the run (the session
-        ends with ``stop_reason`` ``"device_error"``; the other sessions go on, their regions untouched)."""
+    def _run(self, s, tokens, layers=None, want_logits=True):
+        """One run of session ``s``: its last logits row (an empty array when not wanted or the run ends before
+        the last layer), or None if the device refused the run (the session ends with ``stop_reason``
+        ``"device_error"``; the other sessions go on, their regions untouched)."""
         acc = self.accel
         n_log = len(acc.run_log)
         try:
-            logits = acc.run_chunk(tokens, s.cache, all_logits=False, read_logits=True)
+            logits = acc.run_chunk(tokens, s.cache, all_logits=False, read_logits=want_logits, layers=layers)
         except DeviceError as e:
             s.error = str(e)
+            self._finish(s, "device_error")
             logits = None
+            failed = True
+        else:
+            failed = False
         if len(acc.run_log) > n_log:
             self._account(acc.run_log[-1])
-        if logits is None:
-            self._finish(s, "device_error")
+        if failed:
             return None
-        return logits[-1]
+        return np.zeros(0, np.int64) if logits is None else logits[-1]
 
     def _account(self, r):
         w = r["work"] or {}
@@ -263,28 +284,66 @@ class Scheduler:
             budget -= 1
             if logits is not None:
                 self._emit(s, logits, events)
-        for s in [s for s in self.sessions.values() if s.state == "prefill"]:
-            while budget > 0 and s.prefilled < len(s.prompt):
-                n = min(self.max_chunk, budget, len(s.prompt) - s.prefilled)
-                chunk = s.prompt[s.prefilled:s.prefilled + n]
-                rec["prefills"].append((s.id, s.prefilled, n))
-                logits = self._run(s, chunk)
-                s.prefill_runs += 1
-                budget -= n
-                if logits is None:
-                    break
-                s.prefilled += n
-                if s.prefilled == len(s.prompt):
-                    self._emit(s, logits, events)
-            if budget <= 0:
-                break
-        rec["tokens"] = len(rec["decodes"]) + sum(n for _, _, n in rec["prefills"])
+        prefilling = [s for s in self.sessions.values() if s.state == "prefill"]
+        if self.policy == "chunked":
+            self._chunked_prefill(prefilling, budget, rec, events)
+        else:
+            self._layer_group_prefill(prefilling, budget * self.layers, rec, events)
+        rec["tokens"] = len(rec["decodes"]) + sum(p[2] for p in rec["prefills"])
+        rec["token_layers"] = self.layers * len(rec["decodes"]) + sum(
+            p[2] * ((p[3][1] - p[3][0]) if len(p) > 3 else self.layers) for p in rec["prefills"])
         rec["cost"] = _diff(self.clock, start)
         rec["events"] = [(e.session, e.token) for e in events]
         if rec["tokens"]:
             self.log.append(rec)
             self.steps += 1
         return events
+
+    def _chunked_prefill(self, prefilling, budget, rec, events):
+        for s in prefilling:
+            while budget > 0 and s.prefilled < len(s.prompt):
+                n = min(self.max_chunk, budget, len(s.prompt) - s.prefilled)
+                chunk = s.prompt[s.prefilled:s.prefilled + n]
+                rec["prefills"].append((s.id, s.prefilled, n))
+                final = s.prefilled + n == len(s.prompt)
+                logits = self._run(s, chunk, want_logits=final)
+                s.prefill_runs += 1
+                budget -= n
+                if logits is None:
+                    break
+                s.prefilled += n
+                if final:
+                    self._emit(s, logits, events)
+            if budget <= 0:
+                break
+
+    def _layer_group_prefill(self, prefilling, budget, rec, events):
+        """Prefill runs of whole chunks through groups of layers while ``budget`` (token-layers) lasts."""
+        L = self.layers
+        for s in prefilling:
+            while s.prefilled < len(s.prompt):
+                if not s.chunk:
+                    s.chunk = min(self.max_chunk, len(s.prompt) - s.prefilled, self.token_budget * L)
+                    s.layers_done = 0
+                n = s.chunk
+                g = min(L - s.layers_done, budget // n, self.layer_group or L)
+                if g < 1:
+                    return
+                first, last = s.layers_done, s.layers_done + g
+                chunk = s.prompt[s.prefilled:s.prefilled + n]
+                rec["prefills"].append((s.id, s.prefilled, n, (first, last)))
+                final = s.prefilled + n == len(s.prompt)
+                logits = self._run(s, chunk, layers=(first, last), want_logits=final)
+                s.prefill_runs += 1
+                budget -= n * g
+                if logits is None:
+                    break
+                s.layers_done = last
+                if last == L:
+                    s.prefilled += n
+                    s.chunk = 0
+                    if final:
+                        self._emit(s, logits, events)
 
     def stream(self):
         """Run steps until every session is done, yielding each :class:`TokenEvent` as it is made."""
@@ -306,7 +365,7 @@ class Scheduler:
         cycles; DRAM bytes and MACs from the ISA simulator's work counts on ``isa``)."""
         hw = self.accel.hw
         out = {"device": self.accel.device.name, "hw": hw.name, "clock_mhz": hw.clock_mhz, "policy": self.policy,
-               "token_budget": self.token_budget, "steps": self.steps, "runs": self.clock["runs"],
+               "token_budget": self.token_budget, "layer_group": self.layer_group, "steps": self.steps, "runs": self.clock["runs"],
                "cost_source": ("run_cycles CSR of the device" if self.counts_cycles else
                                "the isa device counts no cycles: DRAM bytes and MACs from its work counts"),
                "sessions": []}
@@ -371,13 +430,13 @@ def format_report(rep):
 
 
 def serve(accelerator, prompts, max_new_tokens=32, *, temperature=0.0, top_k=None, top_p=None, seed=None,
-          stop_ids=None, token_budget=None, policy="chunked", on_token=None):
+          stop_ids=None, token_budget=None, policy="chunked", layer_group=None, on_token=None):
     """Generate for several prompts (token-id lists) at once on one accelerator: the multi-prompt
     ``generate()``. ``on_token(session, token)`` streams the tokens as they are made; ``max_new_tokens``
     is one value or one per prompt. Each session samples with its own generator seeded by ``seed`` (the
     same tokens as a single-session run with that seed). Returns :meth:`Scheduler.report`.
     """
-    sched = Scheduler(accelerator, policy=policy, token_budget=token_budget)
+    sched = Scheduler(accelerator, policy=policy, token_budget=token_budget, layer_group=layer_group)
     news = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
     if len(news) != len(prompts):
         raise ValueError(f"{len(news)} max_new_tokens values for {len(prompts)} prompts")

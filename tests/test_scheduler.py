@@ -14,7 +14,7 @@ from checkpoints import make_checkpoint
 from firmware.accelerator import Accelerator
 from firmware.checkpoint import load_checkpoint
 from firmware.cli import main
-from firmware.compiler import DramCapacityError, compile_model, session_program
+from firmware.compiler import CompileError, DramCapacityError, compile_model, group_program, session_program
 from firmware.device import DeviceError
 from firmware.generate import make_backend
 from firmware.kv_manager import KvManager, KvMemoryError
@@ -249,8 +249,11 @@ def test_bad_input_gives_precise_errors(weights):
     for bad in (0, -3, 1.5):
         with pytest.raises(ValueError, match="token_budget must be an integer >= 1"):
             Scheduler(acc, token_budget=bad)
-    with pytest.raises(NotImplementedError, match="layer-group.*ISA change"):
-        Scheduler(acc, policy="layer-group")
+    for bad in (0, 3, 1.0):
+        with pytest.raises(ValueError, match=r"layer_group must be an integer in 1\.\.2"):
+            Scheduler(acc, policy="layer-group", layer_group=bad)
+    with pytest.raises(ValueError, match="layer_group applies to policy 'layer-group' only"):
+        Scheduler(acc, layer_group=1)
     with pytest.raises(ValueError, match="unknown scheduling policy"):
         Scheduler(acc, policy="fifo")
     # More sessions than program slots.
@@ -267,6 +270,92 @@ def test_bad_input_gives_precise_errors(weights):
         Accelerator(weights, small, "isa")
     with pytest.raises(DramCapacityError, match=r"KV arena 6[0-9]\.\d+ MiB.*'tiny' has 64\.000 MiB"):
         Accelerator(weights, HW, "isa", max_context=64, kv_positions=32 * 60000)
+
+
+# -- layer groups -----------------------------------------------------------------------------------------
+def test_group_programs(weights):
+    """The layer-group programs: EMBED or LOAD_X, the layers' own instructions, SAVE_X or LOGITS (or nothing)."""
+    cm = compile_model(IntegerModel(weights), HW, max_context=64, max_chunk=16, program_slots=2)
+    stash = cm.stash_address(1)
+    assert stash % max(HW.dram.bus_bytes, 4 * HW.tlmm.lanes) == 0 and stash > cm.stash_address(0)
+
+    def ops(raw):
+        return [decode(raw[i:i + 32]) for i in range(0, len(raw), 32)]
+
+    full = ops(session_program(cm, cm.kv.base, 64))
+    assert cm.layers == 2 and [op for op, _ in full] == [op for op, _ in cm.instructions]
+    a = ops(group_program(cm, cm.kv.base, 64, 0, 1, stash))
+    b = ops(group_program(cm, cm.kv.base, 64, 1, 2, stash))
+    c = ops(group_program(cm, cm.kv.base, 64, 1, 2, stash, logits=False))
+    assert [op for op, _ in a] == [Opcode.SETUP, Opcode.EMBED] + [op for op, _ in full[2:7]] + [Opcode.SAVE_X,
+                                                                                                Opcode.END]
+    assert a[2:7] == full[2:7] and b[2:7] == full[7:12] and a[-2][1] == {"addr": stash}
+    assert [op for op, _ in b] == [Opcode.SETUP, Opcode.LOAD_X] + [op for op, _ in full[7:12]] + [Opcode.LOGITS,
+                                                                                                 Opcode.END]
+    assert b[1][1] == {"addr": stash} and c[-2][0] is Opcode.LINEAR and c[-1][0] is Opcode.END
+    for first, last in ((1, 1), (-1, 1), (0, 3), (2, 2)):
+        with pytest.raises(CompileError, match="layer group"):
+            group_program(cm, cm.kv.base, 64, first, last, stash)
+
+
+@pytest.mark.parametrize("start", [0, 20])
+def test_layer_groups_equal_one_whole_run(weights, start):
+    """A chunk run layer by layer (residual stream through the stash) gives the whole-model run's logits and
+    KV cache, from the first position and from the middle of a 32-position block."""
+    toks = prompt(start + 12, 51)
+    accs = [Accelerator(weights, HW, "isa", max_context=64, kv_positions=64, max_sessions=2) for _ in range(2)]
+    caches = [a.new_cache(40) for a in accs]
+    for a, c in zip(accs, caches):
+        if start:
+            a.forward(toks[:start], c)
+    whole = accs[0].run_chunk(toks[start:], caches[0], all_logits=True)
+    assert accs[1].run_chunk(toks[start:], caches[1], layers=(0, 1)) is None
+    assert caches[1].length == start                     # the chunk is not done until its last layer
+    grouped = accs[1].run_chunk(toks[start:], caches[1], all_logits=True, layers=(1, 2))
+    assert np.array_equal(whole, grouped) and caches[1].length == start + 12
+    assert accs[0].kv_bytes(caches[0]) == accs[1].kv_bytes(caches[1])
+    assert [r["layers"] for r in accs[1].run_log[-2:]] == [(0, 1), (1, 2)]
+    assert accs[1].run_log[-2]["work"]["by_opcode"].get("SAVE_X") == 1
+    assert accs[1].run_log[-1]["work"]["by_opcode"].get("LOAD_X") == 1
+    # The slot holds the whole-model program again for the next decode.
+    nxt = [a.forward([5], c) for a, c in zip(accs, caches)]
+    assert np.array_equal(*nxt)
+    with pytest.raises(ValueError, match="layers must be"):
+        accs[1].run_chunk([1], caches[1], layers=(1, 3))
+
+
+def test_layer_group_scheduler_equals_golden_and_streams_weights_once_per_chunk(weights):
+    """policy='layer-group' with a small budget: tokens equal golden, every decoding session gets a token in
+    every step, each step's work stays within the budget in token-layers, and the long prompt reads fewer
+    DRAM bytes than chunked prefill under the same budget (whole chunks, weights streamed once per chunk)."""
+    specs = [(prompt(5, 11), 12), (prompt(3, 12), 14), (prompt(40, 13), 5)]
+    reads = {}
+    for policy in ("chunked", "layer-group"):
+        acc = Accelerator(weights, HW, "isa", max_context=64, kv_positions=4 * 32)
+        sched = Scheduler(acc, policy=policy, token_budget=4)
+        ids = [sched.submit(p, n) for p, n in specs[:2]]
+        list(sched.step())
+        ids.append(sched.submit(*specs[2]))
+        sched.run_until_done()
+        for sid, (p, n) in zip(ids, specs):
+            assert sched.sessions[sid].tokens == golden_greedy(weights, p, n), f"{policy} session {sid}"
+        L = acc.compiled.layers
+        for r in sched.log:
+            assert sorted(s for s, _ in r["decodes"]) == sorted(r["decoding"])
+            assert r["token_layers"] <= sched.token_budget * L or not r["prefills"]
+        long_runs = [r for r in acc.run_log if r["session"] == ids[2] and r["n_tokens"] > 1]
+        reads[policy] = sum(r["work"]["dram_read_bytes"] for r in long_runs)
+        if policy == "layer-group":
+            assert {r["n_tokens"] for r in long_runs} == {8}       # 4 tokens x 2 layers of budget: chunks of 8
+            assert {r["layers"] for r in long_runs} == {(0, 1), (1, 2)}
+            assert sched.report()["policy"] == "layer-group"
+        else:
+            assert max(r["n_tokens"] for r in long_runs) <= 4
+        # Only the prompt's last chunk runs the LM head.
+        assert sum(r["logits"] for r in long_runs) == 1
+        assert acc.kv.free_blocks == acc.kv.blocks
+    print("long prompt DRAM bytes read:", reads)
+    assert reads["layer-group"] < 0.8 * reads["chunked"], reads
 
 
 def test_dropped_session_returns_its_region(weights):
@@ -289,3 +378,11 @@ def test_cli_serve(capsys, model_dir):
     assert [d["session"] for d in rep["sessions"]] == [0, 1] and rep["token_budget"] == 6
     assert main(args[:-2] + ["--token-budget", "0"]) == 2
     assert "--token-budget must be at least 1" in capsys.readouterr().err
+    assert main(args + ["--policy", "layer-group", "--layer-group", "1", "--json"]) == 0
+    lg = json.loads(capsys.readouterr().out)
+    assert lg["policy"] == "layer-group" and lg["layer_group"] == 1
+    assert [d["tokens"] for d in lg["sessions"]] == [d["tokens"] for d in rep["sessions"]]
+    assert main(args + ["--layer-group", "1"]) == 2
+    assert "--layer-group applies to --policy layer-group only" in capsys.readouterr().err
+    assert main(args + ["--policy", "layer-group", "--layer-group", "5"]) == 2
+    assert "layer_group must be an integer in 1..2" in capsys.readouterr().err
