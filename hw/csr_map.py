@@ -10,9 +10,10 @@ from .isa import RUN_ARGS
 
 __all__ = ["Csr", "CSRS", "CSR_BY_NAME", "UNITS", "STATUS_DONE", "STATUS_BUSY", "STATUS_ERROR_SHIFT"]
 
-#: Execution units the command processor dispatches to (by the opcode they execute), each with busy and
-#: stall counters.
-UNITS = ("embed", "linear", "attend", "logits")
+#: Execution units the command processor dispatches to (by the opcode they execute, ``Opcode[name.upper()]``),
+#: each with busy and stall counters (all the ``busy_*`` CSRs, then all the ``stall_*``: a new unit moves the
+#: ``stall_*`` indices, so the driver and testbenches address CSRs by name).
+UNITS = ("embed", "linear", "attend", "logits", "load_x", "save_x")
 
 
 @dataclass(frozen=True)

@@ -3,28 +3,30 @@
 Everything inside is sized by one hardware config (``hw/configs/*.yaml``), including the largest model
 the build runs (its ``limits`` section)::
 
-    csr (AXI4-Lite) -> AxiLiteCsrBridge -> CommandProcessor --cmds--> EMBED, LINEAR (+LOGITS), ATTEND
-                                                                        |        |             |
-                                     ActivationBuffers (X, ATT, H, Q) <-+--------+-------------+
-                                                                                 |
-                                              KvWriter <- k/v beats -------------+
-                                          LogitsWriter <- logits beats ----------+
+    csr (AXI4-Lite) -> AxiLiteCsrBridge -> CommandProcessor --cmds--> EMBED, LOAD_X, LINEAR (+LOGITS), ATTEND, SAVE_X
+                                                                        |      |       |                 |       |
+        ActivationBuffers: x_in <- EMBED or LOAD_X ---------------------+------+       |                 |       |
+            rd_req / rd_data <-> LINEAR, ATTEND or SAVE_X -----------------------------+-----------------+-------+
+            wr <- LINEAR or ATTEND ----------------------------------------------------+-----------------+
+            KvWriter <- k/v beats -----------------------------------------------------+
+            LogitsWriter <- logits beats ----------------------------------------------+
 
-    read masters:  instruction fetch, EMBED, LINEAR params / weights / RoPE + row scales, ATTEND
+    read masters:  instruction fetch, EMBED, LINEAR params / weights / RoPE + row scales, ATTEND, LOAD_X
                    -> AxiReadArbiter (round robin, R routed by ID) -> axi_rd
-    write masters: KvWriter, LogitsWriter -> AxiWriteArbiter -> axi_wr
+    write masters: KvWriter, LogitsWriter, SAVE_X -> AxiWriteArbiter -> axi_wr
 
-The command processor runs one instruction at a time, so the LINEAR and ATTEND units never use the
-activation buffers' read and write ports in the same cycle: the ports are switched to ATTEND while it
-is busy and to LINEAR otherwise. A ``LINEAR`` with the ``QKV`` epilogue also starts the KV writer, and a
-``LOGITS`` the logits writer, in the same handshake as the unit's command; an instruction ends only when
-its writes have been acknowledged, so the next one (``ATTEND`` reading the cache, or the host reading the
-logits) sees them.
+The command processor runs one instruction at a time, so the units never use the activation buffers'
+ports in the same cycle: the read port is switched to ATTEND or SAVE_X while it is busy and to LINEAR
+otherwise, the write port to ATTEND while it is busy and to LINEAR otherwise, and ``x_in`` (the residual
+beats) to LOAD_X while it is busy and to EMBED otherwise. A ``LINEAR`` with the ``QKV`` epilogue also
+starts the KV writer, and a ``LOGITS`` the logits writer, in the same handshake as the unit's command; an
+instruction ends only when its writes have been acknowledged, so the next one (``ATTEND`` reading the
+cache, ``LOAD_X`` reading a stash, or the host reading the logits or a stash) sees them.
 
 ``irq`` is ``status.done``: high from the end of a run until the next start.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -44,15 +46,16 @@ from .units.embed import EmbedUnit
 from .units.kv_writer import KvWriter
 from .units.linear import LinearUnit
 from .units.logits_writer import LogitsWriter
+from .units.stash import LoadXUnit, SaveXUnit
 
 __all__ = ["TrilliumTop", "bus_bits", "CSR_ADDR_BITS", "READ_MASTERS", "WRITE_MASTERS"]
 
 #: AXI4-Lite address width of the CSR slave (byte addresses; the CSRs are 32-bit words).
 CSR_ADDR_BITS = 16
 #: The read masters, in arbiter port order (the upper ``arid`` bits name the master).
-READ_MASTERS = ("fetch", "embed", "params", "weights", "rope", "attend")
+READ_MASTERS = ("fetch", "embed", "params", "weights", "rope", "attend", "load_x")
 #: The write masters, in arbiter port order.
-WRITE_MASTERS = ("kv", "logits")
+WRITE_MASTERS = ("kv", "logits", "save_x")
 
 
 def bus_bits(hw):
@@ -117,6 +120,15 @@ class TrilliumTop(wiring.Component):
         self.kv_writer = KvWriter(data_bits=bits, lanes=N, pos_bits=RUN_ARGS["pos"], max_heads=lim.max_kv_heads)
         self.logits_writer = LogitsWriter(data_bits=bits, lanes=N, max_tokens=lim.max_chunk,
                                           max_row_tiles=self.linear.max_row_tiles)
+        stash = dict(data_bits=bits, lanes=N, max_hidden=lim.max_hidden, max_tokens=lim.max_chunk)
+        self.load_x = LoadXUnit(**stash)
+        # SAVE_X has its own write master rather than sharing the LogitsWriter (whose record layout is the
+        # stash's with tiles = ceil(hidden / lanes)): the writer's `error` is sticky until reset, so a DRAM
+        # error would fault every later SAVE_X (and LOGITS); the saver watches its own write responses
+        # instead, so a fault lasts one command. It also writes the whole stash as one command of full
+        # bursts (the LogitsWriter sends one write command per beat), and needs no mux on the LINEAR
+        # unit's logits stream. The cost is a third write-arbiter port and one small AxiBurstWriter.
+        self.save_x = SaveXUnit(**stash, max_index=self.linear.max_index)
         self.read_arbiter = AxiReadArbiter(len(READ_MASTERS), ADDR_BITS, bits)
         self.write_arbiter = AxiWriteArbiter(len(WRITE_MASTERS), ADDR_BITS, bits)
         # Fail at construction, not deep in elaboration, if the attention geometry is impossible.
@@ -139,10 +151,10 @@ class TrilliumTop(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         for name in ("cp", "bridge", "embed", "linear", "attend", "buffers", "kv_writer", "logits_writer",
-                     "read_arbiter", "write_arbiter"):
+                     "load_x", "save_x", "read_arbiter", "write_arbiter"):
             m.submodules[name] = getattr(self, name)
         cp, emb, lin, att, buf = self.cp, self.embed, self.linear, self.attend, self.buffers
-        kvw, lgw = self.kv_writer, self.logits_writer
+        kvw, lgw, ldx, svx = self.kv_writer, self.logits_writer, self.load_x, self.save_x
         N = self.hw.tlmm.lanes
 
         # -- host side -------------------------------------------------------------------------------------
@@ -152,11 +164,11 @@ class TrilliumTop(wiring.Component):
 
         # -- DRAM side -------------------------------------------------------------------------------------
         reads = {"fetch": cp.axi, "embed": emb.axi, "params": lin.axi_params, "weights": lin.axi_weights,
-                 "rope": lin.axi_rope, "attend": att.axi}
+                 "rope": lin.axi_rope, "attend": att.axi, "load_x": ldx.axi}
         for i, name in enumerate(READ_MASTERS):
             wiring.connect(m, reads[name], self.read_arbiter.m[i])
         wiring.connect(m, wiring.flipped(self.axi_rd), self.read_arbiter.s)
-        writes = {"kv": kvw.axi, "logits": lgw.axi}
+        writes = {"kv": kvw.axi, "logits": lgw.axi, "save_x": svx.axi}
         for i, name in enumerate(WRITE_MASTERS):
             wiring.connect(m, writes[name], self.write_arbiter.m[i])
         wiring.connect(m, wiring.flipped(self.axi_wr), self.write_arbiter.s)
@@ -169,11 +181,15 @@ class TrilliumTop(wiring.Component):
             lin.all_logits.eq(args.all_logits),
             att.setup.eq(cp.setup), att.n_tokens.eq(args.n_tokens), att.pos.eq(args.pos),
             kvw.setup.eq(cp.setup),
+            ldx.hidden.eq(cp.setup.hidden), ldx.n_tokens.eq(args.n_tokens),
+            svx.hidden.eq(cp.setup.hidden), svx.n_tokens.eq(args.n_tokens),
         ]
 
         # -- commands --------------------------------------------------------------------------------------
         wiring.connect(m, cp.embed, emb.cmd)
         wiring.connect(m, cp.attend, att.cmd)
+        wiring.connect(m, cp.load_x, ldx.cmd)
+        wiring.connect(m, cp.save_x, svx.cmd)
         # LINEAR: a QKV command also starts the KV writer (both take it in one handshake).
         c = cp.linear
         qkv = c.payload.epilogue == Epilogue.QKV
@@ -195,30 +211,51 @@ class TrilliumTop(wiring.Component):
             m.d.sync += running_logits.eq(1)
 
         # -- unit outputs ----------------------------------------------------------------------------------
-        wiring.connect(m, emb.x, buf.x_in)
+        # The residual beats: LOAD_X's while it runs, EMBED's otherwise.
+        use_ldx = ldx.busy
+        m.d.comb += [buf.x_in.valid.eq(Mux(use_ldx, ldx.x.valid, emb.x.valid)),
+                     buf.x_in.payload.eq(Mux(use_ldx, ldx.x.payload.as_value(), emb.x.payload.as_value())),
+                     emb.x.ready.eq(buf.x_in.ready & ~use_ldx), ldx.x.ready.eq(buf.x_in.ready & use_ldx)]
         wiring.connect(m, lin.kv, kvw.kv)
         wiring.connect(m, lin.lg_out, lgw.lg)
-        # The buffers' read and write ports: ATTEND's while it runs, LINEAR's otherwise.
-        use_att = att.busy
-        for lin_port, att_port, sink in ((lin.rd_req, att.rd_req, buf.rd_req), (lin.wr, att.wr, buf.wr)):
-            m.d.comb += [sink.valid.eq(Mux(use_att, att_port.valid, lin_port.valid)),
-                         sink.payload.eq(Mux(use_att, att_port.payload.as_value(), lin_port.payload.as_value())),
-                         lin_port.ready.eq(sink.ready & ~use_att), att_port.ready.eq(sink.ready & use_att)]
+        # The buffers' read port: ATTEND's or SAVE_X's while it runs, LINEAR's otherwise; the write port:
+        # ATTEND's while it runs, LINEAR's otherwise.
+        use_att, use_svx = att.busy, svx.busy
+        use_lin = ~use_att & ~use_svx
+
+        def share(sink, clients):
+            """Connect the stream ``sink`` to the first of ``clients`` (``(use, port)``, ...) whose ``use`` is
+            high; the last client's ``use`` is 1 (the default)."""
+            valid, payload = clients[-1][1].valid, clients[-1][1].payload.as_value()
+            for use, port in reversed(clients[:-1]):
+                valid, payload = Mux(use, port.valid, valid), Mux(use, port.payload.as_value(), payload)
+            m.d.comb += [sink.valid.eq(valid), sink.payload.eq(payload)]
+            taken = Const(0, 1)
+            for use, port in clients:
+                m.d.comb += port.ready.eq(sink.ready & use & ~taken)
+                taken = taken | use
+
+        share(buf.rd_req, [(use_att, att.rd_req), (use_svx, svx.rd_req), (1, lin.rd_req)])
+        share(buf.wr, [(use_att, att.wr), (1, lin.wr)])
         answer = buf.rd_data
         m.d.comb += [lin.rd_data.payload.eq(answer.payload), att.rd_data.payload.eq(answer.payload),
-                     att.rd_e.eq(buf.rd_e),
-                     lin.rd_data.valid.eq(answer.valid & ~use_att), att.rd_data.valid.eq(answer.valid & use_att),
-                     answer.ready.eq(Mux(use_att, att.rd_data.ready, lin.rd_data.ready))]
+                     svx.rd_data.payload.eq(answer.payload), att.rd_e.eq(buf.rd_e),
+                     lin.rd_data.valid.eq(answer.valid & use_lin), att.rd_data.valid.eq(answer.valid & use_att),
+                     svx.rd_data.valid.eq(answer.valid & ~use_att & use_svx),
+                     answer.ready.eq(Mux(use_att, att.rd_data.ready,
+                                         Mux(use_svx, svx.rd_data.ready, lin.rd_data.ready)))]
 
         # -- busy and faults -----------------------------------------------------------------------------
         # An instruction lasts until its DRAM writes are acknowledged.
         busy = {"embed": emb.busy, "linear": (lin.busy & ~running_logits) | ~kvw.idle, "attend": att.busy,
-                "logits": (lin.busy & running_logits) | ~lgw.idle}
+                "logits": (lin.busy & running_logits) | ~lgw.idle, "load_x": ldx.busy, "save_x": svx.busy}
         m.d.comb += cp.busy.eq(Cat(*(busy[u] for u in UNITS)))
         m.d.comb += [
             cp.fault_embed.eq(emb.fault),
             cp.fault_attend.eq(att.fault),
             cp.fault_linear.eq(Mux(kvw.error, ErrorCode.BAD_ADDRESS, lin.fault)),
             cp.fault_logits.eq(Mux(lgw.error, ErrorCode.BAD_ADDRESS, lin.fault)),
+            cp.fault_load_x.eq(ldx.fault),
+            cp.fault_save_x.eq(svx.fault),
         ]
         return m

@@ -146,7 +146,8 @@ def test_compiled_program_is_dispatched_exactly(data_bits):
     assert setup == setup_want
     assert csrs["instructions"] == len(program)
     assert csrs["id"] == CONFIG_ID and csrs["error_pc"] == 0
-    assert all(csrs[f"busy_{u}"] > 0 for u in UNITS)
+    used = {op for op, _ in program}
+    assert all((csrs[f"busy_{u}"] > 0) == (UNIT_OPCODES[u] in used) for u in UNITS)   # LOAD_X, SAVE_X unused
     assert csrs["run_cycles"] > sum(csrs[f"busy_{u}"] for u in UNITS)
 
 
@@ -182,6 +183,27 @@ def test_bad_addresses():
     assert code is ErrorCode.BAD_ADDRESS
     code, _, _ = _error(simulate(image, program=COMPILED.program + 8)[0])  # not instruction-aligned
     assert code is ErrorCode.BAD_ADDRESS
+
+
+def test_stash_instructions_are_dispatched_and_their_address_checked():
+    """LOAD_X and SAVE_X go to their own units (with busy counters); an ``addr`` at or beyond ``dram_size``
+    is BAD_ADDRESS before dispatch."""
+    image = COMPILED.image
+    a, b = 4096, 8192
+    program = _patched(1, encode(Opcode.LOAD_X, addr=a))
+    program[COMPILED.program + 2 * INSTRUCTION_BYTES:COMPILED.program + 4 * INSTRUCTION_BYTES] = (
+        encode(Opcode.SAVE_X, addr=b) + encode(Opcode.END))
+    (status, csrs, log, _), = simulate(program)
+    assert ErrorCode(status >> 4) is ErrorCode.NONE and csrs["instructions"] == 4
+    assert [_fields(op, bits) for op, bits in log] == [(Opcode.LOAD_X, {"addr": a}), (Opcode.SAVE_X, {"addr": b})]
+    assert csrs["busy_load_x"] > 0 and csrs["busy_save_x"] > 0
+    assert csrs["busy_embed"] == csrs["busy_linear"] == 0
+    for i, op in ((1, Opcode.LOAD_X), (2, Opcode.SAVE_X)):
+        bad = bytearray(program)
+        at = COMPILED.program + i * INSTRUCTION_BYTES
+        bad[at:at + INSTRUCTION_BYTES] = encode(op, addr=len(image) + 64)
+        code, csrs, log = _error(simulate(bad)[0])
+        assert code is ErrorCode.BAD_ADDRESS and csrs["error_pc"] == at and len(log) == i - 1
 
 
 def test_setup_checks_context_and_shape():

@@ -3,6 +3,7 @@
 and configurations the top level cannot build are refused with a clear error. The top level's behaviour
 is tested by co-simulation (tests/test_cosim.py)."""
 
+import gc
 import json
 import re
 
@@ -10,7 +11,7 @@ import pytest
 
 from firmware.cli import main
 from hw.config import load_hw_config
-from hw.top import TrilliumTop
+from hw.top import READ_MASTERS, WRITE_MASTERS, TrilliumTop
 
 
 def test_export_verilog_writes_the_documented_ports(capsys, tmp_path):
@@ -36,3 +37,18 @@ def test_top_refuses_what_it_cannot_build(capsys, tmp_path):
     assert "is a directory" in capsys.readouterr().err
     assert main(["export-verilog", "--hw", "tiny", "-o", str(tmp_path / "a.v"), "--name", "1x"]) == 2
     assert "Verilog identifier" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")   # built to inspect, not elaborated
+def test_stash_units_have_their_own_masters():
+    """LOAD_X reads and SAVE_X writes DRAM through their own arbiter ports (the last ones, so the other
+    masters keep their IDs); SAVE_X asks the buffers with the LINEAR unit's request layout."""
+    assert READ_MASTERS[-1] == "load_x" and WRITE_MASTERS[-1] == "save_x"
+    for name, data_bits in (("tiny", 64), ("ecp5", 32), ("tellme-kv260", 1024)):
+        top = TrilliumTop(load_hw_config(name))
+        assert top.bus_bits == data_bits
+        assert top.read_signature.id_bits == 1 + (len(READ_MASTERS) - 1).bit_length()
+        assert top.write_signature.id_bits == 1 + (len(WRITE_MASTERS) - 1).bit_length()
+        assert top.save_x.max_index == top.linear.max_index and top.load_x.max_beats == top.embed.max_beats
+        del top
+        gc.collect()           # the unused-elaboratable warnings now, while they are filtered

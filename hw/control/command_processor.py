@@ -19,7 +19,8 @@ The driver writes the run arguments and ``program`` and sets ``control.start``. 
    inside an instruction, for example weight prefetch with the matmul).
 
 A unit raises ``busy`` from the cycle after it accepts a command until it has finished, and may report a
-fault (an :class:`~hw.isa.ErrorCode`, such as ``BAD_TOKEN``) on its ``fault_<unit>`` input, which the
+fault (an :class:`~hw.isa.ErrorCode`, such as ``BAD_TOKEN``, or ``BAD_ADDRESS`` for a misaligned
+``LOAD_X`` / ``SAVE_X`` stash or a DRAM error response) on its ``fault_<unit>`` input, which the
 processor looks at only while that unit runs its instruction (a unit's fault may stay set until its next
 command, so a stale one never stops a later run); the first error stops the run,
 and ``status`` shows its code and ``error_pc`` the instruction's address. ``done`` is raised in every
@@ -48,6 +49,8 @@ ADDRESS_FIELDS = {
     Opcode.EMBED: ("table",),
     Opcode.LINEAR: ("weights", "params"),
     Opcode.LOGITS: ("params", "weights", "row_scales"),
+    Opcode.LOAD_X: ("addr",),
+    Opcode.SAVE_X: ("addr",),
 }
 _OPCODE_BITS = 8
 _COUNTER_BITS = 32
@@ -80,11 +83,11 @@ class CommandProcessor(wiring.Component):
         The model registers of the last ``SETUP``.
     args : Out(run_args_layout())
         The run arguments.
-    embed, linear, attend, logits : Out(stream.Signature(BODIES[op]))
-        Unit commands.
+    embed, linear, attend, logits, load_x, save_x : Out(stream.Signature(BODIES[op]))
+        Unit commands, one per name in :data:`~hw.csr_map.UNITS` (``op = Opcode[name.upper()]``).
     busy : In(len(UNITS))
         Bit ``i``: unit ``UNITS[i]`` is busy.
-    fault_embed, fault_linear, fault_attend, fault_logits : In(ErrorCode)
+    fault_embed, fault_linear, fault_attend, fault_logits, fault_load_x, fault_save_x : In(ErrorCode)
         Each unit's error (``NONE`` when all is well).
     running : Out(1)
     done : Out(1)
