@@ -29,6 +29,7 @@ examples:
   trillium bench tlmm --hw ecp5 --json            TLMM cost vs adder-tree baseline, and throughput
   trillium bench vector --hw tellme-kv260         vector units' elements/cycle vs the TLMM engine
   trillium bench attention --hw tellme-kv260 --json   attention RTL cycles vs DRAM and compute bounds
+  trillium bench model --hw tellme-kv260 --shape bitnet-large --json   whole model on the RTL vs roofline
   trillium config --hw tellme-kv260               show a validated hardware config
   trillium export-verilog --hw tiny -o trillium_top.v   the accelerator's top level as Verilog
 """
@@ -293,6 +294,38 @@ def cmd_bench(args):
             raise UserError(str(exc)) from exc
         print(json.dumps(res, indent=1) if args.json else format_attention(res))
         return 0
+    if args.what == "model":
+        from .bench_model import bench_model, format_model, plot_model
+        from .compiler import CompileError
+
+        say = None if args.json else (lambda m: print(m, file=sys.stderr))
+        try:
+            res = bench_model(args.hw, args.shape, backend=args.backend, clock_mhz=args.clock_mhz,
+                              contexts=args.contexts or (128, 1024), prompts=args.prompts or (64, 128),
+                              device_options=_device_options(args) or None, golden_speed=bool(args.markdown),
+                              progress=say)
+        except (ValueError, CompileError) as exc:
+            raise UserError(str(exc)) from exc
+        measured = "decode_efficiency" in res
+        if (args.plots or args.markdown) and not measured:
+            raise UserError("--plots and --markdown need RTL cycles: use --backend verilator")
+        if args.markdown:
+            from pathlib import Path
+
+            from .bench_model import markdown_model
+
+            md = Path(args.markdown)
+            plot_dir = Path(args.plots) if args.plots else md.parent / "perf"
+            res["plots"] = [str(p) for p in plot_model(res, plot_dir)]
+            rel = [str(Path(p).resolve().relative_to(md.parent.resolve())) for p in res["plots"]]
+            cmd = f"trillium bench model --hw {args.hw} --shape {args.shape} --markdown {args.markdown}" + (
+                f" --plots {args.plots}" if args.plots else "")
+            md.write_text(markdown_model(res, rel, command=cmd))
+            res["markdown"] = str(md)
+        elif args.plots:
+            res["plots"] = [str(p) for p in plot_model(res, args.plots)]
+        print(json.dumps(res, indent=1) if args.json else format_model(res))
+        return 0
     raise UserError(f"unknown benchmark '{args.what}'")
 
 
@@ -474,14 +507,30 @@ def build_parser():
                                    "vector: elements/cycle of every vector unit (RTL cycles) against the "
                                    "rate the TLMM engine feeds it on --shape; names the bottleneck, if any. "
                                    "attention: decode and prefill attention RTL cycles against the DRAM and "
-                                   "compute bounds at 512 and 2048 tokens, bit-exact against golden.")
-    b.add_argument("what", choices=("golden", "tlmm", "vector", "memory", "attention"))
+                                   "compute bounds at 512 and 2048 tokens, bit-exact against golden. model: "
+                                   "whole-model decode (contexts 128, 1024) and prefill (64, 128 tokens) of "
+                                   "--shape (a published shape or a checkpoint directory) on the whole "
+                                   "accelerator in Verilator, against the bandwidth and compute bounds, with "
+                                   "projections at the config's clock (and TeLLMe v2's figures for "
+                                   "bitnet-large).")
+    b.add_argument("what", choices=("golden", "tlmm", "vector", "memory", "attention", "model"))
     b.add_argument("--hw", default="tiny", help="hardware config for tlmm and vector (default tiny)")
     b.add_argument("--shape", default="bitnet-large", help="bitnet-large, bitnet-3b or bitnet-2b4t")
     b.add_argument("--engine", choices=("mux", "lutram"), default=None,
                    help="memory: TLMM engine behind the weight buffer (default: the config's table_storage)")
     b.add_argument("--prompt-tokens", type=int, default=8)
     b.add_argument("--decode-tokens", type=int, default=8)
+    b.add_argument("--backend", default="verilator", choices=("verilator", "isa"),
+                   help="model: verilator (RTL cycles, default) or isa (bounds only, no cycles)")
+    b.add_argument("--contexts", type=int, nargs="+", default=None, help="model: decode contexts (default 128 1024)")
+    b.add_argument("--prompts", type=int, nargs="+", default=None, help="model: prefill lengths (default 64 128)")
+    b.add_argument("--clock-mhz", type=float, default=None,
+                   help="model: clock of the projections (default: the config's clock_mhz)")
+    b.add_argument("--plots", default=None, help="model: write the roofline and breakdown PNGs to this directory")
+    b.add_argument("--markdown", default=None,
+                   help="model: write the performance report (method, table, TeLLMe comparison, plots, simulation "
+                        "speed) to this Markdown file, e.g. docs/performance.md")
+    _add_device_options(b)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

@@ -8,7 +8,9 @@ For a relu2 + GQA and a silu + MHA checkpoint in the Hugging Face layout (tiny c
   RTL == ISA == golden, and the generated tokens equal;
 * the CLI: ``trillium logits --backend verilator`` equals ``--backend golden`` exactly;
 * errors on the RTL: an illegal instruction and a bad address give their error codes (and the
-  device keeps working); a context overflow is refused.
+  device keeps working); a context overflow is refused;
+* the scheduler's ``layer-group`` policy on the RTL (layer groups through the residual stash, sessions
+  decoding between them): every session's tokens equal the ISA device's, run by run the same logits.
 
 All runs share one cached Verilator build of the tiny top level; each device is one simulator process.
 """
@@ -132,6 +134,34 @@ def test_rtl_errors_have_codes_and_do_not_hang(tmp_path):
                                       ref.forward(np.array([3, 4]), ref.new_cache(4)))
     finally:
         _close(acc)
+
+
+def test_layer_group_scheduler_on_rtl_equals_isa(tmp_path):
+    from firmware.scheduler import Scheduler
+
+    weights = load_checkpoint(make_checkpoint(tmp_path / "lg", "silu-mha", layers=3, seed=5))
+    rng = np.random.default_rng(8)
+    specs = [(list(rng.integers(2, 280, 4)), 5), (list(rng.integers(2, 280, 30)), 3)]
+    results = {}
+    for device in ("isa", "verilator"):
+        acc = Accelerator(weights, HW, device, max_context=64, kv_positions=3 * 32)
+        try:
+            sched = Scheduler(acc, policy="layer-group", token_budget=3)
+            sid = sched.submit(*specs[0])
+            list(sched.step())
+            sched.submit(*specs[1])
+            rep = sched.run_until_done()
+        finally:
+            _close(acc)
+        results[device] = ([d["tokens"] for d in rep["sessions"]],
+                           [(r["n_tokens"], r["pos"], r["layers"]) for r in acc.run_log])
+        assert sched.sessions[sid].tokens and all(len(t) for t in results[device][0])
+        # Budget: 3 tokens x 3 layers = 9 token-layers: chunks of 9 tokens one layer at a time, shorter chunks
+        # through more layers.
+        prefills = [r for r in acc.run_log if r["n_tokens"] > 1]
+        assert all(r["n_tokens"] * (r["layers"][1] - r["layers"][0]) <= 9 for r in prefills)
+        assert {(0, 1), (1, 2), (2, 3)} <= {r["layers"] for r in prefills if r["n_tokens"] == 9}
+    assert results["verilator"] == results["isa"]
 
 
 def _close(acc):
