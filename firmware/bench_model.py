@@ -39,9 +39,9 @@ from golden.model_int import IntegerModel
 from golden.weights import random_model
 from hw.config import load_hw_config
 from hw.csr_map import UNITS
-from hw.isa import INSTRUCTION_BYTES, Opcode, encode
+from hw.isa import Opcode, encode
 
-from .compiler import INSTRUCTIONS_PER_LAYER, CompileError, check_limits, compile_model
+from .compiler import INSTRUCTIONS_PER_LAYER, check_limits, compile_model
 from .device import IsaDevice, make_device
 
 __all__ = ["bench_model", "format_model", "DECODE_CONTEXTS", "PREFILL_LENGTHS", "TELLME_V2"]
@@ -219,7 +219,7 @@ def bench_model(hw_name, shape="bitnet-large", *, backend="verilator", contexts=
         prefill = {}
         chunk_runs = {}
         for p in prompts:
-            total, work = 0.0, None
+            work = None
             parts = []
             for start in range(0, p, chunk):
                 n = min(chunk, p - start)

@@ -137,12 +137,19 @@ def _verilator_device(hw, dram_bytes, **kwargs):
     return VerilatorDevice(hw, dram_bytes, **kwargs)
 
 
-DEVICES = {"isa": IsaDevice, "verilator": _verilator_device}
+def _board_device(hw, dram_bytes, **kwargs):
+    # Imported on use: the board device needs pyserial (or a test transport).
+    from .board_device import make_board_device
+
+    return make_board_device(hw, dram_bytes, **kwargs)
+
+
+DEVICES = {"isa": IsaDevice, "verilator": _verilator_device, "board": _board_device}
 
 
 def make_device(name, hw, dram_bytes, **options):
     """The named device with ``dram_bytes`` of DRAM; ``options`` are the device's own keyword arguments
-    (``verilator``: ``waves``, ``timeout_cycles``)."""
+    (``verilator``: ``waves``, ``timeout_cycles``; ``board``: ``port``, ``baud``, ``timeout_s``, ``retries``)."""
     if name not in DEVICES:
         raise ValueError(f"unknown device '{name}' (available: {', '.join(DEVICES)})")
     if options and name == "isa":

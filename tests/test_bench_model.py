@@ -2,7 +2,6 @@
 one measured layer equal (work counts, exactly) or match (RTL cycles, within 1 %) a real multi-layer model's
 runs, and the command's JSON, table, plots and Markdown report."""
 
-import dataclasses
 import json
 
 import numpy as np
