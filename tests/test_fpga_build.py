@@ -1,0 +1,386 @@
+"""``trillium build`` (firmware/fpga_build.py, hw/board/platforms.py, hw/board/designs.py, constraints/).
+
+The report parser runs on saved tool output (tests/data/fpga/): nextpnr's ``--report`` JSON and log of a
+real build of the ``link`` design on the ULX3S 85F and on the LIFCL-40-EVN (trimmed), a hand-edited copy
+of the ECP5 report whose clock misses a 100 MHz constraint, the Fmax lines of a real ECP5 build whose clock
+was constrained to 150 MHz (it fails), and a real Yosys error. The real build is
+``@pytest.mark.slow`` (about 35 s warm on this machine kind).
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from amaranth.hdl import Elaboratable, Module
+from amaranth.sim import Simulator
+
+from firmware.cli import main
+from firmware.fpga_build import (
+    assemble_result,
+    first_error,
+    format_report,
+    parse_nextpnr_log,
+    parse_nextpnr_report,
+    summarise,
+)
+from hw.board.designs import DESIGNS, AxiRam, CsrStub, LinkTop, get_design
+from hw.board.platforms import BOARDS, get_board
+from hw.config import load_hw_config
+
+DATA = Path(__file__).parent / "data" / "fpga"
+ROOT = Path(__file__).parent.parent
+ECP5_CLOCK = "$glbnet$cd_sync.clk"
+NEXUS_CLOCK = "cd_sync.clk_buf.buf.i$glb_clk"
+JSON_KEYS = {"bitstream", "fmax_mhz", "constraint_mhz", "utilisation", "build_seconds", "met"}
+
+
+def _report(name):
+    return json.loads((DATA / name).read_text())
+
+
+def _result(report_name, board="ulx3s-85f", clocks=None):
+    b = get_board(board)
+    parsed = parse_nextpnr_report(_report(report_name), b.family, b.budget)
+    return assemble_result(parsed, {"sync": 25.0} if clocks is None else clocks,
+                           bitstream="build/x/top.bit", build_seconds=33.94, board=b.name, device=b.device,
+                           design="link", hw="ecp5", config_hash=0x77333418, commit="bc8eb18615e1",
+                           stage_seconds={"Yosys": 9.04, "nextpnr": 21.2, "packer": 3.1},
+                           tools={"yosys": "Yosys 0.70 (git sha1 28ba3cb92)"})
+
+
+# --- report parsing on saved output -----------------------------------------------------------------------
+
+def test_ecp5_utilisation_mapping():
+    b = BOARDS["ulx3s-85f"]
+    p = parse_nextpnr_report(_report("ulx3s-85f-link-report.json"), "ecp5", b.budget)
+    assert p["utilisation"] == {
+        "LUT4": {"used": 1537, "available": 83640},
+        "FF": {"used": 863, "available": 83640},
+        "BRAM": {"used": 3, "available": 208},
+        "DSP": {"used": 0, "available": 156},
+    }
+    # The budget agrees with nextpnr's own device counts.
+    assert p["device_available"] == {"LUT4": 83640, "FF": 83640, "BRAM": 208, "DSP": 156}
+    assert p["bels"]["TRELLIS_IO"]["used"] == 13
+
+
+def test_nexus_utilisation_mapping():
+    b = BOARDS["nexus-40"]
+    p = parse_nextpnr_report(_report("nexus-40-link-report.json"), "nexus", b.budget)
+    assert p["utilisation"] == {
+        "LUT4": {"used": 1270, "available": 32256},
+        "FF": {"used": 694, "available": 32256},
+        "BRAM": {"used": 3, "available": 84},
+        "DSP": {"used": 0, "available": 56},
+        "LRAM": {"used": 0, "available": 2},
+    }
+    assert p["device_available"] == {k: v for k, v in b.budget.items() if v}
+    assert p["fmax_mhz"] == {NEXUS_CLOCK: 152.65} and p["constraint_mhz"] == {NEXUS_CLOCK: 12.0}
+
+
+def test_lutram_write_slices_cost_two_lut4_and_dsp_bram_map():
+    report = {"utilization": {"TRELLIS_COMB": {"used": 100, "available": 83640},
+                              "TRELLIS_RAMW": {"used": 3, "available": 10455},
+                              "DP16KD": {"used": 5, "available": 208},
+                              "MULT18X18D": {"used": 7, "available": 156},
+                              "ALU54B": {"used": 1, "available": 78}}, "fmax": {}}
+    p = parse_nextpnr_report(report, "ecp5")  # no budget: nextpnr's counts
+    assert p["utilisation"]["LUT4"] == {"used": 106, "available": 83640}
+    assert p["utilisation"]["BRAM"]["used"] == 5 and p["utilisation"]["DSP"] == {"used": 7, "available": 156}
+    assert p["bels"]["ALU54B"]["used"] == 1  # unmapped but non-zero: kept in the raw counts
+    nexus = {"utilization": {"OXIDE_COMB": {"used": 10, "available": 32256}, "RAMW": {"used": 2, "available": 4032},
+                             "LRAM_CORE": {"used": 1, "available": 2}, "MULT18_CORE": {"used": 4, "available": 56},
+                             "MULT9_CORE": {"used": 8, "available": 112}}}
+    q = parse_nextpnr_report(nexus, "nexus")
+    assert q["utilisation"]["LUT4"]["used"] == 14
+    assert q["utilisation"]["LRAM"] == {"used": 1, "available": 2}
+    assert q["utilisation"]["DSP"] == {"used": 4, "available": 56}
+    with pytest.raises(ValueError, match="unknown device family"):
+        parse_nextpnr_report(nexus, "ice40")
+
+
+def test_fmax_extraction_agrees_with_the_log():
+    p = parse_nextpnr_report(_report("ulx3s-85f-link-report.json"), "ecp5")
+    assert p["fmax_mhz"] == {ECP5_CLOCK: 77.08}
+    assert p["constraint_mhz"] == {ECP5_CLOCK: 25.0}
+    for log, rep, fam in (("ulx3s-85f-link-nextpnr.log", "ulx3s-85f-link-report.json", "ecp5"),
+                          ("nexus-40-link-nextpnr.log", "nexus-40-link-report.json", "nexus")):
+        from_log = parse_nextpnr_log((DATA / log).read_text())
+        from_rep = parse_nextpnr_report(_report(rep), fam)
+        assert set(from_log) == set(from_rep["fmax_mhz"])
+        for clock, t in from_log.items():  # the log's last line per clock is the post-route figure
+            assert t["fmax_mhz"] == pytest.approx(from_rep["fmax_mhz"][clock], abs=0.01)
+            assert t["constraint_mhz"] == from_rep["constraint_mhz"][clock] and t["pass"]
+
+
+def test_real_failing_log_lines():
+    """nextpnr writes the post-route line of a failing clock as a Warning; the last line per clock counts."""
+    t = parse_nextpnr_log((DATA / "ulx3s-85f-link-nextpnr-fail.log").read_text())
+    assert t == {ECP5_CLOCK: {"fmax_mhz": 76.42, "constraint_mhz": 150.01, "pass": False}}
+
+
+def test_met_and_domains():
+    ok = _result("ulx3s-85f-link-report.json")
+    assert ok["met"] and ok["timing_failures"] == []
+    assert ok["domains"] == {"sync": {"clock": ECP5_CLOCK, "constraint_mhz": 25.0, "fmax_mhz": 77.08}}
+    nexus = _result("nexus-40-link-report.json", board="nexus-40", clocks={"sync": 12.0})
+    assert nexus["met"] and nexus["domains"]["sync"]["clock"] == NEXUS_CLOCK
+
+
+def test_met_false_on_failing_copy():
+    bad = _result("ulx3s-85f-link-report-fail.json")
+    assert bad["met"] is False
+    assert bad["constraint_mhz"] == {ECP5_CLOCK: 100.0}
+    assert any("77.08 MHz < 100.00 MHz" in f for f in bad["timing_failures"])
+
+
+def test_declared_domain_missing_or_slower_fails():
+    parsed = parse_nextpnr_report(_report("ulx3s-85f-link-report.json"), "ecp5")
+    met, domains, failures = summarise(parsed, clocks={"sync": 25.0, "fast": 200.0})
+    # "fast" is not in the report (and the one clock cannot be matched by name or constraint).
+    assert not met and domains["fast"]["clock"] is None and "domain fast" in failures[0]
+    met, _, failures = summarise(parsed, clocks={"sync": 90.0})  # declared tighter than the LPF's 25 MHz
+    assert not met and "domain sync: 77.08 MHz < 90.00 MHz" in failures[0]
+
+
+def test_json_keys():
+    r = _result("ulx3s-85f-link-report.json")
+    assert JSON_KEYS <= set(r)
+    assert set(r["fmax_mhz"]) == set(r["constraint_mhz"])
+    assert all(set(v) == {"used", "available"} for v in r["utilisation"].values())
+    json.dumps(r)  # serialisable
+
+
+def test_table_formatting():
+    text = format_report(_result("ulx3s-85f-link-report.json"))
+    assert re.search(r"^LUT4\s+1,537\s+83,640\s+1\.8 %$", text, re.M)
+    assert re.search(r"^BRAM\s+3\s+208\s+1\.4 %$", text, re.M)
+    assert re.search(r"^DSP\s+0\s+156\s+0\.0 %$", text, re.M)
+    assert re.search(r"^\$glbnet\$cd_sync\.clk\s+77\.08\s+25\.00\s+27\.03\s+PASS$", text, re.M)
+    assert "timing: PASS" in text and "build time: 33.9 s (Yosys 9.0 s, nextpnr 21.2 s, packer 3.1 s)" in text
+    assert "commit bc8eb18615e1" in text and "Yosys 0.70" in text and "LRAM" not in text
+    bad = format_report(_result("ulx3s-85f-link-report-fail.json"))
+    assert re.search(r"77\.08\s+100\.00\s+-2\.97\s+FAIL$", bad, re.M)
+    assert "timing: FAIL" in bad
+    assert "LRAM" in format_report(_result("nexus-40-link-report.json", board="nexus-40", clocks={"sync": 12.0}))
+
+
+def test_first_error_of_a_real_yosys_log():
+    assert first_error((DATA / "yosys-error.log").read_text()) == \
+        "ERROR: File `does_not_exist.il' not found or is a directory"
+    assert first_error("Info: a\nInfo: last words\n") == "Info: last words"
+
+
+# --- CLI ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, needle", [
+    (["build", "--board", "de10-nano", "--hw", "ecp5"], "unknown board 'de10-nano'; known boards: nexus-40, ulx3s-85f"),
+    (["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--design", "soc"], "unknown design 'soc'; known designs: link"),
+])
+def test_cli_unknown_board_or_design(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"trillium: error: {needle}"
+
+
+def test_cli_exit_status_follows_timing(monkeypatch, capsys):
+    import firmware.fpga_build as fb
+
+    monkeypatch.setattr(fb, "build_bitstream", lambda *a, **k: _result("ulx3s-85f-link-report-fail.json"))
+    assert main(["build", "--board", "ulx3s-85f", "--hw", "ecp5"]) == 1
+    assert "timing: FAIL" in capsys.readouterr().out
+    monkeypatch.setattr(fb, "build_bitstream", lambda *a, **k: _result("ulx3s-85f-link-report.json"))
+    assert main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--json"]) == 0
+    assert JSON_KEYS <= set(json.loads(capsys.readouterr().out))
+
+
+def test_cli_tool_failure_is_one_line(monkeypatch, capsys):
+    import firmware.fpga_build as fb
+
+    def fail(*a, **k):
+        raise fb.BuildError("Yosys failed (exit 1) after 0.4 s: ERROR: boom (log: build/x/top.rpt)")
+
+    monkeypatch.setattr(fb, "build_bitstream", fail)
+    assert main(["build", "--board", "nexus-40", "--hw", "ecp5"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["trillium: error: build failed: Yosys failed (exit 1) after 0.4 s: ERROR: boom "
+                   "(log: build/x/top.rpt)"]
+
+
+def test_cli_unknown_hw(capsys):
+    assert main(["build", "--board", "ulx3s-85f", "--hw", "no-such-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("trillium: error:")
+
+
+def test_cli_requires_board_and_hw(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["build", "--hw", "ecp5"])
+    assert e.value.code == 2
+
+
+# --- platforms, designs, constraint files -------------------------------------------------------------------
+
+class _ShellPins(Elaboratable):
+    """Requests the pins the shell uses, so the platform writes their constraints."""
+
+    def __init__(self, resources):
+        self.resources = resources
+
+    def elaborate(self, platform):
+        for name, n in self.resources:
+            for i in range(n):
+                platform.request(name, i)
+        return Module()
+
+
+def _sites(text, pattern):
+    return dict(re.findall(pattern, text))
+
+
+LPF_SITE = r'LOCATE COMP "([^"]+)" SITE "([^"]+)";'
+PDC_SITE = r"ldc_set_location -site \{(\w+)\} \[get_ports \{?([^\]\s}]+)\}?\]"
+
+
+@pytest.mark.filterwarnings("ignore:Using platform.request without:DeprecationWarning")
+def test_ulx3s_lpf_agrees_with_the_platform():
+    plan = BOARDS["ulx3s-85f"].platform().prepare(
+        _ShellPins([("clk25", 1), ("uart", 1), ("sdram", 1), ("led", 8)]), name="top")
+    generated = _sites(plan.files["top.lpf"], LPF_SITE)
+    ours = _sites((ROOT / BOARDS["ulx3s-85f"].constraints).read_text(), LPF_SITE)
+    assert len(generated) == 52 and ours == generated
+    assert ours["clk25_0__io"] == "G2" and ours["uart_0__rx__io"] == "M1" and ours["uart_0__tx__io"] == "L4"
+    assert 'FREQUENCY PORT "clk25_0__io" 25 MHZ;' in (ROOT / "constraints/ulx3s-85f.lpf").read_text()
+
+
+@pytest.mark.filterwarnings("ignore:Using platform.request without:DeprecationWarning")
+def test_lifcl40_pdc_agrees_with_the_platform():
+    plan = BOARDS["nexus-40"].platform().prepare(
+        _ShellPins([("clk12", 1), ("rst", 1), ("uart", 1), ("led", 8)]), name="top")
+    generated = {port: site for site, port in re.findall(PDC_SITE, plan.files["top.pdc"])}
+    ours = {port: site for site, port in re.findall(PDC_SITE, (ROOT / BOARDS["nexus-40"].constraints).read_text())}
+    assert len(generated) == 12 and ours == generated
+
+
+def test_kv260_xdc_constrains_clk_at_250_mhz():
+    text = (ROOT / "constraints/kv260.xdc").read_text()
+    assert re.search(r"^create_clock -name clk -period 4\.000 \[get_ports clk\]$", text, re.M)
+    assert re.search(r"^set_false_path -from \[get_ports rst\]$", text, re.M)
+    assert "S_AXI_HP0_FPD" in text and "M_AXI_HPM0_LPD" in text
+    assert (ROOT / "constraints/README.md").exists()
+
+
+@pytest.mark.parametrize("board", sorted(BOARDS))
+def test_link_design_prepares_for_every_board(board):
+    b = get_board(board)
+    platform = b.platform()
+    top = get_design("link").make(platform, load_hw_config("ecp5"))
+    assert isinstance(top, LinkTop) and set(top.clocks) == {"sync"}
+    assert top.clocks["sync"] == {"ulx3s-85f": 25.0, "nexus-40": 12.0}[board]
+    overrides = dict(b.overrides)
+    overrides["nextpnr_opts"] = (overrides.get("nextpnr_opts", "") + " --report report.json").strip()
+    plan = platform.prepare(top, name="top", **overrides)
+    commands = json.loads(plan.files["build_top.json"])["commands"]
+    assert [c[0] for c in commands][0] == "yosys" and "--report" in commands[1]
+    assert set(b.tool_env) >= {"YOSYS"} and all(v.startswith("yowasp-") or v == "true" for v in b.tool_env.values())
+    assert set(DESIGNS) == {"link"}
+    with pytest.raises(ValueError, match="unknown board"):
+        get_board("nope")
+
+
+def test_csr_stub_and_axi_ram_in_simulation():
+    """The link design's bus stand-ins: id register and scratch registers; a RAM burst with strobes."""
+    stub = CsrStub(0x77333418)
+    ram = AxiRam(32, 256)
+
+    def run(dut, bench):
+        sim = Simulator(dut)
+        sim.add_clock(1e-6)
+        sim.add_testbench(bench)
+        sim.run()
+
+    async def csr_bench(ctx):
+        a = stub.axi
+
+        async def read(addr):
+            ctx.set(a.araddr, addr)
+            ctx.set(a.arvalid, 1)
+            ctx.set(a.rready, 1)
+            await ctx.tick().until(a.rvalid)
+            ctx.set(a.arvalid, 0)
+            value = ctx.get(a.rdata)
+            await ctx.tick()
+            return value
+
+        async def write(addr, value):
+            ctx.set(a.awaddr, addr)
+            ctx.set(a.wdata, value)
+            ctx.set(a.awvalid, 1)
+            ctx.set(a.wvalid, 1)
+            ctx.set(a.bready, 1)
+            await ctx.tick().until(a.bvalid)
+            ctx.set(a.awvalid, 0)
+            ctx.set(a.wvalid, 0)
+            await ctx.tick()
+
+        assert await read(0) == 0x77333418
+        await write(4, 0xDEADBEEF)
+        await write(0, 0x12345678)  # id is read-only
+        assert await read(4) == 0xDEADBEEF
+        assert await read(0) == 0x77333418
+        assert await read(0x100) == 0
+        assert ctx.get(stub.scratch0) == 0xDEADBEEF
+
+    run(stub, csr_bench)
+
+    async def ram_bench(ctx):
+        wr, rd = ram.wr, ram.rd
+        ctx.set(wr.awaddr, 0x108)   # word 2 of the 256-byte RAM (addresses wrap)
+        ctx.set(wr.awlen, 2)
+        ctx.set(wr.awvalid, 1)
+        await ctx.tick().until(wr.awready)
+        ctx.set(wr.awvalid, 0)
+        for i, (data, strb) in enumerate([(0x11111111, 0xF), (0x22222222, 0x3), (0x33333333, 0xF)]):
+            ctx.set(wr.wdata, data)
+            ctx.set(wr.wstrb, strb)
+            ctx.set(wr.wlast, i == 2)
+            ctx.set(wr.wvalid, 1)
+            await ctx.tick().until(wr.wready)
+        ctx.set(wr.wvalid, 0)
+        ctx.set(wr.bready, 1)
+        await ctx.tick().until(wr.bvalid)
+        ctx.set(wr.bready, 0)
+        ctx.set(rd.araddr, 0x8)
+        ctx.set(rd.arlen, 2)
+        ctx.set(rd.arvalid, 1)
+        await ctx.tick().until(rd.arready)
+        ctx.set(rd.arvalid, 0)
+        ctx.set(rd.rready, 1)
+        got = []
+        while True:
+            *_, data, last = await ctx.tick().sample(rd.rdata, rd.rlast).until(rd.rvalid)
+            got.append(data)
+            if last:
+                break
+        assert got == [0x11111111, 0x00002222, 0x33333333]
+
+    run(ram, ram_bench)
+
+
+# --- real build ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_real_build_link_ulx3s(tmp_path, capsys):
+    """The whole flow with the YoWASP tools: bitstream, report, exit status 0 (25 MHz is easily met)."""
+    out = tmp_path / "b"
+    rc = main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--design", "link", "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    r = json.loads(captured.out)
+    assert rc == 0 and r["met"]
+    assert JSON_KEYS <= set(r)
+    assert Path(r["bitstream"]).stat().st_size > 100_000
+    assert 500 < r["utilisation"]["LUT4"]["used"] < 5000 and r["utilisation"]["BRAM"]["used"] >= 1
+    assert r["fmax_mhz"] and all(r["fmax_mhz"][c] >= r["constraint_mhz"][c] for c in r["fmax_mhz"])
+    assert "[2/3] nextpnr: done in" in captured.err
+    assert (out / "build-report.json").exists()
