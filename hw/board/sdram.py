@@ -1,0 +1,691 @@
+"""SDR SDRAM controller behind AXI4 read and write slaves (the ULX3S board's 32 MB SDRAM).
+
+The accelerator's DRAM port is an AXI4 master pair (``axi_rd`` and ``axi_wr`` of ``hw/top.py``); in
+simulation :class:`~hw.memory.dram_model.FastDramModel` answers it. :class:`SdramController` offers
+the same two slave ports (``axi`` and ``axi_wr``, flipped :class:`~hw.memory.axi.AxiReadSignature` and
+:class:`~hw.memory.axi_write.AxiWriteSignature`), so a board shell swaps the model for the controller
+and the chip behind it.
+
+Design, in short (the ``docs`` section "SDRAM controller" has the long form):
+
+* **Burst length 1.** The mode register selects single-word bursts: every column command moves one
+  SDRAM word, so an AXI word of ``ratio = axi_bits / sdram_bits`` words takes ``ratio`` READ or WRITE
+  commands on consecutive cycles. An SDR SDRAM accepts a column command every cycle, so the data bus
+  still runs at one word a cycle, and BL1 needs no BURST TERMINATE, no burst truncation by precharge,
+  and lets a refresh or a row change cut in at any word. The price is that the command bus is busy
+  with column commands during a stream, which costs nothing here: one command a cycle is all the
+  scheduler issues anyway.
+* **Open-row policy.** Each bank keeps its last row open; a row miss precharges the bank and
+  activates the new row. Per-bank down-counters enforce tRCD (ACT to READ/WRITE), tRAS and tWR (to
+  PRECHARGE), tRC and tRP (to the next ACT); global ones tRRD (ACT to ACT), tRFC, tMRD and the
+  read-to-write bus turnaround.
+* **Address map** (row, bank, column from the top): a linear stream walks a row's columns, then the
+  same row of the next bank, so sequential traffic opens a new row only every ``2**col_bits`` words.
+* **Refresh** has strict priority at the next command slot: every ``tREFI`` a refresh becomes
+  pending, no new ACT or column command is issued, the open banks are precharged (PRECHARGE ALL, once
+  tRAS and tWR allow) and a REFRESH follows after tRP. With BL1 no transfer has to finish first, so a
+  refresh is issued at most ``tRAS + tRP`` cycles after it is due, whatever the traffic.
+* **Arbitration** between the read and the write engine is by AXI word: the engine that owns the
+  command slot keeps it while it has work, for at most ``quota`` words when the other engine waits;
+  then the other one gets it. Neither starves, and a switch (which costs the read-to-write bus
+  turnaround) happens at most every ``quota`` words under mixed load.
+* **Reads** reserve space in the R buffer before their first command (a credit counter), so a
+  master that stalls R only stops new read commands; responses come back in order. Data is captured
+  ``CL + read_delay`` cycles after the command leaves the controller's pin registers.
+* **Writes** take a W beat when its last SDRAM word is issued; byte strobes become DQM. The B
+  response is queued once a burst's last word is issued (posted write: any later READ command is
+  behind it on the pins, so reads after B see the data).
+* **Errors**: a word beyond the SDRAM size issues no command; it reads as zero with SLVERR, and a
+  write burst with such a word gets SLVERR on B (the accelerator's masters turn that into
+  ``BAD_ADDRESS``).
+
+Not supported: FIXED and WRAP bursts (treated as INCR), narrow transfers (``arsize``/``awsize`` are
+ignored: every beat is a full bus word, as the accelerator's masters issue), power-down and
+self-refresh (``clk_en`` stays high), and reordering across IDs (everything completes in order).
+"""
+
+import dataclasses
+import math
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, enum, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from ..memory.axi import AxiReadSignature, AxiResp
+from ..memory.axi_write import AxiWriteSignature
+from ..params import check_int
+
+__all__ = [
+    "SdramCommand",
+    "SdramTiming",
+    "SdramCycles",
+    "SdramGeometry",
+    "SdramPinsSignature",
+    "SdramController",
+    "mode_register",
+]
+
+
+class SdramCommand(enum.Enum, shape=4):
+    """An SDRAM command as ``Cat(we_n, cas_n, ras_n, cs_n)`` (bit 3 is ``cs_n``)."""
+    LOAD_MODE = 0b0000
+    REFRESH = 0b0001
+    PRECHARGE = 0b0010
+    ACTIVE = 0b0011
+    WRITE = 0b0100
+    READ = 0b0101
+    BURST_TERMINATE = 0b0110
+    NOP = 0b0111
+    INHIBIT = 0b1111      # chip deselected: the other three lines do not matter
+
+
+def _check_positive(name, value, owner):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}")
+    return value
+
+
+def check_clock_hz(clock_hz, owner):
+    """Return ``clock_hz`` as an int if it is a frequency from 1 MHz to 200 MHz, else raise ``ValueError``."""
+    if isinstance(clock_hz, bool) or not isinstance(clock_hz, (int, float)) or not 1e6 <= clock_hz <= 200e6:
+        raise ValueError(f"{owner}: clock_hz must be a number in [1e6, 200e6], got {clock_hz!r}")
+    if clock_hz != int(clock_hz):
+        raise ValueError(f"{owner}: clock_hz must be a whole number of Hz, got {clock_hz!r}")
+    return int(clock_hz)
+
+
+@dataclasses.dataclass(frozen=True)
+class SdramCycles:
+    """SDRAM timing in clock cycles (see :meth:`SdramTiming.cycles`)."""
+    cas_latency: int
+    rp: int
+    rcd: int
+    rc: int
+    ras: int
+    rrd: int
+    wr: int
+    mrd: int
+    rfc: int
+    refi: int
+    powerup: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SdramTiming:
+    """SDR SDRAM timing in nanoseconds, and the CAS latency in cycles.
+
+    The defaults are the slower of the two ULX3S parts at speed grade -7 (IS42S16160G-7 and
+    AS4C32M16SB-7), rounded up: check them against the fitted chip's datasheet.
+
+    Parameters
+    ----------
+    cas_latency : int
+        2 or 3 cycles. 3 is safe up to 133 MHz on a -7 part; 2 only to about 100 MHz.
+    t_rp, t_rcd, t_rc, t_ras, t_rrd, t_wr, t_mrd, t_rfc : float
+        PRECHARGE period, ACT to READ/WRITE, ACT to ACT (same bank), ACT to PRECHARGE, ACT to ACT (any
+        bank), last write data to PRECHARGE, LOAD MODE to the next command, REFRESH period.
+    t_refi : float
+        Average refresh interval: 64 ms / 8192 rows = 7812.5 ns; the default keeps a little margin.
+    t_powerup : float
+        Wait after power-up (clock running, NOPs) before the init sequence: 200 us for the AS4C part
+        (100 us for the ISSI one). Simulations shorten it.
+    """
+    cas_latency: int = 3
+    t_rp: float = 21.0
+    t_rcd: float = 21.0
+    t_rc: float = 63.0
+    t_ras: float = 42.0
+    t_rrd: float = 14.0
+    t_wr: float = 14.0
+    t_mrd: float = 14.0
+    t_rfc: float = 63.0
+    t_refi: float = 7800.0
+    t_powerup: float = 200_000.0
+
+    def __post_init__(self):
+        owner = "SdramTiming"
+        if self.cas_latency not in (2, 3) or isinstance(self.cas_latency, bool):
+            raise ValueError(f"{owner}: cas_latency must be 2 or 3, got {self.cas_latency!r}")
+        for f in dataclasses.fields(self):
+            if f.name != "cas_latency":
+                _check_positive(f.name, getattr(self, f.name), owner)
+
+    def cycles(self, clock_hz):
+        """Convert to clock cycles at ``clock_hz``: minimum spacings round up (at least one cycle;
+        tMRD and tWR at least two, as some datasheets give them in clocks), the refresh interval rounds
+        down."""
+        clock_hz = check_clock_hz(clock_hz, "SdramTiming.cycles")
+
+        def up(ns, lo=1):
+            # The small epsilon keeps an exact multiple (15 ns at 200 MHz) from rounding up once more.
+            return max(lo, math.ceil(ns * clock_hz / 1e9 - 1e-6))
+
+        refi = math.floor(self.t_refi * clock_hz / 1e9 + 1e-6)
+        cyc = SdramCycles(cas_latency=self.cas_latency, rp=up(self.t_rp), rcd=up(self.t_rcd), rc=up(self.t_rc),
+                          ras=up(self.t_ras), rrd=up(self.t_rrd), wr=up(self.t_wr, 2), mrd=up(self.t_mrd, 2),
+                          rfc=up(self.t_rfc), refi=refi, powerup=up(self.t_powerup))
+        # A refresh must fit into its interval with room for traffic.
+        if cyc.refi < 4 * (cyc.rfc + cyc.rp + cyc.ras):
+            raise ValueError(f"SdramTiming: t_refi = {self.t_refi} ns is too short for t_rfc + t_rp + t_ras "
+                             f"at {clock_hz} Hz")
+        return cyc
+
+
+@dataclasses.dataclass(frozen=True)
+class SdramGeometry:
+    """The organisation of one SDRAM chip (default: 32 MB, 4 banks x 8192 rows x 512 columns x 16 bits).
+
+    Parameters
+    ----------
+    banks : int
+        2, 4 or 8.
+    row_bits : int
+        Row address bits (11..14).
+    col_bits : int
+        Column address bits (8..10; a column address never uses A10, the auto-precharge line).
+    data_bits : int
+        Data bus width: 8, 16 or 32.
+    """
+    banks: int = 4
+    row_bits: int = 13
+    col_bits: int = 9
+    data_bits: int = 16
+
+    def __post_init__(self):
+        owner = "SdramGeometry"
+        if self.banks not in (2, 4, 8) or isinstance(self.banks, bool):
+            raise ValueError(f"{owner}: banks must be 2, 4 or 8, got {self.banks!r}")
+        check_int("row_bits", self.row_bits, 11, 14, owner)
+        check_int("col_bits", self.col_bits, 8, 10, owner)
+        if self.data_bits not in (8, 16, 32) or isinstance(self.data_bits, bool):
+            raise ValueError(f"{owner}: data_bits must be 8, 16 or 32, got {self.data_bits!r}")
+
+    @property
+    def bank_bits(self):
+        return exact_log2(self.banks)
+
+    @property
+    def addr_bits(self):
+        """Width of the ``a`` bus: the row address, and at least A10 (PRECHARGE ALL)."""
+        return max(self.row_bits, 11)
+
+    @property
+    def word_bits(self):
+        """Width of an SDRAM word address (row, bank, column)."""
+        return self.row_bits + self.bank_bits + self.col_bits
+
+    @property
+    def data_bytes(self):
+        return self.data_bits // 8
+
+    @property
+    def size_bytes(self):
+        return self.data_bytes << self.word_bits
+
+
+def mode_register(cas_latency):
+    """The LOAD MODE value: burst length 1, sequential, ``cas_latency``, standard operation, and writes
+    with the programmed burst length (A9 = 0)."""
+    return cas_latency << 4
+
+
+class SdramPinsSignature(wiring.Signature):
+    """The SDRAM chip's pins, from the controller's side (the chip's clock comes from the shell).
+
+    ``dq`` is an output/enable/input triple, as :class:`amaranth.lib.io.Buffer` has, so the shell can
+    put it on an I/O buffer with registers; the controller's ``read_delay`` accounts for input
+    registers on ``dq.i``.
+
+    Members
+    -------
+    clk_en, cs_n, we_n, ras_n, cas_n : Out(1)
+    ba : Out(bank_bits)
+    a : Out(max(row_bits, 11))
+    dqm : Out(data_bits // 8)
+        Byte masks: high masks a byte (writes at once, reads two cycles later).
+    dq : Out(Signature(o: Out(data_bits), oe: Out(1), i: In(data_bits)))
+    """
+
+    def __init__(self, geometry):
+        if not isinstance(geometry, SdramGeometry):
+            raise TypeError(f"SdramPinsSignature: geometry must be an SdramGeometry, got {geometry!r}")
+        self.geometry = geometry
+        super().__init__({
+            "clk_en": Out(1),
+            "cs_n": Out(1),
+            "we_n": Out(1),
+            "ras_n": Out(1),
+            "cas_n": Out(1),
+            "ba": Out(geometry.bank_bits),
+            "a": Out(geometry.addr_bits),
+            "dqm": Out(geometry.data_bytes),
+            "dq": Out(wiring.Signature({
+                "o": Out(geometry.data_bits),
+                "oe": Out(1),
+                "i": In(geometry.data_bits),
+            })),
+        })
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.geometry == self.geometry
+
+    def __hash__(self):
+        return hash((type(self), self.geometry))
+
+    def __repr__(self):
+        return f"SdramPinsSignature({self.geometry!r})"
+
+
+def _timer(name, cycles, init=0):
+    """A down-counter that holds the cycles left until an action is allowed (0: allowed now)."""
+    return Signal(range(max(cycles, init + 1, 1)), name=name, init=init)
+
+
+def _tick(m, timer):
+    m.d.sync += timer.eq(Mux(timer != 0, timer - 1, 0))
+
+
+def _arm(m, timer, cycles):
+    """An event this cycle: the guarded action may follow ``cycles`` cycles later, at the earliest.
+
+    (Keeps a longer wait already running; must come after :func:`_tick` for the same timer.)"""
+    if cycles <= 1:
+        return
+    left = Mux(timer != 0, timer - 1, 0)
+    m.d.sync += timer.eq(Mux(left > cycles - 1, left, cycles - 1))
+
+
+class SdramController(wiring.Component):
+    """AXI4 read and write slaves in front of one SDR SDRAM chip.
+
+    Parameters
+    ----------
+    addr_bits : int
+        AXI byte-address width (12..64).
+    data_bits : int
+        AXI data width: a power of two, a multiple of the SDRAM width (``ratio`` SDRAM words each).
+    id_bits : int
+        Read ID width; ``rid`` echoes ``arid``.
+    write_id_bits : int
+        Write ID width (default ``id_bits``); ``bid`` echoes ``awid``.
+    clock_hz : int
+        Controller (and SDRAM) clock frequency, 1..200 MHz.
+    timing : SdramTiming
+    geometry : SdramGeometry
+    read_delay : int
+        Extra register stages between the ``dq`` pins and ``pins.dq.i`` (0..2): 1 for an input register
+        in the I/O cell. The controller captures read data ``cas_latency + read_delay`` cycles after
+        the READ command is on the pins.
+    read_buffer : int
+        R buffer depth in AXI words (4..256). It must cover the read loop (about ``cas_latency +
+        read_delay + 5`` cycles of words) for full read bandwidth.
+    max_outstanding : int
+        Bursts accepted on AR (and on AW) ahead of the one in progress (1..64).
+    quota : int
+        AXI words the read or the write engine may move while the other waits (1..4096).
+
+    Attributes
+    ----------
+    axi : In(AxiReadSignature(addr_bits, data_bits, id_bits))
+    axi_wr : In(AxiWriteSignature(addr_bits, data_bits, write_id_bits))
+    pins : Out(SdramPinsSignature(geometry))
+    ready : Out(1)
+        The init sequence is done (AXI transfers are held until then).
+    refreshes : Out(32)
+        REFRESH commands issued since reset (the init sequence's two included); wraps.
+    """
+
+    def __init__(self, *, addr_bits=32, data_bits=32, id_bits=1, write_id_bits=None, clock_hz=100_000_000,
+                 timing=SdramTiming(), geometry=SdramGeometry(), read_delay=0, read_buffer=16, max_outstanding=4,
+                 quota=32):
+        owner = "SdramController"
+        if not isinstance(timing, SdramTiming):
+            raise TypeError(f"{owner}: timing must be an SdramTiming, got {timing!r}")
+        if not isinstance(geometry, SdramGeometry):
+            raise TypeError(f"{owner}: geometry must be an SdramGeometry, got {geometry!r}")
+        self.read_signature = AxiReadSignature(addr_bits, data_bits, id_bits)
+        self.write_signature = AxiWriteSignature(addr_bits, data_bits,
+                                                 id_bits if write_id_bits is None else write_id_bits)
+        if data_bits % geometry.data_bits:
+            raise ValueError(f"{owner}: data_bits = {data_bits} is not a multiple of the SDRAM width "
+                             f"{geometry.data_bits}")
+        if addr_bits < exact_log2(geometry.size_bytes):
+            raise ValueError(f"{owner}: addr_bits = {addr_bits} cannot address the {geometry.size_bytes}-byte SDRAM")
+        self.addr_bits, self.data_bits = addr_bits, data_bits
+        self.clock_hz = check_clock_hz(clock_hz, owner)
+        self.timing, self.geometry = timing, geometry
+        self.cycles = timing.cycles(self.clock_hz)
+        self.read_delay = check_int("read_delay", read_delay, 0, 2, owner)
+        self.read_buffer = check_int("read_buffer", read_buffer, 4, 256, owner)
+        self.max_outstanding = check_int("max_outstanding", max_outstanding, 1, 64, owner)
+        self.quota = check_int("quota", quota, 1, 4096, owner)
+        super().__init__({
+            "axi": In(self.read_signature),
+            "axi_wr": In(self.write_signature),
+            "pins": Out(SdramPinsSignature(geometry)),
+            "ready": Out(1),
+            "refreshes": Out(32),
+        })
+
+    @property
+    def ratio(self):
+        """SDRAM words per AXI word."""
+        return self.data_bits // self.geometry.data_bits
+
+    @property
+    def size_bytes(self):
+        return self.geometry.size_bytes
+
+    def elaborate(self, platform):
+        m = Module()
+        g, cyc = self.geometry, self.cycles
+        ratio, sd = self.ratio, g.data_bits
+        beat_bits = exact_log2(ratio)
+        size = exact_log2(self.data_bits // 8)
+        word_bits = self.addr_bits - size                 # AXI word address
+        dev_axi_bits = g.word_bits - beat_bits             # AXI word address bits inside the SDRAM
+        nb = g.banks
+        max_beat = ratio - 1
+
+        # ---- Pin registers: everything leaves through a flop (an I/O-cell register on the board).
+        cmd = Signal(SdramCommand, init=SdramCommand.INHIBIT)
+        ba = Signal(g.bank_bits)
+        a = Signal(g.addr_bits)
+        dqm = Signal(g.data_bytes)
+        dq_o = Signal(sd)
+        dq_oe = Signal()
+        bits = cmd.as_value()
+        m.d.comb += [
+            self.pins.clk_en.eq(1),
+            self.pins.cs_n.eq(bits[3]), self.pins.ras_n.eq(bits[2]),
+            self.pins.cas_n.eq(bits[1]), self.pins.we_n.eq(bits[0]),
+            self.pins.ba.eq(ba), self.pins.a.eq(a), self.pins.dqm.eq(dqm),
+            self.pins.dq.o.eq(dq_o), self.pins.dq.oe.eq(dq_oe),
+        ]
+        # The next cycle's pins: a NOP with the data bus released unless a command below says otherwise.
+        # DQM stays low outside writes: it masks read data two cycles later.
+        m.d.sync += [cmd.eq(SdramCommand.NOP), dq_oe.eq(0), dqm.eq(0)]
+
+        # ---- Timers (cycles left until the action is allowed).
+        busy = _timer("busy", max(cyc.powerup, cyc.rfc, cyc.rp, cyc.mrd), init=cyc.powerup - 1)   # any command
+        rrd = _timer("rrd", cyc.rrd)                       # ACT after ACT, any bank
+        rd2wr = _timer("rd2wr", cyc.cas_latency + 1)        # WRITE after READ: the read data has left the bus
+        act_ok = [_timer(f"act_ok{i}", max(cyc.rc, cyc.rp)) for i in range(nb)]     # tRC, tRP
+        col_ok = [_timer(f"col_ok{i}", cyc.rcd) for i in range(nb)]                 # tRCD
+        pre_ok = [_timer(f"pre_ok{i}", max(cyc.ras, cyc.wr)) for i in range(nb)]    # tRAS, tWR
+        for t in [busy, rrd, rd2wr, *act_ok, *col_ok, *pre_ok]:
+            _tick(m, t)
+        is_open = Signal(nb)
+        open_row = Array(Signal(g.row_bits, name=f"open_row{i}") for i in range(nb))
+
+        # ---- Refresh: due every tREFI once running; strict priority at the next command slot.
+        refi = Signal(range(cyc.refi), init=cyc.refi - 1)
+        ref_pending = Signal()
+        running = Signal()
+        with m.If(running):
+            m.d.sync += refi.eq(refi - 1)
+            with m.If(refi == 0):
+                m.d.sync += [refi.eq(cyc.refi - 1), ref_pending.eq(1)]
+        m.d.comb += self.ready.eq(running)
+
+        # ---- Read engine: AR queue, burst in progress, credits for the R buffer.
+        id_bits = self.read_signature.id_bits
+        ar_layout = data.StructLayout({"addr": unsigned(word_bits), "len": unsigned(8), "id": unsigned(id_bits)})
+        m.submodules.ar_queue = arq = SyncFIFO(width=ar_layout.size, depth=self.max_outstanding)
+        ar_entry = Signal(ar_layout)
+        m.d.comb += [
+            ar_entry.addr.eq(self.axi.araddr[size:]), ar_entry.len.eq(self.axi.arlen), ar_entry.id.eq(self.axi.arid),
+            arq.w_data.eq(ar_entry), arq.w_en.eq(self.axi.arvalid), self.axi.arready.eq(arq.w_rdy),
+        ]
+        ar_head = ar_layout(arq.r_data)
+        # The burst in progress lives in registers (loaded from the queue's head, without a gap between
+        # bursts), so the command decision starts from flip-flops rather than the queue's read port.
+        r_valid, r_addr, r_left = Signal(), Signal(word_bits), Signal(8)
+        r_id, r_beat = Signal(id_bits), Signal(beat_bits)
+        credits = Signal(range(self.read_buffer + 1), init=self.read_buffer)
+        r_req, r_err = Signal(), Signal()
+        r_dev = Signal(g.word_bits)        # SDRAM word address of the next READ
+        m.d.comb += [
+            # A word's first READ takes a credit (its R buffer slot); the rest of the word has it.
+            r_req.eq(r_valid & ((r_beat != 0) | (credits != 0))),
+            r_err.eq(r_addr[dev_axi_bits:] != 0 if word_bits > dev_axi_bits else 0),
+            r_dev.eq(Cat(r_beat, r_addr[:dev_axi_bits]) if beat_bits else r_addr[:dev_axi_bits]),
+        ]
+
+        # ---- Write engine: AW queue, burst in progress, B queue.
+        wid_bits = self.write_signature.id_bits
+        aw_layout = data.StructLayout({"addr": unsigned(word_bits), "len": unsigned(8), "id": unsigned(wid_bits)})
+        m.submodules.aw_queue = awq = SyncFIFO(width=aw_layout.size, depth=self.max_outstanding)
+        aw_entry = Signal(aw_layout)
+        wr = self.axi_wr
+        m.d.comb += [
+            aw_entry.addr.eq(wr.awaddr[size:]), aw_entry.len.eq(wr.awlen), aw_entry.id.eq(wr.awid),
+            awq.w_data.eq(aw_entry), awq.w_en.eq(wr.awvalid), wr.awready.eq(awq.w_rdy),
+        ]
+        aw_head = aw_layout(awq.r_data)
+        w_valid, w_addr, w_left = Signal(), Signal(word_bits), Signal(8)
+        w_id, w_beat, w_failed = Signal(wid_bits), Signal(beat_bits), Signal()
+        b_layout = data.StructLayout({"id": unsigned(wid_bits), "resp": unsigned(2)})
+        m.submodules.b_queue = bq = SyncFIFO(width=b_layout.size, depth=max(2, self.max_outstanding))
+        b_head = b_layout(bq.r_data)
+        m.d.comb += [wr.bvalid.eq(bq.r_rdy), wr.bid.eq(b_head.id), wr.bresp.eq(b_head.resp),
+                     bq.r_en.eq(wr.bready)]
+        w_req, w_err = Signal(), Signal()
+        w_dev = Signal(g.word_bits)
+        m.d.comb += [
+            w_req.eq(w_valid & wr.wvalid & bq.w_rdy),
+            w_err.eq(w_addr[dev_axi_bits:] != 0 if word_bits > dev_axi_bits else 0),
+            w_dev.eq(Cat(w_beat, w_addr[:dev_axi_bits]) if beat_bits else w_addr[:dev_axi_bits]),
+        ]
+
+        # ---- Arbitration by AXI word: the owner (a register: the command decision does not wait for
+        # the arbiter) keeps the slot while it has work, up to `quota` words while the other engine waits.
+        # Then it starts no new word, and the slot changes hands on the next cycle.
+        owner = Signal()                   # 0: read engine, 1: write engine
+        sel = owner
+        served = Signal(range(self.quota + 1))
+        quota_hit = served == self.quota
+        own_req = Mux(owner, w_req, r_req)
+        other_req = Mux(owner, r_req, w_req)
+        own_boundary = Mux(owner, w_beat == 0, r_beat == 0)
+        switch = Signal()
+        yield_slot = Signal()
+        m.d.comb += [
+            switch.eq(own_boundary & other_req & (~own_req | quota_hit)),
+            yield_slot.eq(own_boundary & other_req & quota_hit),
+        ]
+        s_req = own_req & ~yield_slot
+        s_err = Mux(sel, w_err, r_err)
+        s_dev = Signal(g.word_bits)
+        m.d.comb += s_dev.eq(Mux(sel, w_dev, r_dev))
+        s_col = s_dev[:g.col_bits]
+        s_bank = s_dev[g.col_bits:g.col_bits + g.bank_bits]
+        s_row = s_dev[g.col_bits + g.bank_bits:]
+
+        # What the command slot does this cycle (one-hot strobes for the engines and the bank state).
+        r_step = Signal()          # the read engine issued a READ, or skipped an error word
+        w_step = Signal()          # the write engine issued a WRITE, or skipped an error word
+        word_done = Signal()
+        m.d.comb += word_done.eq((r_step & ((r_beat == max_beat) | r_err)) | (w_step & ((w_beat == max_beat) | w_err)))
+        with m.If(switch):
+            m.d.sync += [owner.eq(~owner), served.eq(0)]
+        with m.Elif(word_done & ~quota_hit):
+            m.d.sync += served.eq(served + 1)
+
+        bank_open = is_open.bit_select(s_bank, 1)
+        # Row hit: both engines' rows are compared with every bank's open row in parallel, from
+        # registers, and the owner's bank picks the answer (shorter than mux, then compare).
+        def row_hit(dev):
+            row = dev[g.col_bits + g.bank_bits:]
+            hits = Cat(is_open[i] & (open_row[i] == row) for i in range(nb))
+            return hits.bit_select(dev[g.col_bits:g.col_bits + g.bank_bits], 1)
+        hit = Signal()
+        m.d.comb += hit.eq(Mux(owner, row_hit(w_dev), row_hit(r_dev)))
+        col_ok_s = Array(col_ok)[s_bank]
+        pre_ok_s = Array(pre_ok)[s_bank]
+        act_ok_s = Array(act_ok)[s_bank]
+        all_closable = Signal()
+        all_act_ok = Signal()
+        m.d.comb += [
+            all_closable.eq(Cat(~is_open[i] | (pre_ok[i] == 0) for i in range(nb)).all()),
+            all_act_ok.eq(Cat(act_ok[i] == 0 for i in range(nb)).all()),
+        ]
+
+        def precharge_all():
+            m.d.sync += [cmd.eq(SdramCommand.PRECHARGE), a.eq(1 << 10), is_open.eq(0)]
+            for i in range(nb):
+                _arm(m, act_ok[i], cyc.rp)
+
+        def refresh():
+            m.d.sync += [cmd.eq(SdramCommand.REFRESH), self.refreshes.eq(self.refreshes + 1)]
+            _arm(m, busy, cyc.rfc)
+
+        wdata_beat = wr.wdata.word_select(w_beat, sd) if beat_bits else wr.wdata
+        wstrb_beat = wr.wstrb.word_select(w_beat, sd // 8) if beat_bits else wr.wstrb
+
+        with m.FSM(name="sdram"):
+            # Power-up: NOPs for t_powerup (busy starts there), PRECHARGE ALL, two REFRESH, LOAD MODE.
+            with m.State("POWERUP"):
+                with m.If(busy == 0):
+                    precharge_all()
+                    m.next = "REFRESH0"
+            with m.State("REFRESH0"):
+                with m.If(all_act_ok & (busy == 0)):
+                    refresh()
+                    m.next = "REFRESH1"
+            with m.State("REFRESH1"):
+                with m.If(busy == 0):
+                    refresh()
+                    m.next = "MODE"
+            with m.State("MODE"):
+                with m.If(busy == 0):
+                    m.d.sync += [cmd.eq(SdramCommand.LOAD_MODE), ba.eq(0), a.eq(mode_register(cyc.cas_latency))]
+                    _arm(m, busy, cyc.mrd)
+                    m.d.sync += running.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(ref_pending):
+                    # Close every bank as soon as tRAS/tWR allow, then refresh once tRP (tRC) has passed.
+                    with m.If(is_open.any()):
+                        with m.If(all_closable & (busy == 0)):
+                            precharge_all()
+                    with m.Elif(all_act_ok & (busy == 0)):
+                        refresh()
+                        m.d.sync += ref_pending.eq(0)
+                with m.Elif(s_req & (busy == 0)):
+                    with m.If(s_err):
+                        # Beyond the SDRAM: no command; the engine answers with SLVERR.
+                        m.d.comb += [r_step.eq(~sel), w_step.eq(sel)]
+                    with m.Elif(hit):
+                        with m.If((col_ok_s == 0) & (~sel | (rd2wr == 0))):
+                            m.d.sync += [ba.eq(s_bank), a.eq(s_col)]       # A10 low: no auto-precharge
+                            with m.If(sel):
+                                m.d.sync += [cmd.eq(SdramCommand.WRITE), dq_o.eq(wdata_beat), dq_oe.eq(1),
+                                             dqm.eq(~wstrb_beat)]
+                                m.d.comb += w_step.eq(1)
+                                for i in range(nb):
+                                    with m.If(s_bank == i):
+                                        _arm(m, pre_ok[i], cyc.wr)
+                            with m.Else():
+                                m.d.sync += cmd.eq(SdramCommand.READ)
+                                m.d.comb += r_step.eq(1)
+                                _arm(m, rd2wr, cyc.cas_latency + 1)
+                    with m.Elif(bank_open):
+                        # Row miss: close the bank (the next slot activates the new row).
+                        with m.If(pre_ok_s == 0):
+                            m.d.sync += [cmd.eq(SdramCommand.PRECHARGE), ba.eq(s_bank), a.eq(0)]
+                            for i in range(nb):
+                                with m.If(s_bank == i):
+                                    m.d.sync += is_open[i].eq(0)
+                                    _arm(m, act_ok[i], cyc.rp)
+                    with m.Else():
+                        with m.If((act_ok_s == 0) & (rrd == 0)):
+                            m.d.sync += [cmd.eq(SdramCommand.ACTIVE), ba.eq(s_bank), a.eq(s_row)]
+                            _arm(m, rrd, cyc.rrd)
+                            for i in range(nb):
+                                with m.If(s_bank == i):
+                                    m.d.sync += [is_open[i].eq(1), open_row[i].eq(s_row)]
+                                    _arm(m, col_ok[i], cyc.rcd)
+                                    _arm(m, pre_ok[i], cyc.ras)
+                                    _arm(m, act_ok[i], cyc.rc)
+
+        # ---- Read engine progress, and the capture pipeline: a tag per READ (or error word) that reaches
+        # its end when the data is on pins.dq.i (cas_latency + read_delay after the command's pin cycle).
+        tag_layout = data.StructLayout({"valid": 1, "err": 1, "last": 1, "beat": unsigned(max(1, beat_bits)),
+                                        "id": unsigned(id_bits)})
+        r_last_beat = r_err | (r_beat == max_beat)
+        r_load = Signal()      # take the queue's head as the burst in progress (pops it when there is one)
+        m.d.comb += [r_load.eq(~r_valid | (r_step & r_last_beat & (r_left == 0))), arq.r_en.eq(r_load)]
+        with m.If(r_load):
+            m.d.sync += [r_valid.eq(arq.r_rdy), r_addr.eq(ar_head.addr), r_left.eq(ar_head.len),
+                         r_id.eq(ar_head.id), r_beat.eq(0)]
+        with m.Elif(r_step):
+            with m.If(r_last_beat):
+                m.d.sync += [r_beat.eq(0), r_addr.eq(r_addr + 1), r_left.eq(r_left - 1)]
+            with m.Else():
+                m.d.sync += r_beat.eq(r_beat + 1)
+        tags = [Signal(tag_layout, name=f"tag{j}") for j in range(cyc.cas_latency + self.read_delay + 1)]
+        m.d.sync += [
+            tags[0].valid.eq(r_step),
+            tags[0].err.eq(r_err),
+            tags[0].last.eq(r_left == 0),
+            tags[0].beat.eq(Mux(r_err, max_beat, r_beat)),
+            tags[0].id.eq(r_id),
+        ]
+        for j in range(1, len(tags)):
+            m.d.sync += tags[j].eq(tags[j - 1])
+        cap = tags[-1]
+
+        r_layout = data.StructLayout({"data": unsigned(self.data_bits), "resp": unsigned(2), "last": 1,
+                                      "id": unsigned(id_bits)})
+        m.submodules.r_buffer = rbuf = SyncFIFOBuffered(width=r_layout.size, depth=self.read_buffer)
+        # The earlier SDRAM words of the AXI word, lowest first (a shift register, filled from the top).
+        assembled = Signal(max(1, self.data_bits - sd))
+        r_word = Signal(r_layout)
+        m.d.comb += [
+            r_word.data.eq(Mux(cap.err, 0, Cat(assembled, self.pins.dq.i) if beat_bits else self.pins.dq.i)),
+            r_word.resp.eq(Mux(cap.err, AxiResp.SLVERR, AxiResp.OKAY)),
+            r_word.last.eq(cap.last),
+            r_word.id.eq(cap.id),
+            rbuf.w_data.eq(r_word),
+            rbuf.w_en.eq(cap.valid & (cap.beat == max_beat)),     # a credit guarantees the room
+        ]
+        if beat_bits:
+            with m.If(cap.valid & ~cap.err):
+                m.d.sync += assembled.eq(Cat(assembled[sd:], self.pins.dq.i) if ratio > 2 else self.pins.dq.i)
+        r_out = r_layout(rbuf.r_data)
+        r_fire = Signal()
+        m.d.comb += [
+            self.axi.rvalid.eq(rbuf.r_rdy), self.axi.rdata.eq(r_out.data), self.axi.rresp.eq(r_out.resp),
+            self.axi.rlast.eq(r_out.last), self.axi.rid.eq(r_out.id), rbuf.r_en.eq(self.axi.rready),
+            r_fire.eq(self.axi.rvalid & self.axi.rready),
+        ]
+        taken = Signal()
+        m.d.comb += taken.eq(r_step & (r_beat == 0))
+        m.d.sync += credits.eq(credits + r_fire - taken)
+
+        # ---- Write engine progress: a W beat is accepted with its last SDRAM word (or at once if it
+        # falls beyond the SDRAM); the burst's last beat queues the B response.
+        w_last_beat = w_err | (w_beat == max_beat)
+        w_load = Signal()
+        m.d.comb += [w_load.eq(~w_valid | (w_step & w_last_beat & (w_left == 0))), awq.r_en.eq(w_load)]
+        b_entry = Signal(b_layout)
+        m.d.comb += [
+            b_entry.id.eq(w_id),
+            b_entry.resp.eq(Mux(w_failed | w_err, AxiResp.SLVERR, AxiResp.OKAY)),
+            bq.w_data.eq(b_entry),
+        ]
+        with m.If(w_step & w_last_beat):
+            m.d.comb += [wr.wready.eq(1), bq.w_en.eq(w_left == 0)]
+        with m.If(w_load):
+            m.d.sync += [w_valid.eq(awq.r_rdy), w_addr.eq(aw_head.addr), w_left.eq(aw_head.len),
+                         w_id.eq(aw_head.id), w_beat.eq(0), w_failed.eq(0)]
+        with m.Elif(w_step):
+            with m.If(w_last_beat):
+                m.d.sync += [w_beat.eq(0), w_addr.eq(w_addr + 1), w_left.eq(w_left - 1),
+                             w_failed.eq(w_failed | w_err)]
+            with m.Else():
+                m.d.sync += w_beat.eq(w_beat + 1)
+        return m
