@@ -95,7 +95,10 @@ def bench_tlmm(hw="tiny", progress=None):
         "method": (
             "cost: Yosys synth_ecp5 cell counts divided by 3*T*N MACs/cycle, LUT4 equivalents = LUT4 + 2*CCU2C "
             f"+ 6*DPR16X4; the baseline is a plain ternary adder-tree MAC array with the same MACs/cycle, streams "
-            f"and shared accumulate back half; all three with {ACC_SLOTS} accumulator slots. throughput: "
+            f"and shared accumulate back half; all three with {ACC_SLOTS} accumulator slots; synth_ecp5 elaborates "
+            "with an ECP5 platform, so the lutram engine places its own CCU2C carry cells (signs and the last "
+            "shift level in their LUTs) while the baseline and the mux engine stay plain Amaranth arithmetic. "
+            "throughput: "
             "accepted steps (mux) or weight words (lutram) per cycle between the first and last one of a "
             f"stall-free matmul on Verilator; lutram streams {THROUGHPUT_ROWS} rows per table set (bitnet-large "
             "gate+up), so its 15-cycle table fills are included"),

