@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from .provenance import git_commit
 
 __all__ = [
     "BuildError",
@@ -301,18 +302,6 @@ def _wheel_versions():
     return out
 
 
-def _git_commit():
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
-
-
 def _say(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -406,7 +395,7 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     result = assemble_result(
         parsed, clocks, bitstream=str(bitstream), build_seconds=build_seconds, board=board.name,
         device=board.device, design=spec.name, hw=hw_cfg.name, config_hash=hw_cfg.config_hash,
-        commit=_git_commit(), stage_seconds=stage_seconds, tools=tools)
+        commit=git_commit(), stage_seconds=stage_seconds, tools=tools)
     result.update({"bitstream_bytes": bitstream.stat().st_size, "wheels": _wheel_versions(),
                    "build_dir": str(build_dir), "report": str(report_path), "logs": logs})
     (build_dir / "build-report.json").write_text(json.dumps(result, indent=1) + "\n")
