@@ -176,7 +176,7 @@ def test_first_error_of_a_real_yosys_log():
 
 @pytest.mark.parametrize("argv, needle", [
     (["build", "--board", "de10-nano", "--hw", "ecp5"], "unknown board 'de10-nano'; known boards: nexus-40, ulx3s-85f"),
-    (["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--design", "soc"], "unknown design 'soc'; known designs: link"),
+    (["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--design", "soc"], "unknown design 'soc'; known designs: link, shell"),
 ])
 def test_cli_unknown_board_or_design(capsys, argv, needle):
     assert main(argv) == 2
@@ -284,7 +284,7 @@ def test_link_design_prepares_for_every_board(board):
     commands = json.loads(plan.files["build_top.json"])["commands"]
     assert [c[0] for c in commands][0] == "yosys" and "--report" in commands[1]
     assert set(b.tool_env) >= {"YOSYS"} and all(v.startswith("yowasp-") or v == "true" for v in b.tool_env.values())
-    assert set(DESIGNS) == {"link"}
+    assert set(DESIGNS) == {"link", "shell"}
     with pytest.raises(ValueError, match="unknown board"):
         get_board("nope")
 

@@ -9,8 +9,8 @@ constraint in MHz of each clock domain, which the build report checks nextpnr's 
   hardware config's hash, so ``BoardDevice.check_id()`` works against it, plus scratch registers) and a
   small on-chip RAM as the DRAM stand-in (:class:`AxiRam`), so synthesis keeps the whole link. A useful
   bitstream on its own: the host can ``PING``, read the id and write and read back DRAM bytes.
-* ``shell`` (to come): the board shell, link + accelerator + SDRAM controller. Add a
-  :class:`DesignSpec` to :data:`DESIGNS`; the build flow needs nothing else.
+* ``shell``: the board shell (:class:`hw.board.shell.Ulx3sShell`: link + accelerator + SDRAM controller)
+  behind an ECP5 PLL (:class:`ShellTop`), on the ULX3S's UART and SDRAM pins.
 """
 
 from __future__ import annotations
@@ -218,3 +218,125 @@ def get_design(name):
         return DESIGNS[name]
     except KeyError:
         raise ValueError(f"unknown design {name!r}; known designs: {', '.join(design_names())}") from None
+
+
+# -- the board shell ---------------------------------------------------------------------------------------
+
+from amaranth.hdl import ClockDomain, ClockSignal, Instance  # noqa: E402
+from amaranth.lib.cdc import ResetSynchronizer  # noqa: E402
+
+from .shell import Ulx3sShell  # noqa: E402
+
+#: The shell's clock on the ULX3S: the 25 MHz oscillator times two, from the ECP5 PLL.
+SHELL_CLK_MHZ = 50
+
+
+def ecp5_pll_params(in_mhz, out_mhz):
+    """``EHXPLLL`` dividers for ``out_mhz`` from ``in_mhz`` with CLKOP fed back: ``(CLKI_DIV, CLKFB_DIV,
+    CLKOP_DIV)``: the first exact feedback ratio with the phase detector at 10 MHz or more, and the output
+    divider putting the VCO nearest 600 MHz (range 400..800); ``ValueError`` if there is none."""
+    for clki in range(1, 129):
+        for fb in range(1, 81):
+            if abs(in_mhz * fb / clki - out_mhz) > 1e-9 or in_mhz / clki < 10:
+                continue
+            ops = [op for op in range(1, 129) if 400 <= out_mhz * op <= 800]
+            if ops:
+                return clki, fb, min(ops, key=lambda op: abs(out_mhz * op - 600))
+    raise ValueError(f"no exact ECP5 PLL setting makes {out_mhz} MHz from {in_mhz} MHz")
+
+
+class ShellTop(Elaboratable):
+    """The ``shell`` design: :class:`hw.board.shell.Ulx3sShell` on the ULX3S.
+
+    * **Clock.** ``pll=True``: an ``EHXPLLL`` makes ``clk_mhz`` (50) from the 25 MHz oscillator; the
+      ``sync`` domain is held in reset until the PLL locks. ``pll=False``: the shell runs on the
+      oscillator's 25 MHz directly.
+    * **SDRAM.** The controller's pin signals go through plain I/O buffers (the controller's own output
+      registers feed them); the chip's clock is the ``sync`` clock inverted, made by a DDR output register
+      (``ODDRX1F``: low in the first half of the cycle, high in the second), so the chip samples commands
+      and write data half a cycle after they leave the controller's registers. Read data is registered once
+      in the fabric before the controller sees it (``read_delay=1``). With the clock inverted, CL 3 data
+      (valid ``tAC`` = 5.4 ns after the chip's edge) is sampled by the register CL+1 cycles after the
+      command, in the middle of its valid window at 50 MHz. This phase choice is reasoned, not measured on
+      a board: check it (a DRAM write/read test over the link) on the first board.
+    * **UART** as the ``link`` design (``baud`` 1 Mbaud: divisor 50 at 50 MHz).
+    * **LEDs**: the shell's ``leds`` (0 run done, 1 running, 2 link busy, 3 SDRAM ready, 4 UART framing
+      error seen, 5 host DRAM access open, 6 accelerator DRAM access open, 7 heartbeat).
+    """
+
+    def __init__(self, platform, hw, *, clk_mhz=SHELL_CLK_MHZ, pll=True, baud=DEFAULT_BAUD, max_payload=1024):
+        try:
+            platform.lookup("sdram", 0)
+        except ResourceError:
+            self._MustUse__silence = True        # never elaborated: no "created but never used" warning
+            raise ValueError(f"design 'shell' needs a board with an SDR SDRAM resource ('sdram'); "
+                             f"{type(platform).__name__} has none") from None
+        self.in_hz = platform.default_clk_frequency
+        self.pll = bool(pll)
+        self.clk_hz = int(clk_mhz * 1e6) if self.pll else int(self.in_hz)
+        if self.pll:
+            self.pll_params = ecp5_pll_params(self.in_hz / 1e6, clk_mhz)
+        self.hw = hw
+        self.shell = Ulx3sShell(hw, clk_hz=self.clk_hz, baud=baud, read_delay=1, max_payload=max_payload)
+        #: Clock constraint (MHz) per clock domain, checked against nextpnr's Fmax.
+        self.clocks = {"sync": self.clk_hz / 1e6}
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = cd_sync = ClockDomain("sync")
+        clk_in = platform.request(platform.default_clk, dir="-")
+        m.submodules.clk_in_buf = clk_buf = io.Buffer("i", clk_in)
+        if self.pll:
+            clki, fb, op = self.pll_params
+            locked = Signal()
+            m.submodules.pll = Instance(
+                "EHXPLLL",
+                a_FREQUENCY_PIN_CLKI=f"{self.in_hz / 1e6:g}", a_FREQUENCY_PIN_CLKOP=f"{self.clk_hz / 1e6:g}",
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+                p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+                p_CLKI_DIV=clki, p_CLKFB_DIV=fb, p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=op,
+                p_CLKOP_CPHASE=(op - 1) // 2, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+                i_RST=0, i_STDBY=0, i_CLKI=clk_buf.i, o_CLKOP=ClockSignal("sync"), i_CLKFB=ClockSignal("sync"),
+                i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0,
+                i_ENCLKOP=0, o_LOCK=locked)
+            platform.add_clock_constraint(cd_sync.clk, self.clk_hz)
+            m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        else:
+            m.d.comb += cd_sync.clk.eq(clk_buf.i)       # no reset: flip-flops start at their init values
+
+        m.submodules.shell = shell = self.shell
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx_buf = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_buf = tx_buf = io.Buffer("o", uart.tx)
+        m.d.comb += [shell.rx.eq(rx_buf.i), tx_buf.o.eq(shell.tx)]
+
+        sd = platform.request("sdram", 0, dir="-")
+        pins = shell.sdram
+        m.submodules.sdram_clk = sd_clk = io.DDRBuffer("o", sd.clk)
+        m.d.comb += sd_clk.o.eq(0b10)            # low after the rising edge, high after the falling one
+        # cs, we, ras and cas are active-low pins (PinsN): the buffers take the active-high command bits.
+        outs = {"clk_en": pins.clk_en, "cs": ~pins.cs_n, "we": ~pins.we_n, "ras": ~pins.ras_n,
+                "cas": ~pins.cas_n, "ba": pins.ba, "a": pins.a, "dqm": pins.dqm}
+        for name, value in outs.items():
+            m.submodules[f"sdram_{name}"] = buf = io.Buffer("o", getattr(sd, name))
+            m.d.comb += buf.o.eq(value)
+        m.submodules.sdram_dq = dq = io.Buffer("io", sd.dq)
+        m.d.comb += [dq.o.eq(pins.dq.o), dq.oe.eq(pins.dq.oe)]
+        m.d.sync += pins.dq.i.eq(dq.i)           # read_delay = 1
+
+        for i in range(8):
+            try:
+                led = platform.request("led", i, dir="-")
+            except ResourceError:
+                break
+            m.submodules[f"led_buf{i}"] = buf = io.Buffer("o", led)
+            m.d.comb += buf.o.eq(shell.leds[i])
+        return m
+
+
+DESIGNS["shell"] = DesignSpec(
+    "shell", "board shell: UART host link + accelerator + SDR SDRAM controller, 50 MHz from the ECP5 PLL",
+    lambda platform, hw: ShellTop(platform, hw))
+__all__ += ["ShellTop", "ecp5_pll_params"]
