@@ -16,7 +16,9 @@ def engine_for(cfg_name, max_tokens=4):
     return TlmmEngine(cfg.tlmm.tables, cfg.tlmm.lanes, acc_bits=32, max_tokens=max_tokens)
 
 
-@pytest.mark.parametrize("cfg_name", ["tiny", "ecp5", "tellme-kv260"])
+# The mux engine at the tellme-kv260 geometry (T=28, N=16) takes 2-3 minutes to build and run; that config
+# uses the lutram engine, which test_tlmm_lut_engine.py runs at all three configs in the default suite.
+@pytest.mark.parametrize("cfg_name", ["tiny", "ecp5", pytest.param("tellme-kv260", marks=pytest.mark.slow)])
 def test_tlmm_engine_cocotb(cfg_name, tmp_path):
     eng = engine_for(cfg_name)
     build = build_component(eng, "tlmm_engine")
