@@ -59,7 +59,8 @@ from hw.memory.dram_model import (
 )
 
 __all__ = [
-    "BUILD_ARGS","CosimTop", "ProtocolClosed", "build_cosim", "cosim_verilog", "recv_message", "send_message"]
+    "BUILD_ARGS", "CosimTop", "ProtocolClosed", "build_cosim", "cached_verilog", "cosim_verilog", "ports_public",
+    "recv_message", "send_message"]
 
 _FRAME = struct.Struct("<II")
 
@@ -165,8 +166,31 @@ def cosim_verilog(cosim: CosimTop, name: str) -> str:
     configuration section making the top level's ports (only) public for cocotb."""
     from .verilog import export_verilog
 
-    public = f'\n`verilator_config\npublic_flat_rw -module "{name}" -var "*"\n'
-    return export_verilog(cosim, name) + DRAM_ARRAY_VERILOG + public
+    return export_verilog(cosim, name) + DRAM_ARRAY_VERILOG + ports_public(name)
+
+
+def cached_verilog(name, key_text, make):
+    """The Verilog ``make()`` returns, cached on disk under ``name`` and ``key_text`` (everything the design's
+    construction depends on) with the digest of the gateware sources; ``make`` runs only on a miss."""
+    import hashlib
+
+    from .build import cache_root
+
+    key = hashlib.sha256(f"{name}\0{key_text}\0{_source_digest()}".encode()).hexdigest()[:24]
+    path = cache_root() / "verilog" / f"{name}-{key}.v"
+    if path.exists():
+        return path.read_text()
+    text = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)          # atomic: a reader never sees half a file
+    return text
+
+
+def ports_public(name):
+    """A Verilator configuration section making module ``name``'s ports (only) public for cocotb."""
+    return f'\n`verilator_config\npublic_flat_rw -module "{name}" -var "*"\n'
 
 
 def _source_digest():
@@ -194,24 +218,10 @@ def build_cosim(cosim, name: str, *, waves=False, verilog_key=None):
     too, keyed with the digest of the gateware sources: elaborating the whole accelerator takes longer
     than starting a cached simulator.
     """
-    import hashlib
-
-    from .build import build_verilog, cache_root
+    from .build import build_verilog
 
     def verilog():
         return cosim_verilog(cosim() if callable(cosim) else cosim, name)
 
-    if verilog_key is not None:
-        key = hashlib.sha256(f"{name}\0{verilog_key}\0{_source_digest()}".encode()).hexdigest()[:24]
-        path = cache_root() / "verilog" / f"{name}-{key}.v"
-        if path.exists():
-            text = path.read_text()
-        else:
-            text = verilog()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(text)
-            tmp.replace(path)          # atomic: a reader never sees half a file
-    else:
-        text = verilog()
+    text = verilog() if verilog_key is None else cached_verilog(name, verilog_key, verilog)
     return build_verilog(text, name, waves=waves, build_args=BUILD_ARGS)

@@ -39,9 +39,7 @@ simulator's speed, never about a lost byte that simulated time would have recove
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 
 from amaranth.hdl import Module
 from amaranth.lib import wiring
@@ -112,8 +110,9 @@ def shell_verilog(top: ShellSimTop, name: str = TOPLEVEL) -> str:
     section making the top level's ports (only) public for cocotb."""
     from .verilog import export_verilog
 
-    public = f'\n`verilator_config\npublic_flat_rw -module "{name}" -var "*"\n'
-    return export_verilog(top, name) + SDRAM_ARRAY_VERILOG + public
+    from .cosim_top import ports_public
+
+    return export_verilog(top, name) + SDRAM_ARRAY_VERILOG + ports_public(name)
 
 
 def build_shell_sim(hw, *, divisor=SIM_DIVISOR, clk_hz=SIM_CLK_HZ, model_bytes=SIM_MODEL_BYTES, timing=SIM_TIMING,
@@ -124,8 +123,8 @@ def build_shell_sim(hw, *, divisor=SIM_DIVISOR, clk_hz=SIM_CLK_HZ, model_bytes=S
     gateware sources (as :func:`sim.cosim_top.build_cosim` does): elaborating the accelerator takes longer
     than starting a cached simulator.
     """
-    from .build import build_verilog, cache_root
-    from .cosim_top import BUILD_ARGS, _source_digest
+    from .build import build_verilog
+    from .cosim_top import BUILD_ARGS, cached_verilog
 
     def make():
         shell = Ulx3sShell(hw, clk_hz=clk_hz, baud=clk_hz / divisor, sdram_timing=timing, max_payload=max_payload,
@@ -134,16 +133,7 @@ def build_shell_sim(hw, *, divisor=SIM_DIVISOR, clk_hz=SIM_CLK_HZ, model_bytes=S
 
     key_text = json.dumps([hw.to_dict(), divisor, clk_hz, model_bytes, repr(timing), link_timeout, max_payload],
                           sort_keys=True)
-    key = hashlib.sha256(f"{TOPLEVEL}\0{key_text}\0{_source_digest()}".encode()).hexdigest()[:24]
-    path = cache_root() / "verilog" / f"{TOPLEVEL}-{key}.v"
-    if path.exists():
-        text = path.read_text()
-    else:
-        text = make()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    text = cached_verilog(TOPLEVEL, key_text, make)
     return build_verilog(text, TOPLEVEL, waves=waves, build_args=BUILD_ARGS)
 
 
