@@ -29,6 +29,7 @@ import time
 import weakref
 
 from .device import DeviceError
+from .verilator_device import stop_process
 
 __all__ = ["SimulatedUart"]
 
@@ -171,15 +172,7 @@ class SimulatedUart:
                 pass
             state["sock"] = None
         if proc is not None:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, 10)
         tmp = state.get("_tmpdir")
         if tmp is not None:
             import shutil

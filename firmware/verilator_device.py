@@ -44,7 +44,7 @@ from hw.isa import ErrorCode
 
 from .device import Device, DeviceError
 
-__all__ = ["MIN_MODEL_BYTES", "TOPLEVEL", "VerilatorDevice"]
+__all__ = ["MIN_MODEL_BYTES", "TOPLEVEL", "VerilatorDevice", "stop_process"]
 
 #: Verilog name of the co-simulation top level (and of its build cache directories).
 TOPLEVEL = "trillium_cosim"
@@ -82,6 +82,19 @@ def _tail(path, lines=_LOG_LINES):
 def _format_csrs(csrs):
     return ", ".join(f"{k}={v:#x}" for k, v in csrs.items())
 
+
+
+def stop_process(proc, grace_s):
+    """Wait ``grace_s`` for a simulator process to exit on its own, then terminate it, then kill it."""
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 class _Captured(Exception):
     def __init__(self, cmds, env):
@@ -168,15 +181,7 @@ class _Process:
                     pass
         self.sock = self.listener = None
         if proc is not None:
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, grace_s)
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
