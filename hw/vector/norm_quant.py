@@ -128,6 +128,26 @@ def _bitlen(m, value, name):
     return out
 
 
+def _tree(m, values, op, name):
+    """Balanced reduction tree with every node a named signal.
+
+    A Python ``reduce`` of an expression that uses its operand twice (``Mux(p > q, p, q)``) nests copies:
+    2^lanes expression nodes, which Verilator then has to compile. Named nodes keep it linear.
+    """
+    level = 0
+    while len(values) > 1:
+        nxt = []
+        for i in range(0, len(values) - 1, 2):
+            node = op(values[i], values[i + 1])
+            sig = Signal(node.shape(), name=f"{name}_{level}_{i // 2}")
+            m.d.comb += sig.eq(node)
+            nxt.append(sig)
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values, level = nxt, level + 1
+    return values[0]
+
+
 class NormQuant(wiring.Component):
     """Fused RMSNorm + int8 quantiser (see the module docstring).
 
@@ -254,8 +274,8 @@ class NormQuant(wiring.Component):
             a = Signal(_V_BITS - 1, name=f"absv{l}")
             m.d.comb += a.eq(Mux(vCs[l] < 0, -vCs[l], vCs[l]))
             absv.append(a)
-        beat_max = reduce(lambda p, q: Mux(p > q, p, q), absv)
-        beat_ss = reduce(lambda p, q: p + q, tC)
+        beat_max = _tree(m, absv, lambda p, q: Mux(p > q, p, q), "beat_max")
+        beat_ss = _tree(m, tC, lambda p, q: p + q, "beat_ss")
         with m.If(vC & ~pass3):
             m.d.sync += [ss.eq(ss + beat_ss), mv.eq(Mux(beat_max > mv, beat_max, mv))]
 
