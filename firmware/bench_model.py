@@ -17,6 +17,11 @@ Method (also in every report's ``method``):
   program (embedding, layers, LM head).
 * **Prefill** of ``p`` tokens: runs of ``limits.max_chunk`` tokens from position 0; only the last
   chunk runs the LM head (as the driver does).
+* **The LM head is measured once**: the first decode context runs on the RTL with and without the LM head
+  (LOGITS), and the difference of every counter is the LM head's cost. Every other run that ends with the
+  LM head runs on the RTL without it, plus that difference (its cycles depend on the vocabulary and
+  hidden size only; it reads the same bytes every time). The work counts (bytes, MACs) always come from
+  the ISA simulator running the full program.
 * **Bounds** (per run, then summed as above): the bandwidth bound is the DRAM bytes the program moves
   (read + written, counted by the ISA simulator running the same program) over
   ``dram.bandwidth_bytes_per_cycle``; the compute bound is ternary MACs / ``3 T N`` + attention MACs /
@@ -88,6 +93,8 @@ class _Runner:
             self.dev.check_id()
         self.sim_cycles = 0
         self.sim_seconds = 0.0
+        #: Every RTL counter's LM-head share (a run with LOGITS minus the same run without), once measured.
+        self.lm_head = None
         # Programs live in the first program slot's space (the compiled program stays intact).
         self.prog_addr = cm.slot_address(0)
 
@@ -108,14 +115,29 @@ class _Runner:
         for d in (self.dev,):
             d.write_csr("dram_size", len(img))
 
-    def run(self, tokens, pos, logits, layer_copies=1, on_device=True):
+    def measure_lm_head(self, tokens, pos):
+        """Run at ``pos`` on the RTL with and without the LM head; keep the counters' difference
+        (:attr:`lm_head`) and return the run with it."""
+        full = self.run(tokens, pos, True)
+        if "rtl" in full:
+            bare = self.run(tokens, pos, False, isa=False)
+            self.lm_head = {k: full["rtl"][k] - bare["rtl"][k] for k in full["rtl"]}
+        return full
+
+    def run(self, tokens, pos, logits, layer_copies=1, on_device=True, isa=True):
+        """Run on the ISA simulator (work counts; unless ``isa`` is false) and the RTL (counters; if
+        ``on_device``). With :attr:`lm_head` measured, a run with ``logits`` runs on the RTL without the LM
+        head and adds its measured counters (``out["lm_head_added"]``)."""
         cm = self.cm
         raw, n_instr = _program(cm, logits, layer_copies)
+        add_lm = logits and self.lm_head is not None
+        raw_rtl = _program(cm, False, layer_copies)[0] if add_lm else raw
         toks = (np.asarray(tokens, np.int64) & 0xFFFFFFFF).astype("<u4").tobytes()
         out = {"n_tokens": len(tokens), "pos": pos, "logits": logits, "instructions": n_instr}
-        devices = [("isa", self.isa)] + ([("rtl", self.dev)] if self.dev is not None and on_device else [])
+        devices = (([("isa", self.isa)] if isa else [])
+                   + ([("rtl", self.dev)] if self.dev is not None and on_device else []))
         for kind, d in devices:
-            d.write(self.prog_addr, raw)
+            d.write(self.prog_addr, raw_rtl if kind == "rtl" else raw)
             d.write(cm.tokens_addr, toks)
             for name, v in (("program", self.prog_addr), ("tokens", cm.tokens_addr), ("n_tokens", len(tokens)),
                             ("pos", pos), ("logits", cm.logits_addr), ("all_logits", 0)):
@@ -132,9 +154,12 @@ class _Runner:
                 c = {"run_cycles": d.read_csr("run_cycles"), "instructions": d.read_csr("instructions")}
                 for u in _UNITS:
                     c[f"busy_{u}"] = d.read_csr(f"busy_{u}")
-                out["rtl"] = c
                 self.sim_cycles += c["run_cycles"]
                 self.sim_seconds += dt
+                if add_lm:
+                    c = {k: v + self.lm_head[k] for k, v in c.items()}
+                    out["lm_head_added"] = True
+                out["rtl"] = c
         return out
 
     def close(self):
@@ -211,9 +236,9 @@ def bench_model(hw_name, shape="bitnet-large", *, backend="verilator", contexts=
         # The bytes and MACs of one layer: the ISA simulator runs layer 0 once and twice.
         runs = {}
         decode = {}
-        for c in contexts:
-            say(f"decode at context {c}")
-            r1 = runner.run(tokens[c - 1:c], c - 1, True)
+        for i, c in enumerate(contexts):
+            say(f"decode at context {c}" + (" (and without the LM head, to measure it)" if i == 0 else ""))
+            r1 = runner.measure_lm_head(tokens[c - 1:c], c - 1) if i == 0 else runner.run(tokens[c - 1:c], c - 1, True)
             r2 = runner.run(tokens[c - 1:c], c - 1, True, layer_copies=2, on_device=False)
             lw = {k: r2["work"][k] - r1["work"][k] for k in r1["work"]}
             decode[c] = _whole(r1, lw, layers)
@@ -277,6 +302,7 @@ def bench_model(hw_name, shape="bitnet-large", *, backend="verilator", contexts=
                                   f"{clock:g} MHz, not measured on a board")
         out["simulation"] = {"rtl_cycles": runner.sim_cycles, "rtl_seconds": round(runner.sim_seconds, 2),
                              "rtl_cycles_per_second": round(runner.sim_cycles / max(runner.sim_seconds, 1e-9))}
+        out["lm_head_rtl"] = runner.lm_head       # the measured LM-head counters every LM-head run reuses
         if shape_name == "bitnet-large":
             out["tellme_v2"] = TELLME_V2
     if golden_speed and shape in MODEL_SHAPES:
