@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from golden.model_int import IntegerModel
-from golden.numerics import score_constant
+from golden.numerics import RowQuant, score_constant
 from golden.tlmm import pack_bitserial, pack_ternary
 from hw.config import HwConfig
 from hw.dataflow.epilogues import qkv_row_order
@@ -138,6 +138,38 @@ class _Image:
         self.regions[name] = Region(name, addr, size)
         return addr
 
+    def add_parts(self, name, parts, align=None):
+        """:meth:`add` of the concatenation of ``parts`` (an iterable of bytes), appended one at a time so
+        that a large region is never held twice."""
+        align = self.align if align is None else align
+        addr = -(-len(self.buf) // align) * align
+        self.buf.extend(bytes(addr - len(self.buf)))
+        for part in parts:
+            self.buf.extend(part)
+        self.regions[name] = Region(name, addr, len(self.buf) - addr)
+        return addr
+
+
+#: Rows of the embedding and the LM head packed at a time: packing works in int64 and bit-planes with
+#: several full-size temporaries, gigabytes for a 128,256-row vocabulary at once.
+_PACK_SLICE_ROWS = 8192
+
+
+def _embedding_parts(rq, stride):
+    """:func:`hw.dram_format.pack_embedding` of a :class:`RowQuant`, in slices of rows (records are
+    per row, so the bytes are the same)."""
+    for r0 in range(0, len(rq.q), _PACK_SLICE_ROWS):
+        sl = slice(r0, r0 + _PACK_SLICE_ROWS)
+        yield pack_embedding(RowQuant(q=rq.q[sl], m16=rq.m16[sl], e=rq.e[sl], bits=rq.bits), stride)
+
+
+def _bitserial_parts(q, bits, tables, lanes):
+    """:func:`golden.tlmm.pack_bitserial` of ``q`` in slices of whole row tiles: the stream is
+    row-tile-major and row tiles are packed independently, so the bytes are the same."""
+    step = max(1, _PACK_SLICE_ROWS // lanes) * lanes
+    for r0 in range(0, len(q), step):
+        yield pack_bitserial(q[r0:r0 + step], bits, tables, lanes).to_bytes()
+
 
 def _codes(wt):
     """int8 ternary codes ``(out, in)`` from an IntegerModel's float32 ``(in, out)`` matrix."""
@@ -209,7 +241,7 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
     prog = img.add("program", size=n_instr * INSTRUCTION_BYTES)
     rope = img.add("rope", pack_rope(model.rope_freq))
     stride = embedding_stride(c.hidden_size, img.align)
-    embed = img.add("embed", pack_embedding(model.embed, stride))
+    embed = img.add_parts("embed", _embedding_parts(model.embed, stride))
 
     qd, kd = c.q_dim, c.kv_dim
     qkv_order = (qkv_row_order(c.num_attention_heads, c.head_dim, N)
@@ -244,7 +276,7 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
         ]
     final = img.add("final_norm", pack_params(model.g_final))
     lm = model.lm_head
-    lm_w = img.add("lm_head", pack_bitserial(lm.q.astype(np.int64), lm.bits, T, N).to_bytes())
+    lm_w = img.add_parts("lm_head", _bitserial_parts(lm.q, lm.bits, T, N))
     lm_s = img.add("lm_head.scales", pack_row_scales(lm))
     kv_base = -(-len(img.buf) // img.align) * img.align
     kv = KvCacheLayout(n_layers, c.num_key_value_heads, c.head_dim, ctx, bus_bytes=bus, base=kv_base)

@@ -35,6 +35,9 @@ __all__ = ["IsaRuntimeError", "WorkCounts", "IsaMachine", "MAX_INSTRUCTIONS"]
 #: A program that has not ended after this many instructions is reported as hung.
 MAX_INSTRUCTIONS = 1 << 20
 
+# LM-head rows unpacked and multiplied at a time (whole row tiles): bounds the memory of the lookup path.
+_LM_HEAD_SLICE_ROWS = 8192
+
 
 class IsaRuntimeError(RuntimeError):
     """The run stopped with an error code (what the RTL reports in its error CSR)."""
@@ -82,10 +85,13 @@ class IsaMachine:
         self.setup = None
 
     # -- DRAM access -----------------------------------------------------------------------------------
-    def _read(self, addr, n):
+    def _check_read(self, addr, n):
         if addr < 0 or n < 0 or addr + n > len(self.dram):
             raise IsaRuntimeError(ErrorCode.BAD_ADDRESS, f"read of {n} bytes at {addr:#x} outside DRAM "
                                   f"({len(self.dram)} bytes)", self._pc)
+
+    def _read(self, addr, n):
+        self._check_read(addr, n)
         self.work.dram_read_bytes += n
         return bytes(self.dram[addr:addr + n])
 
@@ -276,12 +282,23 @@ class IsaMachine:
             x = x[-1:]
         gain, _ = unpack_params(self._read(params, params_bytes(k)), k)
         xq, sq = norm_quant(x, Q16_SCALE, gain)
-        row_tiles = -(-rows // self.lanes)
+        N = self.lanes
+        row_tiles = -(-rows // N)
         k_steps = -(-(-(-k // 3)) // self.tables)
-        word = 5 * self.tables * self.lanes // 8
-        raw = self._read(weights, row_tiles * k_steps * bits * word)
-        packed = PackedBitSerial.from_bytes(raw, rows, k, self.tables, self.lanes, bits=bits)
-        acc = bitserial_matmul(xq.astype(np.int8), packed).astype(np.int64)
+        word = 5 * self.tables * N // 8
+        tile_bytes = k_steps * bits * word   # the stream is row-tile-major: one row tile's words in a row
+        self._check_read(weights, row_tiles * tile_bytes)
+        # Row tiles are independent, so the matrix runs in slices of row tiles: a full-size LM head
+        # (128,256 x 2560) unpacked at once would take gigabytes of indices and lookups.
+        xq8 = xq.astype(np.int8)
+        acc = np.empty((xq.shape[0], rows), np.int64)
+        step = max(1, _LM_HEAD_SLICE_ROWS // N)
+        for rt0 in range(0, row_tiles, step):
+            rt1 = min(row_tiles, rt0 + step)
+            r0, r1 = rt0 * N, min(rows, rt1 * N)
+            raw = self._read(weights + rt0 * tile_bytes, (rt1 - rt0) * tile_bytes)
+            packed = PackedBitSerial.from_bytes(raw, r1 - r0, k, self.tables, N, bits=bits)
+            acc[:, r0:r1] = bitserial_matmul(xq8, packed)
         self.work.lm_head_macs += x.shape[0] * rows * k
         m16, e = unpack_row_scales(self._read(row_scales, 4 * rows), rows)
         m16q, sh = sq.multiplier()

@@ -17,7 +17,7 @@ import numpy as np
 from .attention import attention
 from .fixed import round_shift, saturate
 from .numerics import (
-    Q16_SCALE, RES_FRAC, dequant_q16, gate_relu2, gate_silu, norm_quant, quant_pow2, quantise_gain,
+    Q16_SCALE, RES_FRAC, RowQuant, dequant_q16, gate_relu2, gate_silu, norm_quant, quant_pow2, quantise_gain,
     quantise_rows, residual_add, rope_apply, rope_cos_sin, rope_freq_table,
 )
 from .sfloat import SFloat
@@ -82,6 +82,29 @@ class _Layer:
     down: _Linear
 
 
+#: Rows quantised at a time by :func:`_quantise_rows_sliced`.
+_QUANT_SLICE_ROWS = 8192
+
+
+def _quantise_rows_sliced(w, bits):
+    """:func:`golden.numerics.quantise_rows` on slices of rows (each row is quantised on its own, so the
+    result is the same): it works in float64 with several full-size temporaries, gigabytes for a
+    128,256-row vocabulary at once."""
+    w = np.asarray(w)
+    n = w.shape[0]
+    if w.ndim != 2 or n <= _QUANT_SLICE_ROWS:
+        return quantise_rows(w, bits)
+    q = m16 = e = None
+    for r0 in range(0, n, _QUANT_SLICE_ROWS):
+        part = quantise_rows(w[r0:r0 + _QUANT_SLICE_ROWS], bits)
+        if q is None:
+            q = np.empty((n, w.shape[1]), part.q.dtype)
+            m16, e = np.empty(n, part.m16.dtype), np.empty(n, part.e.dtype)
+        r1 = r0 + len(part.q)
+        q[r0:r1], m16[r0:r1], e[r0:r1] = part.q, part.m16, part.e
+    return RowQuant(q=q, m16=m16, e=e, bits=part.bits)
+
+
 def _matmul_exact(xq, wt):
     return (np.asarray(xq, np.float32) @ wt).astype(np.int64)
 
@@ -128,9 +151,9 @@ class IntegerModel:
                 down=_Linear(lw.down_proj.codes.T.astype(np.float32, order="C"), sf(lw.down_proj.scale)),
             ))
         self.g_final = quantise_gain(weights.final_norm, eps)
-        self.embed = quantise_rows(weights.embed, 16)
-        self.lm_head = quantise_rows(weights.lm_head, lm_head_bits)
-        self._lm_wt = self.lm_head.q.T.astype(np.float64, order="C")
+        self.embed = _quantise_rows_sliced(weights.embed, 16)
+        self.lm_head = _quantise_rows_sliced(weights.lm_head, lm_head_bits)
+        self._lm_wt_cache = None
         self.rope_freq = rope_freq_table(c.head_dim, c.rope_theta)
 
     # -- public API ----------------------------------------------------------------------------------------
@@ -202,11 +225,18 @@ class IntegerModel:
     def lm_head_logits(self, x):
         """Final RMSNorm, int8 quantise, LM head (int-k per-row scaled), logits in Q.16 (saturating)."""
         xq, sq = norm_quant(x, Q16_SCALE, self.g_final)
-        acc = (xq.astype(np.float64) @ self._lm_wt).astype(np.int64)
+        acc = (xq.astype(np.float64) @ self._lm_wt()).astype(np.int64)
         m16q, sh = sq.multiplier()
         lm = self.lm_head
         prod = acc * m16q[:, None] * lm.m16[None, :]
         return saturate(round_shift(prod, sh[:, None] - lm.e[None, :] - RES_FRAC), 32)
+
+    def _lm_wt(self):
+        """The LM head as float64 ``(hidden, vocab)`` for exact BLAS, built on first use: 2.6 GB for a
+        128,256 x 2560 head, which compiling the model for the accelerator never needs."""
+        if self._lm_wt_cache is None:
+            self._lm_wt_cache = self.lm_head.q.T.astype(np.float64, order="C")
+        return self._lm_wt_cache
 
     def logits(self, tokens, chunk=None):
         """Logits for every position of ``tokens`` (prefill in chunks of ``chunk`` tokens, default all)."""

@@ -192,6 +192,8 @@ BINARY_MAGS = tuple(int(m) for m in range(TABLE_ENTRIES) if MAG_TO_TRITS[m].min(
 # Lookup table: magnitude -> is it legal in a bit-plane word (indexed by the full 5-bit index).
 _BINARY_INDEX = np.zeros(1 << INDEX_BITS, dtype=bool)
 _BINARY_INDEX[list(BINARY_MAGS)] = True
+# The same as a bit mask over the indices 0..15 (bit m set: index m is legal in a bit-plane word).
+_BINARY_MASK = sum(1 << m for m in BINARY_MAGS)
 
 _INT_KINDS = "iu"
 
@@ -578,17 +580,39 @@ class PackedBitSerial(PackedTernary):
 
 
 def _fields_to_words(fields):
-    """(n_words, T*N) 5-bit indices -> (n_words, word_bytes) uint8, slot j at bit 5*j, little-endian."""
+    """(n_words, T*N) 5-bit indices -> (n_words, word_bytes) uint8, slot j at bit 5*j, little-endian.
+
+    ``T*N`` is a multiple of 8 (:func:`_check_geometry`), so every 8 slots fill exactly 5 bytes: the
+    bytes are assembled from the slots with uint8 shifts (bit-unpacking the whole stream would take
+    five bytes per slot, gigabytes for a full-size LM head).
+    """
     n_words, slots = fields.shape
-    bits = (fields[..., None] >> np.arange(INDEX_BITS, dtype=np.uint8)) & 1  # (n_words, slots, 5), LSB first
-    return np.packbits(bits.reshape(n_words, slots * INDEX_BITS).astype(np.uint8), axis=1, bitorder="little")
+    f = (fields & 0x1F).astype(np.uint8).reshape(n_words, slots // 8, 8)
+    f0, f1, f2, f3, f4, f5, f6, f7 = (f[..., i] for i in range(8))
+    out = np.empty((n_words, slots // 8, INDEX_BITS), np.uint8)
+    # uint8 left shifts drop the bits that move into the next byte, as the little-endian layout needs.
+    out[..., 0] = f0 | (f1 << 5)
+    out[..., 1] = (f1 >> 3) | (f2 << 2) | (f3 << 7)
+    out[..., 2] = (f3 >> 1) | (f4 << 4)
+    out[..., 3] = (f4 >> 4) | (f5 << 1) | (f6 << 6)
+    out[..., 4] = (f6 >> 2) | (f7 << 3)
+    return out.reshape(n_words, slots // 8 * INDEX_BITS)
 
 
 def _words_to_fields(words, slots):
     """Inverse of :func:`_fields_to_words`: (n_words, word_bytes) uint8 -> (n_words, slots) uint8."""
-    bits = np.unpackbits(words, axis=1, bitorder="little")[:, : slots * INDEX_BITS]
-    bits = bits.reshape(words.shape[0], slots, INDEX_BITS)
-    return (bits << np.arange(INDEX_BITS, dtype=np.uint8)).sum(axis=-1, dtype=np.uint8)
+    b = np.asarray(words, np.uint8).reshape(words.shape[0], slots // 8, INDEX_BITS)
+    b0, b1, b2, b3, b4 = (b[..., i] for i in range(INDEX_BITS))
+    out = np.empty((words.shape[0], slots // 8, 8), np.uint8)
+    out[..., 0] = b0 & 0x1F
+    out[..., 1] = (b0 >> 5) | ((b1 & 0x03) << 3)
+    out[..., 2] = (b1 >> 2) & 0x1F
+    out[..., 3] = (b1 >> 7) | ((b2 & 0x0F) << 1)
+    out[..., 4] = (b2 >> 4) | ((b3 & 0x01) << 4)
+    out[..., 5] = (b3 >> 1) & 0x1F
+    out[..., 6] = (b3 >> 6) | ((b4 & 0x07) << 2)
+    out[..., 7] = b4 >> 3
+    return out.reshape(words.shape[0], slots)
 
 
 def _tile(idx, tables, lanes):
@@ -645,6 +669,13 @@ def pack_ternary(w, tables, lanes):
 def _checked_fields(packed, binary):
     """All indices of a packed stream, validated: (row_tiles, k_steps, planes, lanes, tables)."""
     f = packed.fields()
+    # One cheap pass over the (possibly hundreds of millions of) indices first; the checks below find
+    # and name the first bad index only when there is one. Magnitude > 13 is bits 1..3 all set.
+    if binary:
+        if f.max(initial=0) < 1 << SIGN_SHIFT and ((np.uint16(_BINARY_MASK) >> f) & 1).all():
+            return f
+    elif not ((f & 0b1110) == 0b1110).any():
+        return f
     bad = (f & MAG_MASK) > MAX_MAG
     if bad.any():
         raise _bad_index_error(f, bad, packed._where, "magnitudes 14 and 15 are undefined")
@@ -683,7 +714,7 @@ def unpack_ternary(packed):
 # The engine
 # --------------------------------------------------------------------------------------------------
 
-# Elements gathered per vectorised chunk of k-steps: bounds memory (~ 4 bytes each) for large shapes.
+# Elements gathered per vectorised chunk of k-steps: bounds memory (~ 6 bytes each) for large shapes.
 _CHUNK_ELEMS = 1 << 22
 
 
@@ -692,23 +723,31 @@ def _engine_tree_sums(x, packed, f):
 
     Yields ``(s0, sums)`` with ``sums`` int32 of shape ``(M, row_tiles, steps, planes, lanes)``: for each
     token, word and lane, the sum over the T tables of the signed lookups (the adder-tree output).
+
+    The lookups use the whole 5-bit index on a 32-entry signed copy of each table: entry ``mag`` is
+    ``table[mag]`` and entry ``16 + mag`` is ``-table[mag]`` (the sign bit's negation, done once per
+    table instead of once per lookup; ``f`` is validated, so magnitudes 14 and 15 never occur). The
+    tables are stored token-minor, so one lookup fetches the value of all M tokens.
     """
     m = x.shape[0]
     t, n, planes = packed.tables, packed.lanes, packed.planes
-    groups = group_activations(x, packed.k_steps * t)  # (M, Gp, 3)
-    tabs = build_tables(groups).reshape(m, packed.k_steps, t * TABLE_ENTRIES)  # T tables per k-step
-    mag = (f & MAG_MASK).astype(np.intp)
-    neg = (f >> SIGN_SHIFT).astype(bool)
-    flat = mag + np.arange(t, dtype=np.intp) * TABLE_ENTRIES  # table t's entries start at t*14
+    n_tabs = packed.k_steps * t
+    groups = group_activations(x, n_tabs)  # (M, Gp, 3)
+    tabs = build_tables(groups)  # (M, Gp, 14)
+    signed = np.zeros((n_tabs, 1 << INDEX_BITS, m), np.int16)  # (table, index, token)
+    signed[:, :TABLE_ENTRIES] = tabs.transpose(1, 2, 0)
+    signed[:, 1 << SIGN_SHIFT:(1 << SIGN_SHIFT) + TABLE_ENTRIES] = -signed[:, :TABLE_ENTRIES]  # |value| <= 384
+    signed = signed.reshape(n_tabs << INDEX_BITS, m)
+    # Table (k-step s, table t) starts at row (s*T + t) * 32.
+    base = (np.arange(n_tabs, dtype=np.int32) << INDEX_BITS).reshape(packed.k_steps, 1, 1, t)
     per_step = m * packed.row_tiles * planes * n * t
     step_chunk = max(1, _CHUNK_ELEMS // per_step)
     for s0 in range(0, packed.k_steps, step_chunk):
         s1 = min(packed.k_steps, s0 + step_chunk)
-        # Gather: vals[m, rt, s, p, n, t] = tabs[m, s, t*14 + mag[rt, s, p, n, t]]
-        ks = np.arange(s0, s1)[None, :, None, None, None]
-        vals = tabs[:, ks, flat[:, s0:s1]]  # (M, rt, steps, planes, N, T) int16
-        vals = np.where(neg[None, :, s0:s1], -vals, vals)  # sign bit negates (|value| <= 384 fits int16)
-        yield s0, vals.sum(axis=-1, dtype=np.int32)  # adder tree over the T tables
+        # Gather: vals[rt, s, p, n, t, m] = signed[(s*T + t)*32 + f[rt, s, p, n, t], m]
+        vals = signed[f[:, s0:s1] + base[s0:s1]]  # (rt, steps, planes, N, T, M) int16
+        sums = vals.sum(axis=-2, dtype=np.int32)  # adder tree over the T tables
+        yield s0, np.moveaxis(sums, -1, 0)
 
 
 def tlmm_matmul(x, packed):

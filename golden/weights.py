@@ -111,6 +111,10 @@ def absmean_quantise(w):
     return TernaryLinear(codes, float(np.float32(1.0) / s))
 
 
+#: Normal samples drawn at a time by :func:`random_model` for the embedding (float64 scratch).
+_DRAW_SLICE_ELEMS = 1 << 22
+
+
 def random_model(config, seed=0, *, embed_std=1.0, logit_gain=1.0, norm_spread=0.1, sparsity=1 / 3,
                  branch_gain=1.0, bigram=0.0):
     """A random model of the given shape for tests and benchmarks.
@@ -164,7 +168,15 @@ def random_model(config, seed=0, *, embed_std=1.0, logit_gain=1.0, norm_spread=0
             gate_proj=linear(*shapes["gate_proj"]), up_proj=linear(*shapes["up_proj"]),
             down_proj=branch(linear(*shapes["down_proj"])), ffn_sub_norm=norm(c.intermediate_size),
         ))
-    embed = (embed_std * rng.standard_normal((c.vocab_size, c.hidden_size))).astype(np.float32)
+    # Drawn in slices of rows straight into the float32 array: the same numbers as one float64 draw of
+    # the whole matrix (the generator's stream is sequential), without its gigabytes for a large vocabulary.
+    embed = np.empty((c.vocab_size, c.hidden_size), np.float32)
+    rows = max(1, _DRAW_SLICE_ELEMS // max(c.hidden_size, 1))
+    draw = np.empty((rows, c.hidden_size))
+    for r0 in range(0, c.vocab_size, rows):
+        d = draw[:min(rows, c.vocab_size - r0)]
+        rng.standard_normal(out=d)
+        embed[r0:r0 + len(d)] = embed_std * d
     if c.tie_word_embeddings:
         lm_head = embed
         if logit_gain != 1.0 or bigram:

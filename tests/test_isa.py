@@ -171,3 +171,46 @@ def test_compile_rejects_shapes_the_hardware_cannot_run():
     ok = IntegerModel(random_model(small_config("silu", 4, 4), seed=1))
     with pytest.raises(CompileError, match="max_context"):
         compile_model(ok, hw, max_context=hw.max_context + 1)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_sliced_large_tensors_change_nothing(monkeypatch, tied):
+    """The embedding and LM head are drawn, quantised, packed and (in the ISA simulator) multiplied in
+    slices of rows, so that a 128,256-token vocabulary fits in memory: with tiny slices (a vocabulary of
+    97 rows, the last LM-head row tile partial) the weights, image bytes, logits and work counts are the
+    same as in one piece."""
+    import firmware.compiler
+    import golden.isa_sim
+    import golden.model_int
+    import golden.weights
+
+    cfg = small_config("relu2", 4, 1, tie_word_embeddings=tied)
+    hw = load_hw_config("tiny")
+    prompt = np.random.default_rng(3).integers(0, cfg.vocab_size, 6)
+
+    def build():
+        w = random_model(cfg, seed=7)
+        model = IntegerModel(w)
+        cm = compile_model(model, tiny_hw(), max_context=32, max_chunk=8)
+        machine = IsaMachine(bytearray(cm.image), hw.tlmm.tables, hw.tlmm.lanes, hw.dram.data_bytes)
+        runs = [_run(machine, cm, prompt, 0), _run(machine, cm, prompt[:1], 6, all_logits=False)]
+        return w, model, cm, [(got, work.to_dict()) for got, work in runs]
+
+    w0, m0, cm0, runs0 = build()
+    monkeypatch.setattr(golden.weights, "_DRAW_SLICE_ELEMS", 2 * cfg.hidden_size + 5)
+    monkeypatch.setattr(golden.model_int, "_QUANT_SLICE_ROWS", 10)
+    monkeypatch.setattr(firmware.compiler, "_PACK_SLICE_ROWS", 10)
+    monkeypatch.setattr(golden.isa_sim, "_LM_HEAD_SLICE_ROWS", 10)
+    w1, m1, cm1, runs1 = build()
+    np.testing.assert_array_equal(w1.embed, w0.embed)
+    np.testing.assert_array_equal(w1.lm_head, w0.lm_head)
+    np.testing.assert_array_equal(w1.final_norm, w0.final_norm)   # the generator's stream continues alike
+    for a, b in ((m1.embed, m0.embed), (m1.lm_head, m0.lm_head)):
+        for f in ("q", "m16", "e"):
+            assert getattr(a, f).dtype == getattr(b, f).dtype
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert bytes(cm1.image) == bytes(cm0.image) and cm1.regions == cm0.regions
+    for (got1, work1), (got0, work0) in zip(runs1, runs0):
+        np.testing.assert_array_equal(got1, got0)
+        assert work1 == work0
+    np.testing.assert_array_equal(runs1[0][0], m0.logits(prompt))
