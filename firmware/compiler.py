@@ -24,7 +24,7 @@ from hw.config import HwConfig
 from hw.dataflow.epilogues import qkv_row_order
 from hw.dram_format import (embedding_stride, logits_stride, pack_embedding, pack_params, pack_rope, pack_row_scales,
                             x_stash_stride)
-from hw.isa import INSTRUCTION_BYTES, Epilogue, Opcode, Source, encode
+from hw.isa import GATE_EPILOGUES, INSTRUCTION_BYTES, Epilogue, Opcode, Source, encode
 
 from .kv_cache import KvCacheLayout
 
@@ -195,8 +195,11 @@ def check_limits(config, hw: HwConfig):
                               ("vocab_size", c.vocab_size, lim.max_vocab)):
         if value > most:
             problems.append(f"{what} {value} > {most}")
+    if c.hidden_act not in hw.vector.activations:
+        problems.append(f"hidden_act {c.hidden_act} not in vector.activations ({', '.join(hw.vector.activations)})")
     if problems:
-        raise CompileError(f"the model does not fit hardware config '{hw.name}' (its 'limits' section): "
+        raise CompileError(f"the model does not fit hardware config '{hw.name}' (its 'limits' and "
+                           "'vector.activations'): "
                            + "; ".join(problems))
 
 
@@ -261,7 +264,7 @@ def compile_model(model: IntegerModel, hw: HwConfig, *, max_context=None, max_ch
         p_gu = img.add(pre + "gate_up.params", pack_params(ly.g_post, [ly.gate_scale, ly.up_scale]))
         w_d = img.add(pre + "down_proj.weights", pack_ternary(_codes(ly.down.wt), T, N).to_bytes())
         p_d = img.add(pre + "down_proj.params", pack_params(ly.g_ffn_sub, [ly.down.scale]))
-        gate = Epilogue.GATE_SILU if c.hidden_act == "silu" else Epilogue.GATE_RELU2
+        gate = GATE_EPILOGUES[c.hidden_act]
         code += [
             (Opcode.LINEAR, dict(epilogue=Epilogue.QKV, source=Source.RESIDUAL, layer=i, weights=w_qkv,
                                  params=p_qkv, k=c.hidden_size, rows=qd + 2 * kd, bound0=qd // N,

@@ -106,7 +106,8 @@ class IsaDevice(Device):
     def __init__(self, hw, dram_bytes):
         super().__init__(hw, dram_bytes)
         self.dram = bytearray(dram_bytes)
-        self.machine = IsaMachine(self.dram, hw.tlmm.tables, hw.tlmm.lanes, hw.dram.bus_bytes)
+        self.machine = IsaMachine(self.dram, hw.tlmm.tables, hw.tlmm.lanes, hw.dram.bus_bytes,
+                                  activations=hw.vector.activations)
         self.last_work = None
 
     def write(self, addr, data):

@@ -75,12 +75,16 @@ class IsaMachine:
         TLMM geometry the weights were packed for.
     bus_bytes : int
         DRAM bus width (the KV cache layout aligns segments to it).
+    activations : tuple of str
+        The gate epilogues the build has (``vector.activations``): a LINEAR with another gate stops with
+        ``CONFIG_MISMATCH``, as the RTL does.
     """
 
-    def __init__(self, dram, tables, lanes, bus_bytes):
+    def __init__(self, dram, tables, lanes, bus_bytes, activations=("silu", "relu2")):
         if not isinstance(dram, bytearray):
             raise TypeError("dram must be a bytearray (the machine writes to it)")
         self.dram, self.tables, self.lanes, self.bus_bytes = dram, tables, lanes, bus_bytes
+        self.activations = tuple(activations)
         self.work = WorkCounts()
         self.setup = None
 
@@ -206,6 +210,10 @@ class IsaMachine:
                                       f"{self.buffers['x'].shape[1]}", self._pc)
             self.buffers["x"] = residual_add(self.buffers["x"], dequant_q16(acc, sq.mul(sw[0])))
         elif epilogue in (Epilogue.GATE_SILU, Epilogue.GATE_RELU2):
+            act = "silu" if epilogue is Epilogue.GATE_SILU else "relu2"
+            if act not in self.activations:
+                raise IsaRuntimeError(ErrorCode.CONFIG_MISMATCH, f"LINEAR gate {act}: this build has no {act} "
+                                      f"epilogue (activations {', '.join(self.activations)})", self._pc)
             if rows % (2 * N):
                 raise IsaRuntimeError(ErrorCode.CONFIG_MISMATCH, f"gate|up rows {rows} not whole tile pairs",
                                       self._pc)

@@ -32,11 +32,16 @@ __all__ = [
     "LimitsConfig",
     "HwConfig",
     "CONFIG_DIR",
+    "ACTIVATIONS",
     "available_hw_configs",
     "load_hw_config",
 ]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+#: Gate activations a build can have epilogues for (``vector.activations``).
+ACTIVATIONS = ("silu", "relu2")
 
 
 class ConfigError(ValueError):
@@ -55,7 +60,7 @@ class _Field:
     check: object = None  # optional (predicate, description)
 
     def describe(self):
-        if self.kind is str:
+        if self.kind in (str, tuple):
             return f"str, {self.check[1]}"
         text = f"{self.kind.__name__} in [{self.lo}, {self.hi}]"
         if self.check is not None:
@@ -167,11 +172,26 @@ class WeightBufferConfig:
 
 @dataclass(frozen=True)
 class VectorConfig:
-    """Fused element-wise units (RMSNorm, quantise, dequantise, RoPE, gating, residual)."""
+    """Fused element-wise units (RMSNorm, quantise, dequantise, RoPE, gating, residual).
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per cycle (equal to ``tlmm.lanes``).
+    activations : tuple of str
+        The FFN gate activations the build has epilogues for (``silu``: Llama-style BitNet models,
+        ``relu2``: BitNet b1.58 2B4T); each costs multipliers (4 to 6 DSPs per lane), so a small build keeps
+        only what its models need. A model with another activation is refused by the compiler, and a
+        gate command for a missing one faults with ``CONFIG_MISMATCH``.
+    """
 
     lanes: int
+    activations: tuple = ACTIVATIONS
 
-    _schema = {"lanes": _Field(int, 1, 64, (_pow2, "a power of two"))}
+    _schema = {"lanes": _Field(int, 1, 64, (_pow2, "a power of two")),
+               "activations": _Field(tuple, 1, len(ACTIVATIONS),
+                                     (lambda v: set(v) <= set(ACTIVATIONS) and len(set(v)) == len(v),
+                                      f"a list of distinct names from {', '.join(ACTIVATIONS)}"))}
 
 
 @dataclass(frozen=True)
@@ -358,6 +378,13 @@ class HwConfig:
 
 
 def _check(source, key, value, spec):
+    if spec.kind is tuple:
+        # A YAML list of strings: its length in [lo, hi], its items checked together.
+        if (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)
+                or not spec.lo <= len(value) <= spec.hi or not spec.check[0](value)):
+            raise ConfigError(f"{source}: key '{key}' = {value!r}: expected {spec.check[1]} "
+                              f"({spec.lo} to {spec.hi} of them)")
+        return tuple(value)
     if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, spec.kind) or isinstance(value, bool):

@@ -19,7 +19,7 @@ from amaranth.lib import data, enum
 
 __all__ = [
     "INSTRUCTION_BITS", "INSTRUCTION_BYTES", "ADDR_BITS", "Opcode", "ErrorCode", "RUN_ARGS", "Epilogue",
-    "Source", "BODIES", "instruction_layout", "encode", "decode", "IsaError",
+    "Source", "GATE_EPILOGUES", "BODIES", "instruction_layout", "encode", "decode", "IsaError",
 ]
 
 INSTRUCTION_BITS = 256
@@ -98,6 +98,9 @@ class Source(enum.Enum, shape=2):
     #: The FFN intermediate (int64 with a per-token scale from the gate).
     FFN = 2
 
+
+#: The gate epilogue of each FFN activation (``config.json``'s ``hidden_act``; ``vector.activations``).
+GATE_EPILOGUES = {"silu": Epilogue.GATE_SILU, "relu2": Epilogue.GATE_RELU2}
 
 _ADDR = unsigned(ADDR_BITS)
 

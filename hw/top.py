@@ -108,7 +108,8 @@ class TrilliumTop(wiring.Component):
             tables=hw.tlmm.tables, lanes=N, data_bits=bits,
             max_k=max(lim.max_hidden, lim.max_intermediate, lim.q_dim),
             max_rows=max(lim.q_dim + 2 * kv_dim, 2 * lim.max_intermediate, lim.max_hidden, lim.max_vocab),
-            max_tokens=lim.max_chunk, head_dim=lim.head_dim, max_heads=lim.max_kv_heads)
+            max_tokens=lim.max_chunk, head_dim=lim.head_dim, max_heads=lim.max_kv_heads,
+            activations=hw.vector.activations)
         self.attend = AttendUnit(
             head_dim=lim.head_dim, lanes=N, att_lanes=hw.attention.lanes, query_block=hw.attention.query_block,
             max_context=hw.max_context, max_group=lim.max_group, max_kv_heads=lim.max_kv_heads, data_bits=bits,

@@ -46,6 +46,11 @@ def _base():
     (lambda d: d.update(max_context=128) or d["limits"].__setitem__("max_chunk", 200),
      r"'limits.max_chunk' = 200 exceeds 'max_context' = 128"),
     (lambda d: d.pop("limits"), r"missing section 'limits'"),
+    (lambda d: d["vector"].__setitem__("activations", ["gelu"]), r"'vector.activations' = \['gelu'\]: expected "
+     r"a list of distinct names from silu, relu2"),
+    (lambda d: d["vector"].__setitem__("activations", []), r"'vector.activations' = \[\]"),
+    (lambda d: d["vector"].__setitem__("activations", ["silu", "silu"]), r"distinct names"),
+    (lambda d: d["vector"].__setitem__("activations", "silu"), r"'vector.activations' = 'silu'"),
 ])
 def test_bad_hw_config_names_file_and_key(tmp_path, mutate, expect):
     d = _base()
@@ -130,3 +135,11 @@ def test_table_storage_choice(tmp_path):
         load_hw_config(_write(tmp_path, d))
     d["tlmm"].pop("table_storage")
     assert load_hw_config(_write(tmp_path, d, "b.yaml")).tlmm.table_storage == "lutram"  # the default
+
+
+def test_activations_choice(tmp_path):
+    d = _base()
+    assert load_hw_config(_write(tmp_path, d)).vector.activations == ("silu", "relu2")   # the default
+    d["vector"]["activations"] = ["relu2"]
+    assert load_hw_config(_write(tmp_path, d, "b.yaml")).vector.activations == ("relu2",)
+    assert load_hw_config("ecp5").vector.activations == ("silu",)

@@ -107,3 +107,26 @@ def test_cli_unsupported_shape_is_one_line(capsys, tmp_path):
     code, out, err = run(capsys, "logits", "--model", tmp_path / "m", "--tokens", "1,2", "--backend", "isa",
                          "--out", tmp_path / "x.npy")
     assert code == 2 and "head_dim 18" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_gate_the_build_lacks_is_refused(tmp_path):
+    """A relu2 model on a build without the relu2 epilogue (``vector.activations``): the compiler refuses it,
+    and a program that asks anyway stops with CONFIG_MISMATCH on the ISA device (as the RTL does)."""
+    from firmware.compiler import CompileError, compile_model
+
+    tiny = load_hw_config("tiny")
+    silu_only = dataclasses.replace(tiny, vector=dataclasses.replace(tiny.vector, activations=("silu",)))
+    weights = load_checkpoint(make_checkpoint(tmp_path / "r", "relu2-gqa"))
+    with pytest.raises(CompileError, match="hidden_act relu2 not in vector.activations \\(silu\\)"):
+        Accelerator(weights, silu_only)
+    model = IntegerModel(weights)
+    cm = compile_model(model, tiny, max_context=16)           # compiled for a build that has relu2
+    dev = IsaDevice(silu_only, len(cm.image))
+    dev.write(0, bytes(cm.image))
+    for name, value in (("program", cm.program), ("tokens", cm.tokens_addr), ("n_tokens", 1), ("pos", 0),
+                        ("logits", cm.logits_addr)):
+        dev.write_csr(name, value)
+    dev.write(cm.tokens_addr, (3).to_bytes(4, "little"))
+    with pytest.raises(DeviceError) as e:
+        dev.run()
+    assert e.value.code is ErrorCode.CONFIG_MISMATCH and "no relu2 epilogue" in str(e.value)

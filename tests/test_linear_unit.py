@@ -235,15 +235,22 @@ def test_first_layer_matches_isa_simulator(act, heads, kv_heads, n_tokens, pos):
              prepare)
 
 
-def test_shapes_beyond_the_build_fault():
-    """A LINEAR whose k exceeds the unit's max_k is refused with CONFIG_MISMATCH and nothing runs."""
+@pytest.mark.parametrize("epilogue, k, activations", [
+    (Epilogue.RESIDUAL, 65, ("silu", "relu2")),   # k beyond max_k
+    (Epilogue.GATE_RELU2, 8, ("silu",)),          # a gate this build has no epilogue for
+    (Epilogue.GATE_SILU, 8, ("relu2",)),
+])
+def test_shapes_beyond_the_build_fault(epilogue, k, activations):
+    """A LINEAR the unit cannot run (k beyond max_k, a gate it was built without) is refused with
+    CONFIG_MISMATCH and nothing runs."""
     from hw.isa import ErrorCode, Source
-    unit = LinearUnit(tables=4, lanes=4, data_bits=64, max_k=64, max_rows=96, max_tokens=8, head_dim=8)
+    unit = LinearUnit(tables=4, lanes=4, data_bits=64, max_k=64, max_rows=96, max_tokens=8, head_dim=8,
+                      activations=activations)
     state = {}
 
     async def bench(ctx):
-        ctx.set(unit.cmd.payload, {"epilogue": Epilogue.RESIDUAL, "source": Source.RESIDUAL, "layer": 0,
-                                   "weights": 0, "params": 0, "k": 65, "rows": 8, "bound0": 0, "bound1": 0})
+        ctx.set(unit.cmd.payload, {"epilogue": epilogue, "source": Source.RESIDUAL, "layer": 0,
+                                   "weights": 0, "params": 0, "k": k, "rows": 8, "bound0": 0, "bound1": 0})
         ctx.set(unit.cmd.valid, 1)
         await ctx.tick().until(unit.cmd.ready)
         ctx.set(unit.cmd.valid, 0)

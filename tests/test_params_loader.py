@@ -56,7 +56,7 @@ def test_records_load(data_bits, lanes, ks):
                 assert (int(got.m), int(got.e)) == (int(sf.m), int(sf.e)), name
             for w in range(-(-k // lanes)):
                 ctx.set(dut.gain_addr, w)
-                await ctx.delay(1e-9)
+                await ctx.tick()                     # a synchronous read port: the data comes a cycle later
                 raw = ctx.get(dut.gain_data)
                 for n in range(lanes):
                     v = (raw >> (16 * n)) & 0xFFFF

@@ -17,11 +17,13 @@ finish there. Every token's input scale comes on ``sx`` (one SFloat per token): 
 residual stream and the attention output, the gate's per-token scale for the FFN intermediate.
 """
 
+import contextlib
+
 from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..isa import Epilogue
+from ..isa import GATE_EPILOGUES, Epilogue
 from ..params import check_int
 from ..vector.epilogue import vector_layout
 from ..vector.quant_pow2 import quant_out_layout
@@ -72,8 +74,13 @@ class FusedLinear(wiring.Component):
     """
 
     def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, head_dim, freq_table=None,
-                 pos_bits=16):
+                 pos_bits=16, activations=("silu", "relu2")):
         check_int("pos_bits", pos_bits, 1, 32)
+        activations = tuple(activations)
+        if not activations or not set(activations) <= {"silu", "relu2"} or len(set(activations)) != len(activations):
+            raise ValueError(f"FusedLinear: activations must be distinct names from silu, relu2, got {activations!r}")
+        #: The gate epilogues built (the others' commands must not reach this block: LinearUnit refuses them).
+        self.activations = activations
         self.lanes, self.max_tokens = lanes, max_tokens
         self.core = core = LinearCore(tables, lanes, vec_lanes, max_k, max_rows, max_tokens, x_bits=63,
                                       token_scales=True, emit_scales=True)
@@ -82,8 +89,7 @@ class FusedLinear(wiring.Component):
         self.qkv_ep = QkvEpilogue(beats, lanes, max_tokens, head_dim=head_dim, freq_table=freq_table,
                                   pos_bits=pos_bits, loadable=True)
         self.res_ep = ResidualEpilogue(beats, lanes)
-        self.silu_ep = GateEpilogue(beats, "silu", lanes, max_tokens)
-        self.relu2_ep = GateEpilogue(beats, "relu2", lanes, max_tokens)
+        self.gate_eps = {a: GateEpilogue(beats, a, lanes, max_tokens) for a in activations}
         self.logits_ep = LogitsEpilogue(beats, lanes, max_tokens)
         sig = core.signature.members
         super().__init__({
@@ -103,7 +109,8 @@ class FusedLinear(wiring.Component):
         m = Module()
         m.submodules.core = core = self.core
         m.submodules.qkv_ep, m.submodules.res_ep = qkv, res = self.qkv_ep, self.res_ep
-        m.submodules.silu_ep, m.submodules.relu2_ep = silu, relu2 = self.silu_ep, self.relu2_ep
+        for a, ep in self.gate_eps.items():
+            m.submodules[f"{a}_ep"] = ep
         m.submodules.logits_ep = lg = self.logits_ep
         for name in ("x", "weights", "sx", "sq"):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(core, name))
@@ -125,7 +132,8 @@ class FusedLinear(wiring.Component):
             m.d.comb += core.o.ready.eq(lg.i.ready)
 
         # Demultiplex the core's beats to the command's epilogue.
-        targets = {Epilogue.QKV: qkv, Epilogue.RESIDUAL: res, Epilogue.GATE_SILU: silu, Epilogue.GATE_RELU2: relu2}
+        targets = {Epilogue.QKV: qkv, Epilogue.RESIDUAL: res}
+        targets.update({GATE_EPILOGUES[a]: ep for a, ep in self.gate_eps.items()})
         for k, ep in targets.items():
             m.d.comb += [ep.i.payload.eq(core.o.payload), ep.i.valid.eq(core.o.valid & ~logits & (kind == k))]
             with m.If(~logits & (kind == k)):
@@ -135,9 +143,11 @@ class FusedLinear(wiring.Component):
         wiring.connect(m, qkv.o, wiring.flipped(self.qkv))
         wiring.connect(m, wiring.flipped(self.rope_load), qkv.load)
         # Only one gate epilogue has beats in a command: merge their outputs.
-        with m.If(silu.o.valid):
-            m.d.comb += [self.h.valid.eq(1), self.h.payload.eq(silu.o.payload), silu.o.ready.eq(self.h.ready)]
-        with m.Else():
-            m.d.comb += [self.h.valid.eq(relu2.o.valid), self.h.payload.eq(relu2.o.payload),
-                         relu2.o.ready.eq(self.h.ready)]
+        *others, last = self.gate_eps.values()
+        for i, ep in enumerate(others):
+            with (m.Elif if i else m.If)(ep.o.valid):
+                m.d.comb += [self.h.valid.eq(1), self.h.payload.eq(ep.o.payload), ep.o.ready.eq(self.h.ready)]
+        with (m.Else() if others else contextlib.nullcontext()):
+            m.d.comb += [self.h.valid.eq(last.o.valid), self.h.payload.eq(last.o.payload),
+                         last.o.ready.eq(self.h.ready)]
         return m

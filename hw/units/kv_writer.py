@@ -88,30 +88,52 @@ class KvWriter(wiring.Component):
         s = self.setup
         d = s.head_dim
 
-        # Geometry of the run, from SETUP (small multipliers, once per command).
+        # Geometry of the run, from SETUP, in three cycles after `start` (multipliers are shared over them
+        # rather than chained in one expression: an ECP5 build has 156 DSPs, and a chain of 32-bit
+        # products per beat took 38):
+        #   segment = ceil((exp_rows + 64) d / bus) bus;  head_stride = blocks segment;
+        #   layer_base = kv_base + (layer kv_heads) head_stride.
+        # Widths: d < 2^12 gives segment < 2^19; blocks = max_context / 32 < 2^15; addresses wrap at 2^32.
         exp_rows = Signal(8)
-        segment = Signal(ADDR_BITS)
-        blocks = Signal(16)
+        segment = Signal(20)
+        blocks = Signal(15)
         layer = Signal(8)
-        m.d.comb += self.start.ready.eq(1)
-        with m.If(self.start.valid):
-            # ceil(64 / d) = 1 + #{k in 1..63 : k * d < 64}: constant multiples, no divider.
-            rows = Signal(8)
-            m.d.comb += rows.eq(1 + sum((k * d < _EXP_BYTES).as_unsigned() for k in range(1, _EXP_BYTES)))
-            raw = (rows + 2 * ATTN_KEY_BLOCK) * d
-            m.d.sync += [exp_rows.eq(rows), layer.eq(self.start.payload.layer),
-                         segment.eq(((raw + B - 1) >> lg) << lg),
-                         blocks.eq(s.max_context >> exact_log2(ATTN_KEY_BLOCK))]
+        head_stride = Signal(ADDR_BITS)
+        layer_base = Signal(ADDR_BITS)
+        ready = Signal()
+        with m.FSM(name="geometry"):
+            with m.State("READY"):
+                m.d.comb += [self.start.ready.eq(1), ready.eq(1)]
+                with m.If(self.start.valid):
+                    # ceil(64 / d) = 1 + #{k in 1..63 : k d < 64}, and k d < 64 <=> d <= 63 // k: comparisons
+                    # with constants, no divider and no multiplier.
+                    rows = Signal(8)
+                    m.d.comb += rows.eq(1 + sum((d <= (_EXP_BYTES - 1) // k).as_unsigned()
+                                                for k in range(1, _EXP_BYTES)))
+                    raw = Signal(20)
+                    m.d.comb += raw.eq((rows + 2 * ATTN_KEY_BLOCK) * d)
+                    m.d.sync += [exp_rows.eq(rows), layer.eq(self.start.payload.layer),
+                                 segment.eq(((raw + B - 1) >> lg) << lg),
+                                 blocks.eq(s.max_context >> exact_log2(ATTN_KEY_BLOCK))]
+                    m.next = "STRIDE"
+            with m.State("STRIDE"):
+                m.d.sync += head_stride.eq(blocks * segment)
+                m.next = "BASE"
+            with m.State("BASE"):
+                m.d.sync += layer_base.eq(s.kv_base + (layer * s.kv_heads) * head_stride)
+                m.next = "READY"
 
         # One beat -> a write of its lanes; the vector's last beat -> also its exponent byte.
         p = self.kv.payload
         j = p.pos[:exact_log2(ATTN_KEY_BLOCK)]
         block = p.pos >> exact_log2(ATTN_KEY_BLOCK)
         seg = Signal(ADDR_BITS)
-        m.d.comb += seg.eq(s.kv_base + ((layer * s.kv_heads + p.head) * blocks + block) * segment)
+        m.d.comb += seg.eq(layer_base + p.head * head_stride + block * segment)
+        row = Signal(8)                      # the row's index in its segment, < exp_rows + 64 <= 128
+        m.d.comb += row.eq(exp_rows + Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j)
         row_addr = Signal(ADDR_BITS)
         exp_addr = Signal(ADDR_BITS)
-        m.d.comb += [row_addr.eq(seg + (exp_rows + Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j) * d + p.beat * N),
+        m.d.comb += [row_addr.eq(seg + row * d + p.beat * N),
                      exp_addr.eq(seg + Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j)]
         phase_exp = Signal()                 # the beat's values are out; its exponent byte is next
         addr = Mux(phase_exp, exp_addr, row_addr)
@@ -132,7 +154,8 @@ class KvWriter(wiring.Component):
         ]
         # Each write: its command, then its data words (the writer takes data after the address).
         sent_cmd = Signal()
-        m.d.comb += [wr.cmd.valid.eq(self.kv.valid & ~sent_cmd), wr.data.valid.eq(self.kv.valid & sent_cmd)]
+        m.d.comb += [wr.cmd.valid.eq(self.kv.valid & ready & ~sent_cmd),
+                     wr.data.valid.eq(self.kv.valid & ready & sent_cmd)]
         with m.If(wr.cmd.valid & wr.cmd.ready):
             m.d.sync += [sent_cmd.eq(1), word.eq(0)]
         with m.If(wr.data.valid & wr.data.ready):

@@ -38,7 +38,7 @@ from golden.numerics import RES_FRAC
 from golden.tlmm import GROUP_SIZE, INDEX_BITS
 
 from ..dataflow.fused import FusedLinear
-from ..isa import ADDR_BITS, BODIES, RUN_ARGS, Epilogue, ErrorCode, Opcode, Source
+from ..isa import ADDR_BITS, BODIES, GATE_EPILOGUES, RUN_ARGS, Epilogue, ErrorCode, Opcode, Source
 from ..memory.axi import AxiBurstReader
 from ..memory.gearbox import Gearbox
 from ..params import check_int
@@ -96,9 +96,13 @@ class LinearUnit(wiring.Component):
     head_dim : int
     max_heads : int
         Most kv heads (sizes the ``kv`` head field).
+    activations : tuple of str
+        The gate epilogues built (``vector.activations``); a LINEAR command for another gate faults with
+        ``CONFIG_MISMATCH``.
     """
 
-    def __init__(self, *, tables, lanes, data_bits, max_k, max_rows, max_tokens, head_dim, max_heads=64):
+    def __init__(self, *, tables, lanes, data_bits, max_k, max_rows, max_tokens, head_dim, max_heads=64,
+                 activations=("silu", "relu2")):
         owner = "LinearUnit"
         self.tables = check_int("tables", tables, 1, 64, owner)
         self.lanes = check_int("lanes", lanes, 2, 64, owner)
@@ -121,7 +125,8 @@ class LinearUnit(wiring.Component):
         self.kstep_m, self.kstep_s = reciprocal(GROUP_SIZE * tables, max_k + GROUP_SIZE * tables)
         B = data_bits // 8
         self.fused = FusedLinear(tables, lanes, lanes, max_k, max_rows, max_tokens, head_dim=head_dim,
-                                 pos_bits=RUN_ARGS["pos"])
+                                 pos_bits=RUN_ARGS["pos"], activations=activations)
+        self.activations = self.fused.activations
         self.params = ParamsLoader(data_bits=data_bits, lanes=lanes, max_k=max_k)
         # Up to 8 bit planes per word position (the LM head).
         words_bytes = self.max_row_tiles * self.max_k_steps * _MAX_PLANES * self.word_bits // 8
@@ -294,7 +299,11 @@ class LinearUnit(wiring.Component):
         # Answers, in request order: x beats (with the gains of beat `ans_i`) then residual beats.
         ans_x_left = Signal(range(M * (-(-self.max_k // N)) + 1))
         ans_i = Signal(range(-(-self.max_k // N) + 1))
-        m.d.comb += pl.gain_addr.eq(ans_i)
+        # The gain memory reads synchronously (block RAM): it is given the counter's next value, so its data
+        # is that of `ans_i` in the cycle `ans_i` holds it.
+        ans_i_next = Signal.like(ans_i)
+        m.d.comb += [ans_i_next.eq(ans_i), pl.gain_addr.eq(ans_i_next)]
+        m.d.sync += ans_i.eq(ans_i_next)
         xin = fl.x.payload
         for n in range(N):
             m.d.comb += [xin.x[f"lane{n}"].eq(self.rd_data.payload[64 * n:64 * n + 63]),
@@ -305,7 +314,8 @@ class LinearUnit(wiring.Component):
         with m.Else():
             m.d.comb += [fl.res.valid.eq(self.rd_data.valid), self.rd_data.ready.eq(fl.res.ready)]
         with m.If(answered & (ans_x_left != 0)):
-            m.d.sync += [ans_x_left.eq(ans_x_left - 1), ans_i.eq(Mux(ans_i == x_beats - 1, 0, ans_i + 1))]
+            m.d.sync += ans_x_left.eq(ans_x_left - 1)
+            m.d.comb += ans_i_next.eq(Mux(ans_i == x_beats - 1, 0, ans_i + 1))
 
         # -- 5. results --------------------------------------------------------------------------------------
         out_a = Signal(range(self.max_index + 1))   # row tile / tile pair / head
@@ -447,10 +457,16 @@ class LinearUnit(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += [self.cmd.ready.eq(1), self.logits_cmd.ready.eq(~self.cmd.valid)]
                 lp = self.logits_cmd.payload
-                # Shapes this build cannot hold are refused (CONFIG_MISMATCH) before anything starts.
+                # A gate epilogue this build has no unit for (vector.activations) would never take its beats.
+                missing_gate = Const(0)
+                for a, ep in GATE_EPILOGUES.items():
+                    if a not in self.activations:
+                        missing_gate = missing_gate | (self.cmd.payload.epilogue == ep)
+                # Shapes (and gates) this build cannot hold are refused (CONFIG_MISMATCH) before anything starts.
                 too_big = Mux(self.cmd.valid,
                               (self.cmd.payload.k > self.max_k) | (self.cmd.payload.rows > self.max_rows)
-                              | ((self.cmd.payload.epilogue == Epilogue.QKV) & (self.setup.head_dim != self.head_dim)),
+                              | ((self.cmd.payload.epilogue == Epilogue.QKV) & (self.setup.head_dim != self.head_dim))
+                              | missing_gate,
                               (lp.k > self.max_k) | (lp.rows > self.max_rows) | (lp.bits < 2) | (lp.bits > _MAX_PLANES))
                 with m.If((self.cmd.valid | self.logits_cmd.valid) & too_big):
                     m.d.sync += [self.fault.eq(ErrorCode.CONFIG_MISMATCH), self.busy.eq(1)]
@@ -521,9 +537,10 @@ class LinearUnit(wiring.Component):
                 m.d.comb += fl.cfg.valid.eq(1)
                 with m.If(fl.cfg.ready):
                     per_token = Mux(gate & ~lg, row_tiles >> 1, row_tiles)
+                    m.d.comb += ans_i_next.eq(0)
                     m.d.sync += [
                         sx_t.eq(0), req_t.eq(0), req_i.eq(0), req_res.eq(0), req_done.eq(0), feeding.eq(1),
-                        ans_x_left.eq(tokens * x_beats), ans_i.eq(0),
+                        ans_x_left.eq(tokens * x_beats),
                         out_a.eq(0), out_t.eq(0), out_b.eq(0), head_tile.eq(0), kv_head.eq(0),
                         out_left.eq(tokens * per_token), sq_t.eq(0), sq_left.eq(tokens),
                     ]
