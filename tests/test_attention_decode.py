@@ -26,11 +26,47 @@ def test_exp2_neg_unit_matches_golden():
                          rng.integers(0, 1 << 33, 3000), [(1 << 33) - 1, 31, 32, 33, 95, 96]])
     want = exp2_neg(ts)
     sim = Simulator(dut)
+    sim.add_clock(1e-6)
 
     async def bench(ctx):
+        # One cycle of latency: p is exp2_neg of the previous cycle's t.
         for t, w in zip(ts, want):
             ctx.set(dut.t, int(t))
+            await ctx.tick()
             assert ctx.get(dut.p) == int(w), f"exp2_neg({t})"
+
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_rounding_shift_helpers_match_golden():
+    """``arith.round_shift_span`` (normaliser, scores) and ``arith.round_shift_right`` (rescale) equal
+    ``golden.fixed.round_shift`` over their spans, with values at the widths the engine uses."""
+    from amaranth.hdl import Module, Signal, signed
+
+    from golden.fixed import round_shift as golden_round_shift
+    from hw.attention.arith import round_shift_right, round_shift_span
+
+    m = Module()
+    v = Signal(signed(52))
+    s = Signal(signed(8))
+    d = Signal(5)
+    span = Signal(signed(60))
+    right = Signal(signed(60))
+    m.d.comb += [span.eq(round_shift_span(v, s, -1, 44)), right.eq(round_shift_right(v, d, 15))]
+    rng = np.random.default_rng(7)
+    vs = np.concatenate([rng.integers(-(1 << 51), 1 << 51, 400), rng.integers(-5000, 5000, 200),
+                         [0, 1, -1, (1 << 51) - 1, -(1 << 51)]])
+    sim = Simulator(m)
+
+    async def bench(ctx):
+        for x in vs:
+            for sh in range(-1, 45, 3):
+                ctx.set(v, int(x))
+                ctx.set(s, sh)
+                ctx.set(d, min(max(sh, 0), 31))
+                assert ctx.get(span) == int(golden_round_shift(x, sh)), (x, sh)
+                assert ctx.get(right) == int(golden_round_shift(x, 15 + min(max(sh, 0), 31))), (x, sh)
 
     sim.add_testbench(bench)
     sim.run()

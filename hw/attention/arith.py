@@ -6,12 +6,24 @@ result as the golden model's (documented per function), so the barrel shifters s
 
 from amaranth.hdl import Const, Mux, signed
 
-__all__ = ["clamp", "round_shift", "saturate", "tree_sum", "vmax"]
+__all__ = ["clamp", "const_mul", "round_shift", "round_shift_right", "round_shift_span", "saturate", "tree_sum", "vmax"]
 
 
 def clamp(v, lo, hi):
     """``min(max(v, lo), hi)`` for constants ``lo <= hi``."""
     return Mux(v < lo, lo, Mux(v > hi, hi, v))
+
+
+def const_mul(v, c):
+    """``v * c`` for a constant ``c >= 0`` as a sum of shifted copies of ``v`` (one per set bit of ``c``).
+
+    Yosys maps a ``$mul`` cell to DSP blocks (MULT18X18D on ECP5) even when one operand is a constant;
+    address and count arithmetic by build-time constants needs only a few adders.
+    """
+    if c < 0:
+        raise ValueError(f"const_mul: c = {c} is negative")
+    terms = [v << i for i in range(c.bit_length()) if c >> i & 1]
+    return tree_sum(terms) if terms else Const(0, 1)
 
 
 def round_shift(v, s, *, max_left, max_right):
@@ -30,6 +42,35 @@ def round_shift(v, s, *, max_left, max_right):
     left = clamp(-s, 0, max_left)[:max(1, max_left.bit_length())].as_unsigned()
     half = (Const(1, 1) << right) >> 1
     return Mux(s > 0, (v + half) >> right, v << left)
+
+
+def round_shift_right(v, d, lo):
+    """``golden.fixed.round_shift(v, lo + d)`` for a constant ``lo >= 1`` and an unsigned ``d``.
+
+    ``((v >> (lo - 1)) + 2^d) >> (d + 1)``: the ``lo - 1`` low bits are dropped by wiring and the barrel
+    shifter only spans the range of ``d``. Exact: with ``v = 2^(lo-1) w + f``, ``0 <= f < 2^(lo-1)``,
+    ``(v + 2^(lo+d-1)) >> (lo+d) = floor((w + 2^d + f / 2^(lo-1)) / 2^(d+1))``, and adding a fraction
+    below 1 to the integer ``w + 2^d`` cannot cross a multiple of ``2^(d+1)``.
+    """
+    if lo < 1:
+        raise ValueError(f"round_shift_right: lo = {lo} must be at least 1")
+    one = Const(1, 1)
+    return ((v >> (lo - 1)) + (one << d)) >> (d + 1)
+
+
+def round_shift_span(v, s, lo, hi):
+    """``golden.fixed.round_shift(v, s)`` for a signed ``s`` known to lie in ``lo .. hi`` (``lo <= 1``).
+
+    ``(((v << (1 - lo)) >> (s - lo)) + 1) >> 1``: one right barrel shifter over ``hi - lo + 1`` positions
+    and an incrementer, instead of a left and a right shifter and a rounding constant. Exact: for
+    ``s >= 1`` the inner shift is ``v >> (s - 1)`` and ``((v >> (s - 1)) + 1) >> 1`` is
+    :func:`round_shift_right` with ``lo = 1``; for ``s <= 0`` it is ``v * 2^(1 - s)``, even, and the last
+    step halves it to ``v << -s``. ``s`` outside ``lo .. hi`` is clamped (callers show it cannot be).
+    """
+    if lo > 1 or hi < lo:
+        raise ValueError(f"round_shift_span: need lo <= 1 and lo <= hi, got {lo}, {hi}")
+    amount = (clamp(s, lo, hi) - lo)[:(hi - lo).bit_length()].as_unsigned()
+    return (((v << (1 - lo)) >> amount) + 1) >> 1
 
 
 def saturate(v, bits):

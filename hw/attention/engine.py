@@ -19,20 +19,25 @@ cost no cycles. Per segment:
   ``chunk`` int8 pairs (``chunk`` MACs per cycle). Per finished key and query row, the score
   ``z = saturate(round_shift(dot * mA, sA + 16 - eq - ek_j), 32)`` goes into the score buffer and,
   if the key is not masked for that row, the row's block maximum.
-* one cycle for the last score to land; each row's ``M'``, ``a = exp2_neg(M' - M)`` and ``E'`` are
-  then combinational from registers.
-* V rows: for each chunk of each key row and query row, ``p_j = exp2_neg(M' - z_j)``,
-  ``pv = round_shift(p_j, E' - ev_j)`` and ``num += pv * v8_j`` on ``chunk`` lanes; the first key of a
-  block rescales ``num`` by ``a`` (``round_shift(num * a, 15 + E' - E)``) in the same cycle. ``den`` is
-  updated once per key row. Masked keys (``j > pos_r``) change nothing, and a row without any valid key
-  in the block keeps its state, as in the golden model.
+* one cycle for the last score to land; each row's ``M'`` and ``E'`` then follow from its registers.
+* V rows, in two pipeline stages: for each chunk of each key row and query row, ``p_j = exp2_neg(M' -
+  z_j)``, ``pv = round_shift(p_j, E' - ev_j)`` and ``num += pv * v8_j`` on ``chunk`` lanes; the first key
+  of a block rescales ``num`` by ``a = exp2_neg(M' - M)`` (``round_shift(num * a, 15 + E' - E)``) in
+  the same cycle. ``den`` is updated once per key row. Masked keys (``j > pos_r``) change nothing, and a
+  row without any valid key in the block keeps its state, as in the golden model.
 * padding chunks are dropped.
 
 After a kv head's last block the :class:`~hw.attention.normalise.Normaliser` turns ``num`` and ``den``
 into Q.16 outputs while the engine streams the next kv head into the other bank of the ``num`` memory.
+
+Cost (written for FPGA block RAM and DSP blocks; docs/attention.md, "ECP5 cost"): every memory (query
+rows, scores, ``num``, the two exp2 tables) is read synchronously, so it maps to block RAM; reads that
+must land with a chunk are prefetched from the next cycle's loop counters. Addresses are bit fields,
+not products. Each lane has one 36 x 16 multiplier, shared by the block rescale and the normaliser, and
+one more multiplier serves both the score scale (K phase) and den's rescale (V phase).
 """
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -40,9 +45,9 @@ from amaranth.lib.wiring import In, Out
 from golden.numerics import ATTN_KEY_BLOCK, EXP_FRAC, RES_FRAC, score_constant
 
 from ..params import check_int
-from .arith import round_shift, saturate, tree_sum, vmax
+from .arith import const_mul, round_shift, round_shift_right, round_shift_span, saturate, tree_sum, vmax
 from .exp2 import Exp2Neg
-from .normalise import DEN_BITS, EXP_BITS, NUM_BITS, Normaliser
+from .normalise import DEN_BITS, EXP_BITS, NUM_BITS, PROD_BITS, Normaliser, num_address, num_depth
 
 __all__ = ["AttentionEngine", "q_layout", "cmd_layout", "chunk_geometry"]
 
@@ -150,21 +155,32 @@ class AttentionEngine(wiring.Component):
         m = Module()
         MG, NR, R, C = self.max_group, self.rows, self.row_beats, self.chunk
         QB = self.query_block
-        RR = NR * R
-        exp_chunks = self.exp_rows * R
 
         m.submodules.norm = norm = Normaliser(NR, C, R)
         wiring.connect(m, wiring.flipped(self.o), norm.o)
-        m.submodules.exp_a = exp_a = Exp2Neg()   # rescale factor a
-        m.submodules.exp_p = exp_p = Exp2Neg()   # weights p_j
+        m.submodules.exp_a = exp_a = Exp2Neg()   # rescale factor a (one cycle of latency)
+        m.submodules.exp_p = exp_p = Exp2Neg()   # weights p_j (one cycle of latency)
 
-        # Depths of at least 2: a one-word memory would get a zero-width address, which Verilator rejects.
-        m.submodules.qmem = qmem = Memory(shape=data.ArrayLayout(signed(8), C), depth=max(2, RR), init=[])
-        q_wr, q_rd = qmem.write_port(), qmem.read_port(domain="comb")
-        m.submodules.zbuf = zbuf = Memory(shape=signed(32), depth=NR * _BLK, init=[])
-        z_wr, z_rd = zbuf.write_port(), zbuf.read_port(domain="comb")
-        m.submodules.num = num = Memory(shape=data.ArrayLayout(signed(NUM_BITS), C), depth=2 * RR, init=[])
-        n_wr, n_rd, n_norm = num.write_port(), num.read_port(domain="comb"), num.read_port(domain="comb")
+        # All memories are read synchronously, so they map to block RAM (DP16KD on ECP5) rather than
+        # distributed RAM. Addresses are bit fields (Cat), not products: no multiplier, and any depth.
+        # The q and z reads are *prefetched*: their address is that of the next cycle's (row, beat, key)
+        # (``r_nx``, ``k_nx``, ``j_nx`` below), so the word is there when its chunk arrives, as with an
+        # asynchronous read. Depths of at least 2: a zero-width address is rejected by Verilator.
+        rb = max(1, (NR - 1).bit_length())
+        kb = (R - 1).bit_length()
+        m.submodules.qmem = qmem = Memory(shape=data.ArrayLayout(signed(8), C), depth=max(2, 1 << (rb + kb)),
+                                          init=[])
+        q_wr, q_rd = qmem.write_port(), qmem.read_port()
+        m.submodules.zbuf = zbuf = Memory(shape=signed(32), depth=_BLK << rb, init=[])
+        z_wr, z_rd = zbuf.write_port(), zbuf.read_port()
+        m.submodules.num = num = Memory(shape=data.ArrayLayout(signed(NUM_BITS), C), depth=num_depth(NR, R),
+                                        init=[])
+        # The weighted sum is a read-modify-write one cycle apart (read in V stage 0, written in stage 1):
+        # with one-beat rows and one active row the next chunk reads the word being written, so the port
+        # is transparent to the write.
+        n_wr = num.write_port()
+        n_rd = num.read_port(transparent_for=(n_wr,))
+        n_norm = num.read_port()
         m.d.comb += [n_norm.addr.eq(norm.num_addr), norm.num_data.eq(n_norm.data)]
 
         # -- tile and loop state (counters are never zero bits wide: Verilator rejects [-1:0]) -----------
@@ -179,8 +195,18 @@ class AttentionEngine(wiring.Component):
         r = Signal(range(max(2, NR)))
         k = Signal(range(max(2, R)))
         j = Signal(range(_BLK))
-        cnt = Signal(range(max(exp_chunks, self.pad_chunks, RR) + 1))
+        # Next values of r, k, j (every state assigns these, not the registers): the prefetch addresses.
+        r_nx, k_nx, j_nx = Signal.like(r), Signal.like(k), Signal.like(j)
+        m.d.comb += [r_nx.eq(r), k_nx.eq(k), j_nx.eq(j)]
+        m.d.sync += [r.eq(r_nx), k.eq(k_nx), j.eq(j_nx)]
+        cnt = Signal(range(max(self.exp_rows * R, self.pad_chunks, NR * R) + 1))
         pos_bits = len(pos) + 2
+
+        def q_addr(row, beat):
+            return Cat(row[:rb], beat[:kb])
+
+        def z_addr(row, key):
+            return Cat(key, row[:rb])
 
         # Row r's query offset in the tile (r // group, registered per row at command time from a choice
         # over the possible groups: no divider), and its last valid key in this block: lim_r = pos_r - 32 b.
@@ -211,24 +237,6 @@ class AttentionEngine(wiring.Component):
             ve_pmax.append(t)
         ve_pmax = Array(ve_pmax)
 
-        # Per row: live in this block (some key valid), M', E'. The block update writes them all.
-        live, new_max, new_e = [], [], []
-        for i in range(NR):
-            lim = Signal(signed(pos_bits + 1), name=f"lim{i}")
-            m.d.comb += lim.eq(lim_of(i))
-            lv = Signal(name=f"live{i}")
-            m.d.comb += lv.eq((lim >= 0) & ((i <= rows_m1) if i else 1))  # (row 0 is always active)
-            blk_e = Signal(EXP_BITS, name=f"blk_e{i}")
-            m.d.comb += blk_e.eq(ve_pmax[Mux(lim > _BLK - 1, _BLK - 1, lim[:5])])
-            nm = Signal(signed(32), name=f"new_max{i}")
-            m.d.comb += nm.eq(Mux(started[i], vmax(run_max[i], blk_max[i]), blk_max[i]))
-            ne = Signal(EXP_BITS, name=f"new_e{i}")
-            m.d.comb += ne.eq(Mux(started[i], vmax(run_e[i], blk_e), blk_e))
-            live.append(lv)
-            new_max.append(nm)
-            new_e.append(ne)
-        new_max_r, new_e_r = Array(new_max)[r], Array(new_e)[r]
-
         kv_bytes = [self.kv.payload[8 * i:8 * i + 8].as_signed() for i in range(C)]
 
         # -- score pipeline (K rows): stage 1 = chunk dot product, stage 2 = accumulate, scale, max -----
@@ -238,52 +246,97 @@ class AttentionEngine(wiring.Component):
         s1_first = Signal()
         s1_last = Signal()
         s1_part = Signal(signed(24))
-        m.d.comb += q_rd.addr.eq(r * R + k)
+        m.d.comb += q_rd.addr.eq(q_addr(r_nx, k_nx))
         part = tree_sum(q_rd.data[i] * kv_bytes[i] for i in range(C))
 
         dot = Signal(signed(24))
         m.d.comb += dot.eq(Mux(s1_first, 0, dacc[s1_r]) + s1_part)
         shift = Signal(signed(8))
         m.d.comb += shift.eq(self.score_s + RES_FRAC - qe[s1_r] - ke[s1_j])
-        # |dot * mA| < 2^39: right shifts beyond 41 give 0; any left shift of 32 saturates a non-zero value.
         z = Signal(signed(32))
-        m.d.comb += z.eq(saturate(round_shift(dot * self.score_m, shift, max_left=32, max_right=41), 32))
+        # One multiplier for the score scale dot * mA (K stage 2) and den's rescale den * a (V stage 1): the
+        # two stages are never busy in the same cycle: the next segment's exponent rows (at least one
+        # cycle) lie between a last V chunk and the next first K chunk, and K_WAIT between the K and V
+        # phases.
+        smul_a = Signal(signed(DEN_BITS + 1))
+        smul_b = Signal(max(EXP_FRAC + 1, self.score_m.bit_length()))
+        smul = Signal(signed(len(smul_a) + len(smul_b)))
+        m.d.comb += smul.eq(smul_a * smul_b)
+        # shift = sA + 16 - eq - ek with 5-bit exponents lies in [sA + 16 - 62, sA + 16]: one right shifter
+        # over that span (arith.round_shift_span).
+        z_hi = self.score_s + RES_FRAC
+        m.d.comb += z.eq(saturate(round_shift_span(smul, shift, min(1, z_hi - 2 * ((1 << EXP_BITS) - 1)), z_hi),
+                                  32))
         s1_lim = Signal(signed(pos_bits + 1))
         m.d.comb += s1_lim.eq(lim_of(s1_r))
         m.d.sync += s1_valid.eq(0)
         with m.If(s1_valid):
             m.d.sync += dacc[s1_r].eq(dot)
             with m.If(s1_last):
-                m.d.comb += [z_wr.addr.eq(s1_r * _BLK + s1_j), z_wr.data.eq(z), z_wr.en.eq(1)]
+                m.d.comb += [z_wr.addr.eq(z_addr(s1_r, s1_j)), z_wr.data.eq(z), z_wr.en.eq(1)]
                 # Valid keys of a row are a prefix of the block, so a live row's first key is j = 0.
                 with m.If(s1_j <= s1_lim):
                     m.d.sync += blk_max[s1_r].eq(Mux(s1_j == 0, z, vmax(blk_max[s1_r], z)))
 
-        # -- weighted sum (V rows) ----------------------------------------------------------------------
-        run_max_r, run_e_r = run_max[r], run_e[r]
-        m.d.comb += [
-            exp_a.t.eq(new_max_r - run_max_r),
-            z_rd.addr.eq(r * _BLK + j),
-            exp_p.t.eq(new_max_r - z_rd.data),
-        ]
-        alpha = Signal(EXP_FRAC + 1)
-        m.d.comb += alpha.eq(Mux(started[r], exp_a.p, 0))
-        p = exp_p.p
-        pv = Signal(EXP_FRAC + 1)
-        m.d.comb += pv.eq(round_shift(p, (new_e_r - ve[j]).as_signed(), max_left=0, max_right=EXP_FRAC + 3))
-        rescale = Signal(signed(8))
-        m.d.comb += rescale.eq((EXP_FRAC + new_e_r - run_e_r).as_signed())
-        m.d.comb += [n_rd.addr.eq(bank * RR + r * R + k), n_wr.addr.eq(bank * RR + r * R + k)]
-        for i in range(C):
-            acc = n_rd.data[i]
-            # |num * a| < 2^50: a right shift of 52 or more gives 0.
-            base = Mux(j == 0, round_shift(acc * alpha, rescale, max_left=0, max_right=52), acc)
-            m.d.comb += n_wr.data[i].eq(base + pv * kv_bytes[i])
-        den_next = Signal(DEN_BITS)
-        m.d.comb += den_next.eq(Mux(j == 0, round_shift(den[r] * alpha, EXP_FRAC, max_left=0, max_right=EXP_FRAC),
-                                    den[r]) + p)
+        # -- weighted sum (V rows), stage 0: the chunk arrives with z_j (prefetched); row r's M', E', the
+        # table addresses of p_j and a, and the shift amounts. Everything stage 1 needs is registered
+        # here, so the next segment's exponent rows and scores may overwrite ve, ke and blk_max meanwhile.
         v_lim = Signal(signed(pos_bits + 1))
         m.d.comb += v_lim.eq(lim_of(r))
+        run_max_r, run_e_r, started_r = run_max[r], run_e[r], started[r]
+        new_max = Signal(signed(32))
+        m.d.comb += new_max.eq(Mux(started_r, vmax(run_max_r, blk_max[r]), blk_max[r]))
+        blk_e = Signal(EXP_BITS)
+        m.d.comb += blk_e.eq(ve_pmax[Mux(v_lim > _BLK - 1, _BLK - 1, v_lim[:5])])
+        new_e = Signal(EXP_BITS)
+        m.d.comb += new_e.eq(Mux(started_r, vmax(run_e_r, blk_e), blk_e))
+        m.d.comb += [
+            z_rd.addr.eq(z_addr(r_nx, j_nx)),
+            exp_a.t.eq(new_max - run_max_r),
+            exp_p.t.eq(new_max - z_rd.data),
+            n_rd.addr.eq(num_address(NR, R, bank, r, k)),
+        ]
+        v1_busy = Signal()          # stage 1 holds a chunk
+        v1_en = Signal()            # ... of a valid key: write num (and den on the row's first beat)
+        v1_first = Signal()         # j = 0: rescale
+        v1_den = Signal()           # k = 0: update den
+        v1_r = Signal.like(r)
+        v1_addr = Signal.like(n_rd.addr)
+        v1_started = Signal()
+        v1_pv_sh = Signal(signed(EXP_BITS + 1))      # E' - ev_j
+        v1_rescale = Signal(EXP_BITS)                # E' - E (the rescale shift is 15 + E' - E)
+        v1_kv = Signal.like(self.kv.payload)
+        m.d.sync += [v1_busy.eq(0), v1_en.eq(0)]
+
+        # -- stage 1: p_j and a from the tables, the num read-modify-write and the den update ----------
+        alpha = Signal(EXP_FRAC + 1)
+        m.d.comb += alpha.eq(Mux(v1_started, exp_a.p, 0))
+        p = exp_p.p
+        pv = Signal(EXP_FRAC + 1)
+        m.d.comb += pv.eq(round_shift(p, v1_pv_sh, max_left=0, max_right=EXP_FRAC + 3))
+        v1_bytes = [v1_kv[8 * i:8 * i + 8].as_signed() for i in range(C)]
+        m.d.comb += [n_wr.addr.eq(v1_addr), n_wr.en.eq(v1_en)]
+        # One 36 x 16 multiplier per lane, shared with the normaliser: the rescale needs it only on the
+        # first key of a block (j = 0), the normaliser's num * m16 takes every other cycle.
+        rescaling = Signal()
+        m.d.comb += [rescaling.eq(v1_en & v1_first), norm.mul_free.eq(~rescaling)]
+        mul_b = Signal(EXP_FRAC + 1)
+        m.d.comb += mul_b.eq(Mux(rescaling, alpha, norm.m16))
+        for i in range(C):
+            acc = n_rd.data[i]
+            prod = Signal(signed(PROD_BITS), name=f"prod{i}")
+            m.d.comb += [prod.eq(Mux(rescaling, acc, norm.num_data[i]) * mul_b), norm.prod[i].eq(prod)]
+            # round_shift(num * a, 15 + E' - E) with 0 <= E' - E <= 31: E' = max(E, block's E) for a started
+            # row, and an unstarted row has a = 0, so any shift gives 0 (|num * a| < 2^50).
+            base = Mux(v1_first, round_shift_right(prod, v1_rescale, EXP_FRAC), acc)
+            m.d.comb += n_wr.data[i].eq(base + pv * v1_bytes[i])
+        den_r = den[v1_r]
+        m.d.comb += [smul_a.eq(Mux(v1_busy, den_r, dot)), smul_b.eq(Mux(v1_busy, alpha, self.score_m))]
+        den_next = Signal(DEN_BITS)
+        m.d.comb += den_next.eq(Mux(v1_first, round_shift(smul, EXP_FRAC, max_left=0, max_right=EXP_FRAC),
+                                    den_r) + p)
+        with m.If(v1_en & v1_den):
+            m.d.sync += den_r.eq(den_next)
 
         # -- normaliser hand-off --------------------------------------------------------------------------
         m.d.comb += [norm.start.payload.bank.eq(bank), norm.start.payload.count.eq(rows_m1 + 1)]
@@ -295,13 +348,13 @@ class AttentionEngine(wiring.Component):
 
         def advance(on_rows_end):
             """Step query row, then chunk, then key row; ``on_rows_end`` runs after the segment's last."""
-            m.d.sync += r.eq(r + 1)
+            m.d.comb += r_nx.eq(r + 1)
             with m.If(last_r):
-                m.d.sync += [r.eq(0), k.eq(k + 1)]
+                m.d.comb += [r_nx.eq(0), k_nx.eq(k + 1)]
                 with m.If(last_k):
-                    m.d.sync += [k.eq(0), j.eq(j + 1)]
+                    m.d.comb += [k_nx.eq(0), j_nx.eq(j + 1)]
                     with m.If(j == _BLK - 1):
-                        m.d.sync += j.eq(0)
+                        m.d.comb += j_nx.eq(0)
                         on_rows_end()
 
         def segment_end():
@@ -317,28 +370,31 @@ class AttentionEngine(wiring.Component):
                 with m.If(self.cmd.valid):
                     c = self.cmd.payload
                     m.d.sync += [pos.eq(c.pos), last_q.eq(c.last), last_block.eq((c.pos + c.last) >> 5), h.eq(0),
-                                 h_last.eq(c.kv_heads - 1), r.eq(0), k.eq(0), cnt.eq(0)]
+                                 h_last.eq(c.kv_heads - 1), cnt.eq(0)]
+                    m.d.comb += [r_nx.eq(0), k_nx.eq(0)]
                     if MG == 1:
                         m.d.sync += rows_m1.eq(c.last)
                     else:
-                        m.d.sync += rows_m1.eq((c.last + 1) * c.group - 1)
+                        # (last + 1) * group - 1 by constant multiplies per group: no DSP block.
                         with m.Switch(c.group):
                             for g in range(1, MG + 1):
                                 with m.Case(g):
+                                    m.d.sync += rows_m1.eq(const_mul(c.last + 1, g) - 1)
                                     m.d.sync += [row_q[i].eq(min(i // g, QB - 1)) for i in range(NR)]
                     m.next = "Q_LOAD"
 
             with m.State("Q_LOAD"):
-                m.d.comb += [self.q.ready.eq(1), q_wr.addr.eq(r * R + k), q_wr.data.eq(self.q.payload.data)]
+                m.d.comb += [self.q.ready.eq(1), q_wr.addr.eq(q_addr(r, k)), q_wr.data.eq(self.q.payload.data)]
                 with m.If(self.q.valid):
                     m.d.comb += q_wr.en.eq(1)
                     with m.If(k == 0):
                         m.d.sync += qe[r].eq(self.q.payload.e)
-                    m.d.sync += k.eq(k + 1)
+                    m.d.comb += k_nx.eq(k + 1)
                     with m.If(last_k):
-                        m.d.sync += [k.eq(0), r.eq(r + 1)]
+                        m.d.comb += [k_nx.eq(0), r_nx.eq(r + 1)]
                         with m.If(last_r):
-                            m.d.sync += [r.eq(0), b.eq(0), j.eq(0), cnt.eq(0)]
+                            m.d.comb += [r_nx.eq(0), j_nx.eq(0)]
+                            m.d.sync += [b.eq(0), cnt.eq(0)]
                             m.d.sync += [started[i].eq(0) for i in range(NR)]
                             m.next = "EXP"
 
@@ -354,7 +410,7 @@ class AttentionEngine(wiring.Component):
                                 elif i < _EXP_BYTES:
                                     m.d.sync += ve[i - _BLK].eq(self.kv.payload[8 * lane:8 * lane + EXP_BITS])
                     m.d.sync += cnt.eq(cnt + 1)
-                    with m.If(cnt == exp_chunks - 1):
+                    with m.If(cnt == self.exp_rows * R - 1):
                         m.d.sync += cnt.eq(0)
                         m.next = "K"
 
@@ -375,15 +431,17 @@ class AttentionEngine(wiring.Component):
             with m.State("V"):
                 m.d.comb += self.kv.ready.eq(last_r)
                 with m.If(self.kv.valid):
-                    with m.If(j <= v_lim):
-                        m.d.comb += n_wr.en.eq(1)
-                        with m.If(k == 0):
-                            m.d.sync += den[r].eq(den_next)
+                    m.d.sync += [v1_busy.eq(1), v1_en.eq(j <= v_lim), v1_first.eq(j == 0), v1_den.eq(k == 0),
+                                 v1_r.eq(r), v1_addr.eq(n_rd.addr), v1_started.eq(started_r),
+                                 v1_pv_sh.eq(new_e - ve[j]), v1_rescale.eq(new_e - run_e_r),
+                                 v1_kv.eq(self.kv.payload)]
+                    # The row's last chunk of the block: its M' and E' become the running ones (a row
+                    # without a valid key in the block keeps its state). Stage 1 of this and earlier
+                    # chunks uses the registered values above, not these.
+                    with m.If((j == _BLK - 1) & last_k & (v_lim >= 0)):
+                        m.d.sync += [run_max_r.eq(new_max), run_e_r.eq(new_e), started_r.eq(1)]
 
                     def block_done():
-                        for i in range(NR):
-                            with m.If(live[i]):
-                                m.d.sync += [run_max[i].eq(new_max[i]), run_e[i].eq(new_e[i]), started[i].eq(1)]
                         if self.pad_chunks:
                             m.next = "PAD"
                         else:
@@ -399,8 +457,9 @@ class AttentionEngine(wiring.Component):
                         segment_end()
 
             with m.State("HEAD_END"):
-                m.d.comb += norm.start.valid.eq(1)
-                with m.If(norm.start.ready):
+                # Hand over once the last chunk has left stage 1 (its den update has landed).
+                m.d.comb += norm.start.valid.eq(~v1_busy)
+                with m.If(norm.start.valid & norm.start.ready):
                     m.d.sync += [bank.eq(~bank), h.eq(h + 1)]
                     with m.If(h == h_last):
                         m.next = "IDLE"

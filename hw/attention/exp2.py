@@ -13,9 +13,13 @@ __all__ = ["Exp2Neg"]
 
 
 class Exp2Neg(wiring.Component):
-    """Combinational ``golden.numerics.exp2_neg``: a 1024 x 16-bit ROM and a shifter.
+    """``golden.numerics.exp2_neg`` with one cycle of latency: a 1024 x 16-bit ROM and a shifter.
 
     ``t10 = (t + 32) >> 6`` (round to Q.10); ``p = EXP[t10 & 1023] >> min(t10 >> 10, 16)``.
+
+    The ROM is read synchronously, so it maps to one block RAM (DP16KD on ECP5) instead of about 1,500
+    LUT4 sites of distributed RAM or logic; the shift amount is registered beside it. ``p`` is
+    ``exp2_neg`` of the ``t`` of the previous cycle (every cycle: there is no enable).
 
     Parameters
     ----------
@@ -26,7 +30,7 @@ class Exp2Neg(wiring.Component):
     ----------
     t : In(t_bits)
     p : Out(16)
-        Q1.15; 32768 for ``t < 32``.
+        Q1.15, one cycle after ``t``; 32768 for ``t < 32``.
     """
 
     def __init__(self, t_bits=33):
@@ -37,14 +41,14 @@ class Exp2Neg(wiring.Component):
         m = Module()
         m.submodules.rom = rom = Memory(shape=EXP_FRAC + 1, depth=1 << EXP_TABLE_BITS,
                                         init=[int(v) for v in exp_table()])
-        rd = rom.read_port(domain="comb")
+        rd = rom.read_port()
         drop = RES_FRAC - EXP_TABLE_BITS
         t10 = Signal(self.t_bits + 1 - drop)
         m.d.comb += t10.eq((self.t + (1 << (drop - 1))) >> drop)
         whole = t10[EXP_TABLE_BITS:]
-        sh = Signal(range(EXP_FRAC + 2))
+        sh = Signal(range(EXP_FRAC + 2))        # registered beside the ROM's output
+        m.d.sync += sh.eq(Mux(whole > EXP_FRAC + 1, EXP_FRAC + 1, whole))
         m.d.comb += [
-            sh.eq(Mux(whole > EXP_FRAC + 1, EXP_FRAC + 1, whole)),
             rd.addr.eq(t10[:EXP_TABLE_BITS]),
             self.p.eq(rd.data >> sh),
         ]

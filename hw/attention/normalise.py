@@ -4,9 +4,17 @@
 Three scalar-unit operations per head (FROM_INT, DIV, TO_MULT, about 85 cycles), then one output beat
 per cycle. It runs beside the decode engine, which has already moved on to the next kv head and writes
 the other bank of the ``num`` memory.
+
+The ``chunk`` multipliers ``num * m16`` are the engine's: it shares its per-lane rescale multipliers
+(``num * a``, busy only on the first key of each block) and lends them whenever ``mul_free`` is high.
+Results go through an output register, so ``o.valid`` never drops before its transfer.
+
+The ``num`` memory is read synchronously (a block RAM port): ``num_addr`` always presents the word of the
+*next* cycle (the current row and beat, or the following ones when a beat is accepted), so the word of
+the current beat is on ``num_data`` without a stall, one beat per cycle as with an asynchronous read.
 """
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -14,9 +22,10 @@ from golden.sfloat import MANT_BITS
 
 from ..params import check_int
 from ..vector.scalar_unit import SFLOAT, Op, ScalarUnit
-from .arith import round_shift, saturate
+from .arith import round_shift_span, saturate
 
-__all__ = ["Normaliser", "NUM_BITS", "DEN_BITS", "EXP_BITS", "start_layout"]
+__all__ = ["Normaliser", "NUM_BITS", "DEN_BITS", "EXP_BITS", "PROD_BITS", "start_layout", "num_address",
+           "num_depth"]
 
 #: |num| < 2^34 for contexts up to 4096 (docs/numerics.md); one bit of margin and the sign.
 NUM_BITS = 36
@@ -24,6 +33,28 @@ NUM_BITS = 36
 DEN_BITS = 29
 #: Attention exponents (q, k, v; running E): 0..31.
 EXP_BITS = 5
+#: ``num`` times a 16-bit unsigned factor (``m16``, or the engine's rescale ``a``).
+PROD_BITS = NUM_BITS + 16
+
+
+def _addr_bits(rows, row_beats):
+    return max(1, (rows - 1).bit_length()), (row_beats - 1).bit_length()
+
+
+def num_address(rows, row_beats, bank, row, beat):
+    """Address of beat ``beat`` of query row ``row`` in bank ``bank`` of the ``num`` memory.
+
+    ``Cat(row, beat, bank)`` with each field at its own bit width: no multiplier, at the price of unused
+    words when ``rows`` or ``row_beats`` is not a power of two (see :func:`num_depth`).
+    """
+    rb, kb = _addr_bits(rows, row_beats)
+    return Cat(row[:rb], beat[:kb], bank)
+
+
+def num_depth(rows, row_beats):
+    """Words of the ``num`` memory (two banks) for :func:`num_address`."""
+    rb, kb = _addr_bits(rows, row_beats)
+    return 2 << (rb + kb)
 
 
 def start_layout(rows):
@@ -50,10 +81,16 @@ class Normaliser(wiring.Component):
     ----------
     start : In(stream.Signature(start_layout(rows)))
         Accepted only while idle.
-    num_addr : Out(range(2 * rows * row_beats))
-        Address into the engine's ``num`` memory (``bank * rows * row_beats + r * row_beats + k``).
+    num_addr : Out(range(num_depth(rows, row_beats)))
+        Address into the engine's ``num`` memory (:func:`num_address`) of a synchronous read port.
     num_data : In(data.ArrayLayout(signed(NUM_BITS), chunk))
-        The word at ``num_addr``, combinationally.
+        The word at the previous cycle's ``num_addr``.
+    m16 : Out(16)
+        The row's multiplier; the engine returns ``num_data * m16`` on ``prod``.
+    prod : In(data.ArrayLayout(signed(PROD_BITS), chunk))
+        ``num_data[i] * m16`` per lane, combinationally, when ``mul_free`` is high.
+    mul_free : In(1)
+        The engine's multipliers compute ``prod`` this cycle.
     o : Out(stream.Signature(data.ArrayLayout(signed(32), chunk)))
         ``count * row_beats`` beats per job: rows in order, ``row_beats`` beats each.
     idle : Out(1)
@@ -65,8 +102,11 @@ class Normaliser(wiring.Component):
         self.row_beats = check_int("row_beats", row_beats, 1, 1024, "Normaliser")
         super().__init__({
             "start": In(stream.Signature(start_layout(rows))),
-            "num_addr": Out(range(2 * rows * row_beats)),
+            "num_addr": Out(range(num_depth(rows, row_beats))),
             "num_data": In(data.ArrayLayout(signed(NUM_BITS), chunk)),
+            "m16": Out(16),
+            "prod": In(data.ArrayLayout(signed(PROD_BITS), chunk)),
+            "mul_free": In(1),
             "o": Out(stream.Signature(data.ArrayLayout(signed(32), chunk))),
             "idle": Out(1),
         })
@@ -79,23 +119,39 @@ class Normaliser(wiring.Component):
         job = Signal(start_layout(G))
         g = Signal(range(max(2, G)))  # never zero bits wide: Verilator rejects [-1:0]
         k = Signal(range(max(2, R)))
+        # Next values of (g, k): the address of the synchronous read is that of the next cycle's beat.
+        g_nx, k_nx = Signal.like(g), Signal.like(k)
+        m.d.comb += [g_nx.eq(g), k_nx.eq(k)]
+        m.d.sync += [g.eq(g_nx), k.eq(k_nx)]
         den_sf = Signal(SFLOAT)   # SFloat(den)
         scale = Signal(SFLOAT)    # 2^E / den
-        m16 = Signal(16)
+        m16 = self.m16
         sh = Signal(signed(su.e_bits))
 
         cmd = su.cmd.payload
-        m.d.comb += self.num_addr.eq(job.bank * (G * R) + g * R + k)
-        for lane in range(C):
-            prod = self.num_data[lane] * m16
-            # |prod| < 2^52: right shifts beyond 54 give 0 as golden's do; a left shift of 32 saturates.
-            m.d.comb += self.o.payload[lane].eq(saturate(round_shift(prod, sh, max_left=32, max_right=54), 32))
+        m.d.comb += self.num_addr.eq(num_address(G, R, job.bank, g_nx, k_nx))
+        # The output register: loaded when the multipliers are free and the register is empty or being
+        # emptied; the read address then moves to the next beat.
+        o_valid = Signal()
+        load = Signal()
+        m.d.comb += self.o.valid.eq(o_valid)
+        with m.If(self.o.ready):
+            m.d.sync += o_valid.eq(0)
+        with m.If(load):
+            m.d.sync += o_valid.eq(1)
+            for lane in range(C):
+                # sh = bitlen(den) + 15 - E - (1 if den is a power of two else 0) lies in [-1, 44]:
+                # 0 <= E <= 31, den < 2^29 (DEN_BITS), and den >= 2^15 because every row has a live block
+                # and the key holding a block's new maximum adds exp2_neg(0) = 2^15 (an unchanged maximum
+                # gives a = 2^15, which keeps den). So the clamp never acts.
+                m.d.sync += self.o.payload[lane].eq(saturate(round_shift_span(self.prod[lane], sh, -1, 44), 32))
 
         with m.FSM(name="norm"):
             with m.State("IDLE"):
                 m.d.comb += [self.idle.eq(1), self.start.ready.eq(1)]
                 with m.If(self.start.valid):
-                    m.d.sync += [job.eq(self.start.payload), g.eq(0), k.eq(0)]
+                    m.d.sync += job.eq(self.start.payload)
+                    m.d.comb += [g_nx.eq(0), k_nx.eq(0)]
                     m.next = "FROM_INT"
             with m.State("FROM_INT"):
                 m.d.comb += [su.cmd.valid.eq(1), cmd.op.eq(Op.FROM_INT), cmd.i.eq(job.den[g])]
@@ -127,11 +183,11 @@ class Normaliser(wiring.Component):
                     m.d.sync += [m16.eq(su.res.payload.value.m[:16]), sh.eq(su.res.payload.value.e)]
                     m.next = "OUT"
             with m.State("OUT"):
-                m.d.comb += self.o.valid.eq(1)
-                with m.If(self.o.ready):
-                    m.d.sync += k.eq(k + 1)
+                m.d.comb += load.eq(self.mul_free & (~o_valid | self.o.ready))
+                with m.If(load):
+                    m.d.comb += k_nx.eq(k + 1)
                     with m.If(k == R - 1):
-                        m.d.sync += [k.eq(0), g.eq(g + 1)]
+                        m.d.comb += [k_nx.eq(0), g_nx.eq(g + 1)]
                         with m.If(g == job.count - 1):
                             m.next = "IDLE"
                         with m.Else():

@@ -11,9 +11,11 @@ Sequence of a command (``docs/isa.md``, ``ATTEND``; ``docs/attention.md``, "The 
    ``n_tokens <= max_tokens`` (the command processor checks it too). Anything else is
    ``CONFIG_MISMATCH``: nothing is read or written and the unit finishes at once. (Layer and address
    range checks, ``BAD_ADDRESS``, are the command processor's.)
-2. Two cycles of address set-up: ``head_bytes = (max_context / 32) * segment_bytes`` (a shift and a
-   constant multiply: ``segment_bytes`` is a build-time constant of ``head_dim`` and the bus width) and
-   ``layer_base = kv_base + layer * kv_heads * head_bytes`` (``firmware.kv_cache.KvCacheLayout``).
+2. Address set-up: ``head_bytes = (max_context / 32) * segment_bytes`` (``segment_bytes`` is a build-time
+   constant of ``head_dim`` and the bus width) and ``layer_base = kv_base + layer * kv_heads * head_bytes``
+   (``firmware.kv_cache.KvCacheLayout``), by one shift-and-add multiplier, one multiplier bit per cycle
+   (at most ``bits(max_context / 32) + bits(max_kv_heads) + 8`` cycles, once per command): the three
+   products would otherwise take about five DSP blocks for a few cycles of work per command.
 3. Four sequencers then run side by side over the tiles of ``query_block`` queries of the run's
    ``n_tokens`` tokens (positions ``pos ..``), each in the engine's order (tile, kv head, query of the
    tile, head of the group, beat):
@@ -44,6 +46,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.numerics import ATTN_KEY_BLOCK, score_constant
 
+from ..attention.arith import const_mul
 from ..attention.engine import AttentionEngine, chunk_geometry
 from ..isa import ADDR_BITS, BODIES, RUN_ARGS, ErrorCode, Opcode
 from ..memory.axi import AxiBurstReader
@@ -176,14 +179,19 @@ class AttendUnit(wiring.Component):
         group = Signal(range(MG + 1))
         kvh_m1 = Signal(range(max(2, MKV)))
         head_bytes = Signal(ADDR_BITS)
-        layer_heads = Signal(16)
         layer_base = Signal(ADDR_BITS)
+        # The shift-and-add multiplier of the address set-up: acc += x while y has bits left.
+        mul_x = Signal(ADDR_BITS)
+        # SETUP.max_context is checked to be at most the build's, so max_context / 32 fits these bits.
+        blocks_bits = (self.max_context // ATTN_KEY_BLOCK).bit_length()
+        mul_y = Signal(max(8, blocks_bits))
+        mul_acc = Signal(ADDR_BITS)
         t0_bits = range(self.max_tokens + QB + 1)
 
         # SETUP checks; the group is the g with heads == kv_heads * g (no divider).
         found = Signal(range(MG + 1))
         for g in range(1, MG + 1):
-            with m.If(s.heads == s.kv_heads * g):
+            with m.If(s.heads == const_mul(s.kv_heads, g)):
                 m.d.comb += found.eq(g)
         bad = Signal()
         m.d.comb += bad.eq((s.head_dim != self.head_dim) | (s.kv_heads == 0) | (s.kv_heads > MKV) | (found == 0)
@@ -215,7 +223,7 @@ class AttendUnit(wiring.Component):
         last_block = Signal(range(max(2, self.max_context // ATTN_KEY_BLOCK)))
         m.d.comb += [k_left.eq(tokens - k_t0), last_block.eq((pos0 + k_t0 + tile_size(k_left) - 1) >> 5),
                      rd.cmd.valid.eq(k_active), rd.cmd.payload.addr.eq(k_addr),
-                     rd.cmd.payload.beats.eq((last_block + 1) * self.seg_beats), rd.cmd.payload.tag.eq(0)]
+                     rd.cmd.payload.beats.eq(const_mul(last_block + 1, self.seg_beats)), rd.cmd.payload.tag.eq(0)]
         with m.If(rd.cmd.valid & rd.cmd.ready):
             m.d.sync += [k_h.eq(k_h + 1), k_addr.eq(k_addr + head_bytes)]
             with m.If(k_h == kvh_m1):
@@ -255,7 +263,7 @@ class AttendUnit(wiring.Component):
                                 with m.If(left <= QB):
                                     m.d.sync += active.eq(0)
             reset = [t0.eq(0), h.eq(0), hbase.eq(0), qi.eq(0), g.eq(0), b.eq(0)]
-            return t0 + qi, (hbase + g) * DN + b, reset
+            return t0 + qi, const_mul(hbase + g, DN) + b, reset
 
         q_active = Signal()
         q_left = Signal(t0_bits)
@@ -352,15 +360,32 @@ class AttendUnit(wiring.Component):
                 m.d.sync += self.busy.eq(0)
                 m.next = "IDLE"
             with m.State("ADDR1"):
-                m.d.sync += [head_bytes.eq((s.max_context >> 5) * self.segment_bytes),
-                             layer_heads.eq(layer * s.kv_heads)]
-                m.next = "ADDR2"
-            with m.State("ADDR2"):
-                base = Signal(ADDR_BITS)
-                m.d.comb += base.eq(s.kv_base + layer_heads * head_bytes)
-                m.d.sync += [layer_base.eq(base), k_addr.eq(base), k_t0.eq(0), k_h.eq(0), c_t0.eq(0),
-                             c_active.eq(1), k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset, *o_reset]
-                m.next = "RUN"
+                m.d.sync += [mul_x.eq(self.segment_bytes), mul_y.eq(s.max_context[5:5 + blocks_bits]),
+                             mul_acc.eq(0)]
+                m.next = "HEAD_BYTES"
+
+            def mul_step():
+                m.d.sync += [mul_x.eq(mul_x << 1), mul_y.eq(mul_y >> 1)]
+                with m.If(mul_y[0]):
+                    m.d.sync += mul_acc.eq(mul_acc + mul_x)
+
+            with m.State("HEAD_BYTES"):        # head_bytes = (max_context / 32) * segment_bytes
+                mul_step()
+                with m.If(mul_y == 0):
+                    m.d.sync += [head_bytes.eq(mul_acc), mul_x.eq(mul_acc), mul_y.eq(s.kv_heads), mul_acc.eq(0)]
+                    m.next = "LAYER_BYTES"
+            with m.State("LAYER_BYTES"):       # kv_heads * head_bytes, then layer times that from kv_base
+                mul_step()
+                with m.If(mul_y == 0):
+                    m.d.sync += [mul_x.eq(mul_acc), mul_y.eq(layer), mul_acc.eq(s.kv_base)]
+                    m.next = "LAYER_BASE"
+            with m.State("LAYER_BASE"):
+                mul_step()
+                with m.If(mul_y == 0):
+                    m.d.sync += [layer_base.eq(mul_acc), k_addr.eq(mul_acc), k_t0.eq(0), k_h.eq(0), c_t0.eq(0),
+                                 c_active.eq(1), k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset,
+                                 *o_reset]
+                    m.next = "RUN"
             with m.State("RUN"):
                 with m.If(~o_active & ~c_active & ~k_active & ~q_active & (outstanding == 0) & rd.idle
                           & ~rd.data.valid & ~gb.o.valid):
