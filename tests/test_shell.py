@@ -232,13 +232,15 @@ def test_shell_design_prepares_for_ulx3s():
     with pytest.raises(ValueError, match="no exact ECP5 PLL"):
         ecp5_pll_params(25, 51.3)
     platform = get_board("ulx3s-85f").platform()
-    top = get_design("shell").make(platform, HW)
-    assert isinstance(top, ShellTop) and top.clocks == {"sync": 50.0} and top.shell.divisor == 50
+    top = get_design("shell").make(platform, HW)     # the config's clock_mhz (100)
+    assert isinstance(top, ShellTop) and top.clocks == {"sync": 100.0} and top.shell.divisor == 100
+    assert top.pll_params == ecp5_pll_params(25, 100) == (1, 4, 6)
+    assert ShellTop(platform, HW, clk_mhz=50).clocks == {"sync": 50.0}
     plan = platform.prepare(top, name="top", nextpnr_opts="--report report.json")
     il, lpf = plan.files["top.il"], plan.files["top.lpf"]
     assert "EHXPLLL" in il and "ODDRX1F" in il
     for site in ("F19", "F20", "P20", "T20", "T19", "R20", "U19", "J16", "M20"):     # SDRAM clk, cke, cmd, dq, a
         assert f'SITE "{site}"' in lpf
-    assert "50000000" in lpf
+    assert "100000000" in lpf
     with pytest.raises(ValueError, match="needs a board with an SDR SDRAM"):
         get_design("shell").make(get_board("nexus-40").platform(), HW)

@@ -227,8 +227,6 @@ from amaranth.lib.cdc import ResetSynchronizer  # noqa: E402
 
 from .shell import Ulx3sShell  # noqa: E402
 
-#: The shell's clock on the ULX3S: the 25 MHz oscillator times two, from the ECP5 PLL.
-SHELL_CLK_MHZ = 50
 
 
 def ecp5_pll_params(in_mhz, out_mhz):
@@ -248,23 +246,26 @@ def ecp5_pll_params(in_mhz, out_mhz):
 class ShellTop(Elaboratable):
     """The ``shell`` design: :class:`hw.board.shell.Ulx3sShell` on the ULX3S.
 
-    * **Clock.** ``pll=True``: an ``EHXPLLL`` makes ``clk_mhz`` (50) from the 25 MHz oscillator; the
-      ``sync`` domain is held in reset until the PLL locks. ``pll=False``: the shell runs on the
-      oscillator's 25 MHz directly.
+    * **Clock.** ``pll=True``: an ``EHXPLLL`` makes ``clk_mhz`` (default: the hardware config's
+      ``clock_mhz``, 100 for ``ecp5``) from the 25 MHz oscillator; the ``sync`` domain is held in reset
+      until the PLL locks. ``pll=False``: the shell runs on the oscillator's 25 MHz directly.
     * **SDRAM.** The controller's pin signals go through plain I/O buffers (the controller's own output
       registers feed them); the chip's clock is the ``sync`` clock inverted, made by a DDR output register
       (``ODDRX1F``: low in the first half of the cycle, high in the second), so the chip samples commands
       and write data half a cycle after they leave the controller's registers. Read data is registered once
       in the fabric before the controller sees it (``read_delay=1``). With the clock inverted, CL 3 data
       (valid ``tAC`` = 5.4 ns after the chip's edge) is sampled by the register CL+1 cycles after the
-      command, in the middle of its valid window at 50 MHz. This phase choice is reasoned, not measured on
-      a board: check it (a DRAM write/read test over the link) on the first board.
+      command, in the middle of its valid window at 50 MHz. At 100 MHz the same reasoning puts the sampling
+      edge at the end of the window, so the phase (or ``read_delay``) has to be set on the board. This
+      phase choice is reasoned, not measured on a board: check it (a DRAM write/read test over the link) on
+      the first board.
     * **UART** as the ``link`` design (``baud`` 1 Mbaud: divisor 50 at 50 MHz).
     * **LEDs**: the shell's ``leds`` (0 run done, 1 running, 2 link busy, 3 SDRAM ready, 4 UART framing
       error seen, 5 host DRAM access open, 6 accelerator DRAM access open, 7 heartbeat).
     """
 
-    def __init__(self, platform, hw, *, clk_mhz=SHELL_CLK_MHZ, pll=True, baud=DEFAULT_BAUD, max_payload=1024):
+    def __init__(self, platform, hw, *, clk_mhz=None, pll=True, baud=DEFAULT_BAUD, max_payload=1024):
+        clk_mhz = hw.clock_mhz if clk_mhz is None else clk_mhz
         try:
             platform.lookup("sdram", 0)
         except ResourceError:
@@ -337,6 +338,6 @@ class ShellTop(Elaboratable):
 
 
 DESIGNS["shell"] = DesignSpec(
-    "shell", "board shell: UART host link + accelerator + SDR SDRAM controller, 50 MHz from the ECP5 PLL",
+    "shell", "board shell: UART host link + accelerator + SDR SDRAM controller, the config's clock_mhz from the ECP5 PLL",
     lambda platform, hw: ShellTop(platform, hw))
 __all__ += ["ShellTop", "ecp5_pll_params"]
