@@ -81,7 +81,9 @@ class TlmmConfig:
     table_storage : str
         ``"lutram"``: tables in distributed RAM, table-stationary (cheapest in LUTs; a 15-cycle fill per
         table set). ``"mux"``: tables in registers, rebuilt every step (no fill, about 2x the LUTs).
-        See docs/tlmm-engine.md for the measurements behind the choice.
+        See docs/tlmm-engine.md for the measurements behind the choice. It selects the engine of the
+        memory system's weight path (``trillium bench memory``); the whole accelerator's LINEAR unit uses
+        the ``mux`` engine for now (docs/tlmm-engine.md, "Not yet in the accelerator").
     """
 
     tables: int
