@@ -233,11 +233,13 @@ def test_init_sequence():
     assert state["violation"] == SdramViolation.NONE
 
 
-@pytest.mark.parametrize("cas_latency,read_delay,clock_mhz,seed", [(3, 0, 100, 1), (2, 1, 50, 2)])
+@pytest.mark.parametrize("cas_latency,read_delay,clock_mhz,seed", [(3, 0, 100, 1), (2, 1, 50, 2), (2, 0, 25, 3)])
 def test_random_write_then_read(cas_latency, read_delay, clock_mhz, seed):
     """Random write bursts (lengths, strobes, addresses over 16 rows of all four banks: row hits and
     misses), then random read bursts of the same region, R and B back-pressured at random; CL 3 at
-    100 MHz, and CL 2 with an input register at 50 MHz (other cycle counts: tRRD of one cycle)."""
+    100 MHz, CL 2 with an input register at 50 MHz (other cycle counts: tRRD of one cycle), and CL 2 at
+    25 MHz, where tRCD and tRP are one cycle (the controller's row flags are out of date for a cycle
+    after ACTIVE or PRECHARGE, exactly when the next command could already go)."""
     rng = random.Random(seed)
     timing = SdramTiming(cas_latency=cas_latency, t_powerup=2000.0)
     m, ctrl, model = make_system(timing=timing, read_delay=read_delay, clock_hz=clock_mhz * 1_000_000)

@@ -29,6 +29,16 @@ Design, in short (the ``docs`` section "SDRAM controller" has the long form):
   command slot keeps it while it has work, for at most ``quota`` words when the other engine waits;
   then the other one gets it. Neither starves, and a switch (which costs the read-to-write bus
   turnaround) happens at most every ``quota`` words under mixed load.
+* **A pipelined command decision.** Everything the decision reads is a flip-flop: per engine, flags
+  for the word it holds (beyond the SDRAM; row open and tRCD passed; another row open and PRECHARGE
+  allowed; bank closed and ACTIVE allowed), computed one cycle ahead for each word it can hold next
+  (the same, the next, the queue's head) against the bank state and timers, and picked by what the
+  engine does this cycle; per timer a registered "elapsed" bit; and one ``slot`` bit (running, no refresh
+  pending, no tRFC/tMRD wait). After a bank command the flags are a cycle old, so no traffic command
+  goes in the next cycle: free when tRCD and tRP are at least 2 cycles (3 at 100 MHz). The decision is
+  then a few gates from registers to the pins and the engines (120 MHz out of context on the 85F,
+  against 98 MHz when it compared rows and counters itself). The burst queues' heads are registers
+  too (:class:`_HeadQueue`).
 * **Reads** reserve space in the R buffer before their first command (a credit counter), so a
   master that stalls R only stops new read commands; responses come back in order. Data is captured
   ``CL + read_delay`` cycles after the command leaves the controller's pin registers.
@@ -47,7 +57,7 @@ self-refresh (``clk_en`` stays high), and reordering across IDs (everything comp
 import dataclasses
 import math
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -278,23 +288,84 @@ class SdramPinsSignature(wiring.Signature):
         return f"SdramPinsSignature({self.geometry!r})"
 
 
-def _timer(name, cycles, init=0):
-    """A down-counter that holds the cycles left until an action is allowed (0: allowed now)."""
-    return Signal(range(max(cycles, init + 1, 1)), name=name, init=init)
+class _Timer:
+    """A down-counter that holds the cycles left until an action is allowed, and ``ok``, a register that
+    is high when the count is 0 (the action may go this cycle).
+
+    ``ok`` is computed one cycle ahead, from the count and this cycle's arming, so the command decision
+    reads one flip-flop per rule instead of comparing counters. ``cycles`` is the longest wait it is
+    armed with.
+    """
+
+    def __init__(self, name, cycles, init=0):
+        self.cycles = cycles
+        self.count = Signal(range(max(cycles, init + 1, 1)), name=name, init=init)
+        self.ok = Signal(name=f"{name}_ok", init=init == 0)
+        self.armed = Signal(name=f"{name}_armed")     # an event arms it this cycle
+
+    @property
+    def ok_next(self):
+        """``ok`` of the next cycle."""
+        return ~self.armed & (self.count <= 1)
 
 
 def _tick(m, timer):
-    m.d.sync += timer.eq(Mux(timer != 0, timer - 1, 0))
+    m.d.sync += [timer.count.eq(Mux(timer.count != 0, timer.count - 1, 0)), timer.ok.eq(timer.ok_next)]
 
 
-def _arm(m, timer, cycles):
+def _arm(m, timer, cycles, *, idle=False):
     """An event this cycle: the guarded action may follow ``cycles`` cycles later, at the earliest.
 
-    (Keeps a longer wait already running; must come after :func:`_tick` for the same timer.)"""
+    Keeps a longer wait already running, unless none can be: ``cycles`` is the timer's longest wait, or
+    ``idle`` says the caller only arms it at 0 (then a compare on the counter, a carry chain for the
+    power-up wait, is left out of the command decision's path). Must come after :func:`_tick` for the
+    same timer."""
     if cycles <= 1:
         return
-    left = Mux(timer != 0, timer - 1, 0)
-    m.d.sync += timer.eq(Mux(left > cycles - 1, left, cycles - 1))
+    m.d.comb += timer.armed.eq(1)
+    if idle or cycles >= timer.cycles:
+        m.d.sync += timer.count.eq(cycles - 1)
+        return
+    left = Mux(timer.count != 0, timer.count - 1, 0)
+    m.d.sync += timer.count.eq(Mux(left > cycles - 1, left, cycles - 1))
+
+
+class _HeadQueue(Elaboratable):
+    """A FIFO of ``depth`` entries (the :class:`~amaranth.lib.fifo.SyncFIFO` ports) whose head is a
+    register, with SyncFIFO's latency: an entry is readable the cycle after it is written.
+
+    The burst queues feed the engines' look-ahead (a row compare) from their heads. SyncFIFO's head is
+    its memory's read port, which put the memory's read path in front of the compare;
+    SyncFIFOBuffered's registered head costs one more cycle on every burst into an idle engine (0.6 % of
+    a prefill run on the shell). Here a write that finds nothing queued goes straight to the head
+    register; ``w_rdy`` depends on registers only."""
+
+    def __init__(self, width, depth):
+        self.width, self.depth = width, depth
+        self.w_data, self.w_en, self.w_rdy = Signal(width), Signal(), Signal()
+        self.r_data, self.r_en, self.r_rdy = Signal(width), Signal(), Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = inner = SyncFIFO(width=self.width, depth=self.depth - 1)
+        write = Signal()
+        free = Signal()        # the head register is empty or read this cycle
+        m.d.comb += [
+            self.w_rdy.eq((~self.r_rdy & ~inner.r_rdy) | inner.w_rdy),
+            write.eq(self.w_en & self.w_rdy),
+            free.eq(~self.r_rdy | self.r_en),
+            inner.w_data.eq(self.w_data),
+            inner.w_en.eq(write & ~(free & ~inner.r_rdy)),
+        ]
+        with m.If(free):
+            with m.If(inner.r_rdy):
+                m.d.comb += inner.r_en.eq(1)
+                m.d.sync += [self.r_data.eq(inner.r_data), self.r_rdy.eq(1)]
+            with m.Elif(write):
+                m.d.sync += [self.r_data.eq(self.w_data), self.r_rdy.eq(1)]
+            with m.Else():
+                m.d.sync += self.r_rdy.eq(0)
+        return m
 
 
 class SdramController(wiring.Component):
@@ -408,32 +479,82 @@ class SdramController(wiring.Component):
         # DQM stays low outside writes: it masks read data two cycles later.
         m.d.sync += [cmd.eq(SdramCommand.NOP), dq_oe.eq(0), dqm.eq(0)]
 
-        # ---- Timers (cycles left until the action is allowed).
-        busy = _timer("busy", max(cyc.powerup, cyc.rfc, cyc.rp, cyc.mrd), init=cyc.powerup - 1)   # any command
-        rrd = _timer("rrd", cyc.rrd)                       # ACT after ACT, any bank
-        rd2wr = _timer("rd2wr", cyc.cas_latency + 1)        # WRITE after READ: the read data has left the bus
-        act_ok = [_timer(f"act_ok{i}", max(cyc.rc, cyc.rp)) for i in range(nb)]     # tRC, tRP
-        col_ok = [_timer(f"col_ok{i}", cyc.rcd) for i in range(nb)]                 # tRCD
-        pre_ok = [_timer(f"pre_ok{i}", max(cyc.ras, cyc.wr)) for i in range(nb)]    # tRAS, tWR
+        # ---- Timers (cycles left until the action is allowed, and a registered "allowed now").
+        busy = _Timer("busy", max(cyc.powerup, cyc.rfc, cyc.rp, cyc.mrd), init=cyc.powerup - 1)   # any command
+        rrd = _Timer("rrd", cyc.rrd)                       # ACT after ACT, any bank
+        rd2wr = _Timer("rd2wr", cyc.cas_latency + 1)        # WRITE after READ: the read data has left the bus
+        act_ok = [_Timer(f"act_ok{i}", max(cyc.rc, cyc.rp)) for i in range(nb)]     # tRC, tRP
+        col_ok = [_Timer(f"col_ok{i}", cyc.rcd) for i in range(nb)]                 # tRCD
+        pre_ok = [_Timer(f"pre_ok{i}", max(cyc.ras, cyc.wr)) for i in range(nb)]    # tRAS, tWR
         for t in [busy, rrd, rd2wr, *act_ok, *col_ok, *pre_ok]:
             _tick(m, t)
         is_open = Signal(nb)
         open_row = Array(Signal(g.row_bits, name=f"open_row{i}") for i in range(nb))
+        # Each engine keeps registered flags for the word it holds (see `lookahead`), computed one cycle
+        # ahead against the bank state and the bank timers. A bank command (ACTIVE, PRECHARGE) changes
+        # the bank state and arms bank timers, so for one cycle after it the flags are out of date and no
+        # traffic command is decided (`slot` is low). That cycle is free whenever tRCD and tRP are 2 cycles
+        # or more (the command the flags would allow has to wait anyway): 100 MHz has 3 and 3, 50 MHz 2
+        # and 2. A WRITE arms tWR (at least 2 cycles), so no PRECHARGE follows in the next cycle (`wrote`).
+        bank_cmd = Signal()
+        wrote = Signal()
+
+        def soon(timers, bank):
+            """The bank's timer reaches 0 next cycle if nothing arms it this cycle."""
+            return Cat(t.count <= 1 for t in timers).bit_select(bank, 1)
+
+        def lookahead(name, addr, addr1, head_addr, load, advance):
+            """Registered flags for the word an engine holds: ``err`` (beyond the SDRAM), ``col`` (its row
+            is open and tRCD has passed: READ/WRITE may go), ``pre`` (its bank has another row open and
+            may be precharged), ``act`` (its bank is closed and may be activated).
+
+            Each word the engine may hold next cycle (``addr``, ``addr1`` = ``addr + 1``, the queue's head
+            ``head_addr``) is looked up in parallel (every bank's open row is compared with the word's
+            row, the word's bank picks the answer), and ``load``/``advance`` (the engine's own update
+            conditions) pick one, so the command decision starts from these flip-flops instead of a row
+            compare and counter compares."""
+            def status(word):
+                dev = Cat(Const(0, beat_bits), word[:dev_axi_bits]) if beat_bits else word[:dev_axi_bits]
+                bank = dev[g.col_bits:g.col_bits + g.bank_bits]
+                row = dev[g.col_bits + g.bank_bits:]
+                opened = is_open.bit_select(bank, 1)
+                hit = Cat(is_open[i] & (open_row[i] == row) for i in range(nb)).bit_select(bank, 1)
+                err = word[dev_axi_bits:word_bits] != 0 if word_bits > dev_axi_bits else Const(0, 1)
+                return [err, ~err & hit & soon(col_ok, bank), ~err & ~hit & opened & soon(pre_ok, bank),
+                        ~err & ~opened & soon(act_ok, bank)]
+            regs = [Signal(name=f"{name}_{k}") for k in ("err", "col", "pre", "act")]
+            with m.If(load):
+                m.d.sync += [r.eq(v) for r, v in zip(regs, status(head_addr))]
+            with m.Elif(advance):
+                m.d.sync += [r.eq(v) for r, v in zip(regs, status(addr1))]
+            with m.Else():
+                m.d.sync += [r.eq(v) for r, v in zip(regs, status(addr))]
+            return regs
 
         # ---- Refresh: due every tREFI once running; strict priority at the next command slot.
         refi = Signal(range(cyc.refi), init=cyc.refi - 1)
         ref_pending = Signal()
         running = Signal()
+        ref_issued = Signal()              # the REFRESH that answers ref_pending goes out this cycle
+        mode_issued = Signal()             # LOAD MODE goes out: running from the next cycle
+        ref_pending_next, running_next = Signal(), Signal()
+        m.d.comb += [
+            ref_pending_next.eq((ref_pending & ~ref_issued) | (running & (refi == 0))),
+            running_next.eq(running | mode_issued),
+        ]
+        m.d.sync += [ref_pending.eq(ref_pending_next), running.eq(running_next)]
         with m.If(running):
-            m.d.sync += refi.eq(refi - 1)
-            with m.If(refi == 0):
-                m.d.sync += [refi.eq(cyc.refi - 1), ref_pending.eq(1)]
+            m.d.sync += refi.eq(Mux(refi == 0, cyc.refi - 1, refi - 1))
         m.d.comb += self.ready.eq(running)
+
+        # What the command slot does this cycle (one-hot strobes for the engines and the bank state).
+        r_step = Signal()          # the read engine issued a READ, or skipped an error word
+        w_step = Signal()          # the write engine issued a WRITE, or skipped an error word
 
         # ---- Read engine: AR queue, burst in progress, credits for the R buffer.
         id_bits = self.read_signature.id_bits
         ar_layout = data.StructLayout({"addr": unsigned(word_bits), "len": unsigned(8), "id": unsigned(id_bits)})
-        m.submodules.ar_queue = arq = SyncFIFO(width=ar_layout.size, depth=self.max_outstanding)
+        m.submodules.ar_queue = arq = _HeadQueue(ar_layout.size, self.max_outstanding)
         ar_entry = Signal(ar_layout)
         m.d.comb += [
             ar_entry.addr.eq(self.axi.araddr[size:]), ar_entry.len.eq(self.axi.arlen), ar_entry.id.eq(self.axi.arid),
@@ -443,21 +564,27 @@ class SdramController(wiring.Component):
         # The burst in progress lives in registers (loaded from the queue's head, without a gap between
         # bursts), so the command decision starts from flip-flops rather than the queue's read port.
         r_valid, r_addr, r_left = Signal(), Signal(word_bits), Signal(8)
+        r_addr1 = Signal(word_bits)        # r_addr + 1, kept as a register (no carry chain in the lookahead)
         r_id, r_beat = Signal(id_bits), Signal(beat_bits)
+        r_final = Signal()                 # r_left == 0: the burst's last word
         credits = Signal(range(self.read_buffer + 1), init=self.read_buffer)
-        r_req, r_err = Signal(), Signal()
+        has_credit = Signal(init=1)        # credits != 0, kept as a register
+        r_req = Signal()
         r_dev = Signal(g.word_bits)        # SDRAM word address of the next READ
+        r_last_beat = Signal()
+        r_load = Signal()      # take the queue's head as the burst in progress (pops it when there is one)
+        r_err, r_col, r_pre, r_act = lookahead("r", r_addr, r_addr1, ar_head.addr, r_load, r_step & r_last_beat)
         m.d.comb += [
             # A word's first READ takes a credit (its R buffer slot); the rest of the word has it.
-            r_req.eq(r_valid & ((r_beat != 0) | (credits != 0))),
-            r_err.eq(r_addr[dev_axi_bits:] != 0 if word_bits > dev_axi_bits else 0),
+            r_req.eq(r_valid & ((r_beat != 0) | has_credit)),
             r_dev.eq(Cat(r_beat, r_addr[:dev_axi_bits]) if beat_bits else r_addr[:dev_axi_bits]),
+            r_last_beat.eq(r_err | (r_beat == max_beat)),
         ]
 
         # ---- Write engine: AW queue, burst in progress, B queue.
         wid_bits = self.write_signature.id_bits
         aw_layout = data.StructLayout({"addr": unsigned(word_bits), "len": unsigned(8), "id": unsigned(wid_bits)})
-        m.submodules.aw_queue = awq = SyncFIFO(width=aw_layout.size, depth=self.max_outstanding)
+        m.submodules.aw_queue = awq = _HeadQueue(aw_layout.size, self.max_outstanding)
         aw_entry = Signal(aw_layout)
         wr = self.axi_wr
         m.d.comb += [
@@ -466,81 +593,82 @@ class SdramController(wiring.Component):
         ]
         aw_head = aw_layout(awq.r_data)
         w_valid, w_addr, w_left = Signal(), Signal(word_bits), Signal(8)
+        w_addr1 = Signal(word_bits)        # w_addr + 1
         w_id, w_beat, w_failed = Signal(wid_bits), Signal(beat_bits), Signal()
+        w_final = Signal()                 # w_left == 0
         b_layout = data.StructLayout({"id": unsigned(wid_bits), "resp": unsigned(2)})
         m.submodules.b_queue = bq = SyncFIFO(width=b_layout.size, depth=max(2, self.max_outstanding))
         b_head = b_layout(bq.r_data)
         m.d.comb += [wr.bvalid.eq(bq.r_rdy), wr.bid.eq(b_head.id), wr.bresp.eq(b_head.resp),
                      bq.r_en.eq(wr.bready)]
-        w_req, w_err = Signal(), Signal()
+        w_req = Signal()
         w_dev = Signal(g.word_bits)
+        w_last_beat = Signal()
+        w_load = Signal()
+        w_err, w_col, w_pre, w_act = lookahead("w", w_addr, w_addr1, aw_head.addr, w_load, w_step & w_last_beat)
         m.d.comb += [
             w_req.eq(w_valid & wr.wvalid & bq.w_rdy),
-            w_err.eq(w_addr[dev_axi_bits:] != 0 if word_bits > dev_axi_bits else 0),
             w_dev.eq(Cat(w_beat, w_addr[:dev_axi_bits]) if beat_bits else w_addr[:dev_axi_bits]),
+            w_last_beat.eq(w_err | (w_beat == max_beat)),
         ]
 
         # ---- Arbitration by AXI word: the owner (a register: the command decision does not wait for
         # the arbiter) keeps the slot while it has work, up to `quota` words while the other engine waits.
         # Then it starts no new word, and the slot changes hands on the next cycle.
         owner = Signal()                   # 0: read engine, 1: write engine
-        sel = owner
         served = Signal(range(self.quota + 1))
-        quota_hit = served == self.quota
-        own_req = Mux(owner, w_req, r_req)
-        other_req = Mux(owner, r_req, w_req)
-        own_boundary = Mux(owner, w_beat == 0, r_beat == 0)
+        quota_hit = Signal()               # served == quota, kept as a register
         switch = Signal()
-        yield_slot = Signal()
-        m.d.comb += [
-            switch.eq(own_boundary & other_req & (~own_req | quota_hit)),
-            yield_slot.eq(own_boundary & other_req & quota_hit),
-        ]
-        s_req = own_req & ~yield_slot
-        s_err = Mux(sel, w_err, r_err)
+        m.d.comb += switch.eq(Mux(owner, (w_beat == 0) & r_req & (~w_req | quota_hit),
+                                  (r_beat == 0) & w_req & (~r_req | quota_hit)))
+        # The engine that may use the slot this cycle: it owns it and is not handing it over.
+        r_go, w_go = Signal(), Signal()
+        m.d.comb += [r_go.eq(~owner & r_req & ~((r_beat == 0) & w_req & quota_hit)),
+                     w_go.eq(owner & w_req & ~((w_beat == 0) & r_req & quota_hit))]
         s_dev = Signal(g.word_bits)
-        m.d.comb += s_dev.eq(Mux(sel, w_dev, r_dev))
+        m.d.comb += s_dev.eq(Mux(owner, w_dev, r_dev))
         s_col = s_dev[:g.col_bits]
         s_bank = s_dev[g.col_bits:g.col_bits + g.bank_bits]
         s_row = s_dev[g.col_bits + g.bank_bits:]
 
-        # What the command slot does this cycle (one-hot strobes for the engines and the bank state).
-        r_step = Signal()          # the read engine issued a READ, or skipped an error word
-        w_step = Signal()          # the write engine issued a WRITE, or skipped an error word
-        word_done = Signal()
-        m.d.comb += word_done.eq((r_step & ((r_beat == max_beat) | r_err)) | (w_step & ((w_beat == max_beat) | w_err)))
-        with m.If(switch):
-            m.d.sync += [owner.eq(~owner), served.eq(0)]
-        with m.Elif(word_done & ~quota_hit):
-            m.d.sync += served.eq(served + 1)
+        # The command decision, from registers only: refresh first (below, in the FSM), then the slot
+        # owner's next command. An error word (beyond the SDRAM) issues no command: the engine steps over
+        # it and answers SLVERR. `slot` (a register, computed from the next cycle's values): running, no
+        # refresh pending, no tRFC/tMRD wait, and the engines' flags are not stale.
+        slot = Signal()
+        m.d.sync += slot.eq(running_next & ~ref_pending_next & busy.ok_next & ~bank_cmd)
+        do_pre, do_act = Signal(), Signal()
+        m.d.comb += [
+            r_step.eq(slot & r_go & (r_err | r_col)),
+            w_step.eq(slot & w_go & (w_err | (w_col & rd2wr.ok))),
+            do_pre.eq(slot & ((r_go & r_pre) | (w_go & w_pre)) & ~wrote),
+            do_act.eq(slot & ((r_go & r_act) | (w_go & w_act)) & rrd.ok),
+        ]
+        m.d.sync += wrote.eq(w_step & ~w_err)
 
-        bank_open = is_open.bit_select(s_bank, 1)
-        # Row hit: both engines' rows are compared with every bank's open row in parallel, from
-        # registers, and the owner's bank picks the answer (shorter than mux, then compare).
-        def row_hit(dev):
-            row = dev[g.col_bits + g.bank_bits:]
-            hits = Cat(is_open[i] & (open_row[i] == row) for i in range(nb))
-            return hits.bit_select(dev[g.col_bits:g.col_bits + g.bank_bits], 1)
-        hit = Signal()
-        m.d.comb += hit.eq(Mux(owner, row_hit(w_dev), row_hit(r_dev)))
-        col_ok_s = Array(col_ok)[s_bank]
-        pre_ok_s = Array(pre_ok)[s_bank]
-        act_ok_s = Array(act_ok)[s_bank]
+        word_done = Signal()
+        m.d.comb += word_done.eq((r_step & r_last_beat) | (w_step & w_last_beat))
+        with m.If(switch):
+            m.d.sync += [owner.eq(~owner), served.eq(0), quota_hit.eq(0)]
+        with m.Elif(word_done & ~quota_hit):
+            m.d.sync += [served.eq(served + 1), quota_hit.eq(served == self.quota - 1)]
+
         all_closable = Signal()
         all_act_ok = Signal()
         m.d.comb += [
-            all_closable.eq(Cat(~is_open[i] | (pre_ok[i] == 0) for i in range(nb)).all()),
-            all_act_ok.eq(Cat(act_ok[i] == 0 for i in range(nb)).all()),
+            all_closable.eq(Cat(~is_open[i] | pre_ok[i].ok for i in range(nb)).all()),
+            all_act_ok.eq(Cat(t.ok for t in act_ok).all()),
         ]
 
         def precharge_all():
             m.d.sync += [cmd.eq(SdramCommand.PRECHARGE), a.eq(1 << 10), is_open.eq(0)]
+            m.d.comb += bank_cmd.eq(1)
             for i in range(nb):
                 _arm(m, act_ok[i], cyc.rp)
 
         def refresh():
             m.d.sync += [cmd.eq(SdramCommand.REFRESH), self.refreshes.eq(self.refreshes + 1)]
-            _arm(m, busy, cyc.rfc)
+            _arm(m, busy, cyc.rfc, idle=True)       # only under busy.ok
 
         wdata_beat = wr.wdata.word_select(w_beat, sd) if beat_bits else wr.wdata
         wstrb_beat = wr.wstrb.word_select(w_beat, sd // 8) if beat_bits else wr.wstrb
@@ -548,89 +676,81 @@ class SdramController(wiring.Component):
         with m.FSM(name="sdram"):
             # Power-up: NOPs for t_powerup (busy starts there), PRECHARGE ALL, two REFRESH, LOAD MODE.
             with m.State("POWERUP"):
-                with m.If(busy == 0):
+                with m.If(busy.ok):
                     precharge_all()
                     m.next = "REFRESH0"
             with m.State("REFRESH0"):
-                with m.If(all_act_ok & (busy == 0)):
+                with m.If(all_act_ok & busy.ok):
                     refresh()
                     m.next = "REFRESH1"
             with m.State("REFRESH1"):
-                with m.If(busy == 0):
+                with m.If(busy.ok):
                     refresh()
                     m.next = "MODE"
             with m.State("MODE"):
-                with m.If(busy == 0):
+                with m.If(busy.ok):
                     m.d.sync += [cmd.eq(SdramCommand.LOAD_MODE), ba.eq(0), a.eq(mode_register(cyc.cas_latency))]
-                    _arm(m, busy, cyc.mrd)
-                    m.d.sync += running.eq(1)
+                    _arm(m, busy, cyc.mrd, idle=True)
+                    m.d.comb += mode_issued.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(ref_pending):
                     # Close every bank as soon as tRAS/tWR allow, then refresh once tRP (tRC) has passed.
                     with m.If(is_open.any()):
-                        with m.If(all_closable & (busy == 0)):
+                        with m.If(all_closable & busy.ok):
                             precharge_all()
-                    with m.Elif(all_act_ok & (busy == 0)):
+                    with m.Elif(all_act_ok & busy.ok):
                         refresh()
-                        m.d.sync += ref_pending.eq(0)
-                with m.Elif(s_req & (busy == 0)):
-                    with m.If(s_err):
-                        # Beyond the SDRAM: no command; the engine answers with SLVERR.
-                        m.d.comb += [r_step.eq(~sel), w_step.eq(sel)]
-                    with m.Elif(hit):
-                        with m.If((col_ok_s == 0) & (~sel | (rd2wr == 0))):
-                            m.d.sync += [ba.eq(s_bank), a.eq(s_col)]       # A10 low: no auto-precharge
-                            with m.If(sel):
-                                m.d.sync += [cmd.eq(SdramCommand.WRITE), dq_o.eq(wdata_beat), dq_oe.eq(1),
-                                             dqm.eq(~wstrb_beat)]
-                                m.d.comb += w_step.eq(1)
-                                for i in range(nb):
-                                    with m.If(s_bank == i):
-                                        _arm(m, pre_ok[i], cyc.wr)
-                            with m.Else():
-                                m.d.sync += cmd.eq(SdramCommand.READ)
-                                m.d.comb += r_step.eq(1)
-                                _arm(m, rd2wr, cyc.cas_latency + 1)
-                    with m.Elif(bank_open):
-                        # Row miss: close the bank (the next slot activates the new row).
-                        with m.If(pre_ok_s == 0):
-                            m.d.sync += [cmd.eq(SdramCommand.PRECHARGE), ba.eq(s_bank), a.eq(0)]
-                            for i in range(nb):
-                                with m.If(s_bank == i):
-                                    m.d.sync += is_open[i].eq(0)
-                                    _arm(m, act_ok[i], cyc.rp)
-                    with m.Else():
-                        with m.If((act_ok_s == 0) & (rrd == 0)):
-                            m.d.sync += [cmd.eq(SdramCommand.ACTIVE), ba.eq(s_bank), a.eq(s_row)]
-                            _arm(m, rrd, cyc.rrd)
-                            for i in range(nb):
-                                with m.If(s_bank == i):
-                                    m.d.sync += [is_open[i].eq(1), open_row[i].eq(s_row)]
-                                    _arm(m, col_ok[i], cyc.rcd)
-                                    _arm(m, pre_ok[i], cyc.ras)
-                                    _arm(m, act_ok[i], cyc.rc)
+                        m.d.comb += ref_issued.eq(1)
+
+        # Traffic commands (`slot` keeps them out of the init sequence and a pending refresh).
+        with m.If(r_step & ~r_err):
+            m.d.sync += [cmd.eq(SdramCommand.READ), ba.eq(s_bank), a.eq(s_col)]     # A10 low: no auto-precharge
+            _arm(m, rd2wr, cyc.cas_latency + 1)
+        with m.If(w_step & ~w_err):
+            m.d.sync += [cmd.eq(SdramCommand.WRITE), ba.eq(s_bank), a.eq(s_col), dq_o.eq(wdata_beat), dq_oe.eq(1),
+                         dqm.eq(~wstrb_beat)]
+            for i in range(nb):
+                with m.If(s_bank == i):
+                    _arm(m, pre_ok[i], cyc.wr)
+        with m.If(do_pre):
+            # Row miss: close the bank (a later slot activates the new row).
+            m.d.sync += [cmd.eq(SdramCommand.PRECHARGE), ba.eq(s_bank), a.eq(0)]
+            m.d.comb += bank_cmd.eq(1)
+            for i in range(nb):
+                with m.If(s_bank == i):
+                    m.d.sync += is_open[i].eq(0)
+                    _arm(m, act_ok[i], cyc.rp)
+        with m.If(do_act):
+            m.d.sync += [cmd.eq(SdramCommand.ACTIVE), ba.eq(s_bank), a.eq(s_row)]
+            m.d.comb += bank_cmd.eq(1)
+            _arm(m, rrd, cyc.rrd)
+            for i in range(nb):
+                with m.If(s_bank == i):
+                    m.d.sync += [is_open[i].eq(1), open_row[i].eq(s_row)]
+                    _arm(m, col_ok[i], cyc.rcd)
+                    _arm(m, pre_ok[i], cyc.ras)
+                    _arm(m, act_ok[i], cyc.rc)
 
         # ---- Read engine progress, and the capture pipeline: a tag per READ (or error word) that reaches
         # its end when the data is on pins.dq.i (cas_latency + read_delay after the command's pin cycle).
         tag_layout = data.StructLayout({"valid": 1, "err": 1, "last": 1, "beat": unsigned(max(1, beat_bits)),
                                         "id": unsigned(id_bits)})
-        r_last_beat = r_err | (r_beat == max_beat)
-        r_load = Signal()      # take the queue's head as the burst in progress (pops it when there is one)
-        m.d.comb += [r_load.eq(~r_valid | (r_step & r_last_beat & (r_left == 0))), arq.r_en.eq(r_load)]
+        m.d.comb += [r_load.eq(~r_valid | (r_step & r_last_beat & r_final)), arq.r_en.eq(r_load)]
         with m.If(r_load):
-            m.d.sync += [r_valid.eq(arq.r_rdy), r_addr.eq(ar_head.addr), r_left.eq(ar_head.len),
-                         r_id.eq(ar_head.id), r_beat.eq(0)]
+            m.d.sync += [r_valid.eq(arq.r_rdy), r_addr.eq(ar_head.addr), r_addr1.eq(ar_head.addr + 1),
+                         r_left.eq(ar_head.len), r_final.eq(ar_head.len == 0), r_id.eq(ar_head.id), r_beat.eq(0)]
         with m.Elif(r_step):
             with m.If(r_last_beat):
-                m.d.sync += [r_beat.eq(0), r_addr.eq(r_addr + 1), r_left.eq(r_left - 1)]
+                m.d.sync += [r_beat.eq(0), r_addr.eq(r_addr1), r_addr1.eq(r_addr1 + 1), r_left.eq(r_left - 1),
+                             r_final.eq(r_left == 1)]
             with m.Else():
                 m.d.sync += r_beat.eq(r_beat + 1)
         tags = [Signal(tag_layout, name=f"tag{j}") for j in range(cyc.cas_latency + self.read_delay + 1)]
         m.d.sync += [
             tags[0].valid.eq(r_step),
             tags[0].err.eq(r_err),
-            tags[0].last.eq(r_left == 0),
+            tags[0].last.eq(r_final),
             tags[0].beat.eq(Mux(r_err, max_beat, r_beat)),
             tags[0].id.eq(r_id),
         ]
@@ -665,12 +785,14 @@ class SdramController(wiring.Component):
         taken = Signal()
         m.d.comb += taken.eq(r_step & (r_beat == 0))
         m.d.sync += credits.eq(credits + r_fire - taken)
+        with m.If(r_fire & ~taken):
+            m.d.sync += has_credit.eq(1)
+        with m.Elif(taken & ~r_fire):
+            m.d.sync += has_credit.eq(credits != 1)
 
         # ---- Write engine progress: a W beat is accepted with its last SDRAM word (or at once if it
         # falls beyond the SDRAM); the burst's last beat queues the B response.
-        w_last_beat = w_err | (w_beat == max_beat)
-        w_load = Signal()
-        m.d.comb += [w_load.eq(~w_valid | (w_step & w_last_beat & (w_left == 0))), awq.r_en.eq(w_load)]
+        m.d.comb += [w_load.eq(~w_valid | (w_step & w_last_beat & w_final)), awq.r_en.eq(w_load)]
         b_entry = Signal(b_layout)
         m.d.comb += [
             b_entry.id.eq(w_id),
@@ -678,14 +800,15 @@ class SdramController(wiring.Component):
             bq.w_data.eq(b_entry),
         ]
         with m.If(w_step & w_last_beat):
-            m.d.comb += [wr.wready.eq(1), bq.w_en.eq(w_left == 0)]
+            m.d.comb += [wr.wready.eq(1), bq.w_en.eq(w_final)]
         with m.If(w_load):
-            m.d.sync += [w_valid.eq(awq.r_rdy), w_addr.eq(aw_head.addr), w_left.eq(aw_head.len),
-                         w_id.eq(aw_head.id), w_beat.eq(0), w_failed.eq(0)]
+            m.d.sync += [w_valid.eq(awq.r_rdy), w_addr.eq(aw_head.addr), w_addr1.eq(aw_head.addr + 1),
+                         w_left.eq(aw_head.len), w_final.eq(aw_head.len == 0), w_id.eq(aw_head.id), w_beat.eq(0),
+                         w_failed.eq(0)]
         with m.Elif(w_step):
             with m.If(w_last_beat):
-                m.d.sync += [w_beat.eq(0), w_addr.eq(w_addr + 1), w_left.eq(w_left - 1),
-                             w_failed.eq(w_failed | w_err)]
+                m.d.sync += [w_beat.eq(0), w_addr.eq(w_addr1), w_addr1.eq(w_addr1 + 1), w_left.eq(w_left - 1),
+                             w_final.eq(w_left == 1), w_failed.eq(w_failed | w_err)]
             with m.Else():
                 m.d.sync += w_beat.eq(w_beat + 1)
         return m
