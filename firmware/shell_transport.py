@@ -23,44 +23,16 @@ import json
 import os
 import select
 import socket
-import subprocess
 import tempfile
 import time
 import weakref
 
 from .device import DeviceError
-from .verilator_device import stop_process
+from .verilator_device import launch_simulator, log_tail, simulator_command, stop_process
 
 __all__ = ["SimulatedUart"]
 
 _TESTBENCH = "tb_shell_server"
-
-
-def _simulator_command(build, run_dir, extra_env):
-    """The command and environment cocotb's runner would use to run the shell server."""
-    from sim.runner import _Verilator
-    from sim.testbenches import TESTBENCH_DIR
-
-    class _Captured(Exception):
-        pass
-
-    captured = {}
-
-    class Launcher(_Verilator):
-        def _execute(self, cmds, cwd):
-            captured["cmds"], captured["env"] = [list(c) for c in cmds], dict(self.env)
-            raise _Captured()
-
-    try:
-        Launcher(python_paths=[TESTBENCH_DIR]).test(
-            test_module=_TESTBENCH, hdl_toplevel=build.toplevel, hdl_toplevel_lang="verilog",
-            build_dir=build.build_dir, test_dir=run_dir, results_xml=str(run_dir / "results.xml"), seed=1,
-            extra_env=extra_env, waves=False)
-    except _Captured:
-        if len(captured["cmds"]) != 1:
-            raise DeviceError(f"unexpected simulator command {captured['cmds']!r}") from None
-        return captured["cmds"][0], captured["env"]
-    raise DeviceError("cocotb's runner did not produce a simulator command")
 
 
 class SimulatedUart:
@@ -131,22 +103,12 @@ class SimulatedUart:
             listener.listen(1)
             params = {"period_ns": round(1e9 / SIM_CLK_HZ), "divisor": self.divisor, "reset_cycles": 4}
             env_extra = {"TRILLIUM_SHELL_SOCKET": path, "TRILLIUM_SHELL_PARAMS": json.dumps(params)}
-            cmd, env = _simulator_command(self.build, self.run_dir, env_extra)
-            with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(cmd, cwd=self.run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+            cmd, env = simulator_command(self.build, self.run_dir, env_extra, testbench=_TESTBENCH)
             deadline = time.monotonic() + start_timeout_s
-            listener.settimeout(0.2)
-            while True:
-                try:
-                    self.sock, _ = listener.accept()
-                    break
-                except TimeoutError:
-                    pass
-                if self.proc.poll() is not None:
-                    self._fail(f"the simulator exited with status {self.proc.returncode} before connecting")
-                if time.monotonic() > deadline:
-                    self._fail(f"the simulator did not connect within {start_timeout_s:g} s")
+            self.proc, self.sock, why = launch_simulator(cmd, env, self.run_dir, self.log_path, listener,
+                                                         start_timeout_s)
+            if why is not None:
+                self._fail(why)
         finally:
             listener.close()
         self.sock.settimeout(None)
@@ -194,11 +156,7 @@ class SimulatedUart:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
         self.close()
-        try:
-            tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
-        except OSError:
-            tail = "(no log)"
-        raise DeviceError(f"simulated shell: {reason}; simulator log {self.log_path}:\n{tail}")
+        raise DeviceError(f"simulated shell: {reason}; simulator log {self.log_path}:\n{log_tail(self.log_path, 30)}")
 
     # -- messages -----------------------------------------------------------------------------------------
 

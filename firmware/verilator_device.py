@@ -44,7 +44,8 @@ from hw.isa import ErrorCode
 
 from .device import Device, DeviceError
 
-__all__ = ["MIN_MODEL_BYTES", "TOPLEVEL", "VerilatorDevice", "stop_process"]
+__all__ = ["MIN_MODEL_BYTES", "TOPLEVEL", "VerilatorDevice", "launch_simulator", "log_tail", "simulator_command",
+           "stop_process"]
 
 #: Verilog name of the co-simulation top level (and of its build cache directories).
 TOPLEVEL = "trillium_cosim"
@@ -70,7 +71,8 @@ def _model_bytes(dram_bytes):
     return 1 << (n - 1).bit_length()
 
 
-def _tail(path, lines=_LOG_LINES):
+def log_tail(path, lines=_LOG_LINES):
+    """The last ``lines`` lines of a simulator log (or a note that there is none)."""
     try:
         with open(path, errors="replace") as f:
             text = f.read().splitlines()
@@ -102,8 +104,9 @@ class _Captured(Exception):
         self.cmds, self.env = cmds, env
 
 
-def _simulator_command(build, run_dir, extra_env, waves):
-    """The command and environment cocotb's runner would use to run the testbench, without running it."""
+def simulator_command(build, run_dir, extra_env, waves=False, *, testbench=_TESTBENCH):
+    """The command and environment cocotb's runner would use to run ``testbench`` (a module of
+    ``sim/testbenches``) on ``build``, without running it."""
     from sim.runner import _Verilator
     from sim.testbenches import TESTBENCH_DIR
 
@@ -113,7 +116,7 @@ def _simulator_command(build, run_dir, extra_env, waves):
 
     runner = Launcher(python_paths=[TESTBENCH_DIR])
     try:
-        runner.test(test_module=_TESTBENCH, hdl_toplevel=build.toplevel, hdl_toplevel_lang="verilog",
+        runner.test(test_module=testbench, hdl_toplevel=build.toplevel, hdl_toplevel_lang="verilog",
                     build_dir=build.build_dir, test_dir=run_dir, results_xml=str(run_dir / "results.xml"),
                     seed=1, extra_env=extra_env, waves=waves)
     except _Captured as c:
@@ -121,6 +124,27 @@ def _simulator_command(build, run_dir, extra_env, waves):
             raise DeviceError(f"unexpected simulator command {c.cmds!r}") from None
         return c.cmds[0], c.env
     raise DeviceError("cocotb's runner did not produce a simulator command")
+
+
+def launch_simulator(cmd, env, run_dir, log_path, listener, start_timeout_s):
+    """Start a simulator server (its own session, output to ``log_path``) and wait for it to connect to
+    ``listener``: ``(proc, sock, None)``, or ``(proc, None, reason)`` if it exited or did not connect
+    within ``start_timeout_s`` (the caller stops it and reports ``reason``)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + start_timeout_s
+    listener.settimeout(0.2)
+    while True:
+        try:
+            sock, _ = listener.accept()
+            return proc, sock, None
+        except TimeoutError:
+            pass
+        if proc.poll() is not None:
+            return proc, None, f"the simulator exited with status {proc.returncode} before connecting"
+        if time.monotonic() > deadline:
+            return proc, None, f"the simulator did not connect within {start_timeout_s:g} s"
 
 
 def _with_progress(what, fn, progress):
@@ -282,22 +306,11 @@ class VerilatorDevice(Device):
 
         env_extra = {"TRILLIUM_DEVICE_SOCKET": path, "TRILLIUM_DEVICE_PARAMS": json.dumps(params)}
         trace = self.build.waves is not None
-        cmd, env = _simulator_command(self.build, self.run_dir, env_extra, trace)
-        with open(self.log_path, "wb") as log:
-            p.proc = subprocess.Popen(cmd, cwd=self.run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        cmd, env = simulator_command(self.build, self.run_dir, env_extra, trace)
         deadline = time.monotonic() + start_timeout_s
-        p.listener.settimeout(0.2)
-        while True:
-            try:
-                p.sock, _ = p.listener.accept()
-                break
-            except TimeoutError:
-                pass
-            if p.proc.poll() is not None:
-                self._fail(f"the simulator exited with status {p.proc.returncode} before connecting")
-            if time.monotonic() > deadline:
-                self._fail(f"the simulator did not connect within {start_timeout_s:g} s", kill=True)
+        p.proc, p.sock, why = launch_simulator(cmd, env, self.run_dir, self.log_path, p.listener, start_timeout_s)
+        if why is not None:
+            self._fail(why, kill=True)          # (kill only if it is still running)
         p.listener.close()
         p.listener = None
         p.sock.settimeout(None)
@@ -341,7 +354,7 @@ class VerilatorDevice(Device):
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.close()
-        raise DeviceError(f"verilator device: {reason}; simulator log {self.log_path}:\n{_tail(self.log_path)}")
+        raise DeviceError(f"verilator device: {reason}; simulator log {self.log_path}:\n{log_tail(self.log_path)}")
 
     # -- requests ----------------------------------------------------------------------------------------
 
