@@ -22,7 +22,7 @@ from firmware.kv_cache import KvCacheError, KvCacheLayout
 from hw.dataflow.epilogues import qkv_row_order
 from hw.dram_format import (embedding_row_bytes, logits_stride, params_bytes, unpack_embedding_rows,
                             unpack_params, unpack_rope, unpack_row_scales, x_stash_stride)
-from hw.isa import INSTRUCTION_BYTES, Epilogue, ErrorCode, IsaError, Opcode, Source, decode
+from hw.isa import GATE_EPILOGUES, INSTRUCTION_BYTES, Epilogue, ErrorCode, IsaError, Opcode, Source, decode
 
 from .attention import attention
 from .fixed import round_shift, saturate
@@ -80,7 +80,7 @@ class IsaMachine:
         ``CONFIG_MISMATCH``, as the RTL does.
     """
 
-    def __init__(self, dram, tables, lanes, bus_bytes, activations=("silu", "relu2")):
+    def __init__(self, dram, tables, lanes, bus_bytes, activations=tuple(GATE_EPILOGUES)):
         if not isinstance(dram, bytearray):
             raise TypeError("dram must be a bytearray (the machine writes to it)")
         self.dram, self.tables, self.lanes, self.bus_bytes = dram, tables, lanes, bus_bytes
@@ -210,7 +210,7 @@ class IsaMachine:
                                       f"{self.buffers['x'].shape[1]}", self._pc)
             self.buffers["x"] = residual_add(self.buffers["x"], dequant_q16(acc, sq.mul(sw[0])))
         elif epilogue in (Epilogue.GATE_SILU, Epilogue.GATE_RELU2):
-            act = "silu" if epilogue is Epilogue.GATE_SILU else "relu2"
+            act = next(a for a, ep in GATE_EPILOGUES.items() if ep is epilogue)
             if act not in self.activations:
                 raise IsaRuntimeError(ErrorCode.CONFIG_MISMATCH, f"LINEAR gate {act}: this build has no {act} "
                                       f"epilogue (activations {', '.join(self.activations)})", self._pc)

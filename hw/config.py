@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from .isa import GATE_EPILOGUES
+
 __all__ = [
     "ConfigError",
     "TlmmConfig",
@@ -41,7 +43,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 #: Gate activations a build can have epilogues for (``vector.activations``).
-ACTIVATIONS = ("silu", "relu2")
+ACTIVATIONS = tuple(GATE_EPILOGUES)
 
 
 class ConfigError(ValueError):

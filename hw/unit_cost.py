@@ -15,6 +15,7 @@ so it is an estimate of the full build, not its result: ``trillium build`` gives
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -59,19 +60,13 @@ def unit_costs(hw_name, units=UNIT_NAMES, *, jobs=2, use_cache=True, progress=No
     if unknown:
         raise ValueError(f"unknown unit(s) {', '.join(unknown)}; units: {', '.join(UNIT_NAMES)}")
     say = progress or (lambda msg: None)
-    out = {}
     work = [(hw_name, u, use_cache) for u in units]
-    if jobs <= 1:
-        results = map(_synth_unit, work)
-    else:
-        pool = ProcessPoolExecutor(max_workers=jobs)
-        results = pool.map(_synth_unit, work)
-    for unit, rep in results:
-        say(f"{unit}: {'cached' if rep.get('cached') else str(rep.get('seconds')) + ' s'}")
-        out[unit] = rep
-    if jobs > 1:
-        pool.shutdown()
-    return {u: out[u] for u in units}
+    out = {}
+    with ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else contextlib.nullcontext() as pool:
+        for unit, rep in (pool.map if pool else map)(_synth_unit, work):
+            say(f"{unit}: {'cached' if rep.get('cached') else str(rep.get('seconds')) + ' s'}")
+            out[unit] = rep
+    return out
 
 
 def _count(rep, key):

@@ -74,11 +74,12 @@ class FusedLinear(wiring.Component):
     """
 
     def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, head_dim, freq_table=None,
-                 pos_bits=16, activations=("silu", "relu2")):
+                 pos_bits=16, activations=tuple(GATE_EPILOGUES)):
         check_int("pos_bits", pos_bits, 1, 32)
         activations = tuple(activations)
-        if not activations or not set(activations) <= {"silu", "relu2"} or len(set(activations)) != len(activations):
-            raise ValueError(f"FusedLinear: activations must be distinct names from silu, relu2, got {activations!r}")
+        if not activations or not set(activations) <= set(GATE_EPILOGUES) or len(set(activations)) != len(activations):
+            raise ValueError(f"FusedLinear: activations must be distinct names from {', '.join(GATE_EPILOGUES)}, "
+                             f"got {activations!r}")
         #: The gate epilogues built (the others' commands must not reach this block: LinearUnit refuses them).
         self.activations = activations
         self.lanes, self.max_tokens = lanes, max_tokens

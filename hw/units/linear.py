@@ -102,7 +102,7 @@ class LinearUnit(wiring.Component):
     """
 
     def __init__(self, *, tables, lanes, data_bits, max_k, max_rows, max_tokens, head_dim, max_heads=64,
-                 activations=("silu", "relu2")):
+                 activations=tuple(GATE_EPILOGUES)):
         owner = "LinearUnit"
         self.tables = check_int("tables", tables, 1, 64, owner)
         self.lanes = check_int("lanes", lanes, 2, 64, owner)
