@@ -5,9 +5,16 @@ the master's index to ``arid``, so the slave's ``rid`` routes each data beat bac
 asked for it. Bursts with different IDs may come back in any order, or interleaved, and the routing
 still holds. The masters (``AxiBurstReader``) reserve buffer space before they issue a burst, so they
 take R beats whenever they come: one master's slow consumer never blocks another master's data.
+
+The AR channel is registered on both sides, so no combinational path runs from one master through the
+arbitration to the slave or back to another master: each master's AR lands in a one-entry holding
+register (its ``arready`` is that register's emptiness), the choice among the held requests is made
+from registers, and the chosen AR goes into the output register that drives the slave. An AR therefore
+takes two more cycles to reach the slave, and each master can issue one AR every other cycle; bursts are
+longer than that.
 """
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -44,18 +51,29 @@ class AxiReadArbiter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n, s = self.masters, self.s
-        # Round-robin: the grant starts from the master after the last one served.
-        last = Signal(range(n))
-        grant, any_req = round_robin(m, [self.m[i].arvalid for i in range(n)], last)
+        ar_fields = ("araddr", "arlen", "arsize", "arburst", "arid")
+        held = [Signal(name=f"held{i}") for i in range(n)]
+        hold = [{f: Signal.like(getattr(self.m[i], f), name=f"hold{i}_{f}") for f in ar_fields}
+                for i in range(n)]
         for i in range(n):
             mi = self.m[i]
-            with m.If(grant == i):
-                m.d.comb += [s.araddr.eq(mi.araddr), s.arlen.eq(mi.arlen), s.arsize.eq(mi.arsize),
-                             s.arburst.eq(mi.arburst), s.arid.eq(Cat(mi.arid, grant))]
-                m.d.comb += mi.arready.eq(s.arready & any_req)
-        m.d.comb += s.arvalid.eq(any_req)
-        with m.If(s.arvalid & s.arready):
-            m.d.sync += last.eq(grant)
+            m.d.comb += mi.arready.eq(~held[i])
+            with m.If(mi.arvalid & ~held[i]):
+                m.d.sync += [held[i].eq(1), *(hold[i][f].eq(getattr(mi, f)) for f in ar_fields)]
+
+        # Round-robin among the held requests: the grant starts from the master after the last one served.
+        last = Signal(range(n))
+        grant, any_req = round_robin(m, held, last)
+        out_valid = Signal()
+        m.d.comb += s.arvalid.eq(out_valid)
+        with m.If(~out_valid | s.arready):
+            m.d.sync += out_valid.eq(any_req)
+            with m.If(any_req):
+                m.d.sync += last.eq(grant)
+            for i in range(n):
+                with m.If(any_req & (grant == i)):
+                    m.d.sync += [held[i].eq(0), *(getattr(s, f).eq(hold[i][f]) for f in ar_fields[:-1]),
+                                 s.arid.eq(Cat(hold[i]["arid"], Const(i, self.sel_bits)))]
 
         # R: route by the index in the upper ID bits.
         owner = s.rid[self.id_bits:]

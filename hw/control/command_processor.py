@@ -229,6 +229,8 @@ class CommandProcessor(wiring.Component):
             m.d.comb += getattr(self, name).payload.as_value().eq(body[:BODIES[op].size])
 
         settle = Signal()
+        illegal_r, bad_field_r, overflow_r, shape_bad_r = (Signal(name=n) for n in
+                                                          ("illegal_r", "bad_field_r", "overflow_r", "shape_bad_r"))
         with m.FSM(name="cp"):
             with m.State("IDLE"):
                 with m.If(start):
@@ -248,26 +250,34 @@ class CommandProcessor(wiring.Component):
                 with m.If(rd.data.valid):
                     m.d.sync += word.eq(new_word)
                     with m.If(rd.data.payload.last):
-                        m.next = "DECODE"
+                        m.next = "CHECK"
+            with m.State("CHECK"):
+                # The instruction's checks (wide ORs, address and context comparisons) are registered here
+                # and acted on in DECODE: one cycle per instruction, and none of them on a path with the
+                # decisions below.
+                m.d.comb += self.running.eq(1)
+                m.d.sync += [illegal_r.eq(~known | unused_set), bad_field_r.eq(bad_field),
+                             overflow_r.eq(context_overflow), shape_bad_r.eq(shape_bad)]
+                m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += self.running.eq(1)
                 m.d.sync += n_instr.eq(n_instr + 1)
                 with m.If(rd.error):
                     m.d.sync += fail_code.eq(ErrorCode.BAD_ADDRESS)
                     m.next = "FAIL"
-                with m.Elif(~known | unused_set):
+                with m.Elif(illegal_r):
                     m.d.sync += fail_code.eq(ErrorCode.ILLEGAL_INSTRUCTION)
                     m.next = "FAIL"
-                with m.Elif(bad_field):
+                with m.Elif(bad_field_r):
                     m.d.sync += fail_code.eq(ErrorCode.BAD_ADDRESS)
                     m.next = "FAIL"
                 with m.Elif(opcode == Opcode.END.value):
                     m.next = "DONE"
                 with m.Elif(opcode == Opcode.SETUP.value):
-                    with m.If(context_overflow):
+                    with m.If(overflow_r):
                         m.d.sync += fail_code.eq(ErrorCode.CONTEXT_OVERFLOW)
                         m.next = "FAIL"
-                    with m.Elif(shape_bad):
+                    with m.Elif(shape_bad_r):
                         m.d.sync += fail_code.eq(ErrorCode.CONFIG_MISMATCH)
                         m.next = "FAIL"
                     with m.Else():

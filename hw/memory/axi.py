@@ -201,15 +201,20 @@ class AxiBurstReader(wiring.Component):
         tag = Signal(self.tag_bits)
         credits = Signal(range(self.buffer_words + 1), init=self.buffer_words)
 
+        # The next burst's length is registered: it is computed in the cycle after `addr` / `left` change
+        # (`sized` low), so no burst arithmetic sits between the registers and the AR channel, or on the
+        # arbiter's path back to `arready`. A command starts one cycle later and its bursts are at least
+        # two cycles apart, which no burst of two beats or more notices.
         # Burst length: the command's rest, the burst limit, or up to the next 4 KiB boundary.
         to_boundary = Signal(range(BOUNDARY_BYTES // self.data_bytes + 1))
         m.d.comb += to_boundary.eq(Const(BOUNDARY_BYTES >> size) - addr[size:12])
         limit = Signal(range(self.max_burst + 1))
         m.d.comb += limit.eq(Mux(to_boundary < self.max_burst, to_boundary, self.max_burst))
+        sized = Signal()
         beats = Signal(range(self.max_burst + 1))
-        m.d.comb += beats.eq(Mux(left < limit, left, limit))
         cmd_last = Signal()
-        m.d.comb += cmd_last.eq(beats == left)
+        m.d.sync += sized.eq(active)
+        m.d.sync += [beats.eq(Mux(left < limit, left, limit)), cmd_last.eq(left <= limit)]
 
         # Once raised, arvalid holds: credits and free burst slots only grow until the handshake.
         m.d.comb += [
@@ -218,7 +223,7 @@ class AxiBurstReader(wiring.Component):
             axi.arsize.eq(size),
             axi.arburst.eq(AxiBurst.INCR),
             axi.arid.eq(0),
-            axi.arvalid.eq(active & (credits >= beats) & bursts.w_rdy),
+            axi.arvalid.eq(active & sized & (credits >= beats) & bursts.w_rdy),
         ]
         ar_fire = Signal()
         m.d.comb += ar_fire.eq(axi.arvalid & axi.arready)
@@ -234,6 +239,7 @@ class AxiBurstReader(wiring.Component):
             m.d.sync += [
                 addr.eq(addr + (beats << size)),
                 left.eq(left - beats),
+                sized.eq(0),
             ]
             with m.If(cmd_last):
                 m.d.sync += active.eq(0)

@@ -177,8 +177,12 @@ class AxiBurstWriter(wiring.Component):
         m.d.comb += to_boundary.eq(Const(BOUNDARY_BYTES >> size) - addr[size:12])
         limit = Signal(range(self.max_burst + 1))
         m.d.comb += limit.eq(Mux(to_boundary < self.max_burst, to_boundary, self.max_burst))
+        # Registered one cycle after `addr` / `left` change (`sized` low), as in AxiBurstReader: no burst
+        # arithmetic between the registers and the AW channel.
+        sized = Signal()
         beats = Signal(range(self.max_burst + 1))
-        m.d.comb += beats.eq(Mux(left < limit, left, limit))
+        cmd_last = Signal()
+        m.d.sync += [sized.eq(active), beats.eq(Mux(left < limit, left, limit)), cmd_last.eq(left <= limit)]
 
         # Once raised, awvalid holds: `outstanding` and the burst FIFO's space only grow until the
         # handshake, and the payload registers change only on it.
@@ -188,7 +192,7 @@ class AxiBurstWriter(wiring.Component):
             axi.awsize.eq(size),
             axi.awburst.eq(AxiBurst.INCR),
             axi.awid.eq(0),
-            axi.awvalid.eq(active & (outstanding < self.max_outstanding) & bursts.w_rdy),
+            axi.awvalid.eq(active & sized & (outstanding < self.max_outstanding) & bursts.w_rdy),
         ]
         aw_fire = Signal()
         m.d.comb += [
@@ -197,8 +201,8 @@ class AxiBurstWriter(wiring.Component):
             bursts.w_en.eq(aw_fire),
         ]
         with m.If(aw_fire):
-            m.d.sync += [addr.eq(addr + (beats << size)), left.eq(left - beats)]
-            with m.If(beats == left):
+            m.d.sync += [addr.eq(addr + (beats << size)), left.eq(left - beats), sized.eq(0)]
+            with m.If(cmd_last):
                 m.d.sync += active.eq(0)
 
         m.d.comb += self.cmd.ready.eq(~active)

@@ -9,8 +9,8 @@ Sequence of a command
    beyond ``rows`` raises the ``BAD_TOKEN`` fault (and nothing is emitted).
 2. Per token, read its row (``table + id * stride``; ``stride`` is a multiple of the bus width). A byte
    queue takes bus words in and gives out the 4-byte row scale, then ``lanes`` int16 values per beat.
-3. Each beat is scaled: a 16 x 16-bit product per lane, then a rounding right shift or a saturating left
-   shift by ``-(e + 16)``, to int32. Lanes at or beyond ``hidden`` are zero.
+3. Each beat is scaled in three pipeline stages: a 16 x 16-bit product per lane, then a rounding right
+   shift or a left shift by ``-(e + 16)``, then saturation to int32. Lanes at or beyond ``hidden`` are zero.
 
 Output ``x``: ``ceil(hidden / lanes)`` beats per token, tokens in order, each with its ``token`` and
 ``beat`` index (the residual buffer's write address).
@@ -130,7 +130,9 @@ class EmbedUnit(wiring.Component):
         bq = ByteQueue(m, rd.data.payload.data, word_bytes=B, head_bytes=ROW_SCALE_BYTES, item_bytes=vec_bytes)
         q, have = bq.q, bq.have
 
-        # -- scaling pipeline (one beat: product, then shift and saturate) ---------------------------------
+        # -- scaling pipeline: product (with the row's shift amounts), shift, saturate -----------------------
+        # Three registered stages that advance together when the output can move (`out_ready`). The shift
+        # amounts travel with each product, so a new row's scale never meets the last row's products.
         m16 = Signal(16)
         sh = Signal(signed(18))                             # -(e + 16)
         p_valid = Signal()
@@ -138,27 +140,33 @@ class EmbedUnit(wiring.Component):
         p_beat = Signal.like(self.x.payload.beat)
         prods = [Signal(signed(33), name=f"p{n}") for n in range(L)]
         live = [Signal(name=f"live{n}") for n in range(L)]
+        p_down = Signal()                                   # sh > 0: a rounding right shift
+        p_right_m1 = Signal(range(_MAX_RIGHT))              # right shift - 1 (right >= 1 when p_down)
+        p_left = Signal(range(_MAX_LEFT + 1))
+        v_valid = Signal()
+        v_token = Signal.like(self.x.payload.token)
+        v_beat = Signal.like(self.x.payload.beat)
+        v_down = Signal()
+        v_right = [Signal(signed(34), name=f"v_right{n}") for n in range(L)]     # p >> (r - 1)
+        v_left = [Signal(signed(33 + _MAX_LEFT), name=f"v_left{n}") for n in range(L)]
+        v_live = [Signal(name=f"v_live{n}") for n in range(L)]
         out_ready = ~self.x.valid | self.x.ready
-        right = Signal(range(_MAX_RIGHT + 1))
-        left = Signal(range(_MAX_LEFT + 1))
-        right_m1 = Signal(range(_MAX_RIGHT))
-        m.d.comb += right_m1.eq(right - 1)
-        m.d.comb += [right.eq(Mux(sh > _MAX_RIGHT, _MAX_RIGHT, Mux(sh > 0, sh, 0))),
-                     left.eq(Mux(-sh > _MAX_LEFT, _MAX_LEFT, Mux(sh < 0, -sh, 0)))]
         lim_hi, lim_lo = (1 << 31) - 1, -(1 << 31)
         with m.If(out_ready):
-            m.d.sync += self.x.valid.eq(p_valid)
-            m.d.sync += [self.x.payload.token.eq(p_token), self.x.payload.beat.eq(p_beat)]
+            m.d.sync += [v_valid.eq(p_valid), v_token.eq(p_token), v_beat.eq(p_beat), v_down.eq(p_down)]
+            m.d.sync += [self.x.valid.eq(v_valid), self.x.payload.token.eq(v_token),
+                         self.x.payload.beat.eq(v_beat)]
             for n in range(L):
-                p = prods[n]
-                # (p + 2^(r-1)) >> r == ((p >> (r-1)) + 1) >> 1: round half up with one small adder.
+                # Stage 2: the shifts. Stage 3: (p + 2^(r-1)) >> r == ((p >> (r-1)) + 1) >> 1, round half
+                # up with one small adder (|q m16| < 2^31, so a right shift by 1 or more never saturates),
+                # or the left shift saturated to int32.
+                m.d.sync += [v_right[n].eq(prods[n] >> p_right_m1), v_left[n].eq(prods[n] << p_left),
+                             v_live[n].eq(live[n])]
                 down = Signal(signed(34), name=f"down{n}")
-                m.d.comb += down.eq(((p >> right_m1) + 1) >> 1)
-                up = Signal(signed(33 + _MAX_LEFT), name=f"up{n}")
-                m.d.comb += up.eq(p << left)
-                val = Mux(sh > 0, down, up)
-                sat = Mux(val > lim_hi, lim_hi, Mux(val < lim_lo, lim_lo, val))
-                m.d.sync += lane(self.x.payload.data, n).eq(Mux(live[n], sat, 0))
+                m.d.comb += down.eq((v_right[n] + 1) >> 1)
+                up = v_left[n]
+                sat = Mux(up > lim_hi, lim_hi, Mux(up < lim_lo, lim_lo, up))
+                m.d.sync += lane(self.x.payload.data, n).eq(Mux(v_live[n], Mux(v_down, down, sat), 0))
 
         # -- sequencer -------------------------------------------------------------------------------------
         tok = Signal.like(n_tok)
@@ -169,6 +177,8 @@ class EmbedUnit(wiring.Component):
         m.d.comb += [self.fault.eq(fault), id_rd.addr.eq(tok)]
         m.d.comb += rd.cmd.payload.tag.eq(0)
         row_bytes = Signal(20)
+        row_id = Signal(32)
+        row_off = Signal(ADDR_BITS)
         m.d.comb += row_bytes.eq(ROW_SCALE_BYTES + 2 * L * beats)
         with m.FSM(name="embed"):
             with m.State("IDLE"):
@@ -213,16 +223,24 @@ class EmbedUnit(wiring.Component):
                     with m.Else():
                         m.next = "ROW"
             with m.State("ROW"):
+                # The row address in three registered steps (id, product, sum): one cycle each, once per
+                # token, so no multiplier sits between the id memory and the reader's address register.
                 with m.If(tok == n_tok):
                     m.next = "DONE"
                 with m.Else():
-                    m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.addr.eq(table + id_rd.data * stride),
-                                 rd.cmd.payload.beats.eq(_ceil_div(row_bytes, B))]
-                    with m.If(rd.cmd.ready):
-                        # Empty the queue: bytes left from the last row (the read may run into the next
-                        # row) must not be ORed into this one.
-                        m.d.sync += [*bq.clear(), beat.eq(0)]
-                        m.next = "SCALE"
+                    m.d.sync += row_id.eq(id_rd.data)
+                    m.next = "ROW_MUL"
+            with m.State("ROW_MUL"):
+                m.d.sync += row_off.eq(row_id * stride)
+                m.next = "ROW_CMD"
+            with m.State("ROW_CMD"):
+                m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.addr.eq(table + row_off),
+                             rd.cmd.payload.beats.eq(_ceil_div(row_bytes, B))]
+                with m.If(rd.cmd.ready):
+                    # Empty the queue: bytes left from the last row (the read may run into the next
+                    # row) must not be ORed into this one.
+                    m.d.sync += [*bq.clear(), beat.eq(0)]
+                    m.next = "SCALE"
             with m.State("SCALE"):
                 m.d.comb += [rd.data.ready.eq(have < ROW_SCALE_BYTES), bq.push.eq(rd.data.valid & rd.data.ready)]
                 with m.If(have >= ROW_SCALE_BYTES):
@@ -240,6 +258,8 @@ class EmbedUnit(wiring.Component):
                     m.d.sync += p_valid.eq(take_vec)
                 with m.If(take_vec):
                     m.d.sync += [p_token.eq(tok), p_beat.eq(beat), beat.eq(beat + 1)]
+                    m.d.sync += [p_down.eq(sh > 0), p_right_m1.eq(Mux(sh > _MAX_RIGHT, _MAX_RIGHT, sh) - 1),
+                                 p_left.eq(Mux(-sh > _MAX_LEFT, _MAX_LEFT, Mux(sh < 0, -sh, 0)))]
                     for n in range(L):
                         v = q[16 * n:16 * n + 16].as_signed()
                         m.d.sync += [prods[n].eq(v * m16), live[n].eq(beat * L + n < self.hidden)]
@@ -253,7 +273,7 @@ class EmbedUnit(wiring.Component):
                     m.d.sync += tok.eq(tok + 1)
                     m.next = "ROW"
             with m.State("DONE"):
-                with m.If(~self.x.valid & ~p_valid):
+                with m.If(~self.x.valid & ~v_valid & ~p_valid):
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"
                 with m.If(out_ready):

@@ -88,7 +88,7 @@ class KvWriter(wiring.Component):
         s = self.setup
         d = s.head_dim
 
-        # Geometry of the run, from SETUP, in three cycles after `start` (multipliers are shared over them
+        # Geometry of the run, from SETUP, in five cycles after `start` (multipliers are shared over them
         # rather than chained in one expression: an ECP5 build has 156 DSPs, and a chain of 32-bit
         # products per beat took 38):
         #   segment = ceil((exp_rows + 64) d / bus) bus;  head_stride = blocks segment;
@@ -100,41 +100,71 @@ class KvWriter(wiring.Component):
         layer = Signal(8)
         head_stride = Signal(ADDR_BITS)
         layer_base = Signal(ADDR_BITS)
+        layer_heads = Signal(16)
         ready = Signal()
         with m.FSM(name="geometry"):
             with m.State("READY"):
                 m.d.comb += [self.start.ready.eq(1), ready.eq(1)]
                 with m.If(self.start.valid):
-                    # ceil(64 / d) = 1 + #{k in 1..63 : k d < 64}, and k d < 64 <=> d <= 63 // k: comparisons
-                    # with constants, no divider and no multiplier.
+                    # ceil(64 / d): 1 from d = 64 on, else a 64-entry table of constants (a few LUTs; no
+                    # divider).
                     rows = Signal(8)
-                    m.d.comb += rows.eq(1 + sum((d <= (_EXP_BYTES - 1) // k).as_unsigned()
-                                                for k in range(1, _EXP_BYTES)))
-                    raw = Signal(20)
-                    m.d.comb += raw.eq((rows + 2 * ATTN_KEY_BLOCK) * d)
+                    with m.Switch(d):
+                        for dv in range(1, _EXP_BYTES):
+                            with m.Case(dv):
+                                m.d.comb += rows.eq(-(-_EXP_BYTES // dv))
+                        with m.Default():
+                            m.d.comb += rows.eq(1)
                     m.d.sync += [exp_rows.eq(rows), layer.eq(self.start.payload.layer),
-                                 segment.eq(((raw + B - 1) >> lg) << lg),
                                  blocks.eq(s.max_context >> exact_log2(ATTN_KEY_BLOCK))]
-                    m.next = "STRIDE"
+                    m.next = "SEGMENT"
+            with m.State("SEGMENT"):
+                raw = Signal(20)
+                m.d.comb += raw.eq((exp_rows + 2 * ATTN_KEY_BLOCK) * d)
+                m.d.sync += segment.eq(((raw + B - 1) >> lg) << lg)
+                m.next = "STRIDE"
             with m.State("STRIDE"):
                 m.d.sync += head_stride.eq(blocks * segment)
                 m.next = "BASE"
             with m.State("BASE"):
-                m.d.sync += layer_base.eq(s.kv_base + (layer * s.kv_heads) * head_stride)
+                m.d.sync += layer_heads.eq(layer * s.kv_heads)
+                m.next = "LAYER"
+            with m.State("LAYER"):
+                m.d.sync += layer_base.eq(s.kv_base + layer_heads * head_stride)
                 m.next = "READY"
 
         # One beat -> a write of its lanes; the vector's last beat -> also its exponent byte.
+        # A beat is taken into registers (`st`) with its address products, the next cycle adds the segment
+        # base (`seg_ok`), and the writes are issued from registers: no multiplier or chain of adders lies
+        # between the LINEAR unit's stream, this unit's registers and the write channel. `kv.ready` is
+        # the stage's emptiness, so a beat costs two more cycles than its writes; a decode step writes a
+        # few beats per kv head.
         p = self.kv.payload
         j = p.pos[:exact_log2(ATTN_KEY_BLOCK)]
         block = p.pos >> exact_log2(ATTN_KEY_BLOCK)
-        seg = Signal(ADDR_BITS)
-        m.d.comb += seg.eq(layer_base + p.head * head_stride + block * segment)
         row = Signal(8)                      # the row's index in its segment, < exp_rows + 64 <= 128
         m.d.comb += row.eq(exp_rows + Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j)
+        st_valid = Signal()                  # the stage holds a beat
+        seg_ok = Signal()                    # ... and its segment address is summed
+        st = Signal.like(p)
+        head_off = Signal(ADDR_BITS)         # head * head_stride
+        block_off = Signal(ADDR_BITS)        # block * segment
+        row_off = Signal(ADDR_BITS)          # row * d + beat * lanes
+        exp_off = Signal(7)                  # 32 is_v + pos % 32
+        seg = Signal(ADDR_BITS)
+        done = Signal()                      # the stage's last write is accepted this cycle
+        m.d.comb += self.kv.ready.eq(ready & ~st_valid)
+        with m.If(self.kv.valid & self.kv.ready):
+            m.d.sync += [st_valid.eq(1), st.eq(p), head_off.eq(p.head * head_stride), block_off.eq(block * segment),
+                         row_off.eq(row * d + p.beat * N), exp_off.eq(Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j)]
+        m.d.sync += seg_ok.eq(st_valid & ~done)
+        m.d.sync += seg.eq(layer_base + head_off + block_off)
+        with m.If(done):
+            m.d.sync += st_valid.eq(0)
+
         row_addr = Signal(ADDR_BITS)
         exp_addr = Signal(ADDR_BITS)
-        m.d.comb += [row_addr.eq(seg + row * d + p.beat * N),
-                     exp_addr.eq(seg + Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j)]
+        m.d.comb += [row_addr.eq(seg + row_off), exp_addr.eq(seg + exp_off)]
         phase_exp = Signal()                 # the beat's values are out; its exponent byte is next
         addr = Mux(phase_exp, exp_addr, row_addr)
         off = addr[:lg]
@@ -142,30 +172,29 @@ class KvWriter(wiring.Component):
         word = Signal(range(W + 1))          # bus word of a wide beat
         if W == 1:
             nbytes = Mux(phase_exp, 1, N)
-            values = p.data << (off << 3)
+            values = st.data << (off << 3)
             strb = (((1 << nbytes) - 1) << off)[:B]
         else:
-            values = p.data.word_select(word, 8 * B)
+            values = st.data.word_select(word, 8 * B)
             strb = (1 << B) - 1
         m.d.comb += [
             wr.cmd.payload.addr.eq(addr), wr.cmd.payload.beats.eq(Mux(phase_exp, 1, W)),
-            wr.data.payload.data.eq(Mux(phase_exp, p.e << (off << 3), values)),
+            wr.data.payload.data.eq(Mux(phase_exp, st.e << (off << 3), values)),
             wr.data.payload.strb.eq(Mux(phase_exp, (1 << off)[:B], strb)),
         ]
         # Each write: its command, then its data words (the writer takes data after the address).
         sent_cmd = Signal()
-        m.d.comb += [wr.cmd.valid.eq(self.kv.valid & ready & ~sent_cmd),
-                     wr.data.valid.eq(self.kv.valid & ready & sent_cmd)]
+        m.d.comb += [wr.cmd.valid.eq(seg_ok & ~sent_cmd), wr.data.valid.eq(seg_ok & sent_cmd)]
         with m.If(wr.cmd.valid & wr.cmd.ready):
             m.d.sync += [sent_cmd.eq(1), word.eq(0)]
         with m.If(wr.data.valid & wr.data.ready):
             m.d.sync += word.eq(word + 1)
         with m.If(wr.data.valid & wr.data.ready & (phase_exp | (word == W - 1))):
             m.d.sync += sent_cmd.eq(0)
-            with m.If(p.last & ~phase_exp):
+            with m.If(st.last & ~phase_exp):
                 m.d.sync += phase_exp.eq(1)
             with m.Else():
                 m.d.sync += phase_exp.eq(0)
-                m.d.comb += self.kv.ready.eq(1)
-        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid), self.error.eq(wr.error)]
+                m.d.comb += done.eq(1)
+        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid & ~st_valid), self.error.eq(wr.error)]
         return m
