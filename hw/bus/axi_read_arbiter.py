@@ -8,13 +8,13 @@ take R beats whenever they come: one master's slow consumer never blocks another
 
 The AR channel is registered on both sides, so no combinational path runs from one master through the
 arbitration to the slave or back to another master: each master's AR lands in a one-entry holding
-register (its ``arready`` is that register's emptiness), the choice among the held requests is made
-from registers, and the chosen AR goes into the output register that drives the slave. An AR therefore
-takes two more cycles to reach the slave, and each master can issue one AR every other cycle; bursts are
-longer than that.
+register (its ``arready`` is that register's emptiness), the round-robin choice among the held requests
+is registered (one-hot), and the next cycle the chosen AR goes into the output register that drives the
+slave. An AR therefore takes three more cycles to reach the slave, and the port takes one AR every other
+cycle; bursts are longer than that.
 """
 
-from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,6 +23,13 @@ from ..params import check_int
 from .round_robin import round_robin
 
 __all__ = ["AxiReadArbiter"]
+
+
+def _or_all(values):
+    """Balanced OR of ``values`` (a tree, so the depth grows with the log of the count)."""
+    while len(values) > 1:
+        values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
+    return values[0]
 
 
 class AxiReadArbiter(wiring.Component):
@@ -61,19 +68,33 @@ class AxiReadArbiter(wiring.Component):
             with m.If(mi.arvalid & ~held[i]):
                 m.d.sync += [held[i].eq(1), *(hold[i][f].eq(getattr(mi, f)) for f in ar_fields)]
 
-        # Round-robin among the held requests: the grant starts from the master after the last one served.
+        # Round-robin among the held requests, registered as a one-hot choice (`chosen`); the next cycle the
+        # chosen AR moves into the output register. A chosen request stays held until it moves, so the
+        # choice never goes stale; the next choice is made once it has moved.
         last = Signal(range(n))
         grant, any_req = round_robin(m, held, last)
+        chosen = Signal(n)
         out_valid = Signal()
         m.d.comb += s.arvalid.eq(out_valid)
-        with m.If(~out_valid | s.arready):
-            m.d.sync += out_valid.eq(any_req)
+        with m.If(chosen == 0):
             with m.If(any_req):
-                m.d.sync += last.eq(grant)
+                m.d.sync += [chosen.eq(1 << grant), last.eq(grant)]
+        load = Signal()
+        m.d.comb += load.eq((chosen != 0) & (~out_valid | s.arready))
+        with m.If(s.arready):
+            m.d.sync += out_valid.eq(0)
+        with m.If(load):
+            m.d.sync += [out_valid.eq(1), chosen.eq(0)]
+            # An AND-OR of the held requests by the one-hot choice: a few LUT levels for any number of
+            # masters.
+            for f in ar_fields[:-1]:
+                m.d.sync += getattr(s, f).eq(
+                    _or_all([Mux(chosen[i], hold[i][f], 0) for i in range(n)]))
+            m.d.sync += s.arid.eq(_or_all([Mux(chosen[i], Cat(hold[i]["arid"], Const(i, self.sel_bits)), 0)
+                                           for i in range(n)]))
             for i in range(n):
-                with m.If(any_req & (grant == i)):
-                    m.d.sync += [held[i].eq(0), *(getattr(s, f).eq(hold[i][f]) for f in ar_fields[:-1]),
-                                 s.arid.eq(Cat(hold[i]["arid"], Const(i, self.sel_bits)))]
+                with m.If(chosen[i]):
+                    m.d.sync += held[i].eq(0)
 
         # R: route by the index in the upper ID bits.
         owner = s.rid[self.id_bits:]
