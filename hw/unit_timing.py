@@ -1,6 +1,7 @@
 """Where the long paths of each accelerator unit are, on ECP5: a fast estimate and nextpnr's word.
 
-``python -m hw.unit_timing --hw ecp5 [--unit linear ...] [--paths 20] [--nextpnr] [--json]``
+``python -m hw.unit_timing --hw ecp5 [--unit linear ...] [--paths 20] [--nextpnr] [--json]``, or
+``--design top|shell`` for the whole accelerator or the whole board shell as one flat design.
 
 For each unit of :class:`hw.top.TrilliumTop`, Yosys ``synth_ecp5`` maps the unit alone to ECP5 cells and
 writes the netlist as JSON (``build/unit-timing/<hw>-<unit>/netlist.json``). Then:
@@ -380,6 +381,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m hw.unit_timing", description=main.__doc__.splitlines()[0])
     parser.add_argument("--hw", default="ecp5", help="hardware config name or YAML path (default ecp5)")
     parser.add_argument("--unit", action="append", choices=UNIT_NAMES, help="only this unit (repeatable)")
+    parser.add_argument("--design", choices=("top", "shell"),
+                        help="instead of units: the whole accelerator (top) or the whole ULX3S board shell "
+                             "(accelerator, SDRAM controller, UART link) as one flat design, for the paths "
+                             "between units (Yosys takes about 10 minutes)")
     parser.add_argument("--paths", type=int, default=15, help="endpoints to list per unit (default 15)")
     parser.add_argument("--freq", type=float, default=None, help="target MHz (default: the config's clock)")
     parser.add_argument("--nextpnr", action="store_true", help="also place with nextpnr out of context")
@@ -399,12 +404,22 @@ def main(argv=None):
     warnings.simplefilter("ignore", UnusedElaboratable)
     hw = load_hw_config(args.hw)
     freq = args.freq or hw.clock_mhz
+    def design(name):
+        if args.design == "top":
+            return TrilliumTop(hw)
+        if args.design == "shell":
+            from hw.board.shell import Ulx3sShell
+
+            from hw.board.designs import DEFAULT_BAUD
+
+            return Ulx3sShell(hw, clk_hz=int(freq * 1e6), baud=DEFAULT_BAUD, read_delay=1)
+        return getattr(TrilliumTop(hw), name)
+
     results = {}
-    for unit in args.unit or UNIT_NAMES:
-        top = TrilliumTop(hw)
+    for unit in [args.design] if args.design else args.unit or UNIT_NAMES:
         t0 = time.monotonic()
         print(f"[{unit}] synthesising ...", file=sys.stderr, flush=True)
-        netlist = synth_netlist(getattr(top, unit), f"unit_{unit}", Path(args.out) / f"{hw.name}-{unit}")
+        netlist = synth_netlist(design(unit), f"unit_{unit}", Path(args.out) / f"{hw.name}-{unit}")
         endpoints = estimate_paths(netlist, f"unit_{unit}")
         res = {"estimate": [e.to_json() for e in endpoints[: args.paths]],
                "over_budget": sum(1 for e in endpoints if e.arrival > 1000 / freq),
