@@ -219,6 +219,7 @@ class BoardLink(wiring.Component):
         head_bytes = Array([Const(RSP_SYNC, 8), cmd, seq, status, rsp_len[:8], rsp_len[8:]])
         ping_bytes = Array([Const(b, 8) for b in self.ping_info()])
         pay_i = Signal(16)
+        tx_byte = Signal(8)                         # the payload byte being sent
         crc_tx = crc16_next(crc, tx.payload)
         tx_fire = Signal()
         m.d.comb += tx_fire.eq(tx.valid & tx.ready)
@@ -449,17 +450,21 @@ class BoardLink(wiring.Component):
                 with m.If(pay_i == rsp_len):
                     m.next = "TX_CRC"
                 with m.Else():
-                    m.next = "TX_BODY"
-            with m.State("TX_BODY"):
+                    m.next = "TX_PICK"
+            with m.State("TX_PICK"):
+                # The byte is registered before it goes out: the block RAM's output, the byte select and
+                # the CRC update would otherwise be one path (a byte takes thousands of cycles on the UART).
                 m.d.comb += rp.addr.eq(bp[lb:])
                 with m.Switch(cmd):
                     with m.Case(Command.DRAM_READ):
-                        m.d.comb += tx.payload.eq(rp.data.word_select(bp[:lb], 8))
+                        m.d.sync += tx_byte.eq(rp.data.word_select(bp[:lb], 8))
                     with m.Case(Command.CSR_READ):
-                        m.d.comb += tx.payload.eq(csr_rdata.word_select(pay_i[:2], 8))
+                        m.d.sync += tx_byte.eq(csr_rdata.word_select(pay_i[:2], 8))
                     with m.Default():
-                        m.d.comb += tx.payload.eq(ping_bytes[pay_i[:3]])
-                m.d.comb += tx.valid.eq(1)
+                        m.d.sync += tx_byte.eq(ping_bytes[pay_i[:3]])
+                m.next = "TX_BODY"
+            with m.State("TX_BODY"):
+                m.d.comb += [tx.valid.eq(1), tx.payload.eq(tx_byte)]
                 with m.If(tx_fire):
                     m.d.sync += [crc.eq(crc_tx), pay_i.eq(pay_i + 1), bp.eq(bp + 1)]
                     m.next = "TX_NEXT"
