@@ -18,8 +18,9 @@ from hw.attention.exp2 import Exp2Neg
 from sim.testbenches.tb_attention_decode import Case, amaranth_run as _amaranth_run
 
 
-def test_exp2_neg_unit_matches_golden():
-    dut = Exp2Neg()
+@pytest.mark.parametrize("latency", [1, 2, 3])
+def test_exp2_neg_unit_matches_golden(latency):
+    dut = Exp2Neg(latency=latency)
     rng = np.random.default_rng(3)
     # Every table entry and rounding boundary near 0, the shift limit (t >= 16 * 2^16) and large values.
     ts = np.concatenate([np.arange(0, 1 << 17, 7), np.arange(16 << 16, (17 << 16) + 200),
@@ -29,11 +30,12 @@ def test_exp2_neg_unit_matches_golden():
     sim.add_clock(1e-6)
 
     async def bench(ctx):
-        # One cycle of latency: p is exp2_neg of the previous cycle's t.
-        for t, w in zip(ts, want):
+        # ``latency`` cycles: after the tick that takes t_i, p is exp2_neg(t_{i + 1 - latency}).
+        for i, t in enumerate(ts):
             ctx.set(dut.t, int(t))
             await ctx.tick()
-            assert ctx.get(dut.p) == int(w), f"exp2_neg({t})"
+            if i + 1 >= latency:
+                assert ctx.get(dut.p) == int(want[i + 1 - latency]), f"exp2_neg({ts[i + 1 - latency]})"
 
     sim.add_testbench(bench)
     sim.run()

@@ -6,7 +6,8 @@ result as the golden model's (documented per function), so the barrel shifters s
 
 from amaranth.hdl import Const, Mux, signed
 
-__all__ = ["clamp", "const_mul", "round_shift", "round_shift_right", "round_shift_span", "saturate", "tree_sum", "vmax"]
+__all__ = ["clamp", "const_mul", "mul_parts", "round_shift", "round_shift_right", "round_shift_span", "saturate",
+           "tree_sum", "vmax"]
 
 
 def clamp(v, lo, hi):
@@ -24,6 +25,18 @@ def const_mul(v, c):
         raise ValueError(f"const_mul: c = {c} is negative")
     terms = [v << i for i in range(c.bit_length()) if c >> i & 1]
     return tree_sum(terms) if terms else Const(0, 1)
+
+
+def mul_parts(a, b, cut=18):
+    """``(lo, hi)`` with ``a * b == (hi << cut) + lo``: ``a``'s low ``cut`` bits (unsigned) and its high bits
+    (with ``a``'s sign) each times ``b``.
+
+    Yosys splits a product wider than one 18 x 18 multiplier block itself, but sums the pieces in the same
+    cycle; split by hand, the two products can be registered (the multiplier's output register) and summed
+    in the next cycle. Each piece fits one MULT18X18D when ``b`` has at most 17 bits (18 signed).
+    """
+    hi = a[cut:].as_signed() if a.shape().signed else a[cut:]
+    return a[:cut].as_unsigned() * b, hi * b
 
 
 def round_shift(v, s, *, max_left, max_right):

@@ -14,18 +14,30 @@ the engine holds ``(last + 1) * group`` active query rows (of at most ``max_grou
 cost no cycles. Per segment:
 
 * exponent rows: ``ke[0..31]`` and ``ve[0..31]`` are captured, and the prefix maxima of ``ve`` (row
-  ``r`` needs ``max ev_j`` over its own valid keys ``j <= pos_r``).
+  ``r`` needs ``max ev_j`` over its own valid keys ``j <= pos_r``) are scanned during the K rows.
 * K rows: for each chunk of each key row, one cycle per active query row, each a dot product of
   ``chunk`` int8 pairs (``chunk`` MACs per cycle). Per finished key and query row, the score
   ``z = saturate(round_shift(dot * mA, sA + 16 - eq - ek_j), 32)`` goes into the score buffer and,
-  if the key is not masked for that row, the row's block maximum.
-* one cycle for the last score to land; each row's ``M'`` and ``E'`` then follow from its registers.
-* V rows, in two pipeline stages: for each chunk of each key row and query row, ``p_j = exp2_neg(M' -
-  z_j)``, ``pv = round_shift(p_j, E' - ev_j)`` and ``num += pv * v8_j`` on ``chunk`` lanes; the first key
-  of a block rescales ``num`` by ``a = exp2_neg(M' - M)`` (``round_shift(num * a, 15 + E' - E)``) in
-  the same cycle. ``den`` is updated once per key row. Masked keys (``j > pos_r``) change nothing, and a
-  row without any valid key in the block keeps its state, as in the golden model.
+  if the key is not masked for that row, the row's block maximum. An eleven-stage pipeline (stage 0
+  the chunk's cycle, stage 10 the score's write).
+* until the K pipeline is empty (about eleven cycles) the scores are landing; each row's ``M'`` and
+  ``E'`` then follow from its registers.
+* V rows, a twelve-stage pipeline (stage 0 the chunk's cycle, stage 11 the write of ``num``): for
+  each chunk of each key row and query row, ``p_j = exp2_neg(M' - z_j)``, ``pv = round_shift(p_j,
+  E' - ev_j)`` and ``num += pv * v8_j`` on ``chunk`` lanes; the first key of a block rescales ``num``
+  by ``a = exp2_neg(M' - M)`` (``round_shift(num * a, 15 + E' - E)``) in the same pass. ``den`` is
+  updated once per key row. Masked keys (``j > pos_r``) change nothing, and a row without any valid
+  key in the block keeps its state, as in the golden model. ``num`` is a read-modify-write of block
+  RAM: the first key reads its words early (seven stages before the write, for the rescale; nothing
+  in flight writes them), the others two stages before the write, with the words written in between
+  forwarded.
 * padding chunks are dropped.
+
+Every pipeline stage does at most about one adder, one shifter, one compare-and-select or one
+multiplier block's work (for a 100 MHz ECP5: ``python -m hw.unit_timing --unit attend``), and the
+pipelines never stall: a chunk moves on every cycle, so throughput is one chunk per active row and
+cycle as before; the price is the K pipeline's drain once per segment and the V pipeline's once per kv
+head (before the normaliser hand-off).
 
 After a kv head's last block the :class:`~hw.attention.normalise.Normaliser` turns ``num`` and ``den``
 into Q.16 outputs while the engine streams the next kv head into the other bank of the ``num`` memory.
@@ -34,10 +46,11 @@ Cost (written for FPGA block RAM and DSP blocks; docs/attention.md, "ECP5 cost")
 rows, scores, ``num``, the two exp2 tables) is read synchronously, so it maps to block RAM; reads that
 must land with a chunk are prefetched from the next cycle's loop counters. Addresses are bit fields,
 not products. Each lane has one 36 x 16 multiplier, shared by the block rescale and the normaliser, and
-one more multiplier serves both the score scale (K phase) and den's rescale (V phase).
+one more multiplier serves both the score scale (K phase) and den's rescale (V phase); each is split
+into two multiplier blocks whose products are registered before they are summed.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -45,7 +58,7 @@ from amaranth.lib.wiring import In, Out
 from golden.numerics import ATTN_KEY_BLOCK, EXP_FRAC, RES_FRAC, score_constant
 
 from ..params import check_int
-from .arith import const_mul, round_shift, round_shift_right, round_shift_span, saturate, tree_sum, vmax
+from .arith import clamp, const_mul, mul_parts, round_shift, saturate, tree_sum, vmax
 from .exp2 import Exp2Neg
 from .normalise import DEN_BITS, EXP_BITS, NUM_BITS, PROD_BITS, Normaliser, num_address, num_depth
 
@@ -158,8 +171,18 @@ class AttentionEngine(wiring.Component):
 
         m.submodules.norm = norm = Normaliser(NR, C, R)
         wiring.connect(m, wiring.flipped(self.o), norm.o)
-        m.submodules.exp_a = exp_a = Exp2Neg()   # rescale factor a (one cycle of latency)
-        m.submodules.exp_p = exp_p = Exp2Neg()   # weights p_j (one cycle of latency)
+        m.submodules.exp_a = exp_a = Exp2Neg(latency=3)   # rescale factor a
+        m.submodules.exp_p = exp_p = Exp2Neg(latency=3)   # weights p_j
+
+        def delays(value, n, name):
+            """``[value, value one cycle ago, ..., n cycles ago]``: the pipelines never stall, so a value
+            travels with its chunk through plain registers."""
+            out = [value]
+            for i in range(n):
+                reg = Signal(Value.cast(value).shape(), name=f"{name}_{i + 1}")
+                m.d.sync += reg.eq(out[-1])
+                out.append(reg)
+            return out
 
         # All memories are read synchronously, so they map to block RAM (DP16KD on ECP5) rather than
         # distributed RAM. Addresses are bit fields (Cat), not products: no multiplier, and any depth.
@@ -175,11 +198,10 @@ class AttentionEngine(wiring.Component):
         z_wr, z_rd = zbuf.write_port(), zbuf.read_port()
         m.submodules.num = num = Memory(shape=data.ArrayLayout(signed(NUM_BITS), C), depth=num_depth(NR, R),
                                         init=[])
-        # The weighted sum is a read-modify-write one cycle apart (read in V stage 0, written in stage 1):
-        # with one-beat rows and one active row the next chunk reads the word being written, so the port
-        # is transparent to the write.
+        # The weighted sum is a read-modify-write with the read two stages before the write; the port is
+        # not transparent, and the words written in those two cycles are forwarded (V stage 8 below).
         n_wr = num.write_port()
-        n_rd = num.read_port(transparent_for=(n_wr,))
+        n_rd = num.read_port()
         n_norm = num.read_port()
         m.d.comb += [n_norm.addr.eq(norm.num_addr), norm.num_data.eq(n_norm.data)]
 
@@ -199,6 +221,10 @@ class AttentionEngine(wiring.Component):
         r_nx, k_nx, j_nx = Signal.like(r), Signal.like(k), Signal.like(j)
         m.d.comb += [r_nx.eq(r), k_nx.eq(k), j_nx.eq(j)]
         m.d.sync += [r.eq(r_nx), k.eq(k_nx), j.eq(j_nx)]
+        # Whether r, k, j are at their last values, registered beside them (from the next values), so the
+        # loop steps and the prefetch addresses start from registers rather than comparators. rows_m1 is
+        # set one cycle before the first use (the START state).
+        last_r, last_k, last_j = Signal(), Signal(), Signal()
         cnt = Signal(range(max(self.exp_rows * R, self.pad_chunks, NR * R) + 1))
         pos_bits = len(pos) + 2
 
@@ -209,14 +235,30 @@ class AttentionEngine(wiring.Component):
             return Cat(key, row[:rb])
 
         # Row r's query offset in the tile (r // group, registered per row at command time from a choice
-        # over the possible groups: no divider), and its last valid key in this block: lim_r = pos_r - 32 b.
+        # over the possible groups: no divider), and its last valid key in this block: lim_r = pos_r - 32 b
+        # = seg_pos + row_q[r], with seg_pos = pos - 32 b kept in a register (one adder on the path, not two).
         if MG == 1:
             row_q = Array(Const(i, range(max(2, QB))) for i in range(NR))
         else:
             row_q = _array(NR, range(max(2, QB)), "row_q")
+        seg_pos = Signal(signed(pos_bits + 1))
+        # The mask of a row depends on its query offset only: for each offset q, whether lim >= 0 (the row
+        # has a valid key in the block) and min(lim, 31), registered from seg_pos (which changes at least
+        # two cycles before a K chunk: one exponent row between). Key j is valid for row r iff
+        # q_live[q] and j <= q_idx[q] with q = row_q[r].
+        # seg_pos + q is registered first: the flags are valid three cycles after seg_pos changes, and the
+        # first K chunk's stage 1 is at least three cycles after (EXP, then K).
+        q_live = _array(QB, 1, "q_live")
+        q_idx = _array(QB, 5, "q_idx")
+        for q in range(QB):
+            lim = Signal(signed(pos_bits + 1), name=f"q_lim{q}")
+            m.d.sync += [lim.eq(seg_pos + q), q_live[q].eq(lim >= 0),
+                         q_idx[q].eq(Mux(lim > _BLK - 1, _BLK - 1, lim[:5]))]
 
-        def lim_of(row):
-            return (pos + row_q[row] - (b << 5)).as_signed()
+        def row_mask(rq, key):
+            """``(live, idx, valid)`` of a row with query offset ``rq`` and key ``key`` (see above)."""
+            live, idx = q_live[rq], q_idx[rq]
+            return live, idx, live & (key <= idx)
 
         # -- softmax state, per query row ----------------------------------------------------------------
         qe = _array(NR, EXP_BITS, "qe")
@@ -230,121 +272,245 @@ class AttentionEngine(wiring.Component):
         ve = _array(_BLK, EXP_BITS, "ve")
 
         # Prefix maxima of ve: row r's block maximum of ev_j over j <= lim_r is ve_pmax[min(lim_r, 31)].
-        ve_pmax = []
-        for i in range(_BLK):
-            t = Signal(EXP_BITS, name=f"ve_pmax{i}")
-            m.d.comb += t.eq(ve[i] if i == 0 else vmax(ve_pmax[-1], ve[i]))
-            ve_pmax.append(t)
-        ve_pmax = Array(ve_pmax)
+        # A systolic scan instead of a 32-deep chain of comparators: each register is loaded with ev_i when
+        # the exponent rows deliver it and otherwise takes max(itself, its left neighbour) every cycle, so
+        # t cycles after the last load ve_pmax[i] = max(ev_{i-t} .. ev_i). The loads come in index order
+        # (a lower index never after a higher one), so a register only ever combines this segment's values,
+        # and the scan is complete 31 cycles after the last load: the K phase in between lasts at least 32.
+        ve_pmax = _array(_BLK, EXP_BITS, "ve_pmax")
+        for i in range(1, _BLK):
+            m.d.sync += ve_pmax[i].eq(vmax(ve_pmax[i - 1], ve_pmax[i]))
+        # Each query offset's block maximum of ev, ve_pmax[q_idx[q]], registered: final one cycle after the
+        # scan, and it only changes two cycles after the next segment's first exponent row.
+        q_blk_e = _array(QB, EXP_BITS, "q_blk_e")
+        m.d.sync += [q_blk_e[q].eq(ve_pmax[q_idx[q]]) for q in range(QB)]
 
-        kv_bytes = [self.kv.payload[8 * i:8 * i + 8].as_signed() for i in range(C)]
-
-        # -- score pipeline (K rows): stage 1 = chunk dot product, stage 2 = accumulate, scale, max -----
-        s1_valid = Signal()
-        s1_r = Signal.like(r)
-        s1_j = Signal.like(j)
-        s1_first = Signal()
-        s1_last = Signal()
-        s1_part = Signal(signed(24))
-        m.d.comb += q_rd.addr.eq(q_addr(r_nx, k_nx))
-        part = tree_sum(q_rd.data[i] * kv_bytes[i] for i in range(C))
-
-        dot = Signal(signed(24))
-        m.d.comb += dot.eq(Mux(s1_first, 0, dacc[s1_r]) + s1_part)
-        shift = Signal(signed(8))
-        m.d.comb += shift.eq(self.score_s + RES_FRAC - qe[s1_r] - ke[s1_j])
-        z = Signal(signed(32))
-        # One multiplier for the score scale dot * mA (K stage 2) and den's rescale den * a (V stage 1): the
-        # two stages are never busy in the same cycle: the next segment's exponent rows (at least one
-        # cycle) lie between a last V chunk and the next first K chunk, and K_WAIT between the K and V
-        # phases.
-        smul_a = Signal(signed(DEN_BITS + 1))
-        smul_b = Signal(max(EXP_FRAC + 1, self.score_m.bit_length()))
-        smul = Signal(signed(len(smul_a) + len(smul_b)))
-        m.d.comb += smul.eq(smul_a * smul_b)
-        # shift = sA + 16 - eq - ek with 5-bit exponents lies in [sA + 16 - 62, sA + 16]: one right shifter
-        # over that span (arith.round_shift_span).
-        z_hi = self.score_s + RES_FRAC
-        m.d.comb += z.eq(saturate(round_shift_span(smul, shift, min(1, z_hi - 2 * ((1 << EXP_BITS) - 1)), z_hi),
-                                  32))
-        s1_lim = Signal(signed(pos_bits + 1))
-        m.d.comb += s1_lim.eq(lim_of(s1_r))
-        m.d.sync += s1_valid.eq(0)
-        with m.If(s1_valid):
-            m.d.sync += dacc[s1_r].eq(dot)
-            with m.If(s1_last):
-                m.d.comb += [z_wr.addr.eq(z_addr(s1_r, s1_j)), z_wr.data.eq(z), z_wr.en.eq(1)]
-                # Valid keys of a row are a prefix of the block, so a live row's first key is j = 0.
-                with m.If(s1_j <= s1_lim):
-                    m.d.sync += blk_max[s1_r].eq(Mux(s1_j == 0, z, vmax(blk_max[s1_r], z)))
-
-        # -- weighted sum (V rows), stage 0: the chunk arrives with z_j (prefetched); row r's M', E', the
-        # table addresses of p_j and a, and the shift amounts. Everything stage 1 needs is registered
-        # here, so the next segment's exponent rows and scores may overwrite ve, ke and blk_max meanwhile.
-        v_lim = Signal(signed(pos_bits + 1))
-        m.d.comb += v_lim.eq(lim_of(r))
-        run_max_r, run_e_r, started_r = run_max[r], run_e[r], started[r]
-        new_max = Signal(signed(32))
-        m.d.comb += new_max.eq(Mux(started_r, vmax(run_max_r, blk_max[r]), blk_max[r]))
-        blk_e = Signal(EXP_BITS)
-        m.d.comb += blk_e.eq(ve_pmax[Mux(v_lim > _BLK - 1, _BLK - 1, v_lim[:5])])
-        new_e = Signal(EXP_BITS)
-        m.d.comb += new_e.eq(Mux(started_r, vmax(run_e_r, blk_e), blk_e))
-        m.d.comb += [
-            z_rd.addr.eq(z_addr(r_nx, j_nx)),
-            exp_a.t.eq(new_max - run_max_r),
-            exp_p.t.eq(new_max - z_rd.data),
-            n_rd.addr.eq(num_address(NR, R, bank, r, k)),
-        ]
-        v1_busy = Signal()          # stage 1 holds a chunk
-        v1_en = Signal()            # ... of a valid key: write num (and den on the row's first beat)
-        v1_first = Signal()         # j = 0: rescale
-        v1_den = Signal()           # k = 0: update den
-        v1_r = Signal.like(r)
-        v1_addr = Signal.like(n_rd.addr)
-        v1_started = Signal()
-        v1_pv_sh = Signal(signed(EXP_BITS + 1))      # E' - ev_j
-        v1_rescale = Signal(EXP_BITS)                # E' - E (the rescale shift is 15 + E' - E)
-        v1_kv = Signal.like(self.kv.payload)
-        m.d.sync += [v1_busy.eq(0), v1_en.eq(0)]
-
-        # -- stage 1: p_j and a from the tables, the num read-modify-write and the den update ----------
-        alpha = Signal(EXP_FRAC + 1)
-        m.d.comb += alpha.eq(Mux(v1_started, exp_a.p, 0))
-        p = exp_p.p
-        pv = Signal(EXP_FRAC + 1)
-        m.d.comb += pv.eq(round_shift(p, v1_pv_sh, max_left=0, max_right=EXP_FRAC + 3))
-        v1_bytes = [v1_kv[8 * i:8 * i + 8].as_signed() for i in range(C)]
-        m.d.comb += [n_wr.addr.eq(v1_addr), n_wr.en.eq(v1_en)]
-        # One 36 x 16 multiplier per lane, shared with the normaliser: the rescale needs it only on the
-        # first key of a block (j = 0), the normaliser's num * m16 takes every other cycle.
-        rescaling = Signal()
-        m.d.comb += [rescaling.eq(v1_en & v1_first), norm.mul_free.eq(~rescaling)]
+        # -- shared multipliers --------------------------------------------------------------------------
+        # Every multiplier has registered operands and registered partial products (arith.mul_parts), and
+        # the partial products are summed into a register: three cycles from operands to product.
+        # * ``smul``: the score scale dot * mA (K stage 3 loads it) and den's rescale den * a (V stage 6,
+        #   first key of a block only). They never overlap: the V phase starts once the K pipeline is
+        #   empty, and the next K phase starts after the V phase's 31 other keys.
+        # * one 36 x 16 multiplier per lane: the block rescale num * a (V stage 6, first key of a block
+        #   only) and, in every other cycle, the normaliser's num * m16.
+        sm_a = Signal(signed(DEN_BITS + 1))
+        sm_b = Signal(max(EXP_FRAC + 1, self.score_m.bit_length()))
+        lo, hi = mul_parts(sm_a, sm_b)
+        sm_lo, sm_hi = Signal(signed(len(lo) + 1)), Signal(signed(len(hi)))
+        sm_prod = Signal(signed(len(sm_a) + len(sm_b)))
+        m.d.sync += [sm_lo.eq(lo), sm_hi.eq(hi), sm_prod.eq((sm_hi << 18) + sm_lo)]
+        mul_a = [Signal(signed(NUM_BITS), name=f"mul_a{i}") for i in range(C)]
         mul_b = Signal(EXP_FRAC + 1)
-        m.d.comb += mul_b.eq(Mux(rescaling, alpha, norm.m16))
+        prod = []
         for i in range(C):
-            acc = n_rd.data[i]
-            prod = Signal(signed(PROD_BITS), name=f"prod{i}")
-            m.d.comb += [prod.eq(Mux(rescaling, acc, norm.num_data[i]) * mul_b), norm.prod[i].eq(prod)]
-            # round_shift(num * a, 15 + E' - E) with 0 <= E' - E <= 31: E' = max(E, block's E) for a started
-            # row, and an unstarted row has a = 0, so any shift gives 0 (|num * a| < 2^50).
-            base = Mux(v1_first, round_shift_right(prod, v1_rescale, EXP_FRAC), acc)
-            m.d.comb += n_wr.data[i].eq(base + pv * v1_bytes[i])
-        den_r = den[v1_r]
-        m.d.comb += [smul_a.eq(Mux(v1_busy, den_r, dot)), smul_b.eq(Mux(v1_busy, alpha, self.score_m))]
-        den_next = Signal(DEN_BITS)
-        m.d.comb += den_next.eq(Mux(v1_first, round_shift(smul, EXP_FRAC, max_left=0, max_right=EXP_FRAC),
-                                    den_r) + p)
-        with m.If(v1_en & v1_den):
-            m.d.sync += den_r.eq(den_next)
+            lo, hi = mul_parts(mul_a[i], mul_b)
+            p_lo, p_hi = Signal(signed(len(lo) + 1), name=f"prod_lo{i}"), Signal(signed(len(hi)), name=f"prod_hi{i}")
+            p = Signal(signed(PROD_BITS), name=f"prod{i}")
+            m.d.sync += [p_lo.eq(lo), p_hi.eq(hi), p.eq((p_hi << 18) + p_lo)]
+            m.d.comb += norm.prod[i].eq(p)
+            prod.append(p)
+
+        # -- score pipeline (K rows) ---------------------------------------------------------------------
+        # stage 0: the chunk arrives; its query words are read, the row's query offset and the exponents
+        # come from (r, j). 1: the key's mask bit; the score's shift. 2: chunk products (one multiplier
+        # block each). 3: their sum; the row's partial dot product is read. 4: it accumulates; on the
+        # key's last chunk the dot product goes to smul. 5, 6: smul. 7, 8: the rounding shift (by
+        # multiples of 8, then the rest, + 1, >> 1). 9: saturation; the row's block maximum is read.
+        # 10: the score is written, and the row's block maximum updated if the key is not masked for the
+        # row.
+        # The per-row read-modify-writes (dacc, blk_max) read one stage before they write and forward
+        # the word written in between (one-beat rows with one active row update a row every cycle).
+        k_go = Signal()
+        m.d.comb += q_rd.addr.eq(q_addr(r, k))
+        KD = 10
+        kvalid = delays(k_go, KD, "k_valid")
+        kr = delays(r, KD, "k_r")
+        kj0 = delays(j == 0, KD, "k_j0")
+        kfirst = delays(k == 0, 4, "k_first")
+        klast = delays(last_k, 4, "k_last")
+        kj = delays(j, KD, "k_j")
+        krq = delays(row_q[r], 1, "k_rq")
+        ken = [None] + delays(row_mask(krq[1], kj[1])[2], KD - 1, "k_en")
+        kqe = delays(qe[r], 1, "k_qe")
+        kke = delays(ke[j], 1, "k_ke")
+        k_q = delays(q_rd.data.as_value(), 1, "k_q")[1]                 # stage 2
+        k_kv = delays(self.kv.payload, 2, "k_kv")[2]
+        k_prod = [Signal(signed(16), name=f"k_prod{i}") for i in range(C)]
+        m.d.sync += [k_prod[i].eq(k_q[8 * i:8 * i + 8].as_signed() * k_kv[8 * i:8 * i + 8].as_signed())
+                     for i in range(C)]
+        # shift = sA + 16 - eq - ek with 5-bit exponents lies in [sA + 16 - 62, sA + 16]: one right shift
+        # over that span (arith.round_shift_span, in stages 6 to 8 here).
+        z_hi = self.score_s + RES_FRAC
+        z_lo = min(1, z_hi - 2 * ((1 << EXP_BITS) - 1))
+        shift = Signal(signed(8))
+        m.d.comb += shift.eq(self.score_s + RES_FRAC - kqe[1] - kke[1])
+        k_amount = Signal(range(z_hi - z_lo + 1))
+        m.d.sync += k_amount.eq(clamp(shift, z_lo, z_hi) - z_lo)
+        kamt = delays(k_amount, 6, "k_amount")          # from stage 2 to 8
+        k_part = Signal(signed(24))
+        m.d.sync += k_part.eq(tree_sum(k_prod))
+        dot = Signal(signed(24))
+        dot_last = Signal.like(dot)
+        dacc_rd, dacc_fwd = Signal.like(dot), Signal()
+        m.d.sync += [dacc_rd.eq(dacc[kr[3]]), dacc_fwd.eq(kvalid[4] & (kr[4] == kr[3])), dot_last.eq(dot)]
+        m.d.comb += dot.eq(Mux(kfirst[4], 0, Mux(dacc_fwd, dot_last, dacc_rd)) + k_part)
+        with m.If(kvalid[4]):
+            m.d.sync += dacc[kr[4]].eq(dot)
+        k_score = kvalid[4] & klast[4]
+        # Only the key's last chunk goes on from stage 4.
+        z_coarse = Signal(signed(len(sm_prod) + 1 - z_lo))
+        z_half = Signal(signed(len(z_coarse)))
+        z = Signal(signed(32))
+        m.d.sync += [z_coarse.eq((sm_prod << (1 - z_lo)) >> Cat(Const(0, 3), kamt[5][3:])),
+                     z_half.eq(((z_coarse >> kamt[6][:3]) + 1) >> 1),
+                     z.eq(saturate(z_half, 32))]
+        kscore = delays(k_score, KD - 4, "k_score")
+        bm_write = Signal()
+        m.d.comb += bm_write.eq(kscore[-1] & ken[KD])
+        bm_new, bm_last, bm_rd, bm_fwd = Signal(signed(32)), Signal(signed(32)), Signal(signed(32)), Signal()
+        m.d.sync += [bm_rd.eq(blk_max[kr[KD - 1]]), bm_fwd.eq(bm_write & (kr[KD] == kr[KD - 1])),
+                     bm_last.eq(bm_new)]
+        # Valid keys of a row are a prefix of the block, so a live row's first key is j = 0. z is compared
+        # with both candidates (the word read and the word forwarded) from registers, then one is chosen.
+        bm_cur = Mux(bm_fwd, bm_last, bm_rd)
+        take_z = Mux(bm_fwd, z > bm_last, z > bm_rd)
+        m.d.comb += bm_new.eq(Mux(kj0[KD] | take_z, z, bm_cur))
+        with m.If(kscore[-1]):
+            m.d.comb += [z_wr.addr.eq(z_addr(kr[KD], kj[KD])), z_wr.data.eq(z), z_wr.en.eq(1)]
+        with m.If(bm_write):
+            m.d.sync += blk_max[kr[KD]].eq(bm_new)
+        k_busy = Signal()
+        m.d.comb += k_busy.eq(Cat(kvalid[1:]).any())
+
+        # -- weighted sum (V rows) -----------------------------------------------------------------------
+        # stage 0: the chunk arrives; z_j is read, and the row's registers. 1: the row's mask; M vs the
+        # block's maximum; the block maximum of E for the row's query offset. 2: M' (new_max) and the
+        # table arguments of p_j and a; E' (new_e). 3: the shift amounts; the row's last chunk of the
+        # block makes M' and E' the running ones. 3 to 5: the tables (Exp2Neg, three cycles). 4: the first
+        # key reads num (early, for the rescale: nothing in flight writes its words). 6: the multiplier
+        # operands (num * a, den * a). 7, 8: products. 9: the rescale's shift; pv = round_shift(p_j,
+        # E' - ev_j); the other keys read num (late). 10: the rescale's rounding, den's rescale,
+        # pv * v8_j. 11: num is written (+ pv * v8_j), den updated on the row's first beat.
+        # Everything a stage needs travels with the chunk, so the next segment's exponent rows and scores
+        # may overwrite ve, ke and blk_max meanwhile (q_blk_e is read in stage 1, before the first
+        # exponent row can change it).
+        v_go = Signal()
+        VD = 11
+        vbusy = delays(v_go, VD, "v_busy")
+        vr = delays(r, VD, "v_r")
+        vfirst = delays(j == 0, VD, "v_first")
+        vden = delays(k == 0, VD, "v_den")
+        # The row's last chunk of the block (a row without a valid key in the block keeps its state).
+        vrq = delays(row_q[r], 1, "v_rq")
+        vj = delays(j, 1, "v_j")
+        v_live, v_idx, v_valid = row_mask(vrq[1], vj[1])
+        vupd = [None] + delays(delays(last_j & last_k, 1, "v_last")[1] & v_live, 2, "v_upd")
+        ven = [None] + delays(v_valid, VD - 1, "v_en")
+        vrm = delays(run_max[r], 2, "v_run_max")
+        vbm = delays(blk_max[r], 2, "v_blk_max")
+        vre = delays(run_e[r], 3, "v_run_e")
+        vst = delays(started[r], 6, "v_started")
+        vz = delays(z_rd.data, 1, "v_z")          # read in stage 0, here from stage 2
+        vev = delays(ve[j], 3, "v_ev")
+        vaddr = delays(num_address(NR, R, bank, r, k), VD, "v_addr")
+        vkv = delays(self.kv.payload, 10, "v_kv")
+        m.d.comb += z_rd.addr.eq(z_addr(r, j))
+        # M' in stage 2 from the comparison registered in stage 1.
+        keep_run = Signal()
+        m.d.sync += keep_run.eq(vrm[1] > vbm[1])
+        new_max = Signal(signed(32))
+        m.d.comb += new_max.eq(Mux(vst[2] & keep_run, vrm[2], vbm[2]))
+        vnm = delays(new_max, 1, "v_new_max")
+        m.d.comb += [exp_a.t.eq(new_max - vrm[2]), exp_p.t.eq(new_max - vz[1])]
+        blk_e = Signal(EXP_BITS)
+        m.d.sync += blk_e.eq(q_blk_e[vrq[1]])                                    # stage 2
+        new_e = Signal(EXP_BITS)
+        m.d.sync += new_e.eq(Mux(vst[2], vmax(vre[2], blk_e), blk_e))            # stage 3
+        # Stage 3. pv = round_shift(p, E' - ev_j) with E' - ev_j >= 0 for a valid key: one right shift over
+        # 0 .. 18 (every shift of 17 or more rounds p <= 2^15 to 0), as arith.round_shift_span.
+        pv_amount = Signal(range(EXP_FRAC + 4))
+        rescale = Signal(EXP_BITS)                  # E' - E (the rescale shift is 15 + E' - E)
+        m.d.sync += [pv_amount.eq(clamp((new_e - vev[3]).as_signed(), 0, EXP_FRAC + 3)),
+                     rescale.eq(new_e - vre[3])]
+        with m.If(vbusy[3] & vupd[3]):
+            m.d.sync += [run_max[vr[3]].eq(vnm[1]), run_e[vr[3]].eq(new_e), started[vr[3]].eq(1)]
+        # Stage 5: p_j and a (registered for stage 6).
+        p_a, p_p = Signal(EXP_FRAC + 1), Signal(EXP_FRAC + 1)
+        m.d.sync += [p_a.eq(exp_a.p), p_p.eq(exp_p.p)]
+        # Stage 6: the multiplier operands.
+        alpha = Signal(EXP_FRAC + 1)
+        m.d.comb += alpha.eq(Mux(vst[6], p_a, 0))
+        rescaling = Signal()                        # registered: it also gates the normaliser's issue
+        m.d.sync += rescaling.eq(vbusy[5] & ven[5] & vfirst[5])
+        m.d.comb += [norm.mul_free.eq(~rescaling), norm.mul_free_next.eq(~(vbusy[5] & ven[5] & vfirst[5]))]
+        m.d.sync += mul_b.eq(Mux(rescaling, alpha, norm.m16))
+        # The first key's num word (read in stage 4, registered in stage 5: a register, not the block
+        # RAM's output, beside the normaliser's word, which keeps Yosys from merging the two read ports
+        # into one with a deep shared address path).
+        n_early = Signal.like(n_rd.data)
+        m.d.sync += n_early.eq(n_rd.data)
+        m.d.sync += [mul_a[i].eq(Mux(rescaling, n_early[i], norm.num_data[i])) for i in range(C)]
+        with m.If(rescaling & vden[6]):
+            m.d.sync += [sm_a.eq(den[vr[6]]), sm_b.eq(alpha)]
+        with m.Elif(k_score):
+            m.d.sync += [sm_a.eq(dot), sm_b.eq(self.score_m)]
+        vp = delays(p_p, 5, "v_p")              # p_j from stage 6 to 11
+        vpa = delays(pv_amount, 5, "v_pv_amount")
+        vrs = delays(rescale, 5, "v_rescale")
+        # Stage 9: pv.
+        pv = Signal(EXP_FRAC + 1)
+        m.d.sync += pv.eq(((Cat(Const(0, 1), vp[3]) >> vpa[5]) + 1) >> 1)
+        # Stages 9 and 10: the rescaled num. round_shift(num * a, 15 + d) with d = E' - E as
+        # ((num * a >> (14 + d)) + 1) >> 1 (exact: see arith.round_shift_span): the shifter, then the
+        # incrementer. 0 <= d <= 31 for a started row (E' = max(E, block's E)), and an unstarted row has
+        # a = 0, so any shift gives 0 (|num * a| < 2^50). Stage 10 also: pv * v8_j and den's rescale.
+        pvv = [Signal(signed(EXP_FRAC + 10), name=f"pvv{i}") for i in range(C)]
+        rs_shifted = [Signal(signed(PROD_BITS - EXP_FRAC + 1), name=f"rs_shifted{i}") for i in range(C)]
+        rescaled = [Signal(signed(NUM_BITS + 1), name=f"rescaled{i}") for i in range(C)]
+        v_acc = [Signal(signed(NUM_BITS), name=f"v_acc{i}") for i in range(C)]
+        for i in range(C):
+            m.d.sync += [rs_shifted[i].eq((prod[i] >> (EXP_FRAC - 1)) >> vrs[5]),
+                         rescaled[i].eq((rs_shifted[i] + 1) >> 1),
+                         pvv[i].eq(pv * vkv[10][8 * i:8 * i + 8].as_signed()),
+                         v_acc[i].eq(n_rd.data[i])]
+        den_scaled = Signal(DEN_BITS)
+        den_scaled_1 = delays(den_scaled, 1, "den_scaled")[1]
+        m.d.sync += den_scaled.eq(round_shift(sm_prod, EXP_FRAC, max_left=0, max_right=EXP_FRAC))
+        # The num read: the first key early (stage 4), the others late (stage 9). A first-key chunk in
+        # stage 4 never meets a later key's chunk in stage 9: those come after it (the previous V phase
+        # ended at least 33 cycles before).
+        m.d.comb += n_rd.addr.eq(Mux(vbusy[4] & vfirst[4], vaddr[4], vaddr[VD - 2]))
+        # Stage 11: the late read missed the writes of the two cycles after it (stage 11 in stages 9 and
+        # 10); those words are forwarded.
+        wen = Signal()
+        m.d.comb += wen.eq(vbusy[VD] & ven[VD])
+        hit1, hit2a, hit2 = Signal(), Signal(), Signal()
+        m.d.sync += [hit1.eq(wen & (vaddr[VD] == vaddr[VD - 1])), hit2a.eq(wen & (vaddr[VD] == vaddr[VD - 2])),
+                     hit2.eq(hit2a)]
+        w1 = [Signal(signed(NUM_BITS), name=f"w1_{i}") for i in range(C)]
+        w2 = [Signal(signed(NUM_BITS), name=f"w2_{i}") for i in range(C)]
+        m.d.comb += [n_wr.addr.eq(vaddr[VD]), n_wr.en.eq(wen)]
+        for i in range(C):
+            acc = Mux(hit1, w1[i], Mux(hit2, w2[i], v_acc[i]))
+            m.d.comb += n_wr.data[i].eq(Mux(vfirst[VD], rescaled[i], acc) + pvv[i])
+            m.d.sync += [w1[i].eq(n_wr.data[i]), w2[i].eq(w1[i])]
+        # den: read in stage 9, the word written in the cycle between forwarded.
+        den_wen = Signal()
+        m.d.comb += den_wen.eq(wen & vden[VD])
+        den_new, den_last, den_rd, den_fwd = Signal(DEN_BITS), Signal(DEN_BITS), Signal(DEN_BITS), Signal()
+        m.d.sync += [den_rd.eq(den[vr[VD - 1]]), den_fwd.eq(den_wen & (vr[VD] == vr[VD - 1])), den_last.eq(den_new)]
+        m.d.comb += den_new.eq(Mux(vfirst[VD], den_scaled_1, Mux(den_fwd, den_last, den_rd)) + vp[5])
+        with m.If(den_wen):
+            m.d.sync += den[vr[VD]].eq(den_new)
+        v_busy = Signal()
+        m.d.comb += v_busy.eq(Cat(vbusy[1:]).any())
 
         # -- normaliser hand-off --------------------------------------------------------------------------
         m.d.comb += [norm.start.payload.bank.eq(bank), norm.start.payload.count.eq(rows_m1 + 1)]
         for i in range(NR):
             m.d.comb += [norm.start.payload.den[i].eq(den[i]), norm.start.payload.e[i].eq(run_e[i])]
 
-        last_r = r == rows_m1
-        last_k = k == R - 1
+        m.d.sync += [last_r.eq(r_nx == rows_m1), last_k.eq(k_nx == R - 1), last_j.eq(j_nx == _BLK - 1)]
 
         def advance(on_rows_end):
             """Step query row, then chunk, then key row; ``on_rows_end`` runs after the segment's last."""
@@ -353,12 +519,12 @@ class AttentionEngine(wiring.Component):
                 m.d.comb += [r_nx.eq(0), k_nx.eq(k + 1)]
                 with m.If(last_k):
                     m.d.comb += [k_nx.eq(0), j_nx.eq(j + 1)]
-                    with m.If(j == _BLK - 1):
+                    with m.If(last_j):
                         m.d.comb += j_nx.eq(0)
                         on_rows_end()
 
         def segment_end():
-            m.d.sync += b.eq(b + 1)
+            m.d.sync += [b.eq(b + 1), seg_pos.eq(seg_pos - _BLK)]
             with m.If(b == last_block):
                 m.next = "HEAD_END"
             with m.Else():
@@ -381,7 +547,11 @@ class AttentionEngine(wiring.Component):
                                 with m.Case(g):
                                     m.d.sync += rows_m1.eq(const_mul(c.last + 1, g) - 1)
                                     m.d.sync += [row_q[i].eq(min(i // g, QB - 1)) for i in range(NR)]
-                    m.next = "Q_LOAD"
+                    m.next = "START"
+
+            with m.State("START"):
+                # rows_m1 is set: last_r is valid from the next cycle.
+                m.next = "Q_LOAD"
 
             with m.State("Q_LOAD"):
                 m.d.comb += [self.q.ready.eq(1), q_wr.addr.eq(q_addr(r, k)), q_wr.data.eq(self.q.payload.data)]
@@ -394,7 +564,7 @@ class AttentionEngine(wiring.Component):
                         m.d.comb += [k_nx.eq(0), r_nx.eq(r + 1)]
                         with m.If(last_r):
                             m.d.comb += [r_nx.eq(0), j_nx.eq(0)]
-                            m.d.sync += [b.eq(0), cnt.eq(0)]
+                            m.d.sync += [b.eq(0), seg_pos.eq(pos), cnt.eq(0)]
                             m.d.sync += [started[i].eq(0) for i in range(NR)]
                             m.next = "EXP"
 
@@ -408,7 +578,8 @@ class AttentionEngine(wiring.Component):
                                 if i < _BLK:
                                     m.d.sync += ke[i].eq(self.kv.payload[8 * lane:8 * lane + EXP_BITS])
                                 elif i < _EXP_BYTES:
-                                    m.d.sync += ve[i - _BLK].eq(self.kv.payload[8 * lane:8 * lane + EXP_BITS])
+                                    ev = self.kv.payload[8 * lane:8 * lane + EXP_BITS]
+                                    m.d.sync += [ve[i - _BLK].eq(ev), ve_pmax[i - _BLK].eq(ev)]
                     m.d.sync += cnt.eq(cnt + 1)
                     with m.If(cnt == self.exp_rows * R - 1):
                         m.d.sync += cnt.eq(0)
@@ -417,29 +588,21 @@ class AttentionEngine(wiring.Component):
             with m.State("K"):
                 m.d.comb += self.kv.ready.eq(last_r)
                 with m.If(self.kv.valid):
-                    m.d.sync += [s1_valid.eq(1), s1_r.eq(r), s1_j.eq(j), s1_first.eq(k == 0), s1_last.eq(last_k),
-                                 s1_part.eq(part)]
+                    m.d.comb += k_go.eq(1)
 
                     def rows_done():
                         m.next = "K_WAIT"
                     advance(rows_done)
 
             with m.State("K_WAIT"):
-                # The last score is written this cycle; M', a and E' are valid from the next one.
-                m.next = "V"
+                # The V phase reads the scores and block maxima: wait for the last ones to land.
+                with m.If(~k_busy):
+                    m.next = "V"
 
             with m.State("V"):
                 m.d.comb += self.kv.ready.eq(last_r)
                 with m.If(self.kv.valid):
-                    m.d.sync += [v1_busy.eq(1), v1_en.eq(j <= v_lim), v1_first.eq(j == 0), v1_den.eq(k == 0),
-                                 v1_r.eq(r), v1_addr.eq(n_rd.addr), v1_started.eq(started_r),
-                                 v1_pv_sh.eq(new_e - ve[j]), v1_rescale.eq(new_e - run_e_r),
-                                 v1_kv.eq(self.kv.payload)]
-                    # The row's last chunk of the block: its M' and E' become the running ones (a row
-                    # without a valid key in the block keeps its state). Stage 1 of this and earlier
-                    # chunks uses the registered values above, not these.
-                    with m.If((j == _BLK - 1) & last_k & (v_lim >= 0)):
-                        m.d.sync += [run_max_r.eq(new_max), run_e_r.eq(new_e), started_r.eq(1)]
+                    m.d.comb += v_go.eq(1)
 
                     def block_done():
                         if self.pad_chunks:
@@ -457,8 +620,8 @@ class AttentionEngine(wiring.Component):
                         segment_end()
 
             with m.State("HEAD_END"):
-                # Hand over once the last chunk has left stage 1 (its den update has landed).
-                m.d.comb += norm.start.valid.eq(~v1_busy)
+                # Hand over once the last chunk has left the V pipeline (its den update has landed).
+                m.d.comb += norm.start.valid.eq(~v_busy)
                 with m.If(norm.start.valid & norm.start.ready):
                     m.d.sync += [bank.eq(~bank), h.eq(h + 1)]
                     with m.If(h == h_last):

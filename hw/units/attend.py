@@ -9,7 +9,8 @@ Sequence of a command (``docs/isa.md``, ``ATTEND``; ``docs/attention.md``, "The 
    ``group <= max_group``, ``kv_heads <= max_kv_heads``, ``score_m`` / ``score_s`` equal to
    ``score_constant(head_dim)``, ``max_context`` a non-zero multiple of 32 within the build's, and
    ``n_tokens <= max_tokens`` (the command processor checks it too). Anything else is
-   ``CONFIG_MISMATCH``: nothing is read or written and the unit finishes at once. (Layer and address
+   ``CONFIG_MISMATCH``: nothing is read or written and the unit finishes at once (SETUP is registered in
+   the cycle that accepts the command, checked in the next and acted on in the one after). (Layer and address
    range checks, ``BAD_ADDRESS``, are the command processor's.)
 2. Address set-up: ``head_bytes = (max_context / 32) * segment_bytes`` (``segment_bytes`` is a build-time
    constant of ``head_dim`` and the bus width) and ``layer_base = kv_base + layer * kv_heads * head_bytes``
@@ -188,47 +189,78 @@ class AttendUnit(wiring.Component):
         mul_acc = Signal(ADDR_BITS)
         t0_bits = range(self.max_tokens + QB + 1)
 
-        # SETUP checks; the group is the g with heads == kv_heads * g (no divider).
+        # SETUP checks (of SETUP and n_tokens registered, see CHECK below); the group is the g with heads ==
+        # kv_heads * g (no divider).
+        s_r = Signal.like(s)
+        n_tokens_r = Signal.like(self.n_tokens)
+        m.d.sync += [s_r.eq(s), n_tokens_r.eq(self.n_tokens)]
+        # In CHECK: matches[g - 1] = heads == kv_heads * g, and every other check (bad_other); registered.
+        matches = Signal(MG)
+        m.d.comb += matches.eq(Cat(s_r.heads == const_mul(s_r.kv_heads, g) for g in range(1, MG + 1)))
+        bad_other = Signal()
+        m.d.comb += bad_other.eq((s_r.head_dim != self.head_dim) | (s_r.kv_heads == 0) | (s_r.kv_heads > MKV)
+                                 | (s_r.score_m != self.score_m) | (s_r.score_s != self.score_s)
+                                 | (s_r.max_context == 0) | (s_r.max_context[:5] != 0)
+                                 | (s_r.max_context > self.max_context) | (n_tokens_r > self.max_tokens))
+        # In CHECK2, from those registers: the group (the largest matching g; only one can match when
+        # kv_heads > 0) and the verdict.
+        matches_r, bad_other_r = Signal(MG), Signal()
+        m.d.sync += [matches_r.eq(matches), bad_other_r.eq(bad_other)]
         found = Signal(range(MG + 1))
         for g in range(1, MG + 1):
-            with m.If(s.heads == const_mul(s.kv_heads, g)):
+            with m.If(matches_r[g - 1]):
                 m.d.comb += found.eq(g)
         bad = Signal()
-        m.d.comb += bad.eq((s.head_dim != self.head_dim) | (s.kv_heads == 0) | (s.kv_heads > MKV) | (found == 0)
-                           | (s.score_m != self.score_m) | (s.score_s != self.score_s) | (s.max_context == 0)
-                           | (s.max_context[:5] != 0) | (s.max_context > self.max_context)
-                           | (self.n_tokens > self.max_tokens))
+        m.d.comb += bad.eq(bad_other_r | (matches_r == 0))
 
         def tile_size(left):
             return Mux(left > QB, QB, left)
 
+        # The sequencers below keep the tokens left from their tile (``left``), the tile's last query index
+        # and whether it is the run's last tile in registers, each computed when the tile starts: a tile's
+        # counters then compare with registers, not with tokens - t0 through a clamp.
+        def tile_regs(prefix):
+            return (Signal(t0_bits, name=f"{prefix}_left"), Signal(range(max(2, QB)), name=f"{prefix}_last"),
+                    Signal(name=f"{prefix}_final"))
+
+        def tile_start(regs, left):
+            """Statements that make ``regs`` describe a tile with ``left`` tokens left (``left >= 1``)."""
+            r_left, r_last, r_final = regs
+            return [r_left.eq(left), r_last.eq(tile_size(left) - 1), r_final.eq(left <= QB)]
+
         # -- 1. tile commands --------------------------------------------------------------------------------
         c_active = Signal()
-        c_t0 = Signal(t0_bits)
-        c_left = Signal(t0_bits)
-        m.d.comb += [c_left.eq(tokens - c_t0), eng.cmd.valid.eq(c_active),
-                     eng.cmd.payload.pos.eq(pos0 + c_t0), eng.cmd.payload.last.eq(tile_size(c_left) - 1),
+        c_pos = Signal.like(eng.cmd.payload.pos)
+        c_tile = tile_regs("c")
+        c_left, c_last, c_final = c_tile
+        m.d.comb += [eng.cmd.valid.eq(c_active), eng.cmd.payload.pos.eq(c_pos), eng.cmd.payload.last.eq(c_last),
                      eng.cmd.payload.group.eq(group), eng.cmd.payload.kv_heads.eq(kvh_m1 + 1)]
         with m.If(eng.cmd.valid & eng.cmd.ready):
-            m.d.sync += c_t0.eq(c_t0 + QB)
-            with m.If(c_left <= QB):
+            m.d.sync += [c_pos.eq(c_pos + QB), *tile_start(c_tile, c_left - QB)]
+            with m.If(c_final):
                 m.d.sync += c_active.eq(0)
 
         # -- 2. KV reads: per (tile, kv head) its segments 0 .. last block, adjacent in DRAM -----------------
         k_active = Signal()
-        k_t0 = Signal(t0_bits)
-        k_left = Signal(t0_bits)
+        k_pos = Signal(range((1 << len(pos0)) + self.max_tokens + QB))     # the tile's first position
+        k_tile = tile_regs("k")
+        k_left, k_last, k_final = k_tile
         k_h = Signal.like(kvh_m1)
         k_addr = Signal(ADDR_BITS)
+        k_beats = Signal.like(rd.cmd.payload.beats)
         last_block = Signal(range(max(2, self.max_context // ATTN_KEY_BLOCK)))
-        m.d.comb += [k_left.eq(tokens - k_t0), last_block.eq((pos0 + k_t0 + tile_size(k_left) - 1) >> 5),
-                     rd.cmd.valid.eq(k_active), rd.cmd.payload.addr.eq(k_addr),
-                     rd.cmd.payload.beats.eq(const_mul(last_block + 1, self.seg_beats)), rd.cmd.payload.tag.eq(0)]
+        # The tile's read length, one cycle after the tile's registers (k_beats_ok): a command waits for it.
+        k_beats_ok = Signal()
+        m.d.comb += last_block.eq((k_pos + k_last) >> 5)
+        m.d.sync += [k_beats.eq(const_mul(last_block + 1, self.seg_beats)), k_beats_ok.eq(k_active)]
+        m.d.comb += [rd.cmd.valid.eq(k_active & k_beats_ok), rd.cmd.payload.addr.eq(k_addr),
+                     rd.cmd.payload.beats.eq(k_beats), rd.cmd.payload.tag.eq(0)]
         with m.If(rd.cmd.valid & rd.cmd.ready):
             m.d.sync += [k_h.eq(k_h + 1), k_addr.eq(k_addr + head_bytes)]
             with m.If(k_h == kvh_m1):
-                m.d.sync += [k_h.eq(0), k_addr.eq(layer_base), k_t0.eq(k_t0 + QB)]
-                with m.If(k_left <= QB):
+                m.d.sync += [k_h.eq(0), k_addr.eq(layer_base), k_pos.eq(k_pos + QB), *tile_start(k_tile, k_left - QB),
+                             k_beats_ok.eq(0)]
+                with m.If(k_final):
                     m.d.sync += k_active.eq(0)
         # Bus words to chunks; the last word of each segment flushes the gearbox, dropping the bus padding.
         seg_i = Signal(range(max(2, self.seg_beats)))       # never zero bits wide (Verilator)
@@ -241,35 +273,48 @@ class AttendUnit(wiring.Component):
         wiring.connect(m, gb.o, eng.kv)
 
         # -- 3. query reads: (tile, kv head, query, head of the group, beat) ------------------------------
-        def head_loop(prefix, step, left, active):
-            """Counters of one (tile, kv head, query, head of the group, beat) walk, advanced by ``step``."""
+        def head_loop(prefix, step, active):
+            """Counters of one (tile, kv head, query, head of the group, beat) walk, advanced by ``step``.
+
+            Each counter has a flag "at its last value", set from the counter's value before it steps
+            (``b == DN - 2`` on an increment, the wrap value's test on a wrap), so a step tests four
+            registers instead of four comparators in a row.
+            """
             t0 = Signal(t0_bits, name=f"{prefix}_t0")
+            tile = tile_regs(prefix)
+            left, last_qi, final = tile
             h = Signal.like(kvh_m1, name=f"{prefix}_h")
             hbase = Signal(range(MG * MKV + 1), name=f"{prefix}_hbase")     # first head of the kv head's group
             qi = Signal(range(max(2, QB)), name=f"{prefix}_qi")
             g = Signal(range(max(2, MG)), name=f"{prefix}_g")
             b = Signal(range(max(2, DN)), name=f"{prefix}_b")
-            m.d.comb += left.eq(tokens - t0)
+            h_end, qi_end, g_end, b_end = (Signal(name=f"{prefix}_{n}_end") for n in ("h", "qi", "g", "b"))
+            # Which counters wrap this step, as flat conditions (not nested Ifs: one AND each).
+            wrap_b, wrap_g, wrap_qi, wrap_h = (Signal(name=f"{prefix}_wrap_{n}") for n in ("b", "g", "qi", "h"))
+            m.d.comb += [wrap_b.eq(step & b_end), wrap_g.eq(step & b_end & g_end),
+                         wrap_qi.eq(step & b_end & g_end & qi_end), wrap_h.eq(step & b_end & g_end & qi_end & h_end)]
             with m.If(step):
-                m.d.sync += b.eq(b + 1)
-                with m.If(b == DN - 1):
-                    m.d.sync += [b.eq(0), g.eq(g + 1)]
-                    with m.If(g == group - 1):
-                        m.d.sync += [g.eq(0), qi.eq(qi + 1)]
-                        with m.If(qi == tile_size(left) - 1):
-                            m.d.sync += [qi.eq(0), h.eq(h + 1), hbase.eq(hbase + group)]
-                            with m.If(h == kvh_m1):
-                                m.d.sync += [h.eq(0), hbase.eq(0), t0.eq(t0 + QB)]
-                                with m.If(left <= QB):
-                                    m.d.sync += active.eq(0)
-            reset = [t0.eq(0), h.eq(0), hbase.eq(0), qi.eq(0), g.eq(0), b.eq(0)]
+                m.d.sync += [b.eq(b + 1), b_end.eq(b == DN - 2)]
+            with m.If(wrap_b):
+                m.d.sync += [b.eq(0), b_end.eq(DN == 1), g.eq(g + 1), g_end.eq(g == group - 2)]
+            with m.If(wrap_g):
+                m.d.sync += [g.eq(0), g_end.eq(group == 1), qi.eq(qi + 1), qi_end.eq(qi == last_qi - 1)]
+            with m.If(wrap_qi):
+                m.d.sync += [qi.eq(0), qi_end.eq(last_qi == 0), h.eq(h + 1), h_end.eq(h == kvh_m1 - 1),
+                             hbase.eq(hbase + group)]
+            with m.If(wrap_h):
+                m.d.sync += [h.eq(0), h_end.eq(kvh_m1 == 0), hbase.eq(0), t0.eq(t0 + QB),
+                             *tile_start(tile, left - QB), qi_end.eq(tile_size(left - QB) == 1)]
+            with m.If(wrap_h & final):
+                m.d.sync += active.eq(0)
+            reset = [t0.eq(0), h.eq(0), hbase.eq(0), qi.eq(0), g.eq(0), b.eq(0), *tile_start(tile, tokens),
+                     h_end.eq(kvh_m1 == 0), qi_end.eq(tile_size(tokens) == 1), g_end.eq(group == 1), b_end.eq(DN == 1)]
             return t0 + qi, const_mul(hbase + g, DN) + b, reset
 
         q_active = Signal()
-        q_left = Signal(t0_bits)
         outstanding = Signal(range(3))
         sent, answered = Signal(), Signal()
-        q_token, q_index, q_reset = head_loop("q", sent, q_left, q_active)
+        q_token, q_index, q_reset = head_loop("q", sent, q_active)
         m.d.comb += [self.rd_req.valid.eq(q_active & (outstanding != 2)),
                      self.rd_req.payload.buf.eq(Buffer.Q), self.rd_req.payload.token.eq(q_token),
                      self.rd_req.payload.index.eq(q_index),
@@ -307,9 +352,8 @@ class AttendUnit(wiring.Component):
 
         # -- 4. outputs: chunks of C int32 to N-lane ATT beats ------------------------------------------------
         o_active = Signal()
-        o_left = Signal(t0_bits)
         wrote = Signal()
-        o_token, o_index, o_reset = head_loop("o", wrote, o_left, o_active)
+        o_token, o_index, o_reset = head_loop("o", wrote, o_active)
         w = self.wr.payload
         m.d.comb += [w.buf.eq(Buffer.ATT), w.token.eq(o_token), w.index.eq(o_index), w.e.eq(0),
                      wrote.eq(self.wr.valid & self.wr.ready)]
@@ -341,21 +385,29 @@ class AttendUnit(wiring.Component):
                     m.d.sync += o_acc.word_select(o_sub, 32 * C).eq(chunk_bits)
 
         # -- the command sequence -----------------------------------------------------------------------------
+        # The checks of the accepting cycle, in registered steps (the comparisons of SETUP are several logic
+        # levels deep): CHECK compares SETUP and n_tokens as registered in the accepting cycle, CHECK2
+        # acts on the results.
         with m.FSM(name="attend"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     m.d.sync += [self.busy.eq(1), layer.eq(self.cmd.payload.layer), tokens.eq(self.n_tokens),
-                                 pos0.eq(self.pos), group.eq(found), kvh_m1.eq(s.kv_heads - 1)]
-                    with m.If(bad):
-                        m.d.sync += self.fault.eq(ErrorCode.CONFIG_MISMATCH)
-                        m.next = "FAULT"
-                    with m.Elif(self.n_tokens == 0):
-                        m.d.sync += self.fault.eq(ErrorCode.NONE)
-                        m.next = "FAULT"                 # nothing to do: finish
-                    with m.Else():
-                        m.d.sync += self.fault.eq(ErrorCode.NONE)
-                        m.next = "ADDR1"
+                                 pos0.eq(self.pos), kvh_m1.eq(s.kv_heads - 1)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.next = "CHECK2"
+            with m.State("CHECK2"):
+                m.d.sync += group.eq(found)
+                with m.If(bad):
+                    m.d.sync += self.fault.eq(ErrorCode.CONFIG_MISMATCH)
+                    m.next = "FAULT"
+                with m.Elif(tokens == 0):
+                    m.d.sync += self.fault.eq(ErrorCode.NONE)
+                    m.next = "FAULT"                 # nothing to do: finish
+                with m.Else():
+                    m.d.sync += self.fault.eq(ErrorCode.NONE)
+                    m.next = "ADDR1"
             with m.State("FAULT"):
                 m.d.sync += self.busy.eq(0)
                 m.next = "IDLE"
@@ -382,9 +434,9 @@ class AttendUnit(wiring.Component):
             with m.State("LAYER_BASE"):
                 mul_step()
                 with m.If(mul_y == 0):
-                    m.d.sync += [layer_base.eq(mul_acc), k_addr.eq(mul_acc), k_t0.eq(0), k_h.eq(0), c_t0.eq(0),
-                                 c_active.eq(1), k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset,
-                                 *o_reset]
+                    m.d.sync += [layer_base.eq(mul_acc), k_addr.eq(mul_acc), k_pos.eq(pos0), k_h.eq(0), c_pos.eq(pos0),
+                                 *tile_start(c_tile, tokens), *tile_start(k_tile, tokens), c_active.eq(1),
+                                 k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset, *o_reset]
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(~o_active & ~c_active & ~k_active & ~q_active & (outstanding == 0) & rd.idle
