@@ -59,6 +59,13 @@ def test_random_ops_vs_golden():
     run_amaranth(ScalarUnit(), random_commands(rng, 400, 12), seed=2, p_stall=0.2)
 
 
+def test_registered_command_vs_golden():
+    """``cmd_register``: the same results, one cycle more per operation (the decode cycle)."""
+    rng = np.random.default_rng(3)
+    run_amaranth(ScalarUnit(cmd_register=True), corner_commands(12) + random_commands(rng, 300, 12), seed=4,
+                 p_stall=0.2)
+
+
 def test_corner_cases_vs_golden():
     cmds = corner_commands(12, dense=False)
     assert len(cmds) > 300

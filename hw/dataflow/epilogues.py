@@ -23,7 +23,7 @@ through; see that module for the command and the beat order (row tile, then toke
     the KV cache and the attention engines (``docs/numerics.md``, "Q, K, V and the KV cache").
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,10 +31,11 @@ from golden.numerics import RES_FRAC
 
 from ..params import check_int
 from ..tlmm.layouts import token_bits
-from ..vector.epilogue import GateRelu2, GateSilu, ResidualAdd, _Pipe, vector_layout
+from ..vector.epilogue import Dequant, GateRelu2, GateSilu, ResidualAdd, _Pipe, _chunks, _sum_terms, vector_layout
 from ..vector.quant_pow2 import QuantPow2, quant_out_layout
 from ..vector.rope import RopeUnit
 from .linear import LinearCore
+from .skid import SkidBuffer
 
 __all__ = ["ResidualEpilogue", "GateEpilogue", "QkvEpilogue", "LogitsEpilogue", "logits_rows_layout",
            "logits_mult_layout", "ResidualLinear", "GateLinear", "QkvLinear",
@@ -155,28 +156,37 @@ class QkvEpilogue(wiring.Component):
         beat = self.i.payload
         prev_tile = Signal.like(beat.tile)
         prev_idx = Signal(range(self.head_beats))
+        next_idx = Signal(range(self.head_beats))     # the index after prev_idx, registered beside it
         idx = Signal(range(self.head_beats))
         with m.If(beat.tile == 0):
             m.d.comb += idx.eq(0)
         with m.Elif(beat.tile == prev_tile):
             m.d.comb += idx.eq(prev_idx)
         with m.Else():
-            m.d.comb += idx.eq(Mux(prev_idx == self.head_beats - 1, 0, prev_idx + 1))
+            m.d.comb += idx.eq(next_idx)
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [prev_tile.eq(beat.tile), prev_idx.eq(idx)]
+            m.d.sync += [prev_tile.eq(beat.tile), prev_idx.eq(idx),
+                         next_idx.eq(Mux(idx == self.head_beats - 1, 0, idx + 1))]
 
+        # The beat's index and position are registered in a slice before RoPE (its frequency ROM read
+        # follows them), and RoPE's output passes another slice before QuantPow2: each slice's
+        # registered ready keeps the next unit's ready logic out of the previous unit's cycle.
         y = beat.y.as_value()
-        pairs = rope.pairs.payload
+        m.submodules.pairs_slice = psl = SkidBuffer(rope.pairs.payload.shape())
+        pairs = psl.i.payload
         m.d.comb += [
             pairs.lo.eq(y[:32 * hl]), pairs.hi.eq(y[32 * hl:]),
             pairs.pos.eq(Mux(beat.tile >= self.v_from, 0, self.pos0 + beat.slot)),
             pairs.beat.eq(idx), pairs.tag.eq(beat.slot), pairs.first.eq(idx == 0),
-            rope.pairs.valid.eq(self.i.valid), self.i.ready.eq(rope.pairs.ready),
+            psl.i.valid.eq(self.i.valid), self.i.ready.eq(psl.i.ready),
         ]
-        rot = rope.rotated.payload
+        wiring.connect(m, psl.o, rope.pairs)
+        m.submodules.rotated_slice = rsl = SkidBuffer(rope.rotated.payload.shape())
+        wiring.connect(m, rope.rotated, rsl.i)
+        rot = rsl.o.payload
         m.d.comb += [
             quant.i.payload.x.eq(Cat(rot.lo, rot.hi)), quant.i.payload.slot.eq(rot.tag),
-            quant.i.valid.eq(rope.rotated.valid), rope.rotated.ready.eq(quant.i.ready),
+            quant.i.valid.eq(rsl.o.valid), rsl.o.ready.eq(quant.i.ready),
         ]
         # Head vectors complete, and leave, in order of head, then token: a head's last row tile comes
         # for every token of the chunk before the next head's first tile.
@@ -219,7 +229,8 @@ class LogitsEpilogue(wiring.Component):
         multipliers are forgotten when the command's last beat has gone by, so the next command's may
         come any time after that.
     rows : In(stream.Signature(logits_rows_layout(lanes)))
-        One beat per row tile, in tile order: the tile's row scales, taken after the tile's last token.
+        One beat per row tile, in tile order: the tile's row scales, held in a register until the tile's
+        last token has gone by.
     tokens, tiles : In
         Tokens per tile and row tiles of this command (held by the owner).
     o : Out(stream.Signature(logits_out_layout(...)))
@@ -249,49 +260,84 @@ class LogitsEpilogue(wiring.Component):
         beat = self.i.payload
         en = Signal()
         m.d.comb += en.eq(~self.o.valid | self.o.ready)
-        ready_in = en & self.rows.valid & have.bit_select(beat.slot, 1)
+        # The tile's row scales are taken into a register and kept until its last token's beat has gone
+        # by; `rows.ready` is that register's "empty" flag (a flip-flop, so the epilogue's ready logic
+        # does not reach the row-scale reader). The next tile's scales arrive a cycle after the release:
+        # at most one idle cycle per row tile, which the engine (at least two cycles per beat on the LM
+        # head's bit planes) never notices. The last token and tile are registered too (the owner holds
+        # tokens and tiles for the whole command).
+        row_m16, row_e = Signal.like(self.rows.payload.m16), Signal.like(self.rows.payload.e)
+        row_have = Signal()
+        m.d.comb += self.rows.ready.eq(~row_have)
+        with m.If(self.rows.valid & ~row_have):
+            m.d.sync += [row_m16.eq(self.rows.payload.m16), row_e.eq(self.rows.payload.e), row_have.eq(1)]
+        ready_in = en & row_have & have.bit_select(beat.slot, 1)
         take = Signal()
         m.d.comb += [self.i.ready.eq(ready_in), take.eq(self.i.valid & ready_in)]
-        # The tile's row scales stay at the head of `rows` until its last token's beat has gone by.
-        m.d.comb += self.rows.ready.eq(take & (beat.slot == self.tokens - 1))
+        tokens_m1, tiles_m1 = Signal.like(self.tokens), Signal.like(self.tiles)
+        m.d.sync += [tokens_m1.eq(self.tokens - 1), tiles_m1.eq(self.tiles - 1)]
+        with m.If(take & (beat.slot == tokens_m1)):
+            m.d.sync += row_have.eq(0)
         set_bits = Signal(M)
         with m.If(self.mult.valid):
             m.d.comb += set_bits.eq(1 << self.mult.payload.slot)
-        command_done = take & (beat.slot == self.tokens - 1) & (beat.tile == self.tiles - 1)
+        command_done = take & (beat.slot == tokens_m1) & (beat.tile == tiles_m1)
         m.d.sync += have.eq(Mux(command_done, 0, have | set_bits))
 
+        # Nine lock-step stages, each at most one carry chain or a few mux levels deep (as Dequant):
+        # 1 operands; 2, 3 acc * m16(sq) from two registered DSP products; 4..6 times m16_row from three;
+        # 7 overflow flag and coarse shift; 8 fine shift; 9 round and saturate into o.
         pipe = _Pipe(m, en)
-        v1 = pipe.valid(take, "v1")
-        slot1, tile1 = pipe.reg(beat.slot, "slot1"), pipe.reg(beat.tile, "tile1")
-        v2 = pipe.valid(v1, "v2")
-        slot2, tile2 = pipe.reg(slot1, "slot2"), pipe.reg(tile1, "tile2")
-        lim_hi, lim_lo = (1 << 31) - 1, -(1 << 31)
+        v, slot_d, tile_d = take, beat.slot, beat.tile
+        vs = []
+        for i in range(1, 9):
+            v = pipe.valid(v, f"v{i}")
+            slot_d, tile_d = pipe.reg(slot_d, f"slot{i}"), pipe.reg(tile_d, f"tile{i}")
+            vs.append((v, slot_d, tile_d))
+        m16_1 = pipe.reg(m16q[beat.slot], "m16_1", unsigned(16))
         outs = []
         for n in range(N):
             acc = beat.acc[f"lane{n}"]
-            m16r = self.rows.payload.m16[16 * n:16 * n + 16]
-            er = self.rows.payload.e[16 * n:16 * n + 16].as_signed()
-            # Stage 1: acc * m16(sq) (48 bits) and the shift.
-            p1 = pipe.reg(acc * m16q[beat.slot], f"p1_{n}", signed(49))
-            s1 = pipe.reg(shq[beat.slot] - er - RES_FRAC, f"s1_{n}", signed(19))
-            r1 = pipe.reg(m16r, f"m16r_{n}", unsigned(16))
-            # Stage 2: times m16_row (64 bits), then the rounding shift and int32 saturation.
-            p2 = pipe.reg(p1 * r1, f"p2_{n}", signed(66))
-            s2 = pipe.reg(s1, f"s2_{n}", signed(19))
-            right = Signal(range(_LOGIT_MAX_RIGHT + 1), name=f"right_{n}")
-            left = Signal(range(_LOGIT_MAX_LEFT + 1), name=f"left_{n}")
-            m.d.comb += [right.eq(Mux(s2 > _LOGIT_MAX_RIGHT, _LOGIT_MAX_RIGHT, Mux(s2 > 0, s2, 0))),
-                         left.eq(Mux(-s2 > _LOGIT_MAX_LEFT, _LOGIT_MAX_LEFT, Mux(s2 < 0, -s2, 0)))]
-            right_m1 = Signal(range(_LOGIT_MAX_RIGHT), name=f"rm1_{n}")
-            m.d.comb += right_m1.eq(right - 1)
-            down = Signal(signed(67), name=f"down_{n}")
-            m.d.comb += down.eq(((p2 >> right_m1) + 1) >> 1)
-            up = Signal(signed(66 + _LOGIT_MAX_LEFT), name=f"up_{n}")
-            m.d.comb += up.eq(p2 << left)
-            val = Mux(s2 > 0, down, up)
-            outs.append(Mux(val > lim_hi, lim_hi, Mux(val < lim_lo, lim_lo, val)))
+            m16r = row_m16[16 * n:16 * n + 16]
+            er = row_e[16 * n:16 * n + 16].as_signed()
+            acc_1 = pipe.reg(acc, f"acc_1_{n}")
+            s_1 = pipe.reg(shq[beat.slot] - er - RES_FRAC, f"s1_{n}", signed(19))
+            r_1 = pipe.reg(m16r, f"m16r_{n}", unsigned(16))
+            # round_shift(p2, s) = (q + 1) >> 1 with q = floor(p2 * 2^33 / 2^a), a = clamp(s) + 32 in [0, 94];
+            # q fits 33 bits iff p2's bits from a - 1 up are all sign bits (mask), else the result saturates.
+            a_2 = pipe.reg(Mux(s_1 > _LOGIT_MAX_RIGHT, _LOGIT_MAX_RIGHT + _LOGIT_MAX_LEFT,
+                               Mux(s_1 < -_LOGIT_MAX_LEFT, 0, s_1 + _LOGIT_MAX_LEFT)), f"a_2_{n}", unsigned(7))
+            mask_3 = pipe.reg(Cat(*[a_2 <= i + 1 for i in range(65)]), f"mask_3_{n}")
+            a_6 = pipe.delay(a_2, 4, f"a_{n}")
+            mask_6 = pipe.delay(mask_3, 3, f"mask_{n}")
+            r_3 = pipe.delay(r_1, 2, f"m16r_{n}")
+            # Stages 2, 3: p1 = acc * m16(sq), 48 bits.
+            terms = [(pipe.reg(c * m16_1, f"pp1_{n}_{off}"), off) for c, off in _chunks(acc_1, True, (18, 14))]
+            p1, off, st = _sum_terms(pipe, terms, f"p1_{n}")
+            assert off == 0 and st == 1
+            p1 = p1[:49].as_signed()
+            # Stages 4..6: p2 = p1 * m16_row, 64 bits (kept as 66).
+            terms = [(pipe.reg(c * r_3, f"pp2_{n}_{off}"), off) for c, off in _chunks(p1, True, (18, 18, 13))]
+            p2, off, st = _sum_terms(pipe, terms, f"p2_{n}")
+            assert off == 0 and st == 2
+            p2 = p2[:66].as_signed()
+            # Stage 7: overflow and the shift by a's high bits (64, 32, 16, 8); stage 8: by 4, 2, 1.
+            ovf = Signal(name=f"ovf_{n}")
+            m.d.comb += ovf.eq(((p2[:65] ^ p2[65].replicate(65)) & mask_6).any())
+            w = Cat(Const(0, 33), p2).as_signed()
+            q_7 = pipe.reg(Dequant._shift_window(w, a_6[3:7], 3, 33 + 7), f"q_7_{n}")
+            ovf_7, sign_7, a_7 = pipe.reg(ovf, f"ovf_7_{n}"), pipe.reg(p2[65], f"sign_7_{n}"), pipe.reg(a_6[:3], f"af_7_{n}")
+            q_8 = pipe.reg(Dequant._shift_window(q_7.as_signed(), a_7, 0, 33), f"q_8_{n}", signed(33))
+            ovf_8, sign_8 = pipe.reg(ovf_7, f"ovf_8_{n}"), pipe.reg(sign_7, f"sign_8_{n}")
+            # Stage 9: (q + 1) >> 1, saturated if q overflowed 33 bits or the result is 2^31.
+            r = Signal(signed(34), name=f"round_{n}")
+            m.d.comb += r.eq(q_8 + 1)
+            sat = ovf_8 | (~r[33] & r[32])
+            limit = Cat((~sign_8).replicate(31), sign_8)
+            outs.append(Mux(sat, limit, r[1:33]))
+        v8, slot8, tile8 = vs[-1]
         with m.If(en):
-            m.d.sync += [self.o.valid.eq(v2), self.o.payload.slot.eq(slot2), self.o.payload.tile.eq(tile2)]
+            m.d.sync += [self.o.valid.eq(v8), self.o.payload.slot.eq(slot8), self.o.payload.tile.eq(tile8)]
             for n in range(N):
                 m.d.sync += self.o.payload.data[f"lane{n}"].eq(outs[n])
         return m

@@ -38,7 +38,10 @@ Sequence
 2. When every token is loaded, the sequencer replays the buffer in engine order (row tile, k-step,
    token): one act step per cycle, so the engine runs at II = 1 and each weight word is read once.
 3. Each sums beat goes to :class:`Dequant` with its token's and group's multiplier, the raw sums beside
-   it through a small FIFO, and both leave on ``o``.
+   it through a small FIFO, and both leave on ``o``. A register slice (:class:`~hw.dataflow.skid.SkidBuffer`)
+   sits between the engine and :class:`Dequant` and another before ``o``: their ``ready`` comes from a
+   flip-flop, so a consumer's ``ready`` never ripples through the dequantiser into the engine and its
+   sequencer in one cycle (on ECP5 that was a 20-level path). They add two cycles of latency, no bubbles.
 4. The next ``cfg`` is taken when the last ``o`` beat has left (the multipliers and tile counters
    belong to the command until then).
 """
@@ -56,6 +59,7 @@ from ..tlmm.layouts import token_bits
 from ..vector.epilogue import Dequant, lane, vector_layout
 from ..vector.norm_quant import GAIN_SHIFT_BITS, NormQuant, norm_in_layout
 from ..vector.scalar_unit import E_BITS, Op, ScalarUnit, sfloat_layout
+from .skid import SkidBuffer
 
 __all__ = ["LinearCore", "linear_cfg_layout", "linear_out_layout", "SCALE_GROUPS"]
 
@@ -152,7 +156,7 @@ class LinearCore(wiring.Component):
         KS = self.max_k_steps
 
         m.submodules.norm = norm = NormQuant(VL, self.max_k, x_bits=self.x_bits)
-        m.submodules.su = su = ScalarUnit()
+        m.submodules.su = su = ScalarUnit(cmd_register=True)
         m.submodules.engine = engine = TlmmEngine(T, N, max_tokens=M)
         m.submodules.dequant = dq = Dequant(N)
         m.submodules.side = side = fifo.SyncFIFOBuffered(
@@ -190,8 +194,11 @@ class LinearCore(wiring.Component):
         vec_in = Signal()                      # the token's last beat has been taken
         word_ready = fill >= W
         flush = vec_in & (fill > 0) & ~word_ready
+        # Buffer addresses are token * KS + k-step, KS a constant that is not a power of two: the token's
+        # base is kept in a register and stepped by KS (no multiplier in the address path).
+        wr_base = Signal(range(M * KS + 1))
         m.d.comb += [
-            awr.addr.eq(load_tok * KS + ks),
+            awr.addr.eq(wr_base + ks),
             awr.data.eq(pack[:8 * W]),
             norm.o.ready.eq(~word_ready & ~vec_in),
         ]
@@ -266,15 +273,15 @@ class LinearCore(wiring.Component):
         # -- load control -------------------------------------------------------------------------------
         loaded = Signal()                      # every token's words are in the buffer
         with m.If(start):
-            m.d.sync += [cfg.eq(self.cfg.payload), busy.eq(1), loading.eq(1), load_tok.eq(0),
+            m.d.sync += [cfg.eq(self.cfg.payload), busy.eq(1), loading.eq(1), load_tok.eq(0), wr_base.eq(0),
                          scale_tok.eq(0), norm_cfg_sent.eq(0), ks.eq(0), fill.eq(0), pack.eq(0),
                          vec_in.eq(0)]
         with m.If(norm.cfg.valid & norm.cfg.ready):
             m.d.sync += norm_cfg_sent.eq(1)
         with m.If(loading & vec_in & (fill == 0)):
             # Token done: its words are written (a word beyond k_steps was padding, dropped).
-            m.d.sync += [load_tok.eq(load_tok + 1), norm_cfg_sent.eq(0), vec_in.eq(0), ks.eq(0),
-                         pack.eq(0)]
+            m.d.sync += [load_tok.eq(load_tok + 1), wr_base.eq(wr_base + KS), norm_cfg_sent.eq(0), vec_in.eq(0),
+                         ks.eq(0), pack.eq(0)]
             with m.If(load_tok + 1 == cfg.tokens):
                 m.d.sync += loading.eq(0)
         m.d.comb += loaded.eq(busy & ~loading & (scale_tok == cfg.tokens))
@@ -284,39 +291,47 @@ class LinearCore(wiring.Component):
         sks = Signal.like(cfg.k_steps)
         spl = Signal.like(cfg.planes)          # bit plane (0 for ternary)
         stok = Signal.like(cfg.tokens)
-        serial = cfg.planes > 1
-        last_plane = Mux(serial, cfg.planes - 1, 0)
+        # The counters' last values, registered when the command is taken (compares against them sit in
+        # the issue path).
+        serial = Signal()
+        last_plane = Signal.like(cfg.planes)
+        tokens_m1, k_steps_m1, row_tiles_m1 = Signal.like(cfg.tokens), Signal.like(cfg.k_steps), Signal.like(cfg.row_tiles)
+        with m.If(start):
+            p = self.cfg.payload
+            m.d.sync += [serial.eq(p.planes > 1), last_plane.eq(Mux(p.planes > 1, p.planes - 1, 0)),
+                         tokens_m1.eq(p.tokens - 1), k_steps_m1.eq(p.k_steps - 1), row_tiles_m1.eq(p.row_tiles - 1)]
+        rd_base = Signal(range(M * KS + 1))    # stok * KS
         running = Signal()
         replayed = Signal()                    # the command's act steps have all been issued
         with m.If(loaded & ~running & ~replayed):
-            m.d.sync += [running.eq(1), rt.eq(0), sks.eq(0), spl.eq(0), stok.eq(0)]
+            m.d.sync += [running.eq(1), rt.eq(0), sks.eq(0), spl.eq(0), stok.eq(0), rd_base.eq(0)]
         with m.If(start):
             m.d.sync += replayed.eq(0)
         acts = engine.acts
         step = Signal(acts.payload.shape())    # control fields; x comes from the buffer's read port
         en = ~acts.valid | acts.ready
         issue = running & en
-        m.d.comb += [ard.addr.eq(stok * KS + sks), ard.en.eq(en)]
+        m.d.comb += [ard.addr.eq(rd_base + sks), ard.en.eq(en)]
         with m.If(en):
             m.d.sync += [
                 acts.valid.eq(issue),
                 step.token.eq(stok),
                 step.first.eq((sks == 0) & (spl == 0)),
-                step.last.eq((sks == cfg.k_steps - 1) & (spl == last_plane)),
-                step.release.eq(stok == cfg.tokens - 1),
+                step.last.eq((sks == k_steps_m1) & (spl == last_plane)),
+                step.release.eq(stok == tokens_m1),
                 step.shift.eq(Mux(serial, spl, 0)),
                 step.negate.eq(serial & (spl == last_plane)),
             ]
         m.d.comb += [acts.payload.eq(step), acts.payload.x.as_value().eq(ard.data)]
         with m.If(issue):
             # Order: row tile, k-step, bit plane, token (the engine's contract, sim/tlmm_driver.py).
-            with m.If(stok == cfg.tokens - 1):
-                m.d.sync += stok.eq(0)
+            with m.If(stok == tokens_m1):
+                m.d.sync += [stok.eq(0), rd_base.eq(0)]
                 with m.If(spl == last_plane):
                     m.d.sync += spl.eq(0)
-                    with m.If(sks == cfg.k_steps - 1):
+                    with m.If(sks == k_steps_m1):
                         m.d.sync += sks.eq(0)
-                        with m.If(rt == cfg.row_tiles - 1):
+                        with m.If(rt == row_tiles_m1):
                             m.d.sync += [running.eq(0), replayed.eq(1)]
                         with m.Else():
                             m.d.sync += rt.eq(rt + 1)
@@ -325,52 +340,68 @@ class LinearCore(wiring.Component):
                 with m.Else():
                     m.d.sync += spl.eq(spl + 1)
             with m.Else():
-                m.d.sync += stok.eq(stok + 1)
+                m.d.sync += [stok.eq(stok + 1), rd_base.eq(rd_base + KS)]
         wiring.connect(m, wiring.flipped(self.weights), engine.weights)
 
         # -- epilogue: Dequant with the token's and group's multiplier, raw sums beside it ---------------
+        # The engine's sums pass a register slice first, with the beat's multiplier already chosen: the
+        # slice's registered `ready` ends the engine's ready chain (the dequantiser, the epilogue and the
+        # consumer stall it a cycle later), and the multiplier choice (a mux over tokens and groups) does
+        # not share a cycle with the dequantiser's first stage.
         sums = engine.sums
         out_tile = Signal.like(self.o.payload.tile)
-        out_tokens = cfg.tokens                # the command stays until its last output beat is taken
-        tile_in = Signal.like(out_tile)        # tile of the beat entering Dequant
-        g_sel = Signal(range(SCALE_GROUPS))
-        with m.If(cfg.interleave):
-            m.d.comb += g_sel.eq(tile_in[0])
-        with m.Else():
-            m.d.comb += g_sel.eq((tile_in >= cfg.bound0).as_unsigned() + (tile_in >= cfg.bound1).as_unsigned())
+        tile_in = Signal.like(out_tile)        # tile of the beat entering the slice
+        g_sel = Signal(range(SCALE_GROUPS))    # its scale group, kept with it (no comparator in the path)
+
+        def group_of(tile, c):
+            return Mux(c.interleave, tile[0], (tile >= c.bound0).as_unsigned() + (tile >= c.bound1).as_unsigned())
+
         slot = sums.payload.slot
-        take = sums.valid & dq.i.ready & side.w_rdy
+        dq_in = data.StructLayout({"y": sums.payload.y.shape(), "slot": slot.shape(), "m16": unsigned(16),
+                                   "shift": signed(_SHIFT_BITS)})
+        m.submodules.sums_slice = sl = SkidBuffer(dq_in)
         m.d.comb += [
-            dq.i.valid.eq(sums.valid & side.w_rdy),
-            sums.ready.eq(dq.i.ready & side.w_rdy),
-            side.w_en.eq(sums.valid & dq.i.ready),
-            side.w_data.eq(Cat(sums.payload.y.as_value(), slot)),
-            dq.i.payload.m16.eq(mult_m16[slot][g_sel]),
-            dq.i.payload.shift.eq(mult_sh[slot][g_sel]),
+            sl.i.valid.eq(sums.valid), sums.ready.eq(sl.i.ready),
+            sl.i.payload.y.eq(sums.payload.y), sl.i.payload.slot.eq(slot),
+            sl.i.payload.m16.eq(mult_m16[slot][g_sel]), sl.i.payload.shift.eq(mult_sh[slot][g_sel]),
+        ]
+        with m.If(sums.valid & sums.ready & (slot == tokens_m1)):
+            m.d.sync += [tile_in.eq(tile_in + 1), g_sel.eq(group_of(tile_in + 1, cfg))]
+        with m.If(start):
+            m.d.sync += [tile_in.eq(0), g_sel.eq(group_of(Const(0, len(tile_in)), self.cfg.payload))]
+
+        sp = sl.o.payload
+        m.d.comb += [
+            dq.i.valid.eq(sl.o.valid & side.w_rdy),
+            sl.o.ready.eq(dq.i.ready & side.w_rdy),
+            side.w_en.eq(sl.o.valid & dq.i.ready),
+            side.w_data.eq(Cat(sp.y.as_value(), sp.slot)),
+            dq.i.payload.m16.eq(sp.m16),
+            dq.i.payload.shift.eq(sp.shift),
         ]
         for n in range(N):
-            m.d.comb += lane(dq.i.payload.acc, n).eq(sums.payload.y[n])
-        with m.If(take):
-            with m.If(slot == out_tokens - 1):
-                m.d.sync += tile_in.eq(tile_in + 1)
-        with m.If(start):
-            m.d.sync += tile_in.eq(0)
+            m.d.comb += lane(dq.i.payload.acc, n).eq(sp.y[n])
 
-        o = self.o
-        acc_bits = len(o.payload.acc.as_value())
+        # The output beats pass a second slice: the epilogue's ready ends there.
+        m.submodules.out_slice = osl = SkidBuffer(self.o.payload.shape())
+        ob = osl.i
+        acc_bits = len(ob.payload.acc.as_value())
         m.d.comb += [
-            o.valid.eq(dq.o.valid & side.r_rdy),
-            dq.o.ready.eq(o.ready & side.r_rdy),
-            side.r_en.eq(o.ready & dq.o.valid),
-            o.payload.acc.as_value().eq(side.r_data[:acc_bits]),
-            o.payload.y.eq(dq.o.payload),
-            o.payload.slot.eq(side.r_data[acc_bits:]),
-            o.payload.tile.eq(out_tile),
+            ob.valid.eq(dq.o.valid & side.r_rdy),
+            dq.o.ready.eq(ob.ready & side.r_rdy),
+            side.r_en.eq(ob.ready & dq.o.valid),
+            ob.payload.acc.as_value().eq(side.r_data[:acc_bits]),
+            ob.payload.y.eq(dq.o.payload),
+            ob.payload.slot.eq(side.r_data[acc_bits:]),
+            ob.payload.tile.eq(out_tile),
         ]
-        with m.If(o.valid & o.ready & (o.payload.slot == out_tokens - 1)):
+        with m.If(ob.valid & ob.ready & (ob.payload.slot == tokens_m1)):
             m.d.sync += out_tile.eq(out_tile + 1)
-            with m.If(out_tile == cfg.row_tiles - 1):
-                m.d.sync += busy.eq(0)
         with m.If(start):
             m.d.sync += out_tile.eq(0)
+        o = self.o
+        wiring.connect(m, osl.o, wiring.flipped(o))
+        # The command ends when its last beat has left the slice (the owner's epilogue choice holds until then).
+        with m.If(o.valid & o.ready & (o.payload.slot == tokens_m1) & (o.payload.tile == row_tiles_m1)):
+            m.d.sync += busy.eq(0)
         return m

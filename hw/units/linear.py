@@ -38,6 +38,7 @@ from golden.numerics import RES_FRAC
 from golden.tlmm import GROUP_SIZE, INDEX_BITS
 
 from ..dataflow.fused import FusedLinear
+from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS, BODIES, GATE_EPILOGUES, RUN_ARGS, Epilogue, ErrorCode, Opcode, Source
 from ..memory.axi import AxiBurstReader
 from ..memory.gearbox import Gearbox
@@ -166,7 +167,7 @@ class LinearUnit(wiring.Component):
         m.submodules.rope = rrd = self._rope
         m.submodules.gearbox = gb = self.gearbox
         m.submodules.row_gearbox = rgb = self.row_gearbox
-        m.submodules.su = su = ScalarUnit()
+        m.submodules.su = su = ScalarUnit(cmd_register=True)
         wiring.connect(m, wiring.flipped(self.axi_params), pl.axi)
         wiring.connect(m, wiring.flipped(self.axi_weights), wrd.axi)
         wiring.connect(m, wiring.flipped(self.axi_rope), rrd.axi)
@@ -185,8 +186,30 @@ class LinearUnit(wiring.Component):
         k_steps = Signal(range(self.max_k_steps + 1))
         x_beats = Signal(range(-(-self.max_k // N) + 1))
         lgn = N.bit_length() - 1
+        # k_steps = ceil(k / 3T) by a constant multiplier, from the registered k (START waits for it).
+        m.d.sync += k_steps.eq(((c.k + GROUP_SIZE * self.tables - 1) * self.kstep_m) >> self.kstep_s)
+        # Last-index values of the counters, registered: the compares against them sit in the request
+        # and answer handshakes (the command fields settle long before the feed starts).
+        x_beats_m1 = Signal.like(x_beats, name="x_beats_m1")
+        tokens_m1 = Signal.like(tokens, name="tokens_m1")
+        row_tiles_m1 = Signal.like(row_tiles, name="row_tiles_m1")
+        m.d.sync += [x_beats_m1.eq(x_beats - 1), tokens_m1.eq(tokens - 1), row_tiles_m1.eq(row_tiles - 1)]
+        # The weight read's size: a product of command fields, registered in steps (it is first used
+        # several cycles after the command is taken, in WEIGHTS), so no multiplier chain feeds the reader.
+        w_tiles = Signal(ADDR_BITS)
+        w_planes = Signal(ADDR_BITS)
         w_bytes = Signal(ADDR_BITS)
-        m.d.comb += w_bytes.eq(row_tiles * k_steps * Mux(lg, planes, 1) * (self.word_bits // 8))
+        w_mult = Signal.like(planes)
+        m.d.sync += [w_mult.eq(Mux(lg, planes, 1)), w_tiles.eq(row_tiles * k_steps), w_planes.eq(w_tiles * w_mult),
+                     w_bytes.eq(w_planes * (self.word_bits // 8))]
+        # START waits until these registered products (and w_beats, pad below) have settled: SETTLE
+        # cycles after the command fields were loaded.
+        SETTLE = 7
+        settle = Signal(range(SETTLE + 1))
+        settled = Signal()
+        m.d.sync += settled.eq(settle == SETTLE)
+        with m.If(settle != SETTLE):
+            m.d.sync += settle.eq(settle + 1)
 
         # -- 1. RoPE table -------------------------------------------------------------------------------
         rope_word = Signal(self.data_bits)
@@ -197,13 +220,13 @@ class LinearUnit(wiring.Component):
             rope_word.word_select(rope_sub, 32) if B > 4 else rope_word[:32])]
         rs_bytes = Signal(ADDR_BITS)
         rs_beats = Signal.like(rrd.cmd.payload.beats)
-        m.d.comb += [rs_bytes.eq(row_tiles * (4 * N)), rs_beats.eq((rs_bytes + B - 1) >> (B.bit_length() - 1))]
+        m.d.sync += [rs_bytes.eq(row_tiles * (4 * N)), rs_beats.eq((rs_bytes + B - 1) >> (B.bit_length() - 1))]
         m.d.comb += [rrd.cmd.payload.addr.eq(Mux(lg, rows_addr, self.setup.rope)),
                      rrd.cmd.payload.beats.eq(Mux(lg, rs_beats, -(-(4 * half) // B))),
                      rrd.cmd.payload.tag.eq(0)]
         # LOGITS: row scales {m16, e} per row -> one word of `lanes` rows per row tile.
         rs_pad = Signal.like(rgb.i.payload.pad)
-        m.d.comb += rs_pad.eq((rs_beats << (B.bit_length() - 1)) - rs_bytes)
+        m.d.sync += rs_pad.eq((rs_beats << (B.bit_length() - 1)) - rs_bytes)
         with m.If(lg):
             m.d.comb += [rgb.i.valid.eq(rrd.data.valid), rrd.data.ready.eq(rgb.i.ready),
                          rgb.i.payload.data.eq(rrd.data.payload.data), rgb.i.payload.flush.eq(rrd.data.payload.last),
@@ -231,15 +254,19 @@ class LinearUnit(wiring.Component):
         ]
         # Weights: one read of the whole matrix; the last bus word's unused bytes are padding.
         w_beats = Signal.like(wrd.cmd.payload.beats)
-        m.d.comb += [w_beats.eq((w_bytes + B - 1) >> (B.bit_length() - 1)),
-                     wrd.cmd.payload.addr.eq(c.weights), wrd.cmd.payload.beats.eq(w_beats),
+        m.d.sync += w_beats.eq((w_bytes + B - 1) >> (B.bit_length() - 1))
+        m.d.comb += [wrd.cmd.payload.addr.eq(c.weights), wrd.cmd.payload.beats.eq(w_beats),
                      wrd.cmd.payload.tag.eq(0)]
         pad = Signal.like(gb.i.payload.pad)
-        m.d.comb += pad.eq((w_beats << (B.bit_length() - 1)) - w_bytes)
+        m.d.sync += pad.eq((w_beats << (B.bit_length() - 1)) - w_bytes)
         m.d.comb += [gb.i.valid.eq(wrd.data.valid), wrd.data.ready.eq(gb.i.ready),
                      gb.i.payload.data.eq(wrd.data.payload.data), gb.i.payload.flush.eq(wrd.data.payload.last),
                      gb.i.payload.pad.eq(Mux(wrd.data.payload.last, pad, 0))]
-        wiring.connect(m, gb.o, fl.weights)
+        # Weight words through a register slice: the engine's ready (one cycle per act step) stops there
+        # instead of running on through the gearbox into the reader.
+        m.submodules.weights_slice = wsl = SkidBuffer(gb.o.payload.shape())
+        wiring.connect(m, gb.o, wsl.i)
+        wiring.connect(m, wsl.o, fl.weights)
 
         # -- 4. feeding the core ---------------------------------------------------------------------------
         source = Signal(Buffer)
@@ -277,9 +304,9 @@ class LinearUnit(wiring.Component):
         with m.If(sent):
             with m.If(~req_res):
                 # token-major: beat i of token t
-                with m.If(req_i == x_beats - 1):
+                with m.If(req_i == x_beats_m1):
                     m.d.sync += [req_i.eq(0), req_t.eq(req_t + 1)]
-                    with m.If(req_t == tokens - 1):
+                    with m.If(req_t == tokens_m1):
                         m.d.sync += req_t.eq(0)
                         with m.If(kind == Epilogue.RESIDUAL):
                             m.d.sync += req_res.eq(1)
@@ -289,9 +316,9 @@ class LinearUnit(wiring.Component):
                     m.d.sync += req_i.eq(req_i + 1)
             with m.Else():
                 # tile-major: token t of row tile i
-                with m.If(req_t == tokens - 1):
+                with m.If(req_t == tokens_m1):
                     m.d.sync += [req_t.eq(0), req_i.eq(req_i + 1)]
-                    with m.If(req_i == row_tiles - 1):
+                    with m.If(req_i == row_tiles_m1):
                         m.d.sync += req_done.eq(1)
                 with m.Else():
                     m.d.sync += req_t.eq(req_t + 1)
@@ -309,13 +336,14 @@ class LinearUnit(wiring.Component):
             m.d.comb += [xin.x[f"lane{n}"].eq(self.rd_data.payload[64 * n:64 * n + 63]),
                          xin.g[f"lane{n}"].eq(pl.gain_data[16 * n:16 * n + 16])]
         m.d.comb += fl.res.payload.as_value().eq(Cat(*(self.rd_data.payload[64 * n:64 * n + 32] for n in range(N))))
-        with m.If(ans_x_left != 0):
+        ans_x_nz = Signal()                    # ans_x_left != 0, kept as a register (it steers rd_data)
+        with m.If(ans_x_nz):
             m.d.comb += [fl.x.valid.eq(self.rd_data.valid), self.rd_data.ready.eq(fl.x.ready)]
         with m.Else():
             m.d.comb += [fl.res.valid.eq(self.rd_data.valid), self.rd_data.ready.eq(fl.res.ready)]
-        with m.If(answered & (ans_x_left != 0)):
-            m.d.sync += ans_x_left.eq(ans_x_left - 1)
-            m.d.comb += ans_i_next.eq(Mux(ans_i == x_beats - 1, 0, ans_i + 1))
+        with m.If(answered & ans_x_nz):
+            m.d.sync += [ans_x_left.eq(ans_x_left - 1), ans_x_nz.eq(ans_x_left != 1)]
+            m.d.comb += ans_i_next.eq(Mux(ans_i == x_beats_m1, 0, ans_i + 1))
 
         # -- 5. results --------------------------------------------------------------------------------------
         out_a = Signal(range(self.max_index + 1))   # row tile / tile pair / head
@@ -343,7 +371,7 @@ class LinearUnit(wiring.Component):
                          w.index.eq(out_a), w.data.eq(fl.h.payload.as_value())]
         with m.If(~lg & ((kind == Epilogue.RESIDUAL) | gate) & self.wr.valid & self.wr.ready):
             m.d.sync += out_left.eq(out_left - 1)
-            with m.If(out_t == tokens - 1):
+            with m.If(out_t == tokens_m1):
                 m.d.sync += [out_t.eq(0), out_a.eq(out_a + 1)]
             with m.Else():
                 m.d.sync += out_t.eq(out_t + 1)
@@ -351,9 +379,10 @@ class LinearUnit(wiring.Component):
         q = fl.qkv.payload
         head_tile = Signal(range(self.max_row_tiles + hb + 1))   # first row tile of the current head
         kv_head = Signal(range(self.max_heads + 1))
-        is_q = head_tile < c.bound0
+        # head_tile < bound0 and >= bound1, as registers updated with head_tile (they steer fl.qkv's ready).
+        is_q, is_v = Signal(), Signal()
         kvp = self.kv.payload
-        m.d.comb += [kvp.pos.eq(pos0 + out_t), kvp.head.eq(kv_head), kvp.is_v.eq(head_tile >= c.bound1),
+        m.d.comb += [kvp.pos.eq(pos0 + out_t), kvp.head.eq(kv_head), kvp.is_v.eq(is_v),
                      kvp.beat.eq(out_b), kvp.data.eq(q.q.as_value()), kvp.e.eq(q.e), kvp.last.eq(q.last)]
         with m.If(~lg & (kind == Epilogue.QKV)):
             m.d.comb += [w.buf.eq(Buffer.Q), w.index.eq(out_a + out_b), w.e.eq(q.e)]
@@ -367,10 +396,11 @@ class LinearUnit(wiring.Component):
                 m.d.sync += out_left.eq(out_left - 1)
                 with m.If(q.last):
                     m.d.sync += out_b.eq(0)
-                    with m.If(out_t == tokens - 1):
+                    with m.If(out_t == tokens_m1):
                         # Next head: q heads are indexed by their first tile (out_a), kv heads counted.
-                        m.d.sync += [out_t.eq(0), head_tile.eq(head_tile + hb), out_a.eq(out_a + hb)]
                         nxt = head_tile + hb
+                        m.d.sync += [out_t.eq(0), head_tile.eq(nxt), out_a.eq(out_a + hb),
+                                     is_q.eq(nxt < c.bound0), is_v.eq(nxt >= c.bound1)]
                         with m.If((nxt == c.bound0) | (nxt == c.bound1)):
                             m.d.sync += kv_head.eq(0)
                         with m.Elif(~is_q):
@@ -452,10 +482,19 @@ class LinearUnit(wiring.Component):
                             m.next = nxt if nxt else "WAIT"
 
         # -- the command sequence -----------------------------------------------------------------------------
+        # Beat counts of the feed and the results, registered products of the command fields (settled by START).
+        ans_total = Signal.like(ans_x_left)
+        out_total = Signal.like(out_left)
+        m.d.sync += [ans_total.eq(tokens * x_beats),
+                     out_total.eq(tokens * Mux(gate & ~lg, row_tiles >> 1, row_tiles))]
         all_out = (out_left == 0) & (sq_left == 0) & ~self.kv.valid & ~self.wr.valid & ~self.lg_out.valid
+        finished = Signal()
+        m.d.sync += finished.eq(req_done & (outstanding == 0) & all_out & wrd.idle & ~wrd.data.valid & ~gb.o.valid
+                                & ~wsl.o.valid & rrd.idle & ~rrd.data.valid & ~rgb.o.valid & fl.cfg.ready)
         with m.FSM(name="linear"):
             with m.State("IDLE"):
                 m.d.comb += [self.cmd.ready.eq(1), self.logits_cmd.ready.eq(~self.cmd.valid)]
+                m.d.sync += [settle.eq(0), settled.eq(0)]
                 lp = self.logits_cmd.payload
                 # A gate epilogue this build has no unit for (vector.activations) would never take its beats.
                 missing_gate = Const(0)
@@ -477,7 +516,6 @@ class LinearUnit(wiring.Component):
                     m.d.sync += [
                         c.eq(p), lg.eq(0), tokens.eq(self.n_tokens), tok0.eq(0), pos0.eq(self.pos),
                         self.busy.eq(1), row_tiles.eq((p.rows + N - 1) >> lgn),
-                        k_steps.eq(((p.k + GROUP_SIZE * self.tables - 1) * self.kstep_m) >> self.kstep_s),
                         x_beats.eq((p.k + N - 1) >> lgn),
                         rope_i.eq(0), rope_sub.eq(0),
                     ]
@@ -496,7 +534,6 @@ class LinearUnit(wiring.Component):
                         tokens.eq(Mux(self.all_logits, self.n_tokens, 1)),
                         tok0.eq(Mux(self.all_logits, 0, self.n_tokens - 1)),
                         row_tiles.eq((p.rows + N - 1) >> lgn),
-                        k_steps.eq(((p.k + GROUP_SIZE * self.tables - 1) * self.kstep_m) >> self.kstep_s),
                         x_beats.eq((p.k + N - 1) >> lgn),
                     ]
                     m.next = "PARAMS_CMD"
@@ -534,15 +571,15 @@ class LinearUnit(wiring.Component):
                     m.next = "START"
             with m.State("START"):
                 # The core's command, then the weight read; counters for the feed and the results.
-                m.d.comb += fl.cfg.valid.eq(1)
-                with m.If(fl.cfg.ready):
-                    per_token = Mux(gate & ~lg, row_tiles >> 1, row_tiles)
+                m.d.comb += fl.cfg.valid.eq(settled)
+                with m.If(fl.cfg.ready & settled):
                     m.d.comb += ans_i_next.eq(0)
                     m.d.sync += [
                         sx_t.eq(0), req_t.eq(0), req_i.eq(0), req_res.eq(0), req_done.eq(0), feeding.eq(1),
-                        ans_x_left.eq(tokens * x_beats),
+                        ans_x_left.eq(ans_total), ans_x_nz.eq(ans_total != 0),
                         out_a.eq(0), out_t.eq(0), out_b.eq(0), head_tile.eq(0), kv_head.eq(0),
-                        out_left.eq(tokens * per_token), sq_t.eq(0), sq_left.eq(tokens),
+                        is_q.eq(c.bound0 != 0), is_v.eq(c.bound1 == 0),
+                        out_left.eq(out_total), sq_t.eq(0), sq_left.eq(tokens),
                     ]
                     m.next = "WEIGHTS"
             with m.State("WEIGHTS"):
@@ -557,8 +594,9 @@ class LinearUnit(wiring.Component):
                 with m.If(rrd.cmd.ready):
                     m.next = "RUN"
             with m.State("RUN"):
-                with m.If(req_done & (outstanding == 0) & all_out & wrd.idle & ~wrd.data.valid & ~gb.o.valid
-                          & rrd.idle & ~rrd.data.valid & ~rgb.o.valid & fl.cfg.ready):
+                # The end condition (wide, and it stays true once reached) is registered: busy falls a
+                # cycle after the last output has left and the readers have gone idle.
+                with m.If(finished):
                     m.d.sync += [feeding.eq(0), self.busy.eq(0)]
                     m.next = "IDLE"
         return m

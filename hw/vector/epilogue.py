@@ -373,16 +373,16 @@ class Dequant(_Unit):
         # takes m16 << 1: 17 bits still fit a DSP operand) and b = a - a0 even: one mux level less.
         even = amount[1:6]                         # b / 2
         m16x = Mux(zero, 0, Mux(amount[0], pay.m16, pay.m16 << 1))
-        # q fits 33 bits iff the bits of p' (49 bits, sign at 48) from b + 16 up are all sign bits.
-        mask = Cat(*[(amount[1:6] <= (i - 16) // 2) for i in range(16, 48)])
         m16_1 = pipe.reg(m16x, "m16_1", unsigned(17))
         even_1 = pipe.reg(even, "shift_1")
-        mask_1 = pipe.reg(mask, "mask_1")
         acc_1 = [pipe.reg(lane(pay.acc, n), f"acc_1_{n}") for n in range(N)]
 
         # Stage 2: partial products (one MULT18X18D each); stage 3: p' = acc * m16 * 2^(1 - a0).
+        # q fits 33 bits iff the bits of p' (49 bits, sign at 48) from b + 16 up are all sign bits; the
+        # mask of those bits is formed in stage 2, from the registered b (not behind stage 1's clamp).
+        mask_2 = pipe.reg(Cat(*[(even_1 <= (i - 16) // 2) for i in range(16, 48)]), "mask_2")
         even_3 = pipe.delay(even_1, 2, "shift")
-        mask_3 = pipe.delay(mask_1, 2, "mask")
+        mask_3 = pipe.reg(mask_2, "mask_3")
         even_4 = pipe.reg(even_3[:2], "shift_4")
         outs = []
         for n in range(N):
@@ -503,7 +503,7 @@ class GateSilu(_Gate):
     latency : int
     """
 
-    latency = 8
+    latency = 9
 
     def elaborate(self, platform):
         m, pipe = self._start()
@@ -540,22 +540,23 @@ class GateSilu(_Gate):
             idx = t[1:]                                   # 0 .. 2048
             over = (mag[drop - 1 + 12:31] != 0) | (idx >= SIG_ENTRIES)
             m.d.comb += ports[n].addr.eq(idx[:10])
-            # Stage 2: the ROM word arrives with these.
-            over_2 = pipe.reg(over, f"over_2_{n}")
-            upper_2 = pipe.reg(idx[10], f"upper_2_{n}")
-            neg_2 = pipe.reg(neg, f"neg_2_{n}")
-            g2 = pipe.reg(g, f"g_2_{n}")
-            word = ports[n].data
+            # Stage 2: the ROM word arrives with these; it is registered as it comes (stage 3), so no
+            # logic follows the block RAM's clock-to-output in its cycle.
+            over_3 = pipe.delay(over, 2, f"over_{n}")
+            upper_3 = pipe.delay(idx[10], 2, f"upper_{n}")
+            neg_3 = pipe.delay(neg, 2, f"neg_{n}")
+            g3 = pipe.delay(g, 2, f"g_{n}")
+            word = pipe.reg(ports[n].data, f"word_3_{n}")
             lo, hi = word[:_SIG_LO_BITS], word[_SIG_LO_BITS:]
             # sig(g) for g >= 0: over ? 1 : upper ? 1 - hi : 1/2 + lo; for g < 0: 1 - that.
-            sig_pos = Mux(over_2, Const(one, 17), Mux(upper_2, Const(one, 17) - hi, Const(one // 2, 17) + lo))
-            sig_neg = Mux(over_2, Const(0, 17), Mux(upper_2, hi, Const(one // 2, 17) - lo))
+            sig_pos = Mux(over_3, Const(one, 17), Mux(upper_3, Const(one, 17) - hi, Const(one // 2, 17) + lo))
+            sig_neg = Mux(over_3, Const(0, 17), Mux(upper_3, hi, Const(one // 2, 17) - lo))
             sig = Signal(unsigned(16), name=f"sig_{n}")
-            m.d.comb += sig.eq(Mux(neg_2, sig_neg, sig_pos))
-            # Stage 3: sig.
-            sig_3 = pipe.reg(sig, f"sig_3_{n}")
-            g3 = pipe.reg(g2, f"g_3_{n}")
-            # Stage 4: g * sig partial products; stage 5: silu = (g * sig + 2^14) >> 15 in one adder:
+            m.d.comb += sig.eq(Mux(neg_3, sig_neg, sig_pos))
+            # Stage 4: sig.
+            sig_3 = pipe.reg(sig, f"sig_4_{n}")
+            g3 = pipe.reg(g3, f"g_4_{n}")
+            # Stage 5: g * sig partial products; stage 6: silu = (g * sig + 2^14) >> 15 in one adder:
             # with g * sig = lo + hi 2^18, it is bits 2.. of (2 (lo >> 14) + 1) + (2 hi 2^4 + 1).
             (c0, _), (c1, _) = _chunks(g3, True, (_CHUNK, ACC_BITS - _CHUNK))
             lo_p = pipe.reg(c0 * sig_3, f"gs_lo_{n}")
@@ -564,9 +565,9 @@ class GateSilu(_Gate):
             b = Cat(Const(1, 1), Const(0, _CHUNK - SIG_FRAC + 1), hi_p).as_signed()
             s = Signal(signed(36), name=f"silu_sum_{n}")
             m.d.comb += s.eq(a + b)
-            silu = pipe.reg(s[2:34].as_signed(), f"silu_5_{n}", signed(32))
-            u5 = pipe.delay(u1[n], 4, f"u_{n}")
-            # Stage 6: the four partial products (18/14-bit chunks); stages 7, 8: two adder levels.
+            silu = pipe.reg(s[2:34].as_signed(), f"silu_6_{n}", signed(32))
+            u5 = pipe.delay(u1[n], 5, f"u_{n}")
+            # Stage 7: the four partial products (18/14-bit chunks); stages 8, 9: two adder levels.
             terms = []
             for ca, oa in _chunks(silu, True, (_CHUNK, ACC_BITS - _CHUNK)):
                 for cb, ob in _chunks(u5, True, (_CHUNK, ACC_BITS - _CHUNK)):

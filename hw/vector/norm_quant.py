@@ -27,11 +27,13 @@ Passes
 ------
 1. LOAD: ``i`` at one beat per cycle; each beat is written to the buffer (one memory word per beat:
    ``lanes * (x_bits + 16)`` bits) and the OR of ``|x|`` over all elements is accumulated;
-   ``b = bitlen(mx) = bitlen(OR |x|)`` (one cycle after the last beat).
+   ``b = bitlen(mx) = bitlen(OR |x|)`` (two cycles after the last beat: from registered per-byte flags,
+   not a 63-bit priority encoder in one cycle).
 2. PASS2: the buffer is read at one beat per cycle through a lock-step pipeline: per lane
-   ``xs = ((x << 23) >> b)[0:24] = shift_floor(x, b - 23)`` (one barrel shifter, arithmetic right shift),
-   ``xt = xs >> 8 = shift_floor(x, b - 15)`` (nested floors compose), ``v = xs * g`` (40-bit signed),
-   ``xt^2``; a lane adder tree accumulates ``ss`` and a lane max tree ``mv = max|v|``.
+   ``xs = ((x << 23) >> b)[0:24] = shift_floor(x, b - 23)`` (the read word registered, then one barrel
+   shifter, arithmetic right shift, over two stages), ``xt = xs >> 8 = shift_floor(x, b - 15)`` (nested
+   floors compose), ``v = xs * g`` (40-bit signed), ``xt^2``; a lane adder tree accumulates ``ss`` and a
+   lane max tree ``mv = max|v|``, both registered (``|v|``, then one max level per stage).
 3. SCALAR: ``bv = bitlen(mv)``, ``mvn = ((mv << 16) >> bv) = shift_floor(mv, bv - 16)``, and
    ``R = floor(127 * 2^24 / mvn)`` by a 16-step restoring divider (R < 2^16). At the same time the
    internal :class:`~hw.vector.scalar_unit.ScalarUnit` sequencer starts (see below); it runs in parallel
@@ -50,19 +52,21 @@ Scalar sequence (the golden order; ``t1``, ``t2`` are registers, ``C127 = from_i
     t2 = FROM_INT(n);  t1 = DIV(t1, t2);  t1 = ADD(t1, eps); t1 = SQRT(t1); t1 = MUL(t1, C127)
     t2 = FROM_INT(mv); t2 = SCALE_POW2(t2, b - 23 - shift); t2 = MUL(t2, sx); sq = DIV(t2, t1)
 
-(``a.mul(b)`` is symmetric, so operand order is immaterial.) About 370 cycles with the serial
+(``a.mul(b)`` is symmetric, so operand order is immaterial.) About 380 cycles with the serial
 multiplier, independent of ``lanes``.
 
-Timing (``B = ceil(n / lanes)`` beats, no stalls): LOAD ``B``, bitlen 1, PASS2 ``B`` plus a 4-cycle
-drain, bitlen(mv) and ``mvn`` 2, divider 16, then PASS3 (``B`` plus a 6-cycle drain) in parallel with the
-scalar sequence (``S`` ~ 280 cycles, data dependent: FROM_INT takes ``50 - bitlen``, ADD ``3 + |ea - eb|``).
-From the ``cfg`` transfer to the later of the last ``o`` beat and ``s``::
+Timing (``B = ceil(n / lanes)`` beats, no stalls): LOAD ``B``, bitlen 3, PASS2 ``B`` plus a
+``7 + ceil(log2 lanes)``-cycle drain (the pipeline and the registered reduction trees), bitlen(mv) and
+``mvn`` 3, divider 16, then PASS3 (``B`` plus an 8-cycle drain) in parallel with the scalar sequence
+(``S`` ~ 290 cycles, data dependent: FROM_INT takes ``51 - bitlen``, ADD ``5 + |ea - eb|``). From the
+``cfg`` transfer to the later of the last ``o`` beat and ``s``::
 
-    cycles = 2 B + 25 + max(B + 6, S)          (:meth:`NormQuant.cycles_model`)
+    cycles = 2 B + 31 + ceil(log2 lanes) + max(B + 8, S)          (:meth:`NormQuant.cycles_model`)
 
-Measured on Verilator (``tests/test_norm_quant_unit.py``): 307 cycles for ``n = 1``; lanes 1, n = 320:
-991; lanes 4, n = 1280: 991, n = 2560: 1951. At lanes 16 and ``n = 1536`` (``B = 96``) the model gives
-``192 + 25 + 280 = 497`` cycles, against 1824 cycles of the TLMM engine for the following 1536 x 1536
+Measured in the Amaranth simulator (:func:`firmware.bench_vector.measure_norm_quant`): lanes 1,
+n = 320: 1000; lanes 4, n = 1280: 1002, n = 2560: 1962 (the timing pipeline's stages and registered
+bit lengths cost 8 to 16 cycles per vector). At lanes 16 and ``n = 1536`` (``B = 96``) the model gives
+``192 + 35 + 290 = 517`` cycles, against 1824 cycles of the TLMM engine for the following 1536 x 1536
 linear layer (T = 28, N = 16); the scalar sequence dominates there (a DSP multiplier,
 ``multiplier="dsp"``, saves ~90 cycles).
 
@@ -81,7 +85,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.sfloat import SFloat
 
-from .epilogue import lane, vector_layout
+from .epilogue import Dequant, lane, vector_layout
 from .scalar_unit import E_BITS, INT_BITS, Op, ScalarUnit, sfloat_layout
 from ..params import check_int
 
@@ -119,12 +123,29 @@ def norm_scale_layout(e_bits=E_BITS):
     return data.StructLayout({"sq": sfloat_layout(e_bits), "overflow": 1})
 
 
-def _bitlen(m, value, name):
-    """Combinational bit length of an unsigned value."""
+def _bitlen_registered(m, value, name, group=8):
+    """Bit length of an unsigned value in two cycles: each ``group``-bit slice's "any bit set" flag and
+    bit length (offset by the slice's position, 0 if the slice is zero) are registered every cycle,
+    then a tree of 2:1 multiplexers picks the highest non-zero slice's. The result is valid two cycles
+    after ``value`` settles. (A 63-bit priority encoder in one cycle is about 20 LUT levels.)"""
+    nodes = []
+    for g in range(-(-len(value) // group)):
+        piece = value[group * g:group * (g + 1)]
+        bl = Signal(range(len(value) + 1), name=f"{name}_bl{g}")
+        for k in range(len(piece)):
+            with m.If(piece[k]):
+                m.d.comb += bl.eq(group * g + k + 1)
+        nz_r = Signal(name=f"{name}_nz{g}")
+        bl_r = Signal.like(bl, name=f"{name}_bl{g}_r")
+        m.d.sync += [nz_r.eq(piece.any()), bl_r.eq(bl)]
+        nodes.append((nz_r, bl_r))
+    while len(nodes) > 1:
+        nxt = [(lo[0] | hi[0], Mux(hi[0], hi[1], lo[1])) for lo, hi in zip(nodes[0::2], nodes[1::2])]
+        if len(nodes) % 2:
+            nxt.append(nodes[-1])
+        nodes = nxt
     out = Signal(range(len(value) + 1), name=name)
-    for k in range(len(value)):
-        with m.If(value[k]):
-            m.d.comb += out.eq(k + 1)
+    m.d.comb += out.eq(nodes[0][1])
     return out
 
 
@@ -181,17 +202,17 @@ class NormQuant(wiring.Component):
             "s": Out(stream.Signature(norm_scale_layout(e_bits))),
         })
 
-    def cycles_model(self, n, scalar=280):
+    def cycles_model(self, n, scalar=290):
         """Cycles per vector (``cfg`` transfer to the later of the last ``o`` and the ``s`` transfer) with
-        no stalls: ``2 B + 25 + max(B + 6, scalar)``, ``B = ceil(n / lanes)``; ``scalar`` (the
-        data-dependent scalar-unit sequence, about 270 to 300 cycles) is a typical value."""
+        no stalls: ``2 B + 31 + ceil(log2 lanes) + max(B + 8, scalar)``, ``B = ceil(n / lanes)``;
+        ``scalar`` (the data-dependent scalar-unit sequence, about 280 to 310 cycles) is a typical value."""
         beats = -(-n // self.lanes)
-        return 2 * beats + 25 + max(beats + 6, scalar)
+        return 2 * beats + 31 + (self.lanes - 1).bit_length() + max(beats + 8, scalar)
 
     def elaborate(self, platform):
         m = Module()
         L, XB, E = self.lanes, self.x_bits, self.e_bits
-        m.submodules.su = su = ScalarUnit(e_bits=E, multiplier=self.multiplier)
+        m.submodules.su = su = ScalarUnit(e_bits=E, multiplier=self.multiplier, cmd_register=True)
 
         # -- per-vector registers ----------------------------------------------------------------------
         n = Signal.like(self.cfg.payload.n)
@@ -224,16 +245,22 @@ class NormQuant(wiring.Component):
             a = Signal(XB, name=f"absx{l}")
             m.d.comb += a.eq(Mux((x < 0) & (l < left), -x, Mux(l < left, x, 0)))
             absx.append(a)
-        or_beat = reduce(lambda p, q: p | q, absx)
-        b_comb = _bitlen(m, orx, "b_comb")
+        # The beat's OR of |x| is registered before it joins orx (the |x| carry chains and the OR are a
+        # cycle of their own); b is then formed in two more cycles (BITLEN00, BITLEN0).
+        or_beat = Signal(XB, name="or_beat")
+        m.d.sync += [or_beat.eq(Mux(self.i.valid & self.i.ready, reduce(lambda p, q: p | q, absx), 0)),
+                     orx.eq(orx | or_beat)]
+        b_comb = _bitlen_registered(m, orx, "b_comb")
 
         # -- pass 2 / 3 pipeline -----------------------------------------------------------------------
         pass3 = Signal()
         en = Signal()
         issuing = Signal()
-        vA, vB, vC, vD, vE, oV = (Signal(name=f"valid_{s}") for s in "ABCDEO")
+        vA, vA2, vB1, vB, vC, vD, vE, oV = (Signal(name=f"valid_{s}") for s in ("A", "A2", "B1", "B", "C", "D",
+                                                                             "E", "O"))
         leftA = Signal.like(left)
-        lastA, lastB, lastC, lastD, lastE = (Signal(name=f"last_{s}") for s in "ABCDE")
+        lastA, lastA2, lastB1, lastB, lastC, lastD, lastE = (Signal(name=f"last_{s}")
+                                                             for s in ("A", "A2", "B1", "B", "C", "D", "E"))
         m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
         rview = data.View(in_layout, rd.data)
 
@@ -246,18 +273,25 @@ class NormQuant(wiring.Component):
         oq = Signal(norm_out_layout(L))
 
         with m.If(en):
-            m.d.sync += [vA.eq(issuing), vB.eq(vA), vC.eq(vB), vD.eq(vC & pass3), vE.eq(vD), oV.eq(vE),
-                         lastA.eq(issuing & (left <= L)), lastB.eq(lastA), lastC.eq(lastB),
-                         lastD.eq(lastC), lastE.eq(lastD), oq.last.eq(lastE)]
+            m.d.sync += [vA.eq(issuing), vA2.eq(vA), vB1.eq(vA2), vB.eq(vB1), vC.eq(vB), vD.eq(vC & pass3),
+                         vE.eq(vD), oV.eq(vE),
+                         lastA.eq(issuing & (left <= L)), lastA2.eq(lastA), lastB1.eq(lastA2), lastB.eq(lastB1),
+                         lastC.eq(lastB), lastD.eq(lastC), lastE.eq(lastD), oq.last.eq(lastE)]
             with m.If(issuing):
                 m.d.sync += leftA.eq(left)
             for l in range(L):
-                x = lane(rview.x, l)
-                wide = Signal(signed(XB + 23), name=f"xw{l}")
-                m.d.comb += wide.eq(Cat(Const(0, 23), x).as_signed() >> b)
+                # A2: the buffer word registered (lanes past n zeroed); B1, B: the shift by b in two
+                # halves (8, 16, 32, then 1, 2, 4), so no stage holds a block-RAM read or six mux levels.
+                xA2 = Signal(signed(XB), name=f"xa{l}")
+                gA2 = Signal(signed(_G_BITS), name=f"ga{l}")
+                m.d.sync += [xA2.eq(Mux(l < leftA, lane(rview.x, l), 0)), gA2.eq(lane(rview.g, l))]
+                coarse = Dequant._shift_window(Cat(Const(0, 23), xA2).as_signed(), b[3:], 3, _XS_BITS + 7)
+                xB1 = Signal(signed(_XS_BITS + 7), name=f"xc{l}")
+                gB1 = Signal(signed(_G_BITS), name=f"gc{l}")
+                m.d.sync += [xB1.eq(coarse), gB1.eq(gA2)]
                 m.d.sync += [
-                    xsB[l].eq(Mux(l < leftA, wide[:_XS_BITS], 0)),
-                    gB[l].eq(lane(rview.g, l)),
+                    xsB[l].eq(Dequant._shift_window(xB1, b[:3], 0, _XS_BITS)),
+                    gB[l].eq(gB1),
                     vCs[l].eq(xsB[l] * gB[l]),
                     tC[l].eq(xsB[l][8:].as_signed() * xsB[l][8:].as_signed()),
                 ]
@@ -268,19 +302,41 @@ class NormQuant(wiring.Component):
                 m.d.comb += r.eq((pE[l] + (1 << 23)) >> 24)
                 m.d.sync += lane(oq.q, l).eq(Mux(r > 127, 127, Mux(r < -127, -127, r)))
 
-        # pass-2 reductions (stage C)
+        # pass-2 reductions, after stage C, pipelined (pass 2 never stalls: nothing goes to `o`): the
+        # |v| and the beat's sum of squares, then one max level per stage, then the running max and sum.
+        rv = Signal(name="red_valid_0")
+        m.d.sync += rv.eq(vC & ~pass3)
+        red_valids = [rv]
         absv = []
         for l in range(L):
             a = Signal(_V_BITS - 1, name=f"absv{l}")
-            m.d.comb += a.eq(Mux(vCs[l] < 0, -vCs[l], vCs[l]))
+            m.d.sync += a.eq(Mux(vCs[l] < 0, -vCs[l], vCs[l]))
             absv.append(a)
-        beat_max = _tree(m, absv, lambda p, q: Mux(p > q, p, q), "beat_max")
-        beat_ss = _tree(m, tC, lambda p, q: p + q, "beat_ss")
-        with m.If(vC & ~pass3):
-            m.d.sync += [ss.eq(ss + beat_ss), mv.eq(Mux(beat_max > mv, beat_max, mv))]
+        beat_ss = Signal(INT_BITS, name="beat_ss")
+        m.d.sync += beat_ss.eq(_tree(m, tC, lambda p, q: p + q, "beat_ss"))
+        with m.If(rv):
+            m.d.sync += ss.eq(ss + beat_ss)
+        level = 0
+        while len(absv) > 1:
+            nxt = []
+            for i in range(0, len(absv) - 1, 2):
+                p, q = absv[i], absv[i + 1]
+                r = Signal(_V_BITS - 1, name=f"beat_max_{level}_{i // 2}")
+                m.d.sync += r.eq(Mux(p > q, p, q))
+                nxt.append(r)
+            if len(absv) % 2:
+                r = Signal(_V_BITS - 1, name=f"beat_max_{level}_{len(absv) // 2}")
+                m.d.sync += r.eq(absv[-1])
+                nxt.append(r)
+            absv, level = nxt, level + 1
+            rv_n = Signal(name=f"red_valid_{level}")
+            m.d.sync += rv_n.eq(red_valids[-1])
+            red_valids.append(rv_n)
+        with m.If(red_valids[-1]):
+            m.d.sync += mv.eq(Mux(absv[0] > mv, absv[0], mv))
 
         m.d.comb += [self.o.valid.eq(oV), self.o.payload.eq(oq)]
-        drained = ~(vA | vB | vC | vD | vE | oV)
+        drained = ~(vA | vA2 | vB1 | vB | vC | vD | vE | oV | Cat(*red_valids).any())
 
         # -- scalar-unit sequencer ---------------------------------------------------------------------
         seq_start = Signal()
@@ -343,7 +399,7 @@ class NormQuant(wiring.Component):
                     m.next = "IDLE"
 
         # -- main control ------------------------------------------------------------------------------
-        bv_comb = _bitlen(m, mv, "bv_comb")
+        bv_comb = _bitlen_registered(m, mv, "bv_comb")
         shifted_mv = Signal(_V_BITS + 16)
         m.d.comb += shifted_mv.eq(Cat(Const(0, 16), mv) >> bv)
         trial = Signal(signed(32))
@@ -360,9 +416,13 @@ class NormQuant(wiring.Component):
             with m.State("LOAD"):
                 m.d.comb += [self.i.ready.eq(1), wr.en.eq(self.i.valid)]
                 with m.If(self.i.valid):
-                    m.d.sync += [orx.eq(orx | or_beat), addr.eq(addr + 1), left.eq(left - L)]
+                    m.d.sync += [addr.eq(addr + 1), left.eq(left - L)]
                     with m.If(left <= L):
-                        m.next = "BITLEN"
+                        m.next = "BITLEN00"
+            with m.State("BITLEN00"):
+                m.next = "BITLEN0"             # the last beat's OR joins orx
+            with m.State("BITLEN0"):
+                m.next = "BITLEN"              # orx's bit length is registered in two steps
             with m.State("BITLEN"):
                 m.d.sync += [b.eq(b_comb), addr.eq(0), left.eq(n), ss.eq(0), mv.eq(0), pass3.eq(0)]
                 m.next = "PASS"
@@ -377,8 +437,10 @@ class NormQuant(wiring.Component):
                     with m.If(~seq_busy):
                         m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += bv.eq(bv_comb)
-                    m.next = "MVN"
+                    m.next = "BV"              # mv's bit length is registered in two steps
+            with m.State("BV"):
+                m.d.sync += bv.eq(bv_comb)
+                m.next = "MVN"
             with m.State("MVN"):
                 m.d.comb += seq_start.eq(1)
                 m.d.sync += [dv.eq(shifted_mv[:16] << (_R_BITS - 1)), rem.eq(127 << 24), recip.eq(0), dstep.eq(_R_BITS)]

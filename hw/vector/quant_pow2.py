@@ -105,7 +105,7 @@ class QuantPow2(wiring.Component):
         wr = mem.write_port()
         rd = mem.read_port(domain="sync")
         m.submodules.done = done = fifo.SyncFIFOBuffered(
-            width=len(Signal(range(regions))) + E_FIELD_BITS, depth=max(regions, 4))  # >= 4: no 0-bit address
+            width=len(Signal(range(regions))) + _X_BITS + 1, depth=max(regions, 4))  # >= 4: no 0-bit address
 
         # -- per-slot fill state ------------------------------------------------------------------------
         cnt = Array(Signal(range(B), name=f"cnt_{s}") for s in range(S))
@@ -134,34 +134,44 @@ class QuantPow2(wiring.Component):
             live = Const(1) if n < tail else ~is_last_beat
             terms.append(Mux(live, mag, 0))
         m.d.comb += beat_or.eq(Cat(*[Cat(*[t[k] for t in terms]).any() for k in range(_X_BITS + 1)]))
+        # The beat's OR goes through a register (stage 1) before it is merged into its slot's running OR
+        # (stage 2), and a complete vector is queued with its OR, its exponent formed on the output side:
+        # no stage holds the |x| carry chains, the OR tree, the per-slot multiplexer and the bit length
+        # at once. Its region is marked busy a cycle later than the beat was taken, long before the slot
+        # can come back to that region (four vectors later).
+        v_1, first_1, last_1 = Signal(), Signal(), Signal()
+        beat_or_1 = Signal(_X_BITS + 1)
+        slot_1 = Signal.like(slot)
+        region_1 = Signal.like(region)
+        m.d.sync += v_1.eq(fire)
+        with m.If(fire):
+            m.d.sync += [beat_or_1.eq(beat_or), slot_1.eq(slot), region_1.eq(region), first_1.eq(beat == 0),
+                         last_1.eq(is_last_beat)]
         total_or = Signal(_X_BITS + 1)
-        m.d.comb += total_or.eq(Mux(beat == 0, 0, orx[slot]) | beat_or)
-
-        e_new = Signal(E_FIELD_BITS)
-        for k in range(_QBITS_KEPT + 1, _X_BITS + 2):   # bitlen = k  ->  e = k - 7
-            with m.If(total_or[k - 1]):
-                m.d.comb += e_new.eq(k - _QBITS_KEPT)
+        m.d.comb += total_or.eq(Mux(first_1, 0, orx[slot_1]) | beat_or_1)
 
         m.d.comb += [
             wr.addr.eq(region * B + beat),
             wr.data.eq(ipay.x.as_value()),
             wr.en.eq(fire),
-            done.w_data.eq(Cat(region, e_new)),
-            done.w_en.eq(fire & is_last_beat),
+            done.w_data.eq(Cat(region_1, total_or)),
+            done.w_en.eq(v_1 & last_1),
         ]
+        with m.If(v_1):
+            m.d.sync += orx[slot_1].eq(total_or)
+            with m.If(last_1):
+                m.d.comb += busy_set.eq(1 << region_1)
         with m.If(fire):
-            m.d.sync += orx[slot].eq(total_or)
             with m.If(is_last_beat):
                 m.d.sync += [cnt[slot].eq(0), phase[slot].eq(phase[slot] + 1)]
-                m.d.comb += busy_set.eq(1 << region)
             with m.Else():
                 m.d.sync += cnt[slot].eq(beat + 1)
 
-        # -- output: read a queued vector and round, 3 stages --------------------------------------------
+        # -- output: read a queued vector and round, 6 stages --------------------------------------------
         en = Signal()
         m.d.comb += en.eq(~self.o.valid | self.o.ready)
         out_region = done.r_data[:len(region)]
-        out_e = done.r_data[len(region):]
+        out_or = done.r_data[len(region):]
         out_beat = Signal(range(B))
         issue = done.r_rdy & en
         m.d.comb += [rd.addr.eq(out_region * B + out_beat), rd.en.eq(en)]
@@ -178,27 +188,58 @@ class QuantPow2(wiring.Component):
                 m.d.sync += r.eq(value)
             return r
 
-        # Stage 1 (read data valid): flags; stage 2: x + half; stage 3: shift and clamp into o.
+        # Stage 1 (read data valid): flags and the vector's OR; stage 2: the read data registered, and e;
+        # stage 3: 2^(e-1); stage 4: x + half; stage 5: shift; stage 6: clamp into o. (One carry chain,
+        # mux tree or priority encoder per stage.)
         v1 = stage(issue, "v1")
-        e1 = stage(out_e, "e1")
+        or1 = stage(out_or, "or1")
         slot1 = stage(out_region[:token_bits(S)] if S > 1 else Const(0, 1), "slot1")
         first1 = stage(out_beat == 0, "first1")
         last1 = stage(out_beat == B - 1, "last1")
+        # e = max(0, bitlen(or) - 7) by a tree: each 4-bit group's e if its top set bit is the vector's,
+        # then 2:1 multiplexers (the higher non-zero group wins), log depth instead of a priority chain.
+        nodes = []
+        for g in range(0, _X_BITS + 1, 4):
+            piece = or1[g:g + 4]
+            e_g = Signal(E_FIELD_BITS, name=f"e_grp{g // 4}")
+            for k in range(len(piece)):                  # bitlen = g + k + 1
+                with m.If(piece[k]):
+                    m.d.comb += e_g.eq(max(0, g + k + 1 - _QBITS_KEPT))
+            nodes.append((piece.any(), e_g))
+        while len(nodes) > 1:
+            nxt = [(lo[0] | hi[0], Mux(hi[0], hi[1], lo[1])) for lo, hi in zip(nodes[0::2], nodes[1::2])]
+            if len(nodes) % 2:
+                nxt.append(nodes[-1])
+            nodes = nxt
+        e_of = Signal(E_FIELD_BITS)
+        m.d.comb += e_of.eq(nodes[0][1])
         words = data.View(vector_layout(L, _X_BITS), rd.data)
-        half = Signal(_X_BITS)
-        m.d.comb += half.eq((Const(1, _X_BITS) << e1)[1:])   # 2^(e-1), or 0 for e = 0
-        biased = [stage(lane(words, n) + half, f"biased_{n}", signed(_X_BITS + 1)) for n in range(L)]
-        v2, e2, slot2, first2, last2 = (stage(s, f"{s.name}_2") for s in (v1, e1, slot1, first1, last1))
+        e2 = stage(e_of, "e2")
+        flags = [stage(f, f"{f.name}_2") for f in (v1, slot1, first1, last1)]
+        x2 = [stage(lane(words, n), f"x2_{n}") for n in range(L)]
+        x3 = [stage(x2[n], f"x3_{n}") for n in range(L)]
+        half3 = stage((Const(1, _X_BITS) << e2)[1:], "half3", unsigned(_X_BITS))   # 2^(e-1), or 0 for e = 0
+        e3 = stage(e2, "e3")
+        flags = [stage(f, f"{f.name[:-2]}_3") for f in flags]
+        biased = [stage(x3[n] + half3, f"biased_{n}", signed(_X_BITS + 1)) for n in range(L)]
+        e4 = stage(e3, "e4")
+        flags = [stage(f, f"{f.name[:-2]}_4") for f in flags]
+        shifted = []
+        for n in range(L):
+            r = Signal(signed(_X_BITS + 1), name=f"shifted_{n}")
+            m.d.comb += r.eq(biased[n] >> e4)
+            shifted.append(stage(r, f"shifted_{n}_5"))
+        e5 = stage(e4, "e5")
+        v4, slot4, first4, last4 = (stage(f, f"{f.name[:-2]}_5") for f in flags)
         pay = self.o.payload
         with m.If(en):
             m.d.sync += [
-                self.o.valid.eq(v2), pay.e.eq(e2), pay.slot.eq(slot2) if S > 1 else pay.slot.eq(0),
-                pay.first.eq(first2), pay.last.eq(last2),
+                self.o.valid.eq(v4), pay.e.eq(e5), pay.slot.eq(slot4) if S > 1 else pay.slot.eq(0),
+                pay.first.eq(first4), pay.last.eq(last4),
             ]
             for n in range(L):
-                r = Signal(signed(_X_BITS + 1), name=f"shifted_{n}")
-                m.d.comb += r.eq(biased[n] >> e2)
+                r = shifted[n]
                 clamped = Mux(r > KV_QMAX, KV_QMAX, Mux(r < -KV_QMAX, -KV_QMAX, r))
-                live = Const(1) if n < tail else ~last2
+                live = Const(1) if n < tail else ~last4
                 m.d.sync += lane(pay.q, n).eq(Mux(live, clamped, 0))
         return m

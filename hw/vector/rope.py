@@ -65,8 +65,10 @@ lanes  LUT4   CCU2C  FF      DSP    BRAM
 =====  =====  =====  ======  =====  ====
 
 About 130 LUT4 + 195 CCU2C + 725 FF per lane; the frequency ROM is LUT4s (``beats`` x ``32 lanes``
-bits). The flip-flops are mostly the (lo, hi) values carried for five stages while the angle is
-computed (320 per lane) and the product/sum registers.
+bits). The flip-flops are mostly the (lo, hi) values carried while the angle is computed and the
+product/sum registers. (Measured before the phase product, the sine ROM read and the rotation products
+were each given a stage of their own for timing, latency 8 -> 11: those add the carried values of two
+more stages and the partial products, roughly 200 FF per lane.)
 """
 
 import numbers
@@ -216,7 +218,7 @@ class RopeUnit(wiring.Component):
         })
 
     #: Pipeline registers between the input and the output (see :meth:`elaborate`).
-    latency = 8
+    latency = 11
 
     @property
     def pairs_per_cycle(self):
@@ -299,14 +301,20 @@ class RopeUnit(wiring.Component):
             flags.append(stage(f"flags{s}", nflags, flags[-1]))
             return stage(f"x{s}", unsigned(len(bits)), bits)
 
-        # Stage 2: phase = pos * F mod 2^32 (two 18x18 multipliers per lane).
-        phase = [stage(f"phase_{n}", unsigned(ROPE_PHASE_BITS),
-                       (pos1 * rd_f.data[ROPE_PHASE_BITS * n:ROPE_PHASE_BITS * (n + 1)])[:ROPE_PHASE_BITS])
-                 for n in range(N)]
+        # Stage 2: the partial products of phase = pos * F mod 2^32 (two 18x18 multipliers per lane, each
+        # registered); stage 3: their sum. No stage holds a multiplier and a carry chain together.
+        pp2 = [(stage(f"phase_lo_{n}", unsigned(16 + 18), pos1 * rd_f.data[ROPE_PHASE_BITS * n:ROPE_PHASE_BITS * n + 18]),
+                stage(f"phase_hi_{n}", unsigned(16 + 14),
+                      pos1 * rd_f.data[ROPE_PHASE_BITS * n + 18:ROPE_PHASE_BITS * (n + 1)]))
+               for n in range(N)]
         x2 = carry(2, lo_hi)
+        phase = [stage(f"phase_{n}", unsigned(ROPE_PHASE_BITS), (pp2[n][0] + (pp2[n][1] << 18))[:ROPE_PHASE_BITS])
+                 for n in range(N)]
+        x2 = carry(3, x2)
 
-        # Stage 3: angle index; the two ROM reads per lane are S[k] and S[1024 - k] (S[1024] = 2^14 for
-        # k = 0 is not in the ROM). Registered here: the quadrant and the k = 0 flag.
+        # Stage 4: angle index; the two ROM reads per lane are S[k] and S[1024 - k] (S[1024] = 2^14 for
+        # k = 0 is not in the ROM). Registered here: the quadrant and the k = 0 flag; stage 5: the ROM
+        # words registered as they come (no logic behind the block RAM's output in its cycle).
         drop = ROPE_PHASE_BITS - ROPE_TABLE_BITS
         table = [int(v) for v in sin_quarter_table()]
         quad3, zero3, mags = [], [], []
@@ -319,12 +327,16 @@ class RopeUnit(wiring.Component):
             m.submodules[f"sin_rom_{n}"] = rom
             rd_a, rd_b = rom.read_port(), rom.read_port()
             m.d.comb += [rd_a.addr.eq(k), rd_b.addr.eq(-k), rd_a.en.eq(en), rd_b.en.eq(en)]
-            quad3.append(stage(f"quad_{n}", 2, idx[ROPE_TABLE_BITS - 2:]))
-            zero3.append(stage(f"kzero_{n}", 1, k == 0))
-            mags.append((rd_a.data, rd_b.data))
-        x3 = carry(3, x2)
+            quad = stage(f"quad_{n}", 2, idx[ROPE_TABLE_BITS - 2:])
+            zero = stage(f"kzero_{n}", 1, k == 0)
+            quad3.append(stage(f"quad5_{n}", 2, quad))
+            zero3.append(stage(f"kzero5_{n}", 1, zero))
+            mags.append((stage(f"s_k_{n}", unsigned(MAG_BITS), rd_a.data),
+                         stage(f"s_mk_{n}", unsigned(MAG_BITS), rd_b.data)))
+        x3 = carry(4, x2)
+        x3 = carry(5, x3)
 
-        # Stage 4: signed cos and sin.
+        # Stage 6: signed cos and sin.
         cs4 = []
         for n in range(N):
             s_k = mags[n][0]
@@ -337,9 +349,9 @@ class RopeUnit(wiring.Component):
             c = stage(f"cos_{n}", signed(TRIG_BITS), Mux(cos_neg, -cos_mag, cos_mag))
             s = stage(f"sin_{n}", signed(TRIG_BITS), Mux(sin_neg, -sin_mag, sin_mag))
             cs4.append((c, s))
-        x4 = carry(4, x3)
+        x4 = carry(6, x3)
 
-        # Stage 5: the multiplicands of the three-multiplication complex product.
+        # Stage 7: the multiplicands of the three-multiplication complex product.
         pre5 = []
         for n in range(N):
             c, s = cs4[n]
@@ -348,21 +360,30 @@ class RopeUnit(wiring.Component):
                          stage(f"s_minus_c_{n}", signed(TRIG_BITS), s - c),
                          stage(f"c_plus_s_{n}", signed(TRIG_BITS), c + s),
                          stage(f"lo_plus_hi_{n}", signed(VALUE_BITS + 1), lo + hi)))
-        x5 = carry(5, x4)
+        x5 = carry(7, x4)
 
-        # Stage 6: products, kept modulo 2^SUM_BITS: the sums below fit in SUM_BITS signed bits, so
-        # their wrapped values are exact (narrower multipliers and adders, fewer registers).
-        prod6 = []
+        # Stage 8: partial products (the wide operand in an unsigned 18-bit chunk and a signed upper
+        # chunk, one MULT18X18D each, registered); stage 9: the products, kept modulo 2^SUM_BITS: the
+        # sums below fit in SUM_BITS signed bits, so their wrapped values are exact (narrower
+        # multipliers and adders, fewer registers).
+        def partial(name, a, wide):
+            return (stage(f"{name}_lo", signed(TRIG_BITS + 19), a * wide[:18]),
+                    stage(f"{name}_hi", signed(SUM_BITS - 18), a * wide[18:].as_signed()))
+
+        pp8 = []
         for n in range(N):
             c, s_minus_c, c_plus_s, lo_plus_hi = pre5[n]
             lo, hi = value(x5, n), value(x5, N + n)
-            prod6.append((stage(f"k1_{n}", signed(SUM_BITS), c * lo_plus_hi),
-                          stage(f"k2_{n}", signed(SUM_BITS), lo * s_minus_c),
-                          stage(f"k3_{n}", signed(SUM_BITS), hi * c_plus_s)))
-        valid.append(stage("v6", 1, valid[-1]))
-        flags.append(stage("flags6", nflags, flags[-1]))
+            pp8.append((partial(f"k1_{n}", c, lo_plus_hi), partial(f"k2_{n}", s_minus_c, lo),
+                        partial(f"k3_{n}", c_plus_s, hi)))
+        valid.append(stage("v8", 1, valid[-1]))
+        flags.append(stage("flags8", nflags, flags[-1]))
+        prod6 = [tuple(stage(f"k{j + 1}_{n}", signed(SUM_BITS), lo_p + (hi_p << 18))
+                       for j, (lo_p, hi_p) in enumerate(pp8[n])) for n in range(N)]
+        valid.append(stage("v9", 1, valid[-1]))
+        flags.append(stage("flags9", nflags, flags[-1]))
 
-        # Stage 7: lo*c - hi*s and hi*c + lo*s. The rounding half is added in the next stage: written
+        # Stage 10: lo*c - hi*s and hi*c + lo*s. The rounding half is added in the next stage: written
         # here as a third operand, Yosys turns each sum into a LUT4 adder ($macc), which measured about
         # 135 LUT4-equivalents per lane more than the separate 17-CCU2C incrementers.
         sum7 = []
@@ -370,10 +391,10 @@ class RopeUnit(wiring.Component):
             k1, k2, k3 = prod6[n]
             sum7.append((stage(f"re_{n}", signed(SUM_BITS), k1 - k3),
                          stage(f"im_{n}", signed(SUM_BITS), k1 + k2)))
-        valid.append(stage("v7", 1, valid[-1]))
-        flags.append(stage("flags7", nflags, flags[-1]))
+        valid.append(stage("v10", 1, valid[-1]))
+        flags.append(stage("flags10", nflags, flags[-1]))
 
-        # Stage 8 (the output register): round half up, shift and saturate to int32.
+        # Stage 11 (the output register): round half up, shift and saturate to int32.
         lim_hi, lim_lo = (1 << (VALUE_BITS - 1)) - 1, -(1 << (VALUE_BITS - 1))
 
         def round_sat(v, name):

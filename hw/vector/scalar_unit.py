@@ -72,10 +72,12 @@ operation issues every ``latency + 1`` cycles:
 * SCALE_POW2, TO_MULT, DIV by zero: 1
 * MUL: 26 (product >= 2^47) or 27 (product < 2^47, or zero) serial; 3 or 4 with the DSP multiplier
 * DIV, SQRT: 27
-* ADD: ``3 + min(|ea - eb|, 24)`` (3 if an operand is zero)
+* ADD: ``4 + min(|ea - eb|, 24)`` (4 if an operand is zero; one cycle orders the operands)
 * FROM_INT: ``50 - bitlen(i)`` (50 for zero)
 
-An undefined ``op`` encoding (7) returns zero after 1 cycle.
+With ``cmd_register`` every operation takes one cycle more: the registered command is decoded in its
+own cycle (``LOAD``), so that no caller's operand multiplexer shares a cycle with the decode. An
+undefined ``op`` encoding (7) returns zero after 1 cycle (2 with ``cmd_register``).
 """
 
 import numpy as np
@@ -197,6 +199,10 @@ class ScalarUnit(wiring.Component):
         Exponent width of operands and results, 8 to 32.
     multiplier : {"serial", "dsp"}
         MUL as a 24-cycle shift-add (no DSP blocks) or as one 24x24 product (4 MULT18X18D on ECP5).
+    cmd_register : bool
+        Register the command as it is taken and decode it in the next cycle (``LOAD``): one cycle more
+        per operation, and the caller's operand multiplexers no longer share a cycle with the decode
+        (exponent adders, operand and step-count multiplexers). The LINEAR unit's scalar units use it.
 
     Attributes
     ----------
@@ -206,8 +212,11 @@ class ScalarUnit(wiring.Component):
         One result per command, in order; held until taken.
     """
 
-    def __init__(self, *, e_bits=E_BITS, multiplier="serial"):
+    def __init__(self, *, e_bits=E_BITS, multiplier="serial", cmd_register=False):
         check_int("e_bits", e_bits, 8, 32)
+        if not isinstance(cmd_register, bool):
+            raise TypeError(f"cmd_register must be a bool, got {cmd_register!r}")
+        self.cmd_register = cmd_register
         if multiplier not in _MULTIPLIERS:
             raise ValueError(f"multiplier must be one of {_MULTIPLIERS}, got {multiplier!r}")
         self.e_bits = e_bits
@@ -225,22 +234,26 @@ class ScalarUnit(wiring.Component):
         ``mul_carry``: the 48-bit product has bit 47 set (one normalisation cycle fewer).
         """
         op = Op(op)
+        load = int(self.cmd_register)           # the LOAD cycle (the command decoded from a register)
         if op in (Op.SCALE_POW2, Op.TO_MULT) or (op == Op.DIV and b_zero):
-            return 1
+            return load + 1
         if op == Op.MUL:
             norm = 1 if (mul_carry and not (a_zero or b_zero)) else 2
-            return (MANT_BITS if self.multiplier == "serial" else 1) + norm + 1
+            return load + (MANT_BITS if self.multiplier == "serial" else 1) + norm + 1
         if op in (Op.DIV, Op.SQRT):
-            return MANT_BITS + 3
+            return load + MANT_BITS + 3
         if op == Op.ADD:
-            return 3 if (a_zero or b_zero) else 3 + min(abs(a_e - b_e), MANT_BITS)
-        return 2 * MANT_BITS + 2 - int(i).bit_length()
+            return load + (4 if (a_zero or b_zero) else 4 + min(abs(a_e - b_e), MANT_BITS))
+        return load + 2 * MANT_BITS + 2 - int(i).bit_length()
 
     def elaborate(self, platform):
         m = Module()
         E, W = self.e_bits, MANT_BITS
         XW = E + 2  # internal exponent: ea - eb - 24 and ea + eb + 24 fit
-        cmd = self.cmd.payload
+        # With cmd_register, the command is registered as it is taken and decoded from the register in
+        # the next cycle (LOAD): the decode then starts at a flip-flop instead of behind the caller's
+        # own operand multiplexers.
+        cmd = Signal(self.cmd_layout, name="cmd_r") if self.cmd_register else self.cmd.payload
         a, b = cmd.a, cmd.b
 
         lo = Signal(W + 1)
@@ -248,6 +261,9 @@ class ScalarUnit(wiring.Component):
         bb = Signal(W + 2)
         ex = Signal(signed(XW))
         cnt = Signal(range(2 * W + 1))
+        cnt_z = Signal()  # cnt == 0, kept beside it as a register (it gates the adder and the state moves)
+        dd = Signal(signed(E + 1))  # ADD: ea - eb, registered for the alignment step
+        eb = Signal(signed(E))      # ADD: eb
         nz = Signal()  # the result is not zero
         dz = Signal()
 
@@ -265,19 +281,22 @@ class ScalarUnit(wiring.Component):
         d = Signal(signed(E + 1))  # ea - eb
         m.d.comb += d.eq(a.e - b.e)
         # ADD: the operand with the larger exponent ("big") goes to bb, the other one to lo; a zero
-        # operand is always the small one.
+        # operand is always the small one. The command loads lo = ma, bb = mb, ex = ea and registers
+        # ea - eb; the next cycle (ADD_PREP) swaps them if a is the small one and loads the alignment
+        # distance, so the exponent compare is not in the command's cycle.
+        add_a_zero, add_b_zero = ~lo[W - 1], ~bb[W - 1]
         swap = Signal()  # a is the small operand
-        m.d.comb += swap.eq(a_zero | (~b_zero & d[-1]))
+        m.d.comb += swap.eq(add_a_zero | (~add_b_zero & dd[-1]))
         # Alignment distance min(|d|, 24) without a full-width negation: v = |d| - neg (one's complement).
-        neg = d[-1]
+        neg = dd[-1]
         v = Signal(unsigned(E + 1))
-        m.d.comb += v.eq(Mux(neg, ~d, d))
+        m.d.comb += v.eq(Mux(neg, ~dd, dd))
         far = Signal()  # |d| >= 24, i.e. v >= 24, or v >= 23 for negative d
         m.d.comb += far.eq(v[5:].any() | (v[4] & (v[3] | (neg & v[:3].all()))))
         near = Signal(5)
         m.d.comb += near.eq(v[:5] + neg)
         align = Signal(range(W + 1))
-        m.d.comb += align.eq(Mux(a_zero | b_zero, 0, Mux(far, W, near)))
+        m.d.comb += align.eq(Mux(add_a_zero | add_b_zero, 0, Mux(far, W, near)))
 
         pick_a = Signal()    # lo loads a.m and bb loads b.m (else the other way round)
         lo_zero = Signal()   # lo loads zero instead
@@ -299,8 +318,8 @@ class ScalarUnit(wiring.Component):
             with m.Case(Op.SQRT):  # lo, hi: 0; bb: m << (e & 1); ex: (e - (e & 1)) / 2 (- 12 at the end)
                 m.d.comb += [lo_zero.eq(1), hi_zero.eq(1), bb_shift.eq(a.e[0]), ex_load.eq(a.e >> 1),
                              cnt_load.eq(W)]
-            with m.Case(Op.ADD):  # lo: small, bb: big; ex: big exponent
-                m.d.comb += [pick_a.eq(swap), ex_load.eq(Mux(swap, b.e, a.e)), cnt_load.eq(align)]
+            with m.Case(Op.ADD):  # lo: ma, bb: mb, ex: ea (ADD_PREP: lo small, bb big, ex big exponent)
+                m.d.comb += [pick_a.eq(1), ex_load.eq(a.e)]
             with m.Case(Op.SCALE_POW2):
                 m.d.comb += [pick_a.eq(1), ex_load.eq(ex_sum)]
             with m.Case(Op.TO_MULT):
@@ -354,66 +373,87 @@ class ScalarUnit(wiring.Component):
         m.d.comb += ex_step.eq(ex + ex_add)
 
         with m.FSM(name="state"):
+            def accept():
+                """The command's decode: load the working registers and go to the op's first state."""
+                m.d.sync += [lo.eq(lo_load), hi.eq(hi_load), bb.eq(bb_load), ex.eq(ex_load),
+                             cnt.eq(cnt_load), cnt_z.eq(cnt_load == 0), dz.eq(0), nz.eq(0),
+                             dd.eq(d), eb.eq(b.e)]
+                with m.Switch(cmd.op):
+                    with m.Case(Op.MUL):
+                        m.next = "MUL" if self.multiplier == "serial" else "MUL_DSP"
+                    with m.Case(Op.DIV):
+                        with m.If(b_zero):
+                            m.d.sync += dz.eq(1)
+                            m.next = "DONE"
+                        with m.Else():
+                            m.next = "DIV"
+                    with m.Case(Op.SQRT):
+                        m.next = "SQRT"
+                    with m.Case(Op.ADD):
+                        m.next = "ADD_PREP"
+                    with m.Case(Op.FROM_INT):
+                        m.next = "WIDE"
+                    with m.Case(Op.SCALE_POW2, Op.TO_MULT):
+                        m.d.sync += nz.eq(~a_zero)
+                        m.next = "DONE"
+                    with m.Default():  # undefined encoding: zero
+                        m.next = "DONE"
+
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
-                    m.d.sync += [lo.eq(lo_load), hi.eq(hi_load), bb.eq(bb_load), ex.eq(ex_load),
-                                 cnt.eq(cnt_load), dz.eq(0), nz.eq(0)]
-                    with m.Switch(cmd.op):
-                        with m.Case(Op.MUL):
-                            m.next = "MUL" if self.multiplier == "serial" else "MUL_DSP"
-                        with m.Case(Op.DIV):
-                            with m.If(b_zero):
-                                m.d.sync += dz.eq(1)
-                                m.next = "DONE"
-                            with m.Else():
-                                m.next = "DIV"
-                        with m.Case(Op.SQRT):
-                            m.next = "SQRT"
-                        with m.Case(Op.ADD):
-                            m.next = "ALIGN"
-                        with m.Case(Op.FROM_INT):
-                            m.next = "WIDE"
-                        with m.Case(Op.SCALE_POW2, Op.TO_MULT):
-                            m.d.sync += nz.eq(~a_zero)
-                            m.next = "DONE"
-                        with m.Default():  # undefined encoding: zero
-                            m.next = "DONE"
+                if self.cmd_register:
+                    with m.If(self.cmd.valid):
+                        m.d.sync += cmd.eq(self.cmd.payload)
+                        m.next = "LOAD"
+                else:
+                    with m.If(self.cmd.valid):
+                        accept()
+            if self.cmd_register:
+                with m.State("LOAD"):
+                    accept()
 
             with m.State("MUL"):
                 # {lo, hi[0:24]} = ({lo + (hi[0] ? mb : 0)}, hi[0:24]) >> 1
                 m.d.comb += gate.eq(hi[0])
-                m.d.sync += [lo.eq(s[1:]), hi.eq(Cat(hi[1:W], s[0])), cnt.eq(cnt - 1)]
-                with m.If(cnt == 0):
+                m.d.sync += [lo.eq(s[1:]), hi.eq(Cat(hi[1:W], s[0])), cnt.eq(cnt - 1), cnt_z.eq(cnt == 1)]
+                with m.If(cnt_z):
                     m.d.comb += ex_add.eq(W)
-                    m.d.sync += [ex.eq(ex_step), cnt.eq(1)]  # a nonzero product needs <= 1 shift
+                    m.d.sync += [ex.eq(ex_step), cnt.eq(1), cnt_z.eq(0)]  # a nonzero product needs <= 1 shift
                     m.next = "WIDE"
 
             if self.multiplier == "dsp":
                 with m.State("MUL_DSP"):
                     p = Signal(2 * W)
                     m.d.comb += [p.eq(hi[:W] * bb[:W]), ex_add.eq(W)]
-                    m.d.sync += [lo.eq(p[W:]), hi.eq(p[:W]), ex.eq(ex_step), cnt.eq(1)]
+                    m.d.sync += [lo.eq(p[W:]), hi.eq(p[:W]), ex.eq(ex_step), cnt.eq(1), cnt_z.eq(0)]
                     m.next = "WIDE"
 
             for name in ("DIV", "SQRT"):
                 with m.State(name):
                     m.d.comb += [use_sqrt.eq(name == "SQRT"), lo_in.eq(ge)]
-                    m.d.sync += [hi.eq(Mux(ge, diff, x)), lo.eq(lo_shl), cnt.eq(cnt - 1)]
+                    m.d.sync += [hi.eq(Mux(ge, diff, x)), lo.eq(lo_shl), cnt.eq(cnt - 1), cnt_z.eq(cnt == 1)]
                     if name == "SQRT":
                         m.d.sync += bb.eq(bb << 2)
-                    with m.If(cnt == 0):
+                    with m.If(cnt_z):
                         m.d.comb += ex_add.eq(-W if name == "DIV" else -(W // 2))
                         m.d.sync += ex.eq(ex_step)
                         m.next = "NARROW"
 
+            with m.State("ADD_PREP"):
+                with m.If(~swap):
+                    m.d.sync += [lo.eq(bb[:W]), bb.eq(lo[:W])]
+                with m.Else():
+                    m.d.sync += ex.eq(eb)
+                m.d.sync += [cnt.eq(align), cnt_z.eq(add_a_zero | add_b_zero | (dd == 0))]   # align == 0
+                m.next = "ALIGN"
+
             with m.State("ALIGN"):
-                with m.If(cnt == 0):
+                with m.If(cnt_z):
                     m.d.comb += gate.eq(1)
                     m.d.sync += lo.eq(s)
                     m.next = "NARROW"
                 with m.Else():
-                    m.d.sync += [lo.eq(s[1:]), cnt.eq(cnt - 1)]
+                    m.d.sync += [lo.eq(s[1:]), cnt.eq(cnt - 1), cnt_z.eq(cnt == 1)]
 
             with m.State("NARROW"):
                 # A 24- or 25-bit result in lo (or zero): drop the carry bit.
@@ -425,12 +465,12 @@ class ScalarUnit(wiring.Component):
 
             with m.State("WIDE"):
                 # A 48-bit value in {lo[0:24], hi[0:24]}: shift left until bit 47 is set, or cnt steps.
-                with m.If(lo[W - 1] | (cnt == 0)):
+                with m.If(lo[W - 1] | cnt_z):
                     m.d.sync += nz.eq(lo[W - 1])
                     m.next = "DONE"
                 with m.Else():
                     m.d.comb += [lo_in.eq(hi[W - 1]), ex_add.eq(-1)]
-                    m.d.sync += [lo.eq(lo_shl), hi.eq(x), ex.eq(ex_step), cnt.eq(cnt - 1)]
+                    m.d.sync += [lo.eq(lo_shl), hi.eq(x), ex.eq(ex_step), cnt.eq(cnt - 1), cnt_z.eq(cnt == 1)]
 
             with m.State("DONE"):
                 m.d.comb += self.res.valid.eq(1)
