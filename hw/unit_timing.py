@@ -8,8 +8,8 @@ writes the netlist as JSON (``build/unit-timing/<hw>-<unit>/netlist.json``). The
 
 * **Estimate** (always, seconds): a static timing pass over the mapped netlist with a fixed delay per cell
   and per net hop (:data:`DELAYS`, rough ECP5 speed-6 figures: a LUT level costs ~1 ns with its
-  routing, a combinational 18x18 multiplier ~4.5 ns, an unregistered block-RAM read ~4 ns after the
-  clock). It lists the worst endpoints, one per register (or RAM / DSP input, or unit output), each with
+  routing, a combinational 18x18 multiplier ~10 ns with its routes in and out, an unregistered
+  block-RAM read ~4 ns after the clock). It lists the worst endpoints, one per register (or RAM / DSP input, or unit output), each with
   its startpoint, its logic depth and the named nets along the path. The numbers only rank paths; the
   placement adds wire delay the estimate cannot know. Its use: find *every* path that is far over budget
   in one run, instead of one critical path per placement.
@@ -46,7 +46,9 @@ DELAYS = {
     "bram_clk_q": 4.00,     # DP16KD without its output register
     "bram_setup": 0.30,
     "lutram_read": 0.60,    # TRELLIS_DPR16X4 RAD -> DO
-    "dsp": 4.50,            # MULT18X18D with no pipeline registers, input to output
+    # MULT18X18D with no pipeline registers, input to output, with the long routes into and out of the
+    # DSP row (nextpnr on the 85F, a routed LINEAR unit: 3.7 ns in, 3.9 ns through, 4.0 ns out).
+    "dsp": 10.0,
     "alu": 2.00,            # ALU54B / ALU24B, input to output
 }
 
