@@ -85,14 +85,14 @@ def isa_attend(dram, setup, layer, pos, q8, qe, lanes=N):
     return isa.buffers["att"]
 
 
-def run_commands(unit_args, bus_bytes, image, commands, seed=0, p_hold=0.2, jitter=2, lanes=N):
+def run_commands(unit_args, bus_bytes, image, commands, seed=0, p_hold=0.2, jitter=2, lanes=N, max_tokens=MAX_TOKENS):
     """Run ATTEND ``commands`` on one unit instance, back to back. Each command is a dict with ``setup``,
     ``layer``, ``pos``, ``q8``, ``qe`` and ``want`` (the expected ATT values, or ``None`` for a command
     that must fault with ``CONFIG_MISMATCH``). Returns the cycles of each command."""
-    unit = AttendUnit(lanes=lanes, data_bits=8 * bus_bytes, max_tokens=MAX_TOKENS, max_context=CTX, **unit_args)
+    unit = AttendUnit(lanes=lanes, data_bits=8 * bus_bytes, max_tokens=max_tokens, max_context=CTX, **unit_args)
     max_heads = unit.max_group * unit.max_kv_heads
     words = max_heads * unit.head_dim // lanes
-    harness = BufferHarness(lanes=lanes, max_tokens=MAX_TOKENS, max_index=unit.max_index,
+    harness = BufferHarness(lanes=lanes, max_tokens=max_tokens, max_index=unit.max_index,
                             words={Buffer.X: 2, Buffer.ATT: words, Buffer.H: 2, Buffer.Q: words})
     init = bus_words(image, bus_bytes)
     dram = FastDramModel(32, 8 * bus_bytes, depth=len(init) + 8, init=init, latency=HW.dram.latency_cycles,
@@ -211,6 +211,19 @@ def test_decode_prefill_and_gqa_on_one_build():
         _command(dram, rng, 1, 1, 0, 62, 2),     # group 1 on the one-kv-head cache, up to the last position
     ]
     run_commands(TINY, HW.dram.data_bytes, dram.image, cmds, seed=3)
+
+
+def test_runs_of_three_and_more_tiles():
+    """Runs of more than two query tiles (the sequencers describe each next tile from comparisons of the
+    tokens left with constants): 4 + 4 + 3, 4 + 4 + 1 and 4 + 4 + 4 tokens, MHA and GQA 2."""
+    dram = Dram(8, HW.dram.data_bytes, [(2, 2), (4, 2)], seed=4)
+    rng = np.random.default_rng(5)
+    cmds = [
+        _command(dram, rng, 2, 2, 0, 20, 11),
+        _command(dram, rng, 4, 2, 1, 3, 9),
+        _command(dram, rng, 2, 2, 1, 40, 12),
+    ]
+    run_commands(TINY, HW.dram.data_bytes, dram.image, cmds, seed=6, max_tokens=12)
 
 
 @pytest.mark.parametrize("head_dim, bus_bytes", [(16, 4), (8, 128)])

@@ -19,7 +19,8 @@ cost no cycles. Per segment:
   ``chunk`` int8 pairs (``chunk`` MACs per cycle). Per finished key and query row, the score
   ``z = saturate(round_shift(dot * mA, sA + 16 - eq - ek_j), 32)`` goes into the score buffer and,
   if the key is not masked for that row, the row's block maximum. An eleven-stage pipeline (stage 0
-  the chunk's cycle, stage 10 the score's write).
+  the chunk's cycle, stage 10 the score's write; the block maximum, computed in stage 10 into a
+  register, is written to its row one cycle later).
 * until the K pipeline is empty (about eleven cycles) the scores are landing; each row's ``M'`` and
   ``E'`` then follow from its registers.
 * V rows, a twelve-stage pipeline (stage 0 the chunk's cycle, stage 11 the write of ``num``): for
@@ -316,10 +317,10 @@ class AttentionEngine(wiring.Component):
         # block each). 3: their sum; the row's partial dot product is read. 4: it accumulates; on the
         # key's last chunk the dot product goes to smul. 5, 6: smul. 7, 8: the rounding shift (by
         # multiples of 8, then the rest, + 1, >> 1). 9: saturation; the row's block maximum is read.
-        # 10: the score is written, and the row's block maximum updated if the key is not masked for the
-        # row.
-        # The per-row read-modify-writes (dacc, blk_max) read one stage before they write and forward
-        # the word written in between (one-beat rows with one active row update a row every cycle).
+        # 10: the score is written, and the row's new block maximum computed into a register if the key
+        # is not masked for the row; 11: that register is written to the row.
+        # The per-row read-modify-writes read before they write and forward the words written in between
+        # (one-beat rows with one active row update a row every cycle): dacc one stage before, blk_max two.
         k_go = Signal()
         m.d.comb += q_rd.addr.eq(q_addr(r, k))
         KD = 10
@@ -365,11 +366,18 @@ class AttentionEngine(wiring.Component):
                      z_half.eq(((z_coarse >> kamt[6][:3]) + 1) >> 1),
                      z.eq(saturate(z_half, 32))]
         kscore = delays(k_score, KD - 4, "k_score")
-        bm_write = Signal()
+        # The block maximum: read in stage 9, the new value computed in stage 10 into a register
+        # (``bm_last``) and written from it in stage 11, so the compare does not drive the row registers.
+        # The read misses the writes of stages 10 and 11: the one in stage 11 (the chunk two ahead) is
+        # forwarded into the read register, the one in stage 10 (one ahead) into the compare.
+        bm_write, bm_write_1, bm_r_1 = Signal(), Signal(), Signal.like(r)
         m.d.comb += bm_write.eq(kscore[-1] & ken[KD])
-        bm_new, bm_last, bm_rd, bm_fwd = Signal(signed(32)), Signal(signed(32)), Signal(signed(32)), Signal()
-        m.d.sync += [bm_rd.eq(blk_max[kr[KD - 1]]), bm_fwd.eq(bm_write & (kr[KD] == kr[KD - 1])),
-                     bm_last.eq(bm_new)]
+        bm_new, bm_last, bm_rd = Signal(signed(32)), Signal(signed(32)), Signal(signed(32))
+        bm_fwd, bm_fwd2 = Signal(), Signal()
+        m.d.sync += [bm_fwd2.eq(bm_write & (kr[KD] == kr[KD - 2])),
+                     bm_rd.eq(Mux(bm_fwd2, bm_last, blk_max[kr[KD - 1]])),
+                     bm_fwd.eq(bm_write & (kr[KD] == kr[KD - 1])),
+                     bm_last.eq(bm_new), bm_write_1.eq(bm_write), bm_r_1.eq(kr[KD])]
         # Valid keys of a row are a prefix of the block, so a live row's first key is j = 0. z is compared
         # with both candidates (the word read and the word forwarded) from registers, then one is chosen.
         bm_cur = Mux(bm_fwd, bm_last, bm_rd)
@@ -377,10 +385,11 @@ class AttentionEngine(wiring.Component):
         m.d.comb += bm_new.eq(Mux(kj0[KD] | take_z, z, bm_cur))
         with m.If(kscore[-1]):
             m.d.comb += [z_wr.addr.eq(z_addr(kr[KD], kj[KD])), z_wr.data.eq(z), z_wr.en.eq(1)]
-        with m.If(bm_write):
-            m.d.sync += blk_max[kr[KD]].eq(bm_new)
+        with m.If(bm_write_1):
+            m.d.sync += blk_max[bm_r_1].eq(bm_last)
+        # Chunks in K stages 1 .. 10, as a register: the same stages one cycle earlier were 0 .. 9.
         k_busy = Signal()
-        m.d.comb += k_busy.eq(Cat(kvalid[1:]).any())
+        m.d.sync += k_busy.eq(Cat(kvalid[:KD]).any())
 
         # -- weighted sum (V rows) -----------------------------------------------------------------------
         # stage 0: the chunk arrives; z_j is read, and the row's registers. 1: the row's mask; M vs the
@@ -502,8 +511,10 @@ class AttentionEngine(wiring.Component):
         m.d.comb += den_new.eq(Mux(vfirst[VD], den_scaled_1, Mux(den_fwd, den_last, den_rd)) + vp[5])
         with m.If(den_wen):
             m.d.sync += den[vr[VD]].eq(den_new)
+        # Chunks in V stages 1 .. 11, as a register (stages 0 .. 10 one cycle earlier): the hand-off to the
+        # normaliser then starts from registers.
         v_busy = Signal()
-        m.d.comb += v_busy.eq(Cat(vbusy[1:]).any())
+        m.d.sync += v_busy.eq(Cat(vbusy[:VD]).any())
 
         # -- normaliser hand-off --------------------------------------------------------------------------
         m.d.comb += [norm.start.payload.bank.eq(bank), norm.start.payload.count.eq(rows_m1 + 1)]
@@ -595,7 +606,9 @@ class AttentionEngine(wiring.Component):
                     advance(rows_done)
 
             with m.State("K_WAIT"):
-                # The V phase reads the scores and block maxima: wait for the last ones to land.
+                # The V phase reads the scores and block maxima: wait for the last ones to land. (The
+                # last block maximum is written in K stage 11, the cycle this state sees k_busy low; V
+                # stage 0 reads it one cycle later at the earliest.)
                 with m.If(~k_busy):
                     m.next = "V"
 

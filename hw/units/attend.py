@@ -41,7 +41,7 @@ Sequence of a command (``docs/isa.md``, ``ATTEND``; ``docs/attention.md``, "The 
 counter and a register, never a barrel shifter.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -228,6 +228,23 @@ class AttendUnit(wiring.Component):
             r_left, r_last, r_final = regs
             return [r_left.eq(left), r_last.eq(tile_size(left) - 1), r_final.eq(left <= QB)]
 
+        # The first tile's values (of ``tokens``) and kv_heads - 2, group - 2 for the counters' "next is the
+        # last" tests, registered every cycle: ``tokens`` and ``kvh_m1`` are set in IDLE and ``group`` in
+        # CHECK2, several cycles before LAYER_BASE starts the sequencers.
+        w_qb = max(2, QB).bit_length()
+        tok_last, tok_final = Signal(range(max(2, QB))), Signal()
+        tok_last_m1, tok_one = Signal(signed(w_qb + 1)), Signal()
+        kvh_m2 = Signal(range(-1, max(2, MKV)))
+        group_m2 = Signal(range(-2, MG + 1))
+        m.d.sync += [tok_last.eq(tile_size(tokens) - 1), tok_final.eq(tokens <= QB),
+                     tok_last_m1.eq(tile_size(tokens) - 2), tok_one.eq(tile_size(tokens) == 1),
+                     kvh_m2.eq(kvh_m1 - 1), group_m2.eq(group - 2)]
+
+        def tile_first(regs):
+            """Statements that make ``regs`` describe the run's first tile."""
+            r_left, r_last, r_final = regs
+            return [r_left.eq(tokens), r_last.eq(tok_last), r_final.eq(tok_final)]
+
         # -- 1. tile commands --------------------------------------------------------------------------------
         c_active = Signal()
         c_pos = Signal.like(eng.cmd.payload.pos)
@@ -289,26 +306,40 @@ class AttendUnit(wiring.Component):
             g = Signal(range(max(2, MG)), name=f"{prefix}_g")
             b = Signal(range(max(2, DN)), name=f"{prefix}_b")
             h_end, qi_end, g_end, b_end = (Signal(name=f"{prefix}_{n}_end") for n in ("h", "qi", "g", "b"))
-            # Which counters wrap this step, as flat conditions (not nested Ifs: one AND each).
+            # Which counters wrap on the next step, as flat conditions of the flags (registers only, one AND
+            # each); the step itself only enables the registers (it comes from the handshake, late in the
+            # cycle), so it does not go through the choice of their next values.
             wrap_b, wrap_g, wrap_qi, wrap_h = (Signal(name=f"{prefix}_wrap_{n}") for n in ("b", "g", "qi", "h"))
-            m.d.comb += [wrap_b.eq(step & b_end), wrap_g.eq(step & b_end & g_end),
-                         wrap_qi.eq(step & b_end & g_end & qi_end), wrap_h.eq(step & b_end & g_end & qi_end & h_end)]
+            m.d.comb += [wrap_b.eq(b_end), wrap_g.eq(b_end & g_end),
+                         wrap_qi.eq(b_end & g_end & qi_end), wrap_h.eq(b_end & g_end & qi_end & h_end)]
+            # last_qi - 1 (-1 for a one-query tile) in a register: the query step compares qi with it.
+            w = max(2, QB).bit_length()
+            last_m1 = Signal(signed(w + 1), name=f"{prefix}_last_m1")
+            # The next tile (left - QB tokens left, at least 1 unless this tile is the final one) is described
+            # by comparisons of the register ``left`` with constants and narrow subtractions of its low bits,
+            # beside the wrap condition rather than after a subtraction: a tile of QB queries if left > 2 QB,
+            # else one of left - QB (left - QB - 1 and left - QB - 2 fit the low w + 1 bits).
+            full = left > 2 * QB
             with m.If(step):
                 m.d.sync += [b.eq(b + 1), b_end.eq(b == DN - 2)]
-            with m.If(wrap_b):
-                m.d.sync += [b.eq(0), b_end.eq(DN == 1), g.eq(g + 1), g_end.eq(g == group - 2)]
-            with m.If(wrap_g):
-                m.d.sync += [g.eq(0), g_end.eq(group == 1), qi.eq(qi + 1), qi_end.eq(qi == last_qi - 1)]
-            with m.If(wrap_qi):
-                m.d.sync += [qi.eq(0), qi_end.eq(last_qi == 0), h.eq(h + 1), h_end.eq(h == kvh_m1 - 1),
-                             hbase.eq(hbase + group)]
-            with m.If(wrap_h):
-                m.d.sync += [h.eq(0), h_end.eq(kvh_m1 == 0), hbase.eq(0), t0.eq(t0 + QB),
-                             *tile_start(tile, left - QB), qi_end.eq(tile_size(left - QB) == 1)]
-            with m.If(wrap_h & final):
-                m.d.sync += active.eq(0)
-            reset = [t0.eq(0), h.eq(0), hbase.eq(0), qi.eq(0), g.eq(0), b.eq(0), *tile_start(tile, tokens),
-                     h_end.eq(kvh_m1 == 0), qi_end.eq(tile_size(tokens) == 1), g_end.eq(group == 1), b_end.eq(DN == 1)]
+                with m.If(wrap_b):
+                    m.d.sync += [b.eq(0), b_end.eq(DN == 1), g.eq(g + 1), g_end.eq(g == group_m2)]
+                with m.If(wrap_g):
+                    m.d.sync += [g.eq(0), g_end.eq(group == 1), qi.eq(qi + 1), qi_end.eq(qi == last_m1)]
+                with m.If(wrap_qi):
+                    m.d.sync += [qi.eq(0), qi_end.eq(last_qi == 0), h.eq(h + 1), h_end.eq(h == kvh_m2),
+                                 hbase.eq(hbase + group)]
+                with m.If(wrap_h):
+                    m.d.sync += [h.eq(0), h_end.eq(kvh_m1 == 0), hbase.eq(0), t0.eq(t0 + QB),
+                                 left.eq(left - QB), final.eq(~full),
+                                 last_qi.eq(Mux(full, QB - 1, (left[:w + 1] - (QB + 1))[:len(last_qi)])),
+                                 last_m1.eq(Mux(full, QB - 2, (left[:w + 1] - (QB + 2))[:w + 1].as_signed())),
+                                 qi_end.eq(Mux(full, QB == 1, left == QB + 1))]
+                with m.If(wrap_h & final):
+                    m.d.sync += active.eq(0)
+            reset = [t0.eq(0), h.eq(0), hbase.eq(0), qi.eq(0), g.eq(0), b.eq(0), *tile_first(tile),
+                     last_m1.eq(tok_last_m1),
+                     h_end.eq(kvh_m1 == 0), qi_end.eq(tok_one), g_end.eq(group == 1), b_end.eq(DN == 1)]
             return t0 + qi, const_mul(hbase + g, DN) + b, reset
 
         q_active = Signal()
@@ -435,7 +466,7 @@ class AttendUnit(wiring.Component):
                 mul_step()
                 with m.If(mul_y == 0):
                     m.d.sync += [layer_base.eq(mul_acc), k_addr.eq(mul_acc), k_pos.eq(pos0), k_h.eq(0), c_pos.eq(pos0),
-                                 *tile_start(c_tile, tokens), *tile_start(k_tile, tokens), c_active.eq(1),
+                                 *tile_first(c_tile), *tile_first(k_tile), c_active.eq(1),
                                  k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset, *o_reset]
                     m.next = "RUN"
             with m.State("RUN"):
