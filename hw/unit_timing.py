@@ -30,7 +30,6 @@ import re
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 __all__ = ["DELAYS", "Endpoint", "estimate_paths", "format_paths", "synth_netlist", "run_nextpnr", "main"]

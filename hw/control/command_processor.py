@@ -27,7 +27,7 @@ and ``status`` shows its code and ``error_pc`` the instruction's address. ``done
 case, so a bad program never hangs the driver.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
