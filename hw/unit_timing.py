@@ -48,6 +48,11 @@ DELAYS = {
     # MULT18X18D with no pipeline registers, input to output, with the long routes into and out of the
     # DSP row (nextpnr on the 85F, a routed LINEAR unit: 3.7 ns in, 3.9 ns through, 4.0 ns out).
     "dsp": 10.0,
+    # MULT18X18D with its output register (hw.arith.dsp): input to the register through the multiplier,
+    # and the register's clock to output (nextpnr out of context), plus the DSP row's longer routes.
+    "dsp_reg_setup": 3.50,
+    "dsp_reg_clk_q": 0.74,
+    "dsp_route_extra": 2.35,
     "alu": 2.00,            # ALU54B / ALU24B, input to output
 }
 
@@ -207,8 +212,11 @@ def estimate_paths(netlist_path, top, *, delays=DELAYS):
             cell = cells[cname]
             ins = comb_inputs(cell, port)
             if ins is None:
-                memo[b] = (d["bram_clk_q"], 0, None)
-                launch[b] = (d["bram_clk_q"], f"{cell['type']} {cname}")
+                t = d["bram_clk_q"]
+                if cell["type"].startswith("MULT") and _is_registered_dsp(cell):
+                    t = d["dsp_reg_clk_q"] + d["dsp_route_extra"]
+                memo[b] = (t, 0, None)
+                launch[b] = (t, f"{cell['type']} {cname}")
                 stack.pop()
                 continue
             pending = []
@@ -266,9 +274,12 @@ def estimate_paths(netlist_path, top, *, delays=DELAYS):
             for p, bits in cell["connections"].items():
                 if dirs.get(p) != "input" or p.startswith("CLK") or p.startswith("RAD"):
                     continue
+                setup = d["bram_setup"]
+                if typ.startswith("MULT") and re.match(r"^[AB]\d+$|^SIGNED", p):
+                    setup = d["dsp_reg_setup"] + d["dsp_route_extra"]
                 for b in bits:
                     if not isinstance(b, str):
-                        sinks.append((b, d["bram_setup"], f"{typ} {cname}.{p}"))
+                        sinks.append((b, setup, f"{typ} {cname}.{p}"))
 
     worst = {}
     for b, setup, label in sinks:

@@ -1,0 +1,132 @@
+"""``hw.arith.dsp.registered_product``: the plain form against Python integers, the ECP5 form's wiring.
+
+The ECP5 form is an ``Instance("MULT18X18D")``, which neither the Amaranth simulator nor Yosys' ECP5
+library can simulate (Yosys ships only a black box of it). Its test therefore reads the Yosys netlist:
+one block per product, only its output register on, clocked, enabled and reset by the right nets, each
+``A``/``B`` input bit wired to the operand bit (or its sign, or 0) that an 18-bit signed (or unsigned)
+operand has there, and each product bit driven by the block's ``P`` output of the same index.
+"""
+
+import json
+import random
+
+import pytest
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.sim import Simulator
+
+from hw.arith.dsp import fits_dsp, registered_product
+from hw.synth import ECP5_SYNTH_PLATFORM
+
+#: (a shape, b shape): signed x signed, narrow unsigned (zero-extended), both 18-bit unsigned, and
+#: shapes too wide for one block (the plain form on every target).
+CASES = [(signed(18), signed(18)), (signed(12), unsigned(17)), (unsigned(9), unsigned(5)),
+         (unsigned(18), unsigned(18)), (signed(24), signed(16)), (unsigned(18), signed(10))]
+
+
+class Products(wiring.Component):
+    """One :func:`registered_product` per case of :data:`CASES`, all under the enable ``en``."""
+
+    def __init__(self):
+        members = {"en": In(1)}
+        for k, (sa, sb) in enumerate(CASES):
+            members[f"a{k}"] = In(sa)
+            members[f"b{k}"] = In(sb)
+            members[f"p{k}"] = Out(signed(sa.width + sb.width) if sa.signed or sb.signed else sa.width + sb.width)
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        for k in range(len(CASES)):
+            p = registered_product(m, f"prod{k}", getattr(self, f"a{k}"), getattr(self, f"b{k}"), en=self.en,
+                                   platform=platform)
+            m.d.comb += getattr(self, f"p{k}").eq(p)
+        return m
+
+
+def test_fits_dsp():
+    assert fits_dsp(signed(18), signed(18))
+    assert fits_dsp(unsigned(17), signed(18))
+    assert fits_dsp(unsigned(18), unsigned(18))
+    assert not fits_dsp(unsigned(18), signed(4))       # 18 unsigned bits need 19 signed ones
+    assert not fits_dsp(signed(19), signed(2))
+    assert not fits_dsp(unsigned(19), unsigned(2))
+
+
+def _value(rng, shape, corner):
+    lo, hi = (-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed else (0, (1 << shape.width) - 1)
+    return rng.choice([lo, hi, 0, 1 if hi else 0]) if corner else rng.randint(lo, hi)
+
+
+def test_plain_form_matches_integers():
+    dut = Products()
+    rng = random.Random(2026)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    failures = []
+
+    async def bench(ctx):
+        expect = [0] * len(CASES)               # the register's reset value
+        for step in range(300):
+            ops = [(_value(rng, sa, step % 4 == 0), _value(rng, sb, step % 5 == 0)) for sa, sb in CASES]
+            en = rng.random() < 0.7
+            for k, (a, b) in enumerate(ops):
+                ctx.set(getattr(dut, f"a{k}"), a)
+                ctx.set(getattr(dut, f"b{k}"), b)
+            ctx.set(dut.en, en)
+            await ctx.tick()
+            if en:
+                expect = [a * b for a, b in ops]
+            for k in range(len(CASES)):
+                got = ctx.get(getattr(dut, f"p{k}"))
+                if got != expect[k]:
+                    failures.append((step, k, got, expect[k]))
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert not failures, failures[:5]
+
+
+@pytest.fixture(scope="module")
+def ecp5_netlist(tmp_path_factory):
+    from hw.unit_timing import synth_netlist
+
+    out = tmp_path_factory.mktemp("dsp")
+    path = synth_netlist(Products(), "products", out, platform=ECP5_SYNTH_PLATFORM)
+    return json.loads(path.read_text())["modules"]["products"]
+
+
+def test_ecp5_form_wiring(ecp5_netlist):
+    ports = {name: p["bits"] for name, p in ecp5_netlist["ports"].items()}
+    blocks = {name: c for name, c in ecp5_netlist["cells"].items() if c["type"] == "MULT18X18D"}
+    fitting = [k for k, (sa, sb) in enumerate(CASES) if fits_dsp(sa, sb)]
+    assert len(fitting) == 4
+    by_output = {}
+    for name, cell in blocks.items():
+        by_output.setdefault(cell["connections"]["P0"][0], []).append((name, cell))
+    for k in fitting:
+        sa, sb = CASES[k]
+        (name, cell), = by_output[ports[f"p{k}"][0]]
+        par, con = cell["parameters"], cell["connections"]
+        assert par["REG_OUTPUT_CLK"] == "CLK0" and par["REG_OUTPUT_CE"] == "CE0" and par["REG_OUTPUT_RST"] == "RST0"
+        for reg in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_INPUTC_CLK", "REG_PIPELINE_CLK"):
+            assert par.get(reg, "NONE") == "NONE", (name, reg)
+        assert par["RESETMODE"] == "SYNC"
+        assert con["CLK0"] == ports["clk"] and con["RST0"] == ports["rst"] and con["CE0"] == ports["en"]
+        signed_mode = sa.signed or sb.signed or (sa.width <= 17 and sb.width <= 17)
+        assert con["SIGNEDA"] == con["SIGNEDB"] == ["1" if signed_mode else "0"]
+        for op, shape in (("A", sa), (f"B", sb)):
+            bits = ports[f"{op.lower()}{k}"]
+            for i in range(18):
+                want = bits[i] if i < shape.width else (bits[-1] if shape.signed else "0")
+                assert con[f"{op}{i}"] == [want], (k, op, i)
+        width = sa.width + sb.width
+        for i in range(width):
+            assert con[f"P{i}"] == [ports[f"p{k}"][i]], (k, i)
+    # Too wide for one block: Yosys' own split, combinational blocks, registered in the fabric.
+    for k in set(range(len(CASES))) - set(fitting):
+        assert ports[f"p{k}"][0] not in by_output
+    for name, cell in blocks.items():
+        if cell["connections"]["P0"][0] not in {ports[f"p{k}"][0] for k in fitting}:
+            assert cell["parameters"].get("REG_OUTPUT_CLK", "NONE") == "NONE"
