@@ -16,7 +16,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw.arith.dsp import fits_dsp, registered_product
+from hw.arith.dsp import DSP_WIDTH, fits_dsp, registered_pieces, registered_product
 from hw.synth import ECP5_SYNTH_PLATFORM
 
 #: (a shape, b shape): signed x signed, narrow unsigned (zero-extended), both 18-bit unsigned, and
@@ -116,7 +116,7 @@ def test_ecp5_form_wiring(ecp5_netlist):
         assert con["CLK0"] == ports["clk"] and con["RST0"] == ports["rst"] and con["CE0"] == ports["en"]
         signed_mode = sa.signed or sb.signed or (sa.width <= 17 and sb.width <= 17)
         assert con["SIGNEDA"] == con["SIGNEDB"] == ["1" if signed_mode else "0"]
-        for op, shape in (("A", sa), (f"B", sb)):
+        for op, shape in (("A", sa), ("B", sb)):
             bits = ports[f"{op.lower()}{k}"]
             for i in range(18):
                 want = bits[i] if i < shape.width else (bits[-1] if shape.signed else "0")
@@ -130,3 +130,44 @@ def test_ecp5_form_wiring(ecp5_netlist):
     for name, cell in blocks.items():
         if cell["connections"]["P0"][0] not in {ports[f"p{k}"][0] for k in fitting}:
             assert cell["parameters"].get("REG_OUTPUT_CLK", "NONE") == "NONE"
+
+
+def test_inside_a_condition_is_refused():
+    m = Module()
+    a, b, c = Signal(8), Signal(8), Signal()
+    with m.If(c):
+        with pytest.raises(ValueError, match="outside If/Switch/FSM"):
+            registered_product(m, "p", a, b)
+    m._MustUse__silence = True          # built only to be refused
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [(unsigned(40), unsigned(15)), (signed(35), signed(18)),
+                                              (signed(34), unsigned(17)), (unsigned(12), signed(9))])
+def test_registered_pieces_sum_to_the_product(a_shape, b_shape):
+
+    m = Module()
+    a, b = Signal(a_shape, name="a"), Signal(b_shape, name="b")
+    pieces = registered_pieces(m, "p", a, b, platform=ECP5_SYNTH_PLATFORM)
+    # Every piece is a product of operands that fit one block (a 17-bit chunk, or an 18-bit signed top).
+    assert all(len(piece) <= 2 * DSP_WIDTH for _, piece in pieces)
+    assert len(pieces) == -(-a_shape.width // (DSP_WIDTH - 1)) or fits_dsp(a_shape, b_shape)
+    total = Signal(signed(a_shape.width + b_shape.width + 1))
+    m.d.comb += total.eq(sum(piece << shift for shift, piece in registered_pieces(m, "q", a, b)))
+    rng = random.Random(7)
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    failures = []
+
+    async def bench(ctx):
+        for step in range(200):
+            va, vb = _value(rng, a_shape, step % 3 == 0), _value(rng, b_shape, step % 4 == 0)
+            ctx.set(a, va)
+            ctx.set(b, vb)
+            await ctx.tick()
+            if ctx.get(total) != va * vb:
+                failures.append((va, vb, ctx.get(total)))
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert not failures, failures[:3]
+

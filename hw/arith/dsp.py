@@ -17,7 +17,7 @@ ECP5 form's cells and parameters after Yosys.
 
 from amaranth.hdl import ClockSignal, Const, Instance, ResetSignal, Signal, signed, unsigned
 
-__all__ = ["DSP_WIDTH", "dsp_target", "fits_dsp", "registered_product"]
+__all__ = ["DSP_WIDTH", "dsp_target", "fits_dsp", "registered_product", "registered_pieces"]
 
 #: Operand width of one ECP5 multiplier block (signed).
 DSP_WIDTH = 18
@@ -71,7 +71,17 @@ def registered_product(m, name, a, b, *, en=None, platform=None):
     -------
     Signal
         ``signed(len(a) + len(b))`` if either operand is signed, else ``unsigned(len(a) + len(b))``.
+
+    Raises
+    ------
+    ValueError
+        When called inside a ``with m.If``/``m.Switch``/``m.FSM`` block (the condition belongs in ``en``).
     """
+    if getattr(m, "_ctrl_stack", None):
+        # Inside ``with m.If``/``m.FSM`` the plain form's register would load only under that condition,
+        # the block's would not: the two forms would differ. The enable says when to load.
+        raise ValueError(f"registered_product {name!r}: call it outside If/Switch/FSM blocks and pass the "
+                         f"load condition as `en`")
     a_shape, b_shape = a.shape(), b.shape()
     width = a_shape.width + b_shape.width
     is_signed = a_shape.signed or b_shape.signed
@@ -119,3 +129,28 @@ def _mult18x18d(ports, *, sign, clk, rst, ce):
         p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED", p_RESETMODE="SYNC",
         i_SIGNEDA=sign, i_SIGNEDB=sign, i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
         i_CLK0=clk, i_CE0=ce, i_RST0=rst, **unused, **ports)
+
+
+def registered_pieces(m, name, a, b, *, en=None, platform=None):
+    """``a * b`` for an ``a`` of any width, as registered pieces that each fit one block: ``[(shift,
+    piece), ...]`` with ``a * b == sum(piece << shift)`` one cycle after the operands (the caller sums the
+    pieces in its next stage, so no adder follows a block in the same cycle).
+
+    ``a`` is cut into 17-bit unsigned chunks (the top chunk keeps ``a``'s sign); ``b`` must fit one
+    block's other operand (at most 17 unsigned or 18 signed bits). Arguments as :func:`registered_product`.
+    """
+    b_shape = b.shape()
+    if b_shape.width > (DSP_WIDTH if b_shape.signed else DSP_WIDTH - 1):
+        raise ValueError(f"registered_pieces {name!r}: b has {b_shape.width} bits; at most "
+                         f"{DSP_WIDTH - 1} unsigned or {DSP_WIDTH} signed bits fit one block")
+    a_shape = a.shape()
+    cut = DSP_WIDTH - 1
+    if fits_dsp(a_shape, b_shape):
+        return [(0, registered_product(m, name, a, b, en=en, platform=platform))]
+    pieces = []
+    for k, lo in enumerate(range(0, a_shape.width, cut)):
+        chunk = a[lo:lo + cut]
+        if lo + cut >= a_shape.width and a_shape.signed:
+            chunk = chunk.as_signed()
+        pieces.append((lo, registered_product(m, f"{name}_{k}", chunk, b, en=en, platform=platform)))
+    return pieces

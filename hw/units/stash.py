@@ -32,6 +32,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
+from ..arith.dsp import registered_product
 from ..isa import ADDR_BITS, BODIES, RUN_ARGS, ErrorCode, Opcode
 from ..memory.axi import AxiBurstReader
 from ..memory.axi_write import AxiBurstWriter
@@ -73,15 +74,15 @@ class _StashGeometry:
         self.burst = max(1, min(_MAX_BURST, self.max_words))
         self.beats_bits = self.max_words.bit_length() + 1
 
-    def _size(self, m, n_tok, beats, words):
-        """``words`` (sync) := the bus words of ``n_tok`` tokens of ``beats`` beats."""
-        total = n_tok * beats
+    def _words(self, m, n_tok, beats, platform):
+        """The bus words of ``n_tok`` tokens of ``beats`` beats, from a product registered in the
+        multiplier block (:func:`~hw.arith.dsp.registered_product`): valid two cycles after ``n_tok`` and
+        ``beats`` are set (the product register, then this expression's consumer's register)."""
+        total = registered_product(m, "stash_total", n_tok, beats, platform=platform)
         if self.words_per_beat > 1:
-            m.d.sync += words.eq(total << exact_log2(self.words_per_beat))
-        else:
-            k = self.beats_per_word
-            m.d.sync += words.eq((total + k - 1) >> exact_log2(k))
-        return total
+            return total << exact_log2(self.words_per_beat)
+        k = self.beats_per_word
+        return (total + k - 1) >> exact_log2(k)
 
 
 class LoadXUnit(_StashGeometry, wiring.Component):
@@ -139,6 +140,7 @@ class LoadXUnit(_StashGeometry, wiring.Component):
         hidden = Signal(16)
         beats = Signal(range(self.max_beats + 1))
         words = Signal(self.beats_bits)
+        words_next = self._words(m, n_tok, beats, platform)
         tok = Signal.like(n_tok)                            # token and beat of the next beat out
         bt = Signal(range(self.max_beats + 1))
         fault = Signal(ErrorCode)
@@ -174,11 +176,14 @@ class LoadXUnit(_StashGeometry, wiring.Component):
                         m.next = "DONE"
                     with m.Else():
                         m.next = "SIZE"
-            with m.State("SIZE"):
-                with m.If(self._size(m, n_tok, beats, words) == 0):
+            with m.State("SIZE"):           # the product register loads n_tok * beats
+                with m.If((n_tok == 0) | (beats == 0)):
                     m.next = "DONE"
                 with m.Else():
-                    m.next = "ISSUE"
+                    m.next = "WORDS"
+            with m.State("WORDS"):
+                m.d.sync += words.eq(words_next)
+                m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.addr.eq(addr), rd.cmd.payload.beats.eq(words)]
                 with m.If(rd.cmd.ready):
@@ -288,6 +293,7 @@ class SaveXUnit(_StashGeometry, wiring.Component):
         hidden = Signal(16)
         beats = Signal(range(self.max_beats + 1))
         words = Signal(self.beats_bits)
+        words_next = self._words(m, n_tok, beats, platform)
         fault = Signal(ErrorCode)
         m.d.comb += self.fault.eq(fault)
         # Requests (token, beat) run ahead; the buffers refuse them while two answers are owed.
@@ -320,11 +326,14 @@ class SaveXUnit(_StashGeometry, wiring.Component):
                         m.next = "DONE"
                     with m.Else():
                         m.next = "SIZE"
-            with m.State("SIZE"):
-                with m.If(self._size(m, n_tok, beats, words) == 0):
+            with m.State("SIZE"):           # the product register loads n_tok * beats
+                with m.If((n_tok == 0) | (beats == 0)):
                     m.next = "DONE"
                 with m.Else():
-                    m.next = "ISSUE"
+                    m.next = "WORDS"
+            with m.State("WORDS"):
+                m.d.sync += words.eq(words_next)
+                m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += [wr.cmd.valid.eq(1), wr.cmd.payload.addr.eq(addr), wr.cmd.payload.beats.eq(words)]
                 with m.If(wr.cmd.ready):
