@@ -77,7 +77,7 @@ def registered_product(m, name, a, b, *, en=None, platform=None):
     ValueError
         When called inside a ``with m.If``/``m.Switch``/``m.FSM`` block (the condition belongs in ``en``).
     """
-    if getattr(m, "_ctrl_stack", None):
+    if getattr(getattr(m, "domain", None), "_depth", 0):
         # Inside ``with m.If``/``m.FSM`` the plain form's register would load only under that condition,
         # the block's would not: the two forms would differ. The enable says when to load.
         raise ValueError(f"registered_product {name!r}: call it outside If/Switch/FSM blocks and pass the "

@@ -17,13 +17,14 @@ and token, so small writes cost nothing that matters. The geometry (``segment``,
 computed from the ``SETUP`` registers when a command starts.
 """
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from golden.numerics import ATTN_KEY_BLOCK
 
+from ..arith.dsp import registered_pieces, registered_product
 from ..isa import ADDR_BITS, BODIES, Opcode
 from ..memory.axi_write import AxiBurstWriter
 from ..params import check_int
@@ -68,6 +69,12 @@ class KvWriter(wiring.Component):
             raise ValueError(f"{owner}: lanes must be a power of two, got {lanes}")
         # A beat wider than the bus is a burst of whole bus words (rows start on a multiple of `lanes`).
         self.words = max(1, lanes // (data_bits // 8))
+        # Widest segment in bus words, over every head_dim SETUP can hold (12 bits).
+        bus = data_bits // 8
+        self.seg_words_bits = max(-(-((-(-_EXP_BYTES // dv)) + _EXP_BYTES) * dv // bus)
+                                  for dv in range(1, 1 << 12)).bit_length()
+        if self.seg_words_bits > 17:
+            raise ValueError(f"{owner}: data_bits must be at least 32 (a segment in bus words must fit 17 bits)")
         self.writer = AxiBurstWriter(ADDR_BITS, data_bits, max_burst=self.words, max_outstanding=4,
                                      beats_bits=max(2, self.words.bit_length() + 1), strobes=True)
         super().__init__({
@@ -88,19 +95,16 @@ class KvWriter(wiring.Component):
         s = self.setup
         d = s.head_dim
 
-        # Geometry of the run, from SETUP, in five cycles after `start` (multipliers are shared over them
-        # rather than chained in one expression: an ECP5 build has 156 DSPs, and a chain of 32-bit
-        # products per beat took 38):
-        #   segment = ceil((exp_rows + 64) d / bus) bus;  head_stride = blocks segment;
-        #   layer_base = kv_base + (layer kv_heads) head_stride.
-        # Widths: d < 2^12 gives segment < 2^19; blocks = max_context / 32 < 2^15; addresses wrap at 2^32.
+        # Geometry of the run, from SETUP, in three cycles after `start`: the segment in bus words and
+        # `layer * kv_heads`, each a product registered in its multiplier block (hw.arith.dsp), so no path
+        # crosses a DSP unregistered:
+        #   seg_words = ceil((exp_rows + 64) d / bus);  layer_heads = layer kv_heads.
         exp_rows = Signal(8)
-        segment = Signal(20)
         blocks = Signal(15)
         layer = Signal(8)
-        head_stride = Signal(ADDR_BITS)
-        layer_base = Signal(ADDR_BITS)
-        layer_heads = Signal(16)
+        seg_words = Signal(self.seg_words_bits)
+        seg_raw = registered_product(m, "seg_raw", (exp_rows + 2 * ATTN_KEY_BLOCK)[:8], d, platform=platform)
+        layer_heads = registered_product(m, "layer_heads", layer, s.kv_heads, platform=platform)
         ready = Signal()
         with m.FSM(name="geometry"):
             with m.State("READY"):
@@ -118,53 +122,67 @@ class KvWriter(wiring.Component):
                     m.d.sync += [exp_rows.eq(rows), layer.eq(self.start.payload.layer),
                                  blocks.eq(s.max_context >> exact_log2(ATTN_KEY_BLOCK))]
                     m.next = "SEGMENT"
-            with m.State("SEGMENT"):
-                raw = Signal(20)
-                m.d.comb += raw.eq((exp_rows + 2 * ATTN_KEY_BLOCK) * d)
-                m.d.sync += segment.eq(((raw + B - 1) >> lg) << lg)
-                m.next = "STRIDE"
-            with m.State("STRIDE"):
-                m.d.sync += head_stride.eq(blocks * segment)
-                m.next = "BASE"
-            with m.State("BASE"):
-                m.d.sync += layer_heads.eq(layer * s.kv_heads)
-                m.next = "LAYER"
-            with m.State("LAYER"):
-                m.d.sync += layer_base.eq(s.kv_base + layer_heads * head_stride)
+            with m.State("SEGMENT"):        # seg_raw and layer_heads load their products
+                m.next = "WORDS"
+            with m.State("WORDS"):
+                m.d.sync += seg_words.eq((seg_raw + B - 1) >> lg)
                 m.next = "READY"
 
         # One beat -> a write of its lanes; the vector's last beat -> also its exponent byte.
-        # A beat is taken into registers (`st`) with its address products, the next cycle adds the segment
-        # base (`seg_ok`), and the writes are issued from registers: no multiplier or chain of adders lies
-        # between the LINEAR unit's stream, this unit's registers and the write channel. `kv.ready` is
-        # the stage's emptiness, so a beat costs two more cycles than its writes; a decode step writes a
-        # few beats per kv head.
+        # The beat's address runs down a pipeline that moves as one (`adv`: the write stage is empty or
+        # finishes this cycle), one step per stage, each product registered in its block:
+        #   1: row_d = row d                       lh = layer_heads + head
+        #   2: hb = lh blocks                      row_off = row_d + beat lanes
+        #   3: index = hb + block                  (the segment's index in the cache)
+        #   4: pieces of index seg_words
+        #   5 (write): seg = kv_base + (index seg_words) bus
+        # The writes go out from stage 5's registers; a beat takes as many cycles as its writes.
         p = self.kv.payload
-        j = p.pos[:exact_log2(ATTN_KEY_BLOCK)]
-        block = p.pos >> exact_log2(ATTN_KEY_BLOCK)
+        n_st = 5
+        valid = [Signal(name=f"kv_st{k}_valid") for k in range(1, n_st + 1)]
+        st = [Signal.like(p, name=f"kv_st{k}") for k in range(1, n_st + 1)]
+        done = Signal()                      # the write stage's last write is accepted this cycle
+        adv = Signal()
+        m.d.comb += [adv.eq(~valid[-1] | done), self.kv.ready.eq(ready & adv)]
+        with m.If(adv):
+            m.d.sync += [valid[0].eq(self.kv.valid & self.kv.ready), st[0].eq(p)]
+            m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, n_st)]
+            m.d.sync += [st[k].eq(st[k - 1]) for k in range(1, n_st)]
+
+        def j_of(q):
+            return q.pos[:exact_log2(ATTN_KEY_BLOCK)]
+
+        # Stage 1.
         row = Signal(8)                      # the row's index in its segment, < exp_rows + 64 <= 128
-        m.d.comb += row.eq(exp_rows + Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j)
-        st_valid = Signal()                  # the stage holds a beat
-        seg_ok = Signal()                    # ... and its segment address is summed
-        st = Signal.like(p)
-        head_off = Signal(ADDR_BITS)         # head * head_stride
-        block_off = Signal(ADDR_BITS)        # block * segment
-        row_off = Signal(ADDR_BITS)          # row * d + beat * lanes
-        exp_off = Signal(7)                  # 32 is_v + pos % 32
+        m.d.comb += row.eq(exp_rows + Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j_of(p))
+        row_d = registered_product(m, "row_d", row, d, en=adv, platform=platform)
+        lh = Signal(16)
+        with m.If(adv):
+            m.d.sync += lh.eq(layer_heads + p.head)
+        # Stage 2.
+        hb = registered_product(m, "hb", lh, blocks, en=adv, platform=platform)
+        row_off = [Signal(ADDR_BITS, name=f"row_off{k}") for k in (2, 3, 4, 5)]
+        exp_off = [Signal(7, name=f"exp_off{k}") for k in (2, 3, 4, 5)]      # 32 is_v + pos % 32
+        with m.If(adv):
+            m.d.sync += [row_off[0].eq(row_d + st[0].beat * N),
+                         exp_off[0].eq(Mux(st[0].is_v, ATTN_KEY_BLOCK, 0) + j_of(st[0]))]
+            m.d.sync += [row_off[k].eq(row_off[k - 1]) for k in range(1, 4)]
+            m.d.sync += [exp_off[k].eq(exp_off[k - 1]) for k in range(1, 4)]
+        # Stage 3.
+        index = Signal(32)
+        with m.If(adv):
+            m.d.sync += index.eq(hb + (st[1].pos >> exact_log2(ATTN_KEY_BLOCK)))
+        # Stage 4.
+        pieces = registered_pieces(m, "seg_off", index, seg_words, en=adv, platform=platform)
+        # Stage 5.
         seg = Signal(ADDR_BITS)
-        done = Signal()                      # the stage's last write is accepted this cycle
-        m.d.comb += self.kv.ready.eq(ready & ~st_valid)
-        with m.If(self.kv.valid & self.kv.ready):
-            m.d.sync += [st_valid.eq(1), st.eq(p), head_off.eq(p.head * head_stride), block_off.eq(block * segment),
-                         row_off.eq(row * d + p.beat * N), exp_off.eq(Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j)]
-        m.d.sync += seg_ok.eq(st_valid & ~done)
-        m.d.sync += seg.eq(layer_base + head_off + block_off)
-        with m.If(done):
-            m.d.sync += st_valid.eq(0)
+        with m.If(adv):
+            m.d.sync += seg.eq(s.kv_base + (sum(piece << shift for shift, piece in pieces) << lg))
+        w_valid, w = valid[-1], st[-1]
 
         row_addr = Signal(ADDR_BITS)
         exp_addr = Signal(ADDR_BITS)
-        m.d.comb += [row_addr.eq(seg + row_off), exp_addr.eq(seg + exp_off)]
+        m.d.comb += [row_addr.eq(seg + row_off[-1]), exp_addr.eq(seg + exp_off[-1])]
         phase_exp = Signal()                 # the beat's values are out; its exponent byte is next
         addr = Mux(phase_exp, exp_addr, row_addr)
         off = addr[:lg]
@@ -172,29 +190,29 @@ class KvWriter(wiring.Component):
         word = Signal(range(W + 1))          # bus word of a wide beat
         if W == 1:
             nbytes = Mux(phase_exp, 1, N)
-            values = st.data << (off << 3)
+            values = w.data << (off << 3)
             strb = (((1 << nbytes) - 1) << off)[:B]
         else:
-            values = st.data.word_select(word, 8 * B)
+            values = w.data.word_select(word, 8 * B)
             strb = (1 << B) - 1
         m.d.comb += [
             wr.cmd.payload.addr.eq(addr), wr.cmd.payload.beats.eq(Mux(phase_exp, 1, W)),
-            wr.data.payload.data.eq(Mux(phase_exp, st.e << (off << 3), values)),
+            wr.data.payload.data.eq(Mux(phase_exp, w.e << (off << 3), values)),
             wr.data.payload.strb.eq(Mux(phase_exp, (1 << off)[:B], strb)),
         ]
         # Each write: its command, then its data words (the writer takes data after the address).
         sent_cmd = Signal()
-        m.d.comb += [wr.cmd.valid.eq(seg_ok & ~sent_cmd), wr.data.valid.eq(seg_ok & sent_cmd)]
+        m.d.comb += [wr.cmd.valid.eq(w_valid & ~sent_cmd), wr.data.valid.eq(w_valid & sent_cmd)]
         with m.If(wr.cmd.valid & wr.cmd.ready):
             m.d.sync += [sent_cmd.eq(1), word.eq(0)]
         with m.If(wr.data.valid & wr.data.ready):
             m.d.sync += word.eq(word + 1)
         with m.If(wr.data.valid & wr.data.ready & (phase_exp | (word == W - 1))):
             m.d.sync += sent_cmd.eq(0)
-            with m.If(st.last & ~phase_exp):
+            with m.If(w.last & ~phase_exp):
                 m.d.sync += phase_exp.eq(1)
             with m.Else():
                 m.d.sync += phase_exp.eq(0)
                 m.d.comb += done.eq(1)
-        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid & ~st_valid), self.error.eq(wr.error)]
+        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid & ~Cat(*valid).any()), self.error.eq(wr.error)]
         return m

@@ -11,6 +11,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
+from ..arith.dsp import registered_product
 from ..isa import ADDR_BITS
 from ..memory.axi_write import AxiBurstWriter
 from ..params import check_int
@@ -65,7 +66,7 @@ class LogitsWriter(wiring.Component):
         m = Module()
         m.submodules.writer = wr = self.writer
         wiring.connect(m, wr.axi, wiring.flipped(self.axi))
-        B, W, N = self.data_bits // 8, self.words, self.lanes
+        B, W = self.data_bits // 8, self.words
         lgb = exact_log2(B)
         base = Signal(ADDR_BITS)
         tiles = Signal.like(self.start.payload.tiles)
@@ -73,15 +74,28 @@ class LogitsWriter(wiring.Component):
         with m.If(self.start.valid):
             m.d.sync += [base.eq(self.start.payload.addr), tiles.eq(self.start.payload.tiles)]
 
-        p = self.lg.payload
+        # Two stages that move as one (`adv`: the write stage is empty or finishes this cycle): stage 1
+        # takes the beat and registers `token * tiles` in the multiplier block (hw.arith.dsp), stage 2
+        # (the write stage) registers the address. No path crosses the DSP or reaches the writer's
+        # address register from the LINEAR unit's stream through a multiplier.
+        q = self.lg.payload
+        valid = [Signal(name="lg_st1_valid"), Signal(name="lg_st2_valid")]
+        st = [Signal.like(q, name="lg_st1"), Signal.like(q, name="lg_st2")]
+        done = Signal()
+        adv = Signal()
+        m.d.comb += [adv.eq(~valid[1] | done), self.lg.ready.eq(adv)]
+        tt = registered_product(m, "token_tiles", q.token, tiles, en=adv, platform=platform)
         addr = Signal(ADDR_BITS)
-        m.d.comb += addr.eq(base + ((p.token * tiles + p.tile) << exact_log2(self.beat_bytes)))
+        with m.If(adv):
+            m.d.sync += [valid[0].eq(self.lg.valid), st[0].eq(q), valid[1].eq(valid[0]), st[1].eq(st[0]),
+                         addr.eq(base + ((tt + st[0].tile) << exact_log2(self.beat_bytes)))]
+        p = st[1]
         off = Signal(range(B))
         m.d.comb += off.eq(addr[:lgb] if self.beat_bytes < B else 0)
         word = Signal(range(W + 1))            # bus word of the beat being sent
         sent_cmd = Signal()
         m.d.comb += [wr.cmd.payload.addr.eq(addr), wr.cmd.payload.beats.eq(W),
-                     wr.cmd.valid.eq(self.lg.valid & ~sent_cmd), wr.data.valid.eq(self.lg.valid & sent_cmd)]
+                     wr.cmd.valid.eq(valid[1] & ~sent_cmd), wr.data.valid.eq(valid[1] & sent_cmd)]
         if self.beat_bytes < B:
             m.d.comb += [wr.data.payload.data.eq(p.data << (off << 3)),
                          wr.data.payload.strb.eq(((1 << self.beat_bytes) - 1) << off)]
@@ -94,6 +108,6 @@ class LogitsWriter(wiring.Component):
             m.d.sync += word.eq(word + 1)
             with m.If(word == W - 1):
                 m.d.sync += sent_cmd.eq(0)
-                m.d.comb += self.lg.ready.eq(1)
-        m.d.comb += [self.idle.eq(wr.idle & ~self.lg.valid), self.error.eq(wr.error)]
+                m.d.comb += done.eq(1)
+        m.d.comb += [self.idle.eq(wr.idle & ~self.lg.valid & ~valid[0] & ~valid[1]), self.error.eq(wr.error)]
         return m
