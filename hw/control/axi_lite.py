@@ -65,6 +65,7 @@ class AxiLiteCsrBridge(wiring.Component):
         have_aw, have_w = Signal(), Signal()
         w_en = Signal()     # a write with no strobe set writes nothing
         rdata = Signal(32)
+        raddr = Signal(n)
 
         # The CSR read data sits on csr.r_data for exactly one cycle (READ), so it is captured there.
         with m.FSM(name="axil"):
@@ -78,10 +79,14 @@ class AxiLiteCsrBridge(wiring.Component):
                 with m.If(have_aw & have_w):
                     m.next = "WRITE"
                 with m.Elif(~have_aw & ~have_w & ~axi.awvalid & ~axi.wvalid & axi.arvalid):
-                    m.d.comb += [axi.arready.eq(1), csr.addr.eq(axi.araddr[2:2 + n]),
-                                 csr.r_stb.eq(axi.araddr[2 + n:] == 0)]
-                    m.d.sync += in_range.eq(axi.araddr[2 + n:] == 0)
-                    m.next = "READ"
+                    # The address is registered before it reaches the CSR bus: the command processor's
+                    # read mux then starts from registers, not from the AXI-Lite master's AR channel.
+                    m.d.comb += axi.arready.eq(1)
+                    m.d.sync += [raddr.eq(axi.araddr[2:2 + n]), in_range.eq(axi.araddr[2 + n:] == 0)]
+                    m.next = "READ_STROBE"
+            with m.State("READ_STROBE"):
+                m.d.comb += [csr.addr.eq(raddr), csr.r_stb.eq(in_range)]
+                m.next = "READ"
             with m.State("WRITE"):
                 m.d.comb += [csr.addr.eq(waddr[2:2 + n]), csr.w_data.eq(wdata),
                              csr.w_stb.eq(w_en & (waddr[2 + n:] == 0))]
