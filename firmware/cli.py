@@ -389,6 +389,9 @@ def cmd_build(args):
 
     if args.board not in board_names():
         raise UserError(f"unknown board {args.board!r}; known boards: {', '.join(board_names())}")
+    if args.design is None:
+        # The accelerator where the board has its shell (the SDRAM it needs); the link alone elsewhere.
+        args.design = "shell" if args.board == "ulx3s-85f" else "link"
     if args.design not in design_names():
         raise UserError(f"unknown design {args.design!r}; known designs: {', '.join(design_names())}")
     hw = load_hw_config(args.hw)
@@ -580,11 +583,14 @@ def build_parser():
                                     "per clock against its constraint, build time, tool versions and commit. "
                                     "Exit 0 if every clock meets its constraint, 1 if one does not (or a tool "
                                     "failed), 2 for a usage error. Boards: ulx3s-85f (ECP5), nexus-40 "
-                                    "(LIFCL-40-EVN). Designs: link (the UART host link with a CSR stub and "
-                                    "on-chip RAM).")
+                                    "(LIFCL-40-EVN). Designs: shell (the accelerator with the board's SDRAM and "
+                                    "the UART host link; ulx3s-85f only; about an hour on two cores) and link "
+                                    "(the UART host link with a CSR stub and on-chip RAM; a minute).")
     bd.add_argument("--board", required=True, help="target board: ulx3s-85f or nexus-40")
     bd.add_argument("--hw", required=True, help="hardware config name or YAML path (e.g. ecp5)")
-    bd.add_argument("--design", default="link", help="design to build (default link)")
+    bd.add_argument("--design", default=None,
+                    help="design to build: shell (the accelerator; the default on ulx3s-85f) or link (the "
+                         "default on boards without a shell)")
     bd.add_argument("--out", default=None,
                     help="build directory (default build/<board>-<design>-<hw>/)")
     bd.add_argument("--json", action="store_true",

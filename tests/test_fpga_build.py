@@ -384,3 +384,18 @@ def test_real_build_link_ulx3s(tmp_path, capsys):
     assert r["fmax_mhz"] and all(r["fmax_mhz"][c] >= r["constraint_mhz"][c] for c in r["fmax_mhz"])
     assert "[2/3] nextpnr: done in" in captured.err
     assert (out / "build-report.json").exists()
+
+
+def test_cli_default_design_is_the_shell_on_the_ulx3s(monkeypatch, capsys):
+    import firmware.fpga_build as fb
+
+    seen = []
+
+    def fake(board, design, hw, **kwargs):
+        seen.append((board, design))
+        return _result("ulx3s-85f-link-report.json")
+
+    monkeypatch.setattr(fb, "build_bitstream", fake)
+    main(["build", "--board", "ulx3s-85f", "--hw", "ecp5"])
+    main(["build", "--board", "nexus-40", "--hw", "ecp5"])
+    assert seen == [("ulx3s-85f", "shell"), ("nexus-40", "link")]
