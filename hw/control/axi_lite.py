@@ -65,7 +65,10 @@ class AxiLiteCsrBridge(wiring.Component):
         have_aw, have_w = Signal(), Signal()
         w_en = Signal()     # a write with no strobe set writes nothing
         rdata = Signal(32)
-        raddr = Signal(n)
+        # The CSR address is one register, loaded before each access: the command processor's read mux
+        # and write decode start from it, not from the AXI-Lite channels or this FSM's state.
+        csr_addr = Signal(n)
+        m.d.comb += csr.addr.eq(csr_addr)
 
         # The CSR read data sits on csr.r_data for exactly one cycle (READ), so it is captured there.
         with m.FSM(name="axil"):
@@ -77,18 +80,17 @@ class AxiLiteCsrBridge(wiring.Component):
                 with m.If(axi.wvalid & ~have_w):
                     m.d.sync += [wdata.eq(axi.wdata), w_en.eq(axi.wstrb != 0), have_w.eq(1)]
                 with m.If(have_aw & have_w):
+                    m.d.sync += csr_addr.eq(waddr[2:2 + n])
                     m.next = "WRITE"
                 with m.Elif(~have_aw & ~have_w & ~axi.awvalid & ~axi.wvalid & axi.arvalid):
-                    # The address is registered before it reaches the CSR bus: the command processor's
-                    # read mux then starts from registers, not from the AXI-Lite master's AR channel.
                     m.d.comb += axi.arready.eq(1)
-                    m.d.sync += [raddr.eq(axi.araddr[2:2 + n]), in_range.eq(axi.araddr[2 + n:] == 0)]
+                    m.d.sync += [csr_addr.eq(axi.araddr[2:2 + n]), in_range.eq(axi.araddr[2 + n:] == 0)]
                     m.next = "READ_STROBE"
             with m.State("READ_STROBE"):
-                m.d.comb += [csr.addr.eq(raddr), csr.r_stb.eq(in_range)]
+                m.d.comb += csr.r_stb.eq(in_range)
                 m.next = "READ"
             with m.State("WRITE"):
-                m.d.comb += [csr.addr.eq(waddr[2:2 + n]), csr.w_data.eq(wdata),
+                m.d.comb += [csr.w_data.eq(wdata),
                              csr.w_stb.eq(w_en & (waddr[2 + n:] == 0))]
                 m.d.sync += [have_aw.eq(0), have_w.eq(0)]
                 m.next = "BRESP"
