@@ -18,18 +18,12 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..arith.tree import tree_or
 from ..memory.axi import AxiReadSignature
 from ..params import check_int
 from .round_robin import round_robin
 
 __all__ = ["AxiReadArbiter"]
-
-
-def _or_all(values):
-    """Balanced OR of ``values`` (a tree, so the depth grows with the log of the count)."""
-    while len(values) > 1:
-        values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
-    return values[0]
 
 
 class AxiReadArbiter(wiring.Component):
@@ -89,8 +83,8 @@ class AxiReadArbiter(wiring.Component):
             # masters.
             for f in ar_fields[:-1]:
                 m.d.sync += getattr(s, f).eq(
-                    _or_all([Mux(chosen[i], hold[i][f], 0) for i in range(n)]))
-            m.d.sync += s.arid.eq(_or_all([Mux(chosen[i], Cat(hold[i]["arid"], Const(i, self.sel_bits)), 0)
+                    tree_or([Mux(chosen[i], hold[i][f], 0) for i in range(n)]))
+            m.d.sync += s.arid.eq(tree_or([Mux(chosen[i], Cat(hold[i]["arid"], Const(i, self.sel_bits)), 0)
                                            for i in range(n)]))
             for i in range(n):
                 with m.If(chosen[i]):
