@@ -26,6 +26,7 @@ __all__ = [
     "read_command_layout",
     "read_data_layout",
     "BOUNDARY_BYTES",
+    "BurstCutter",
     "MAX_BURST",
 ]
 
@@ -117,6 +118,47 @@ def _burst_info_layout(tag_bits):
     return data.StructLayout({"cmd_last": 1, "tag": unsigned(tag_bits)})
 
 
+
+class BurstCutter:
+    """The command side shared by :class:`AxiBurstReader` and the AXI4 burst writer: a command's
+    ``addr`` and ``left`` beats, and the next burst's length (``beats``: the command's rest, the burst
+    limit, or up to the next 4 KiB boundary) with ``cmd_last`` (it is the command's last burst).
+
+    The length is registered: it is computed in the cycle after ``addr`` / ``left`` change (``sized``
+    low), so no burst arithmetic sits between the registers and the address channel, or on an arbiter's
+    path back to its ``ready``. A command starts one cycle later and its bursts are at least two cycles
+    apart, which no burst of two beats or more notices.
+
+    ``BurstCutter(m, cmd, fire, ...)`` adds the logic to ``m``: ``cmd.ready`` is high while no command is
+    active; a command of ``beats != 0`` is taken (``load`` high in that cycle; bus-aligned address);
+    ``fire`` (the address handshake) moves to the next burst. The caller's address channel shows
+    ``addr`` and ``beats`` and is valid only while ``active & sized``.
+    """
+
+    def __init__(self, m, cmd, fire, *, addr_bits, beats_bits, data_bytes, max_burst):
+        size = exact_log2(data_bytes)
+        self.active = active = Signal()
+        self.addr = addr = Signal(addr_bits)
+        left = Signal(beats_bits)
+        to_boundary = Signal(range(BOUNDARY_BYTES // data_bytes + 1))
+        m.d.comb += to_boundary.eq(Const(BOUNDARY_BYTES >> size) - addr[size:12])
+        limit = Signal(range(max_burst + 1))
+        m.d.comb += limit.eq(Mux(to_boundary < max_burst, to_boundary, max_burst))
+        self.sized = sized = Signal()
+        self.beats = beats = Signal(range(max_burst + 1))
+        self.cmd_last = cmd_last = Signal()
+        m.d.sync += [sized.eq(active), beats.eq(Mux(left < limit, left, limit)), cmd_last.eq(left <= limit)]
+        with m.If(fire):
+            m.d.sync += [addr.eq(addr + (beats << size)), left.eq(left - beats), sized.eq(0)]
+            with m.If(cmd_last):
+                m.d.sync += active.eq(0)
+        self.load = load = Signal()
+        m.d.comb += [cmd.ready.eq(~active), load.eq(cmd.valid & ~active & (cmd.payload.beats != 0))]
+        with m.If(load):
+            m.d.sync += [active.eq(1), addr.eq(cmd.payload.addr & ~Const((1 << size) - 1, addr_bits)),
+                         left.eq(cmd.payload.beats)]
+
+
 class AxiBurstReader(wiring.Component):
     """AXI4 read master: byte-address commands in, a stream of bus words out, in command order.
 
@@ -195,26 +237,14 @@ class AxiBurstReader(wiring.Component):
         m.submodules.bursts = bursts = SyncFIFO(width=info_layout.size, depth=self.max_outstanding)
 
         # Command state: the next burst starts at `addr`; `left` beats of the command remain.
-        active = Signal()
-        addr = Signal(self.addr_bits)
-        left = Signal(self.beats_bits)
         tag = Signal(self.tag_bits)
         credits = Signal(range(self.buffer_words + 1), init=self.buffer_words)
-
-        # The next burst's length is registered: it is computed in the cycle after `addr` / `left` change
-        # (`sized` low), so no burst arithmetic sits between the registers and the AR channel, or on the
-        # arbiter's path back to `arready`. A command starts one cycle later and its bursts are at least
-        # two cycles apart, which no burst of two beats or more notices.
-        # Burst length: the command's rest, the burst limit, or up to the next 4 KiB boundary.
-        to_boundary = Signal(range(BOUNDARY_BYTES // self.data_bytes + 1))
-        m.d.comb += to_boundary.eq(Const(BOUNDARY_BYTES >> size) - addr[size:12])
-        limit = Signal(range(self.max_burst + 1))
-        m.d.comb += limit.eq(Mux(to_boundary < self.max_burst, to_boundary, self.max_burst))
-        sized = Signal()
-        beats = Signal(range(self.max_burst + 1))
-        cmd_last = Signal()
-        m.d.sync += sized.eq(active)
-        m.d.sync += [beats.eq(Mux(left < limit, left, limit)), cmd_last.eq(left <= limit)]
+        ar_fire = Signal()
+        cut = BurstCutter(m, self.cmd, ar_fire, addr_bits=self.addr_bits, beats_bits=self.beats_bits,
+                          data_bytes=self.data_bytes, max_burst=self.max_burst)
+        addr, beats, cmd_last = cut.addr, cut.beats, cut.cmd_last
+        with m.If(cut.load):
+            m.d.sync += tag.eq(self.cmd.payload.tag)
 
         # Once raised, arvalid holds: credits and free burst slots only grow until the handshake.
         m.d.comb += [
@@ -223,9 +253,8 @@ class AxiBurstReader(wiring.Component):
             axi.arsize.eq(size),
             axi.arburst.eq(AxiBurst.INCR),
             axi.arid.eq(0),
-            axi.arvalid.eq(active & sized & (credits >= beats) & bursts.w_rdy),
+            axi.arvalid.eq(cut.active & cut.sized & (credits >= beats) & bursts.w_rdy),
         ]
-        ar_fire = Signal()
         m.d.comb += ar_fire.eq(axi.arvalid & axi.arready)
 
         info_in = Signal(info_layout)
@@ -235,24 +264,6 @@ class AxiBurstReader(wiring.Component):
             bursts.w_data.eq(info_in),
             bursts.w_en.eq(ar_fire),
         ]
-        with m.If(ar_fire):
-            m.d.sync += [
-                addr.eq(addr + (beats << size)),
-                left.eq(left - beats),
-                sized.eq(0),
-            ]
-            with m.If(cmd_last):
-                m.d.sync += active.eq(0)
-
-        m.d.comb += self.cmd.ready.eq(~active)
-        with m.If(self.cmd.valid & self.cmd.ready & (self.cmd.payload.beats != 0)):
-            m.d.sync += [
-                active.eq(1),
-                addr.eq(self.cmd.payload.addr & ~Const((1 << size) - 1, self.addr_bits)),
-                left.eq(self.cmd.payload.beats),
-                tag.eq(self.cmd.payload.tag),
-            ]
-
         # Read data: space was reserved at issue, so the buffer always has room (rready is high).
         head = info_layout(bursts.r_data)
         word = Signal(self.data_layout)
@@ -274,7 +285,7 @@ class AxiBurstReader(wiring.Component):
             self.data.valid.eq(buf.r_rdy),
             self.data.payload.eq(buf.r_data),
             buf.r_en.eq(self.data.ready),
-            self.idle.eq(~active & ~bursts.r_rdy),
+            self.idle.eq(~cut.active & ~bursts.r_rdy),
         ]
         popped = Signal()
         m.d.comb += popped.eq(self.data.valid & self.data.ready)

@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from ..params import check_int
-from .axi import BOUNDARY_BYTES, MAX_BURST, AxiBurst
+from .axi import MAX_BURST, AxiBurst, BurstCutter
 
 __all__ = ["AxiWriteSignature", "AxiBurstWriter", "write_command_layout", "write_data_layout"]
 
@@ -166,23 +166,12 @@ class AxiBurstWriter(wiring.Component):
         # Bursts whose address went out and whose beats have not all gone out on W: their lengths.
         m.submodules.bursts = bursts = SyncFIFO(width=len_bits, depth=self.max_outstanding)
 
-        active = Signal()
-        addr = Signal(self.addr_bits)
-        left = Signal(self.beats_bits)
         # Bursts issued on AW and not yet answered on B.
         outstanding = Signal(range(self.max_outstanding + 1))
-
-        # Burst length: the command's rest, the burst limit, or up to the next 4 KiB boundary.
-        to_boundary = Signal(range(BOUNDARY_BYTES // self.data_bytes + 1))
-        m.d.comb += to_boundary.eq(Const(BOUNDARY_BYTES >> size) - addr[size:12])
-        limit = Signal(range(self.max_burst + 1))
-        m.d.comb += limit.eq(Mux(to_boundary < self.max_burst, to_boundary, self.max_burst))
-        # Registered one cycle after `addr` / `left` change (`sized` low), as in AxiBurstReader: no burst
-        # arithmetic between the registers and the AW channel.
-        sized = Signal()
-        beats = Signal(range(self.max_burst + 1))
-        cmd_last = Signal()
-        m.d.sync += [sized.eq(active), beats.eq(Mux(left < limit, left, limit)), cmd_last.eq(left <= limit)]
+        aw_fire = Signal()
+        cut = BurstCutter(m, self.cmd, aw_fire, addr_bits=self.addr_bits, beats_bits=self.beats_bits,
+                          data_bytes=self.data_bytes, max_burst=self.max_burst)
+        addr, beats = cut.addr, cut.beats
 
         # Once raised, awvalid holds: `outstanding` and the burst FIFO's space only grow until the
         # handshake, and the payload registers change only on it.
@@ -192,27 +181,13 @@ class AxiBurstWriter(wiring.Component):
             axi.awsize.eq(size),
             axi.awburst.eq(AxiBurst.INCR),
             axi.awid.eq(0),
-            axi.awvalid.eq(active & sized & (outstanding < self.max_outstanding) & bursts.w_rdy),
+            axi.awvalid.eq(cut.active & cut.sized & (outstanding < self.max_outstanding) & bursts.w_rdy),
         ]
-        aw_fire = Signal()
         m.d.comb += [
             aw_fire.eq(axi.awvalid & axi.awready),
             bursts.w_data.eq(beats - 1),
             bursts.w_en.eq(aw_fire),
         ]
-        with m.If(aw_fire):
-            m.d.sync += [addr.eq(addr + (beats << size)), left.eq(left - beats), sized.eq(0)]
-            with m.If(cmd_last):
-                m.d.sync += active.eq(0)
-
-        m.d.comb += self.cmd.ready.eq(~active)
-        with m.If(self.cmd.valid & self.cmd.ready & (self.cmd.payload.beats != 0)):
-            m.d.sync += [
-                active.eq(1),
-                addr.eq(self.cmd.payload.addr & ~Const((1 << size) - 1, self.addr_bits)),
-                left.eq(self.cmd.payload.beats),
-            ]
-
         # W: the head burst's beats, straight from the data stream (whose payload is stable while it
         # waits, as a stream's must be), `wlast` on its last beat.
         beat = Signal(len_bits)
@@ -237,5 +212,5 @@ class AxiBurstWriter(wiring.Component):
             m.d.sync += self.error.eq(1)
         m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
 
-        m.d.comb += self.idle.eq(~active & (outstanding == 0))
+        m.d.comb += self.idle.eq(~cut.active & (outstanding == 0))
         return m
