@@ -18,6 +18,7 @@ SDRAM controller's pin signature, status outputs), so the same component runs in
         |                     +------->| AxiWriteArbiter: AW round robin, W in grant order, B by ID |   |
         |                              +-----|------------------------+-----------------------------+   |
         |                                    |axi (ID 5)              |axi_wr (ID 4)                    |
+        |                                    |                        | AxiWriteSlice: AW, W registered |
         |                              +-----v------------------------v-----+                           |
         |                              | SdramController (bus_bits/16 SDRAM |--- pins ----------> sdram |
         |                              | words per AXI beat, BL1, refresh)  |                           |
@@ -56,6 +57,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..bus.axi_read_arbiter import AxiReadArbiter
 from ..bus.axi_write_arbiter import AxiWriteArbiter
+from ..bus.axi_write_slice import AxiWriteSlice
 from ..config import HwConfig
 from ..memory.axi import AxiReadSignature
 from ..top import CSR_ADDR_BITS, TrilliumTop, bus_bits
@@ -193,6 +195,7 @@ class Ulx3sShell(wiring.Component):
                              (wr, self.write_arbiter.m[0].signature.flip(), "accelerator axi_wr -> write arbiter"),
                              (link_wr, self.write_arbiter.m[1].signature.flip(), "link axi_wr -> write arbiter")):
             check_axi_pair(ms, ss, owner=owner, what=what)
+        self.write_slice = AxiWriteSlice(ADDR_BITS, data_bits, self.write_arbiter.s.signature.id_bits)
         self.sdram_ctrl = SdramController(
             addr_bits=ADDR_BITS, data_bits=data_bits, id_bits=self.read_arbiter.s.signature.id_bits,
             write_id_bits=self.write_arbiter.s.signature.id_bits, clock_hz=self.clk_hz, timing=sdram_timing,
@@ -231,7 +234,11 @@ class Ulx3sShell(wiring.Component):
         connect_axi(m, top.axi_wr, wa.m[0], owner="Ulx3sShell", what="accelerator axi_wr -> write arbiter")
         connect_axi(m, link.axi_wr, wa.m[1], owner="Ulx3sShell", what="link axi_wr -> write arbiter")
         wiring.connect(m, ra.s, ctrl.axi)
-        wiring.connect(m, wa.s, ctrl.axi_wr)
+        # A register slice between the write arbiter and the controller, whose wready depends on wvalid:
+        # without it the controller's decision ran through both write arbiters into the units' stalls.
+        m.submodules.write_slice = ws = self.write_slice
+        wiring.connect(m, wa.s, ws.m)
+        wiring.connect(m, ws.s, ctrl.axi_wr)
         wiring.connect(m, ctrl.pins, wiring.flipped(self.sdram))
 
         framing_seen = Signal()

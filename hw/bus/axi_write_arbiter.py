@@ -45,7 +45,9 @@ class AxiWriteArbiter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n, s = self.masters, self.s
-        m.submodules.grants = grants = fifo.SyncFIFO(width=self.sel_bits, depth=self.max_bursts)
+        # Buffered: the head grant comes from a register, not a distributed-RAM read, as it selects every
+        # master's wready and the slave's W payload.
+        m.submodules.grants = grants = fifo.SyncFIFOBuffered(width=self.sel_bits, depth=self.max_bursts)
 
         # AW: round-robin from the master after the last one granted; only while the grant FIFO has room.
         last = Signal(range(n))

@@ -25,6 +25,7 @@ from amaranth.utils import exact_log2
 from golden.numerics import ATTN_KEY_BLOCK
 
 from ..arith.dsp import registered_pieces, registered_product
+from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS, BODIES, Opcode
 from ..memory.axi_write import AxiBurstWriter
 from ..params import check_int
@@ -137,15 +138,20 @@ class KvWriter(wiring.Component):
         #   4: pieces of index seg_words
         #   5 (write): seg = kv_base + (index seg_words) bus
         # The writes go out from stage 5's registers; a beat takes as many cycles as its writes.
-        p = self.kv.payload
+        # The beats enter through a skid buffer, so `kv.ready` is a register: `adv` depends on the write
+        # channel's ready, which must not reach back into the LINEAR unit's stall in the same cycle.
+        m.submodules.kv_in = kv_in = SkidBuffer(self.kv.payload.shape())
+        wiring.connect(m, wiring.flipped(self.kv), kv_in.i)
+        beat = kv_in.o
+        p = beat.payload
         n_st = 5
         valid = [Signal(name=f"kv_st{k}_valid") for k in range(1, n_st + 1)]
         st = [Signal.like(p, name=f"kv_st{k}") for k in range(1, n_st + 1)]
         done = Signal()                      # the write stage's last write is accepted this cycle
         adv = Signal()
-        m.d.comb += [adv.eq(~valid[-1] | done), self.kv.ready.eq(ready & adv)]
+        m.d.comb += [adv.eq(~valid[-1] | done), beat.ready.eq(ready & adv)]
         with m.If(adv):
-            m.d.sync += [valid[0].eq(self.kv.valid & self.kv.ready), st[0].eq(p)]
+            m.d.sync += [valid[0].eq(beat.valid & beat.ready), st[0].eq(p)]
             m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, n_st)]
             m.d.sync += [st[k].eq(st[k - 1]) for k in range(1, n_st)]
 
@@ -214,5 +220,5 @@ class KvWriter(wiring.Component):
             with m.Else():
                 m.d.sync += phase_exp.eq(0)
                 m.d.comb += done.eq(1)
-        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid & ~Cat(*valid).any()), self.error.eq(wr.error)]
+        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid & kv_in.i.ready & ~beat.valid & ~Cat(*valid).any()), self.error.eq(wr.error)]
         return m

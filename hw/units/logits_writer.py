@@ -12,6 +12,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from ..arith.dsp import registered_product
+from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS
 from ..memory.axi_write import AxiBurstWriter
 from ..params import check_int
@@ -78,16 +79,19 @@ class LogitsWriter(wiring.Component):
         # takes the beat and registers `token * tiles` in the multiplier block (hw.arith.dsp), stage 2
         # (the write stage) registers the address. No path crosses the DSP or reaches the writer's
         # address register from the LINEAR unit's stream through a multiplier.
-        q = self.lg.payload
+        # The beats enter through a skid buffer, so `lg.ready` is a register (see the KV writer).
+        m.submodules.lg_in = lg_in = SkidBuffer(self.lg.payload.shape())
+        wiring.connect(m, wiring.flipped(self.lg), lg_in.i)
+        q = lg_in.o.payload
         valid = [Signal(name="lg_st1_valid"), Signal(name="lg_st2_valid")]
         st = [Signal.like(q, name="lg_st1"), Signal.like(q, name="lg_st2")]
         done = Signal()
         adv = Signal()
-        m.d.comb += [adv.eq(~valid[1] | done), self.lg.ready.eq(adv)]
+        m.d.comb += [adv.eq(~valid[1] | done), lg_in.o.ready.eq(adv)]
         tt = registered_product(m, "token_tiles", q.token, tiles, en=adv, platform=platform)
         addr = Signal(ADDR_BITS)
         with m.If(adv):
-            m.d.sync += [valid[0].eq(self.lg.valid), st[0].eq(q), valid[1].eq(valid[0]), st[1].eq(st[0]),
+            m.d.sync += [valid[0].eq(lg_in.o.valid), st[0].eq(q), valid[1].eq(valid[0]), st[1].eq(st[0]),
                          addr.eq(base + ((tt + st[0].tile) << exact_log2(self.beat_bytes)))]
         p = st[1]
         off = Signal(range(B))
@@ -109,5 +113,5 @@ class LogitsWriter(wiring.Component):
             with m.If(word == W - 1):
                 m.d.sync += sent_cmd.eq(0)
                 m.d.comb += done.eq(1)
-        m.d.comb += [self.idle.eq(wr.idle & ~self.lg.valid & ~valid[0] & ~valid[1]), self.error.eq(wr.error)]
+        m.d.comb += [self.idle.eq(wr.idle & ~self.lg.valid & lg_in.i.ready & ~lg_in.o.valid & ~valid[0] & ~valid[1]), self.error.eq(wr.error)]
         return m
