@@ -1,8 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """The EMBED unit (Amaranth simulator) against golden ``saturate(round_shift(q * m16, -(e + 16)), 32)``:
 token ids and padded embedding rows read from a DRAM model, hidden sizes not a multiple of the lanes,
-row scales that shift left (saturating) and right by up to 44 bits, zero rows, random output stalls, and
-an out-of-range id (the ``BAD_TOKEN`` fault, nothing emitted)."""
+row scales that shift left (saturating) and right by up to 44 bits, zero rows, random output stalls, an
+out-of-range id (the ``BAD_TOKEN`` fault, nothing emitted), and the row read addresses for ids and strides
+beyond 2^18 (the split of ``id * stride`` into multiplier pieces)."""
 
 import random
 
@@ -113,6 +114,55 @@ def test_bad_token_faults_and_emits_nothing():
     rq = make_table(rng, 10, 8)
     got, fault = simulate(rq, [3, 10, 2], data_bits=64, lanes=4, hidden=8)
     assert fault == ErrorCode.BAD_TOKEN and got == []
+
+
+def test_row_addresses_wrap_with_large_ids_and_strides():
+    """The row address ``table + id * stride`` (mod 2^32) is split into multiplier pieces at bit 18 of the id
+    and of the stride; the tables above stay below both. Here a bus responder answers the id burst with the
+    ids and every row read with zeros, and the row reads' addresses are checked."""
+    bus, table, rows, stride = 8, 0x12345640, (1 << 24) - 1, (1 << 20) - 64
+    ids = [rows - 1, (1 << 18) - 1, 1 << 18, 5, 0xABCDEF, 0]
+    id_bytes = np.asarray(ids, "<i4").tobytes()
+    unit = EmbedUnit(data_bits=8 * bus, lanes=4, max_hidden=8, max_tokens=8)
+    axi, reads = unit.axi, []
+
+    async def bench(ctx):
+        ctx.set(unit.hidden, 8)
+        ctx.set(unit.tokens, 0)
+        ctx.set(unit.n_tokens, len(ids))
+        ctx.set(unit.cmd.payload, {"table": table, "rows": rows, "stride": stride})
+        ctx.set(unit.cmd.valid, 1)
+        await ctx.tick().until(unit.cmd.ready)
+        ctx.set(unit.cmd.valid, 0)
+        ctx.set(unit.x.ready, 1)
+        ctx.set(axi.arready, 1)
+        bursts, beat = [], 0
+        for _ in range(2000):
+            if bursts:
+                addr = bursts[0][0] + bus * beat
+                ctx.set(axi.rdata, int.from_bytes(id_bytes[addr:addr + bus], "little"))
+                ctx.set(axi.rlast, beat == bursts[0][1] - 1)
+            ctx.set(axi.rvalid, bool(bursts))
+            _, _, arvalid, araddr, arlen, rvalid, rready, busy = await ctx.tick().sample(
+                axi.arvalid, axi.araddr, axi.arlen, axi.rvalid, axi.rready, unit.busy)
+            if rvalid and rready:
+                beat += 1
+                if beat == bursts[0][1]:
+                    bursts.pop(0)
+                    beat = 0
+            if arvalid:
+                reads.append(araddr)
+                bursts.append((araddr, arlen + 1))
+            if not busy:
+                break
+        else:
+            raise AssertionError("unit never went idle")
+
+    sim = Simulator(unit)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert reads == [0] + [(table + i * stride) % (1 << 32) for i in ids]
 
 
 def test_arguments_are_validated():

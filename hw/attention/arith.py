@@ -28,15 +28,16 @@ def const_mul(v, c):
 
 
 def mul_parts(a, b, cut=18):
-    """``(lo, hi)`` with ``a * b == (hi << cut) + lo``: ``a``'s low ``cut`` bits (unsigned) and its high bits
-    (with ``a``'s sign) each times ``b``.
+    """The operand pairs ``((a_lo, b), (a_hi, b))`` of ``a * b == (a_hi * b << cut) + a_lo * b``: ``a``'s low
+    ``cut`` bits (unsigned) and its high bits (with ``a``'s sign).
 
     Yosys splits a product wider than one 18 x 18 multiplier block itself, but sums the pieces in the same
-    cycle; split by hand, the two products can be registered (the multiplier's output register) and summed
-    in the next cycle. Each piece fits one MULT18X18D when ``b`` has at most 17 bits (18 signed).
+    cycle; split by hand, each piece is registered in its block (``hw.arith.dsp.registered_product``) and
+    the two are summed in the next cycle. Each piece fits one MULT18X18D when ``b`` has at most 17 bits
+    (18 signed).
     """
     hi = a[cut:].as_signed() if a.shape().signed else a[cut:]
-    return a[:cut].as_unsigned() * b, hi * b
+    return (a[:cut].as_unsigned(), b), (hi, b)
 
 
 def round_shift(v, s, *, max_left, max_right):

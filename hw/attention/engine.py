@@ -58,6 +58,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.numerics import ATTN_KEY_BLOCK, EXP_FRAC, RES_FRAC, score_constant
 
+from ..arith.dsp import registered_product
 from ..params import check_int
 from .arith import clamp, const_mul, mul_parts, round_shift, saturate, tree_sum, vmax
 from .exp2 import Exp2Neg
@@ -287,8 +288,10 @@ class AttentionEngine(wiring.Component):
         m.d.sync += [q_blk_e[q].eq(ve_pmax[q_idx[q]]) for q in range(QB)]
 
         # -- shared multipliers --------------------------------------------------------------------------
-        # Every multiplier has registered operands and registered partial products (arith.mul_parts), and
-        # the partial products are summed into a register: three cycles from operands to product.
+        # Every multiplier has registered operands and partial products registered in the multiplier blocks
+        # themselves (arith.mul_parts, registered_product: no path crosses a block between fabric
+        # registers), and the partial products are summed into a register: three cycles from operands to
+        # product.
         # * ``smul``: the score scale dot * mA (K stage 3 loads it) and den's rescale den * a (V stage 6,
         #   first key of a block only). They never overlap: the V phase starts once the K pipeline is
         #   empty, and the next K phase starts after the V phase's 31 other keys.
@@ -296,18 +299,18 @@ class AttentionEngine(wiring.Component):
         #   only) and, in every other cycle, the normaliser's num * m16.
         sm_a = Signal(signed(DEN_BITS + 1))
         sm_b = Signal(max(EXP_FRAC + 1, self.score_m.bit_length()))
-        lo, hi = mul_parts(sm_a, sm_b)
-        sm_lo, sm_hi = Signal(signed(len(lo) + 1)), Signal(signed(len(hi)))
+        sm_lo, sm_hi = (registered_product(m, name, *part, platform=platform)
+                        for name, part in zip(("sm_lo", "sm_hi"), mul_parts(sm_a, sm_b)))
         sm_prod = Signal(signed(len(sm_a) + len(sm_b)))
-        m.d.sync += [sm_lo.eq(lo), sm_hi.eq(hi), sm_prod.eq((sm_hi << 18) + sm_lo)]
+        m.d.sync += sm_prod.eq((sm_hi << 18) + sm_lo)
         mul_a = [Signal(signed(NUM_BITS), name=f"mul_a{i}") for i in range(C)]
         mul_b = Signal(EXP_FRAC + 1)
         prod = []
         for i in range(C):
-            lo, hi = mul_parts(mul_a[i], mul_b)
-            p_lo, p_hi = Signal(signed(len(lo) + 1), name=f"prod_lo{i}"), Signal(signed(len(hi)), name=f"prod_hi{i}")
+            p_lo, p_hi = (registered_product(m, f"{name}{i}", *part, platform=platform)
+                          for name, part in zip(("prod_lo", "prod_hi"), mul_parts(mul_a[i], mul_b)))
             p = Signal(signed(PROD_BITS), name=f"prod{i}")
-            m.d.sync += [p_lo.eq(lo), p_hi.eq(hi), p.eq((p_hi << 18) + p_lo)]
+            m.d.sync += p.eq((p_hi << 18) + p_lo)
             m.d.comb += norm.prod[i].eq(p)
             prod.append(p)
 
@@ -336,9 +339,8 @@ class AttentionEngine(wiring.Component):
         kke = delays(ke[j], 1, "k_ke")
         k_q = delays(q_rd.data.as_value(), 1, "k_q")[1]                 # stage 2
         k_kv = delays(self.kv.payload, 2, "k_kv")[2]
-        k_prod = [Signal(signed(16), name=f"k_prod{i}") for i in range(C)]
-        m.d.sync += [k_prod[i].eq(k_q[8 * i:8 * i + 8].as_signed() * k_kv[8 * i:8 * i + 8].as_signed())
-                     for i in range(C)]
+        k_prod = [registered_product(m, f"k_prod{i}", k_q[8 * i:8 * i + 8].as_signed(),
+                                     k_kv[8 * i:8 * i + 8].as_signed(), platform=platform) for i in range(C)]
         # shift = sA + 16 - eq - ek with 5-bit exponents lies in [sA + 16 - 62, sA + 16]: one right shift
         # over that span (arith.round_shift_span, in stages 6 to 8 here).
         z_hi = self.score_s + RES_FRAC
@@ -473,14 +475,14 @@ class AttentionEngine(wiring.Component):
         # ((num * a >> (14 + d)) + 1) >> 1 (exact: see arith.round_shift_span): the shifter, then the
         # incrementer. 0 <= d <= 31 for a started row (E' = max(E, block's E)), and an unstarted row has
         # a = 0, so any shift gives 0 (|num * a| < 2^50). Stage 10 also: pv * v8_j and den's rescale.
-        pvv = [Signal(signed(EXP_FRAC + 10), name=f"pvv{i}") for i in range(C)]
+        pvv = [registered_product(m, f"pvv{i}", pv, vkv[10][8 * i:8 * i + 8].as_signed(), platform=platform)
+               for i in range(C)]
         rs_shifted = [Signal(signed(PROD_BITS - EXP_FRAC + 1), name=f"rs_shifted{i}") for i in range(C)]
         rescaled = [Signal(signed(NUM_BITS + 1), name=f"rescaled{i}") for i in range(C)]
         v_acc = [Signal(signed(NUM_BITS), name=f"v_acc{i}") for i in range(C)]
         for i in range(C):
             m.d.sync += [rs_shifted[i].eq((prod[i] >> (EXP_FRAC - 1)) >> vrs[5]),
                          rescaled[i].eq((rs_shifted[i] + 1) >> 1),
-                         pvv[i].eq(pv * vkv[10][8 * i:8 * i + 8].as_signed()),
                          v_acc[i].eq(n_rd.data[i])]
         den_scaled = Signal(DEN_BITS)
         den_scaled_1 = delays(den_scaled, 1, "den_scaled")[1]

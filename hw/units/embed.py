@@ -9,8 +9,9 @@ Sequence of a command
    beyond ``rows`` raises the ``BAD_TOKEN`` fault (and nothing is emitted).
 2. Per token, read its row (``table + id * stride``; ``stride`` is a multiple of the bus width). A byte
    queue takes bus words in and gives out the 4-byte row scale, then ``lanes`` int16 values per beat.
-3. Each beat is scaled in three pipeline stages: a 16 x 16-bit product per lane, then a rounding right
-   shift or a left shift by ``-(e + 16)``, then saturation to int32. Lanes at or beyond ``hidden`` are zero.
+3. Each beat is scaled in four pipeline stages: a 16 x 16-bit product per lane (registered in its
+   multiplier block), a copy of it in fabric registers, then a rounding right shift or a left shift by
+   ``-(e + 16)``, then saturation to int32. Lanes at or beyond ``hidden`` are zero.
 
 Output ``x``: ``ceil(hidden / lanes)`` beats per token, tokens in order, each with its ``token`` and
 ``beat`` index (the residual buffer's write address).
@@ -22,6 +23,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.numerics import RES_FRAC
 
+from ..arith.dsp import DSP_WIDTH, registered_product
 from ..dram_format import ROW_SCALE_BYTES
 from ..isa import ADDR_BITS, BODIES, RUN_ARGS, ErrorCode, Opcode
 from ..memory.axi import AxiBurstReader
@@ -130,19 +132,32 @@ class EmbedUnit(wiring.Component):
         bq = ByteQueue(m, rd.data.payload.data, word_bytes=B, head_bytes=ROW_SCALE_BYTES, item_bytes=vec_bytes)
         q, have = bq.q, bq.have
 
-        # -- scaling pipeline: product (with the row's shift amounts), shift, saturate -----------------------
-        # Three registered stages that advance together when the output can move (`out_ready`). The shift
+        # -- scaling pipeline: product (with the row's shift amounts), copy, shift, saturate ------------------
+        # Four registered stages that advance together when the output can move (`out_ready`). The shift
         # amounts travel with each product, so a new row's scale never meets the last row's products.
         m16 = Signal(16)
+        take_vec = bq.take_item
+        # int16 x uint16 fits int32 (|q m16| < 2^31), and one multiplier block, registered in the block.
+        prods = [registered_product(m, f"p{n}", q[16 * n:16 * n + 16].as_signed(), m16, en=take_vec,
+                                    platform=platform) for n in range(L)]
         sh = Signal(signed(18))                             # -(e + 16)
         p_valid = Signal()
         p_token = Signal.like(self.x.payload.token)
         p_beat = Signal.like(self.x.payload.beat)
-        prods = [Signal(signed(33), name=f"p{n}") for n in range(L)]
         live = [Signal(name=f"live{n}") for n in range(L)]
         p_down = Signal()                                   # sh > 0: a rounding right shift
         p_right_m1 = Signal(range(_MAX_RIGHT))              # right shift - 1 (right >= 1 when p_down)
         p_left = Signal(range(_MAX_LEFT + 1))
+        # Stage 2 copies the products, registered in the multiplier blocks, into fabric registers: the long
+        # route out of a block then ends at a register rather than going on through a shifter.
+        c_valid = Signal()
+        c_token = Signal.like(p_token)
+        c_beat = Signal.like(p_beat)
+        c_prods = [Signal.like(prods[n], name=f"c_p{n}") for n in range(L)]
+        c_live = [Signal(name=f"c_live{n}") for n in range(L)]
+        c_down = Signal()
+        c_right_m1 = Signal.like(p_right_m1)
+        c_left = Signal.like(p_left)
         v_valid = Signal()
         v_token = Signal.like(self.x.payload.token)
         v_beat = Signal.like(self.x.payload.beat)
@@ -153,15 +168,18 @@ class EmbedUnit(wiring.Component):
         out_ready = ~self.x.valid | self.x.ready
         lim_hi, lim_lo = (1 << 31) - 1, -(1 << 31)
         with m.If(out_ready):
-            m.d.sync += [v_valid.eq(p_valid), v_token.eq(p_token), v_beat.eq(p_beat), v_down.eq(p_down)]
+            m.d.sync += [c_valid.eq(p_valid), c_token.eq(p_token), c_beat.eq(p_beat), c_down.eq(p_down),
+                         c_right_m1.eq(p_right_m1), c_left.eq(p_left)]
+            m.d.sync += [v_valid.eq(c_valid), v_token.eq(c_token), v_beat.eq(c_beat), v_down.eq(c_down)]
             m.d.sync += [self.x.valid.eq(v_valid), self.x.payload.token.eq(v_token),
                          self.x.payload.beat.eq(v_beat)]
             for n in range(L):
-                # Stage 2: the shifts. Stage 3: (p + 2^(r-1)) >> r == ((p >> (r-1)) + 1) >> 1, round half
+                # Stage 3: the shifts. Stage 4: (p + 2^(r-1)) >> r == ((p >> (r-1)) + 1) >> 1, round half
                 # up with one small adder (|q m16| < 2^31, so a right shift by 1 or more never saturates),
                 # or the left shift saturated to int32.
-                m.d.sync += [v_right[n].eq(prods[n] >> p_right_m1), v_left[n].eq(prods[n] << p_left),
-                             v_live[n].eq(live[n])]
+                m.d.sync += [c_prods[n].eq(prods[n]), c_live[n].eq(live[n])]
+                m.d.sync += [v_right[n].eq(c_prods[n] >> c_right_m1), v_left[n].eq(c_prods[n] << c_left),
+                             v_live[n].eq(c_live[n])]
                 down = Signal(signed(34), name=f"down{n}")
                 m.d.comb += down.eq((v_right[n] + 1) >> 1)
                 up = v_left[n]
@@ -177,9 +195,27 @@ class EmbedUnit(wiring.Component):
         m.d.comb += [self.fault.eq(fault), id_rd.addr.eq(tok)]
         m.d.comb += rd.cmd.payload.tag.eq(0)
         row_bytes = Signal(20)
-        row_id = Signal(32)
-        row_off = Signal(ADDR_BITS)
         m.d.comb += row_bytes.eq(ROW_SCALE_BYTES + 2 * L * beats)
+
+        # -- row offset: id * stride (mod 2^32) in three registered steps that run in every cycle from `tok`:
+        # the id, the partial products, their sum. `tok` moves on as the last vector of a row is taken
+        # (VALUES -> ROW_DRAIN; ID_STORE sets it to 0 before DRAIN_IDS), and ROW_CMD, which uses the sum, comes
+        # after ROW_DRAIN (or DRAIN_IDS), ROW and ROW_MUL, a cycle each at least: no cycle is added. An id that
+        # reaches a row is below `rows` (BAD_TOKEN otherwise), so len(rows) bits of it suffice. With
+        # id = i1 2^18 + i0 and stride = s1 2^18 + s0, id * stride = i0 s0 + (i1 s0 + i0 s1) 2^18 + i1 s1 2^36,
+        # the last term 0 mod 2^32: i0 s0 and i1 s0 are multiplier blocks with their output registers, and
+        # s1 has two bits, so i0 s1 is a sum of shifted copies of i0 (no block).
+        assert ADDR_BITS <= 2 * DSP_WIDTH and len(stride) - DSP_WIDTH <= 2
+        row_id = Signal(len(rows))
+        m.d.sync += row_id.eq(id_rd.data)
+        i0, i1, s0, s1 = row_id[:DSP_WIDTH], row_id[DSP_WIDTH:], stride[:DSP_WIDTH], stride[DSP_WIDTH:]
+        p00 = registered_product(m, "row_p00", i0, s0, platform=platform)
+        p10 = registered_product(m, "row_p10", i1, s0, platform=platform)
+        p01 = Signal(len(i0) + len(s1))
+        m.d.sync += p01.eq(sum(Mux(s1[k], i0 << k, 0) for k in range(len(s1))))
+        row_off = Signal(ADDR_BITS)
+        m.d.sync += row_off.eq(p00 + ((p10 + p01) << DSP_WIDTH))
+
         with m.FSM(name="embed"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -223,15 +259,12 @@ class EmbedUnit(wiring.Component):
                     with m.Else():
                         m.next = "ROW"
             with m.State("ROW"):
-                # The row address in three registered steps (id, product, sum): one cycle each, once per
-                # token, so no multiplier sits between the id memory and the reader's address register.
                 with m.If(tok == n_tok):
                     m.next = "DONE"
                 with m.Else():
-                    m.d.sync += row_id.eq(id_rd.data)
                     m.next = "ROW_MUL"
             with m.State("ROW_MUL"):
-                m.d.sync += row_off.eq(row_id * stride)
+                # The row offset's last step (see above).
                 m.next = "ROW_CMD"
             with m.State("ROW_CMD"):
                 m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.addr.eq(table + row_off),
@@ -250,7 +283,6 @@ class EmbedUnit(wiring.Component):
                     m.next = "VALUES"
             with m.State("VALUES"):
                 can_take = (have >= vec_bytes) & out_ready
-                take_vec = bq.take_item
                 m.d.comb += take_vec.eq(can_take & (beat < beats))
                 # Take a bus word whenever it fits after this cycle's take (and the row still has words).
                 m.d.comb += [rd.data.ready.eq(bq.room), bq.push.eq(rd.data.valid & rd.data.ready)]
@@ -260,20 +292,18 @@ class EmbedUnit(wiring.Component):
                     m.d.sync += [p_token.eq(tok), p_beat.eq(beat), beat.eq(beat + 1)]
                     m.d.sync += [p_down.eq(sh > 0), p_right_m1.eq(Mux(sh > _MAX_RIGHT, _MAX_RIGHT, sh) - 1),
                                  p_left.eq(Mux(-sh > _MAX_LEFT, _MAX_LEFT, Mux(sh < 0, -sh, 0)))]
-                    for n in range(L):
-                        v = q[16 * n:16 * n + 16].as_signed()
-                        m.d.sync += [prods[n].eq(v * m16), live[n].eq(beat * L + n < self.hidden)]
+                    m.d.sync += [live[n].eq(beat * L + n < self.hidden) for n in range(L)]
                 with m.If((beat == beats) & out_ready):
+                    m.d.sync += tok.eq(tok + 1)
                     m.next = "ROW_DRAIN"
             with m.State("ROW_DRAIN"):
                 m.d.comb += [rd.data.ready.eq(1)]
                 with m.If(out_ready):
                     m.d.sync += p_valid.eq(0)
                 with m.If(rd.idle & ~rd.data.valid):
-                    m.d.sync += tok.eq(tok + 1)
                     m.next = "ROW"
             with m.State("DONE"):
-                with m.If(~self.x.valid & ~v_valid & ~p_valid):
+                with m.If(~self.x.valid & ~v_valid & ~c_valid & ~p_valid):
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"
                 with m.If(out_ready):
