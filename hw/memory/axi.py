@@ -124,10 +124,10 @@ class BurstCutter:
     ``addr`` and ``left`` beats, and the next burst's length (``beats``: the command's rest, the burst
     limit, or up to the next 4 KiB boundary) with ``cmd_last`` (it is the command's last burst).
 
-    The length is registered: it is computed in the cycle after ``addr`` / ``left`` change (``sized``
-    low), so no burst arithmetic sits between the registers and the address channel, or on an arbiter's
-    path back to its ``ready``. A command starts one cycle later and its bursts are at least two cycles
-    apart, which no burst of two beats or more notices.
+    The length is registered, in two steps after ``addr`` / ``left`` change (``sized`` low meanwhile), so
+    no burst arithmetic sits between the registers and the address channel, or on an arbiter's path back
+    to its ``ready``. A command's first burst goes out two cycles after it is taken and its bursts are at
+    least three cycles apart, which no burst of three beats or more notices.
 
     ``BurstCutter(m, cmd, fire, ...)`` adds the logic to ``m``: ``cmd.ready`` is high while no command is
     active; a command of ``beats != 0`` is taken (``load`` high in that cycle; bus-aligned address);
@@ -140,16 +140,20 @@ class BurstCutter:
         self.active = active = Signal()
         self.addr = addr = Signal(addr_bits)
         left = Signal(beats_bits)
+        # Two registered steps (nextpnr put the single-step form, subtract, compare, compare, on a routed
+        # unit's critical path at 10.8 ns): the limit from `addr`, then the length from the limit and `left`.
         to_boundary = Signal(range(BOUNDARY_BYTES // data_bytes + 1))
         m.d.comb += to_boundary.eq(Const(BOUNDARY_BYTES >> size) - addr[size:12])
         limit = Signal(range(max_burst + 1))
-        m.d.comb += limit.eq(Mux(to_boundary < max_burst, to_boundary, max_burst))
+        limit_ok = Signal()                         # `limit` is of the current `addr`
+        m.d.sync += [limit.eq(Mux(to_boundary < max_burst, to_boundary, max_burst)), limit_ok.eq(active)]
         self.sized = sized = Signal()
         self.beats = beats = Signal(range(max_burst + 1))
         self.cmd_last = cmd_last = Signal()
-        m.d.sync += [sized.eq(active), beats.eq(Mux(left < limit, left, limit)), cmd_last.eq(left <= limit)]
+        m.d.sync += [sized.eq(limit_ok & active), beats.eq(Mux(left < limit, left, limit)),
+                     cmd_last.eq(left <= limit)]
         with m.If(fire):
-            m.d.sync += [addr.eq(addr + (beats << size)), left.eq(left - beats), sized.eq(0)]
+            m.d.sync += [addr.eq(addr + (beats << size)), left.eq(left - beats), limit_ok.eq(0), sized.eq(0)]
             with m.If(cmd_last):
                 m.d.sync += active.eq(0)
         self.load = load = Signal()
