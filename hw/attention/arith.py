@@ -6,6 +6,8 @@ result as the golden model's (documented per function), so the barrel shifters s
 
 from amaranth.hdl import Const, Mux, signed
 
+from ..arith.tree import tree_sum
+
 __all__ = ["clamp", "const_mul", "mul_parts", "round_shift", "round_shift_right", "round_shift_span", "saturate",
            "tree_sum", "vmax"]
 
@@ -91,15 +93,6 @@ def saturate(v, bits):
     """Clamp to the signed ``bits``-bit range."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return Mux(v > hi, Const(hi, signed(bits)), Mux(v < lo, Const(lo, signed(bits)), v[:bits].as_signed()))
-
-
-def tree_sum(values):
-    """Balanced adder tree (shallower than Python's left-to-right ``sum``)."""
-    values = list(values)
-    while len(values) > 1:
-        values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i]
-                  for i in range(0, len(values), 2)]
-    return values[0]
 
 
 def vmax(a, b):
