@@ -27,9 +27,9 @@ def beats_of(x, lanes):
              for b in range(nb)] for t in range(x.shape[0])]
 
 
-def run_amaranth(head_dim, lanes, theta, pos, x, seed=0, p_stall=0.3, resync=True):
+def run_amaranth(head_dim, lanes, theta, pos, x, seed=0, p_stall=0.3, resync=True, pos_bits=16):
     freq = rope_freq_table(head_dim, theta)
-    dut = RopeUnit(head_dim, lanes, freq.tolist())
+    dut = RopeUnit(head_dim, lanes, freq.tolist(), pos_bits=pos_bits)
     want = golden_rotate(x, pos, freq)
     half = head_dim // 2
     rng = np.random.default_rng(seed)
@@ -93,6 +93,16 @@ def test_rope_unit_amaranth(head_dim, lanes, theta):
     x[4, ::2] = -(1 << 31)
     x[4, 1::2] = (1 << 31) - 1
     run_amaranth(head_dim, lanes, theta, pos, x, seed=head_dim, resync=head_dim not in (20, 8))
+
+
+@pytest.mark.parametrize("pos_bits", [20, 24])
+def test_rope_unit_wide_positions(pos_bits):
+    """Positions beyond 18 bits (the LINEAR unit's are 20): their high bits take the phase's shift-add term."""
+    rng = np.random.default_rng(pos_bits)
+    top = 1 << pos_bits
+    pos = np.array([top - 1, 1 << 18, (1 << 18) - 1, top >> 1, *rng.integers(0, top, 4)])
+    x = rng.integers(-(1 << 31), 1 << 31, (len(pos), 16))
+    run_amaranth(16, 4, 10000.0, pos, x, seed=pos_bits, pos_bits=pos_bits)
 
 
 @pytest.mark.parametrize("head_dim,lanes,tokens", [(16, 4, 3), (20, 4, 2), (12, 2, 5)])

@@ -287,7 +287,7 @@ class LogitsEpilogue(wiring.Component):
         # Nine lock-step stages, each at most one carry chain or a few mux levels deep (as Dequant):
         # 1 operands; 2, 3 acc * m16(sq) from two registered DSP products; 4..6 times m16_row from three;
         # 7 overflow flag and coarse shift; 8 fine shift; 9 round and saturate into o.
-        pipe = _Pipe(m, en)
+        pipe = _Pipe(m, en, platform)
         v, slot_d, tile_d = take, beat.slot, beat.tile
         vs = []
         for i in range(1, 9):
@@ -312,12 +312,12 @@ class LogitsEpilogue(wiring.Component):
             mask_6 = pipe.delay(mask_3, 3, f"mask_{n}")
             r_3 = pipe.delay(r_1, 2, f"m16r_{n}")
             # Stages 2, 3: p1 = acc * m16(sq), 48 bits.
-            terms = [(pipe.reg(c * m16_1, f"pp1_{n}_{off}"), off) for c, off in _chunks(acc_1, True, (18, 14))]
+            terms = [(pipe.product(c, m16_1, f"pp1_{n}_{off}"), off) for c, off in _chunks(acc_1, True, (18, 14))]
             p1, off, st = _sum_terms(pipe, terms, f"p1_{n}")
             assert off == 0 and st == 1
             p1 = p1[:49].as_signed()
             # Stages 4..6: p2 = p1 * m16_row, 64 bits (kept as 66).
-            terms = [(pipe.reg(c * r_3, f"pp2_{n}_{off}"), off) for c, off in _chunks(p1, True, (18, 18, 13))]
+            terms = [(pipe.product(c, r_3, f"pp2_{n}_{off}"), off) for c, off in _chunks(p1, True, (18, 18, 13))]
             p2, off, st = _sum_terms(pipe, terms, f"p2_{n}")
             assert off == 0 and st == 2
             p2 = p2[:66].as_signed()

@@ -37,6 +37,7 @@ from amaranth.lib.wiring import In, Out
 from golden.numerics import RES_FRAC
 from golden.tlmm import GROUP_SIZE, INDEX_BITS
 
+from ..arith.dsp import registered_product
 from ..dataflow.fused import FusedLinear
 from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS, BODIES, GATE_EPILOGUES, RUN_ARGS, Epilogue, ErrorCode, Opcode, Source
@@ -78,6 +79,14 @@ def reciprocal(divisor, max_value):
         if ((v * m) >> s == v // divisor).all():
             return m, s
     raise ValueError(f"no reciprocal for {divisor} up to {max_value}")
+
+
+def _shift_add(a, b):
+    """``a * b`` as a sum of shifted copies of ``a``, one per bit of ``b`` (a narrow or constant ``b``):
+    adders instead of a multiplier block and its routes."""
+    if isinstance(b, Const):
+        return sum((a << i for i in range(len(b)) if b.value >> i & 1), Const(0, 1))
+    return sum(Mux(b[i], a << i, 0) for i in range(len(b)))
 
 
 _Q16 = (1 << (MANT_BITS - 1), -RES_FRAC - (MANT_BITS - 1))   # SFloat 2^-16 as (m, e)
@@ -186,8 +195,12 @@ class LinearUnit(wiring.Component):
         k_steps = Signal(range(self.max_k_steps + 1))
         x_beats = Signal(range(-(-self.max_k // N) + 1))
         lgn = N.bit_length() - 1
-        # k_steps = ceil(k / 3T) by a constant multiplier, from the registered k (START waits for it).
-        m.d.sync += k_steps.eq(((c.k + GROUP_SIZE * self.tables - 1) * self.kstep_m) >> self.kstep_s)
+        # k_steps = ceil(k / 3T) by a constant multiplier, from the registered k (START waits for it); the
+        # product is registered in the multiplier block (the shift is wiring). k's field is wider than one
+        # block's operand; a command with k > max_k faults before it runs, so max_k's bits suffice.
+        k_prod = registered_product(m, "k_prod", c.k[:self.max_k.bit_length()] + GROUP_SIZE * self.tables - 1,
+                                    Const(self.kstep_m), platform=platform)
+        m.d.comb += k_steps.eq(k_prod >> self.kstep_s)
         # Last-index values of the counters, registered: the compares against them sit in the request
         # and answer handshakes (the command fields settle long before the feed starts).
         x_beats_m1 = Signal.like(x_beats, name="x_beats_m1")
@@ -196,12 +209,14 @@ class LinearUnit(wiring.Component):
         m.d.sync += [x_beats_m1.eq(x_beats - 1), tokens_m1.eq(tokens - 1), row_tiles_m1.eq(row_tiles - 1)]
         # The weight read's size: a product of command fields, registered in steps (it is first used
         # several cycles after the command is taken, in WEIGHTS), so no multiplier chain feeds the reader.
-        w_tiles = Signal(ADDR_BITS)
-        w_planes = Signal(ADDR_BITS)
-        w_bytes = Signal(ADDR_BITS)
+        # row_tiles * (k_steps * planes): the 4-bit plane count by shift-add, the one wide product
+        # registered in a multiplier block, the constant word size by shift-add.
         w_mult = Signal.like(planes)
-        m.d.sync += [w_mult.eq(Mux(lg, planes, 1)), w_tiles.eq(row_tiles * k_steps), w_planes.eq(w_tiles * w_mult),
-                     w_bytes.eq(w_planes * (self.word_bits // 8))]
+        kw = Signal(len(k_steps) + len(planes))
+        w_bytes = Signal(ADDR_BITS)
+        m.d.sync += [w_mult.eq(Mux(lg, planes, 1)), kw.eq(_shift_add(k_steps, w_mult))]
+        w_planes = registered_product(m, "w_planes", row_tiles, kw, platform=platform)
+        m.d.sync += w_bytes.eq(_shift_add(w_planes, Const(self.word_bits // 8)))
         # START waits until these registered products (and w_beats, pad below) have settled: SETTLE
         # cycles after the command fields were loaded.
         SETTLE = 7
@@ -375,11 +390,16 @@ class LinearUnit(wiring.Component):
                 m.d.sync += [out_t.eq(0), out_a.eq(out_a + 1)]
             with m.Else():
                 m.d.sync += out_t.eq(out_t + 1)
-        # QKV: vectors in (head, token) order, d/N beats each; q heads to Q, k and v to the KV cache.
-        q = fl.qkv.payload
+        # QKV: vectors in (head, token) order, d/N beats each; q heads to Q, k and v to the KV cache. The
+        # beats pass a register slice: the destination's ready (chosen by the epilogue kind and the head)
+        # ends there instead of rippling into the quantiser's FIFOs in the same cycle.
+        m.submodules.qkv_slice = qsl = SkidBuffer(fl.qkv.payload.shape())
+        wiring.connect(m, fl.qkv, qsl.i)
+        qkv = qsl.o
+        q = qkv.payload
         head_tile = Signal(range(self.max_row_tiles + hb + 1))   # first row tile of the current head
         kv_head = Signal(range(self.max_heads + 1))
-        # head_tile < bound0 and >= bound1, as registers updated with head_tile (they steer fl.qkv's ready).
+        # head_tile < bound0 and >= bound1, as registers updated with head_tile (they steer the QKV beats' ready).
         is_q, is_v = Signal(), Signal()
         kvp = self.kv.payload
         m.d.comb += [kvp.pos.eq(pos0 + out_t), kvp.head.eq(kv_head), kvp.is_v.eq(is_v),
@@ -389,10 +409,10 @@ class LinearUnit(wiring.Component):
             for n in range(N):
                 m.d.comb += w.data[64 * n:64 * n + 64].eq(q.q[f"lane{n}"].as_signed())
             with m.If(is_q):
-                m.d.comb += [self.wr.valid.eq(fl.qkv.valid), fl.qkv.ready.eq(self.wr.ready)]
+                m.d.comb += [self.wr.valid.eq(qkv.valid), qkv.ready.eq(self.wr.ready)]
             with m.Else():
-                m.d.comb += [self.kv.valid.eq(fl.qkv.valid), fl.qkv.ready.eq(self.kv.ready)]
-            with m.If(fl.qkv.valid & fl.qkv.ready):
+                m.d.comb += [self.kv.valid.eq(qkv.valid), qkv.ready.eq(self.kv.ready)]
+            with m.If(qkv.valid & qkv.ready):
                 m.d.sync += out_left.eq(out_left - 1)
                 with m.If(q.last):
                     m.d.sync += out_b.eq(0)
@@ -483,10 +503,9 @@ class LinearUnit(wiring.Component):
 
         # -- the command sequence -----------------------------------------------------------------------------
         # Beat counts of the feed and the results, registered products of the command fields (settled by START).
-        ans_total = Signal.like(ans_x_left)
-        out_total = Signal.like(out_left)
-        m.d.sync += [ans_total.eq(tokens * x_beats),
-                     out_total.eq(tokens * Mux(gate & ~lg, row_tiles >> 1, row_tiles))]
+        ans_total = registered_product(m, "ans_total", tokens, x_beats, platform=platform)
+        out_total = registered_product(m, "out_total", tokens, Mux(gate & ~lg, row_tiles >> 1, row_tiles),
+                                       platform=platform)
         all_out = (out_left == 0) & (sq_left == 0) & ~self.kv.valid & ~self.wr.valid & ~self.lg_out.valid
         finished = Signal()
         m.d.sync += finished.eq(req_done & (outstanding == 0) & all_out & wrd.idle & ~wrd.data.valid & ~gb.o.valid

@@ -117,6 +117,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.numerics import RES_FRAC, SIG_ENTRIES, SIG_FRAC, SIG_STEP_BITS, sigmoid_table
 
+from ..arith.dsp import registered_product
 from ..params import check_int
 
 __all__ = [
@@ -192,10 +193,11 @@ def sigmoid_rom():
 
 # -- shared building blocks ------------------------------------------------------------------------------
 class _Pipe:
-    """Registers of a lock-step pipeline that advance together when ``en`` is high."""
+    """Registers of a lock-step pipeline that advance together when ``en`` is high (``platform``: the
+    elaboration platform, for :meth:`product`)."""
 
-    def __init__(self, m, en):
-        self.m, self.en = m, en
+    def __init__(self, m, en, platform=None):
+        self.m, self.en, self.platform = m, en, platform
 
     def reg(self, value, name, shape=None):
         """A register loaded with ``value`` whenever the pipeline advances (no reset: data only)."""
@@ -204,6 +206,11 @@ class _Pipe:
         with self.m.If(self.en):
             self.m.d.sync += r.eq(value)
         return r
+
+    def product(self, a, b, name):
+        """``a * b`` registered like :meth:`reg`, in the multiplier block's own output register where it
+        fits one (:func:`~hw.arith.dsp.registered_product`): no route out of the block before the register."""
+        return registered_product(self.m, name, a, b, en=self.en, platform=self.platform)
 
     def valid(self, value, name):
         """A valid bit (reset to 0) loaded with ``value`` whenever the pipeline advances."""
@@ -295,11 +302,11 @@ def _small_terms(big, big_offset, small, small_offset):
 class _Unit(wiring.Component):
     """Common part: the output stream ``o`` and the pipeline enable."""
 
-    def _start(self):
+    def _start(self, platform):
         m = Module()
         en = Signal()
         m.d.comb += en.eq(~self.o.valid | self.o.ready)
-        return m, _Pipe(m, en)
+        return m, _Pipe(m, en, platform)
 
     def _join(self, m, pipe, a, b):
         """Zip two input streams; returns the fire signal (a beat of each accepted this cycle)."""
@@ -356,7 +363,7 @@ class Dequant(_Unit):
         })
 
     def elaborate(self, platform):
-        m, pipe = self._start()
+        m, pipe = self._start(platform)
         N = self.lanes
         m.d.comb += self.i.ready.eq(pipe.en)
         fire = Signal()
@@ -386,7 +393,7 @@ class Dequant(_Unit):
         even_4 = pipe.reg(even_3[:2], "shift_4")
         outs = []
         for n in range(N):
-            terms = [(pipe.reg(c * m16_1, f"pp_{n}_{off}"), off)
+            terms = [(pipe.product(c, m16_1, f"pp_{n}_{off}"), off)
                      for c, off in _chunks(acc_1[n], True, (_CHUNK, ACC_BITS - _CHUNK))]
             p, off, st = _sum_terms(pipe, terms, f"p_{n}")
             assert off == 0 and st == 1
@@ -458,7 +465,7 @@ class ResidualAdd(_Unit):
         })
 
     def elaborate(self, platform):
-        m, pipe = self._start()
+        m, pipe = self._start(platform)
         fire = self._join(m, pipe, self.x, self.y)
         outs = []
         for n in range(self.lanes):
@@ -506,7 +513,7 @@ class GateSilu(_Gate):
     latency = 9
 
     def elaborate(self, platform):
-        m, pipe = self._start()
+        m, pipe = self._start(platform)
         N = self.lanes
         fire = self._join(m, pipe, self.gate, self.up)
         drop = RES_FRAC - SIG_STEP_BITS  # 9: idx = (|g| + 2^8) >> 9
@@ -559,19 +566,20 @@ class GateSilu(_Gate):
             # Stage 5: g * sig partial products; stage 6: silu = (g * sig + 2^14) >> 15 in one adder:
             # with g * sig = lo + hi 2^18, it is bits 2.. of (2 (lo >> 14) + 1) + (2 hi 2^4 + 1).
             (c0, _), (c1, _) = _chunks(g3, True, (_CHUNK, ACC_BITS - _CHUNK))
-            lo_p = pipe.reg(c0 * sig_3, f"gs_lo_{n}")
-            hi_p = pipe.reg(c1 * sig_3, f"gs_hi_{n}")
+            lo_p = pipe.product(c0, sig_3, f"gs_lo_{n}")
+            hi_p = pipe.product(c1, sig_3, f"gs_hi_{n}")
             a = Cat(Const(1, 1), lo_p[SIG_FRAC - 1:])
             b = Cat(Const(1, 1), Const(0, _CHUNK - SIG_FRAC + 1), hi_p).as_signed()
             s = Signal(signed(36), name=f"silu_sum_{n}")
             m.d.comb += s.eq(a + b)
             silu = pipe.reg(s[2:34].as_signed(), f"silu_6_{n}", signed(32))
             u5 = pipe.delay(u1[n], 5, f"u_{n}")
-            # Stage 7: the four partial products (18/14-bit chunks); stages 8, 9: two adder levels.
+            # Stage 7: the four partial products (17/15-bit chunks: an unsigned 17-bit chunk times a
+            # signed one still fits one block, an 18-bit one would not); stages 8, 9: two adder levels.
             terms = []
-            for ca, oa in _chunks(silu, True, (_CHUNK, ACC_BITS - _CHUNK)):
-                for cb, ob in _chunks(u5, True, (_CHUNK, ACC_BITS - _CHUNK)):
-                    terms.append((pipe.reg(ca * cb, f"h_pp_{n}_{oa}_{ob}"), oa + ob))
+            for ca, oa in _chunks(silu, True, (_CHUNK - 1, ACC_BITS - _CHUNK + 1)):
+                for cb, ob in _chunks(u5, True, (_CHUNK - 1, ACC_BITS - _CHUNK + 1)):
+                    terms.append((pipe.product(ca, cb, f"h_pp_{n}_{oa}_{ob}"), oa + ob))
             h, off, st = _sum_terms(pipe, terms, f"h_{n}")
             assert off == 0 and st == 2
             outs.append(h[:OUT_BITS].as_signed())
@@ -601,7 +609,7 @@ class GateRelu2(_Gate):
     latency = 8
 
     def elaborate(self, platform):
-        m, pipe = self._start()
+        m, pipe = self._start(platform)
         N = self.lanes
         fire = self._join(m, pipe, self.gate, self.up)
         B = RELU2_INPUT_BITS
@@ -613,7 +621,7 @@ class GateRelu2(_Gate):
             au = pipe.reg(lane(self.up.payload, n)[:B].as_signed(), f"au_1_{n}")
             # Stage 2: rh^2 (DSP) and rl * (16 rh + rl) (LUT terms, first adder level).
             rl, rh = r[:3], r[3:]
-            terms = [(pipe.reg(rh * rh, f"rh2_{n}"), 6)]
+            terms = [(pipe.product(rh, rh, f"rh2_{n}"), 6)]
             cat = Cat(rl, Const(0, 1), rh)              # 16 rh + rl
             terms += [(pipe.reg(v, f"rsq_t_{n}_{o}"), o) for v, o in _small_terms(cat, 0, rl, 0)]
             r2, off, st = _sum_terms(pipe, terms, f"r2_{n}")
@@ -622,7 +630,7 @@ class GateRelu2(_Gate):
             au4 = pipe.delay(au, 1 + st, f"au_{n}")
             # Stage 5: r^2 * ah (three DSPs) and r^2 * al (LUT terms); stages 6..8: adder tree.
             al, ah = au4[:4], au4[4:].as_signed()
-            terms = [(pipe.reg(c * ah, f"h_pp_{n}_{o}"), 4 + o)
+            terms = [(pipe.product(c, ah, f"h_pp_{n}_{o}"), 4 + o)
                      for c, o in _chunks(r2, False, (_CHUNK, _CHUNK, 2 * (B - 1) - 2 * _CHUNK))]
             terms += [(pipe.reg(v, f"h_t_{n}_{o}"), o) for v, o in _small_terms(r2, 0, al, 0)]
             h, off, st2 = _sum_terms(pipe, terms, f"h_{n}")

@@ -32,7 +32,8 @@ Passes
 2. PASS2: the buffer is read at one beat per cycle through a lock-step pipeline: per lane
    ``xs = ((x << 23) >> b)[0:24] = shift_floor(x, b - 23)`` (the read word registered, then one barrel
    shifter, arithmetic right shift, over two stages), ``xt = xs >> 8 = shift_floor(x, b - 15)`` (nested
-   floors compose), ``v = xs * g`` (40-bit signed), ``xt^2``; a lane adder tree accumulates ``ss`` and a
+   floors compose), ``v = xs * g`` (40-bit signed: two registered 18-bit products summed in a stage of
+   their own), ``xt^2``; a lane adder tree accumulates ``ss`` and a
    lane max tree ``mv = max|v|``, both registered (``|v|``, then one max level per stage).
 3. SCALAR: ``bv = bitlen(mv)``, ``mvn = ((mv << 16) >> bv) = shift_floor(mv, bv - 16)``, and
    ``R = floor(127 * 2^24 / mvn)`` by a 16-step restoring divider (R < 2^16). At the same time the
@@ -56,17 +57,17 @@ Scalar sequence (the golden order; ``t1``, ``t2`` are registers, ``C127 = from_i
 multiplier, independent of ``lanes``.
 
 Timing (``B = ceil(n / lanes)`` beats, no stalls): LOAD ``B``, bitlen 3, PASS2 ``B`` plus a
-``7 + ceil(log2 lanes)``-cycle drain (the pipeline and the registered reduction trees), bitlen(mv) and
-``mvn`` 3, divider 16, then PASS3 (``B`` plus an 8-cycle drain) in parallel with the scalar sequence
+``8 + ceil(log2 lanes)``-cycle drain (the pipeline and the registered reduction trees), bitlen(mv) and
+``mvn`` 3, divider 16, then PASS3 (``B`` plus a 9-cycle drain) in parallel with the scalar sequence
 (``S`` ~ 290 cycles, data dependent: FROM_INT takes ``51 - bitlen``, ADD ``5 + |ea - eb|``). From the
 ``cfg`` transfer to the later of the last ``o`` beat and ``s``::
 
-    cycles = 2 B + 31 + ceil(log2 lanes) + max(B + 8, S)          (:meth:`NormQuant.cycles_model`)
+    cycles = 2 B + 32 + ceil(log2 lanes) + max(B + 9, S)          (:meth:`NormQuant.cycles_model`)
 
 Measured in the Amaranth simulator (:func:`firmware.bench_vector.measure_norm_quant`): lanes 1,
-n = 320: 1000; lanes 4, n = 1280: 1002, n = 2560: 1962 (the timing pipeline's stages and registered
+n = 320: 1001; lanes 4, n = 1280: 1003, n = 2560: 1963 (the timing pipeline's stages and registered
 bit lengths cost 8 to 16 cycles per vector). At lanes 16 and ``n = 1536`` (``B = 96``) the model gives
-``192 + 35 + 290 = 517`` cycles, against 1824 cycles of the TLMM engine for the following 1536 x 1536
+``192 + 36 + 290 = 518`` cycles, against 1824 cycles of the TLMM engine for the following 1536 x 1536
 linear layer (T = 28, N = 16); the scalar sequence dominates there (a DSP multiplier,
 ``multiplier="dsp"``, saves ~90 cycles).
 
@@ -85,6 +86,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.sfloat import SFloat
 
+from ..arith.dsp import registered_product
 from .epilogue import Dequant, lane, vector_layout
 from .scalar_unit import E_BITS, INT_BITS, Op, ScalarUnit, sfloat_layout
 from ..params import check_int
@@ -204,10 +206,10 @@ class NormQuant(wiring.Component):
 
     def cycles_model(self, n, scalar=290):
         """Cycles per vector (``cfg`` transfer to the later of the last ``o`` and the ``s`` transfer) with
-        no stalls: ``2 B + 31 + ceil(log2 lanes) + max(B + 8, scalar)``, ``B = ceil(n / lanes)``;
+        no stalls: ``2 B + 32 + ceil(log2 lanes) + max(B + 9, scalar)``, ``B = ceil(n / lanes)``;
         ``scalar`` (the data-dependent scalar-unit sequence, about 280 to 310 cycles) is a typical value."""
         beats = -(-n // self.lanes)
-        return 2 * beats + 31 + (self.lanes - 1).bit_length() + max(beats + 8, scalar)
+        return 2 * beats + 32 + (self.lanes - 1).bit_length() + max(beats + 9, scalar)
 
     def elaborate(self, platform):
         m = Module()
@@ -256,57 +258,65 @@ class NormQuant(wiring.Component):
         pass3 = Signal()
         en = Signal()
         issuing = Signal()
-        vA, vA2, vB1, vB, vC, vD, vE, oV = (Signal(name=f"valid_{s}") for s in ("A", "A2", "B1", "B", "C", "D",
-                                                                             "E", "O"))
+        vA, vA2, vB1, vB, vC, vC2, vD, vE, oV = (Signal(name=f"valid_{s}")
+                                                 for s in ("A", "A2", "B1", "B", "C", "C2", "D", "E", "O"))
         leftA = Signal.like(left)
-        lastA, lastA2, lastB1, lastB, lastC, lastD, lastE = (Signal(name=f"last_{s}")
-                                                             for s in ("A", "A2", "B1", "B", "C", "D", "E"))
+        lastA, lastA2, lastB1, lastB, lastC, lastC2, lastD, lastE = (
+            Signal(name=f"last_{s}") for s in ("A", "A2", "B1", "B", "C", "C2", "D", "E"))
         m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
         rview = data.View(in_layout, rd.data)
 
         xsB = [Signal(signed(_XS_BITS), name=f"xs{l}") for l in range(L)]
         gB = [Signal(signed(_G_BITS), name=f"g{l}") for l in range(L)]
+        tC = []                          # xt^2 per lane (stage C)
         vCs = [Signal(signed(_V_BITS), name=f"v{l}") for l in range(L)]
-        tC = [Signal(2 * _XT_BITS - 1, name=f"xt2_{l}") for l in range(L)]
         vnD = [Signal(signed(_VN_BITS), name=f"vn{l}") for l in range(L)]
-        pE = [Signal(signed(_VN_BITS + _R_BITS + 1), name=f"p{l}") for l in range(L)]
         oq = Signal(norm_out_layout(L))
 
         with m.If(en):
-            m.d.sync += [vA.eq(issuing), vA2.eq(vA), vB1.eq(vA2), vB.eq(vB1), vC.eq(vB), vD.eq(vC & pass3),
-                         vE.eq(vD), oV.eq(vE),
+            m.d.sync += [vA.eq(issuing), vA2.eq(vA), vB1.eq(vA2), vB.eq(vB1), vC.eq(vB), vC2.eq(vC),
+                         vD.eq(vC2 & pass3), vE.eq(vD), oV.eq(vE),
                          lastA.eq(issuing & (left <= L)), lastA2.eq(lastA), lastB1.eq(lastA2), lastB.eq(lastB1),
-                         lastC.eq(lastB), lastD.eq(lastC), lastE.eq(lastD), oq.last.eq(lastE)]
+                         lastC.eq(lastB), lastC2.eq(lastC), lastD.eq(lastC2), lastE.eq(lastD), oq.last.eq(lastE)]
             with m.If(issuing):
                 m.d.sync += leftA.eq(left)
-            for l in range(L):
-                # A2: the buffer word registered (lanes past n zeroed); B1, B: the shift by b in two
-                # halves (8, 16, 32, then 1, 2, 4), so no stage holds a block-RAM read or six mux levels.
-                xA2 = Signal(signed(XB), name=f"xa{l}")
-                gA2 = Signal(signed(_G_BITS), name=f"ga{l}")
-                m.d.sync += [xA2.eq(Mux(l < leftA, lane(rview.x, l), 0)), gA2.eq(lane(rview.g, l))]
-                coarse = Dequant._shift_window(Cat(Const(0, 23), xA2).as_signed(), b[3:], 3, _XS_BITS + 7)
-                xB1 = Signal(signed(_XS_BITS + 7), name=f"xc{l}")
-                gB1 = Signal(signed(_G_BITS), name=f"gc{l}")
-                m.d.sync += [xB1.eq(coarse), gB1.eq(gA2)]
-                m.d.sync += [
-                    xsB[l].eq(Dequant._shift_window(xB1, b[:3], 0, _XS_BITS)),
-                    gB[l].eq(gB1),
-                    vCs[l].eq(xsB[l] * gB[l]),
-                    tC[l].eq(xsB[l][8:].as_signed() * xsB[l][8:].as_signed()),
-                ]
-                vw = Signal(signed(_V_BITS + 16), name=f"vw{l}")
-                m.d.comb += vw.eq(Cat(Const(0, 16), vCs[l]).as_signed() >> bv)
-                m.d.sync += [vnD[l].eq(vw[:_VN_BITS]), pE[l].eq(vnD[l] * recip)]
-                r = Signal(signed(len(pE[l]) - 24 + 1), name=f"r{l}")
-                m.d.comb += r.eq((pE[l] + (1 << 23)) >> 24)
+        for l in range(L):
+            # A2: the buffer word registered (lanes past n zeroed); B1, B: the shift by b in two
+            # halves (8, 16, 32, then 1, 2, 4), so no stage holds a block-RAM read or six mux levels.
+            xA2 = Signal(signed(XB), name=f"xa{l}")
+            gA2 = Signal(signed(_G_BITS), name=f"ga{l}")
+            coarse = Dequant._shift_window(Cat(Const(0, 23), xA2).as_signed(), b[3:], 3, _XS_BITS + 7)
+            xB1 = Signal(signed(_XS_BITS + 7), name=f"xc{l}")
+            gB1 = Signal(signed(_G_BITS), name=f"gc{l}")
+            with m.If(en):
+                m.d.sync += [xA2.eq(Mux(l < leftA, lane(rview.x, l), 0)), gA2.eq(lane(rview.g, l)),
+                             xB1.eq(coarse), gB1.eq(gA2),
+                             xsB[l].eq(Dequant._shift_window(xB1, b[:3], 0, _XS_BITS)), gB[l].eq(gB1)]
+            # C: every product is registered in its multiplier block (hw.arith.dsp), nothing after it in
+            # the stage. xs (24 bits) is wider than a block: v = (xs_hi * g) << 17 + xs_lo * g, the two
+            # pieces summed in stage C2.
+            xt = xsB[l][8:].as_signed()
+            tC.append(registered_product(m, f"xt2_{l}", xt, xt, en=en, platform=platform)[:2 * _XT_BITS - 1])
+            v_lo = registered_product(m, f"v_lo{l}", xsB[l][:17], gB[l], en=en, platform=platform)
+            v_hi = registered_product(m, f"v_hi{l}", xsB[l][17:].as_signed(), gB[l], en=en, platform=platform)
+            vw = Signal(signed(_V_BITS + 16), name=f"vw{l}")
+            m.d.comb += vw.eq(Cat(Const(0, 16), vCs[l]).as_signed() >> bv)
+            with m.If(en):
+                m.d.sync += [vCs[l].eq((v_hi << 17) + v_lo), vnD[l].eq(vw[:_VN_BITS])]
+            pE = registered_product(m, f"p{l}", vnD[l], recip, en=en, platform=platform)
+            r = Signal(signed(len(pE) - 24 + 1), name=f"r{l}")
+            m.d.comb += r.eq((pE + (1 << 23)) >> 24)
+            with m.If(en):
                 m.d.sync += lane(oq.q, l).eq(Mux(r > 127, 127, Mux(r < -127, -127, r)))
 
-        # pass-2 reductions, after stage C, pipelined (pass 2 never stalls: nothing goes to `o`): the
-        # |v| and the beat's sum of squares, then one max level per stage, then the running max and sum.
-        rv = Signal(name="red_valid_0")
+        # pass-2 reductions, pipelined (pass 2 never stalls: nothing goes to `o`): the beat's sum of
+        # squares after stage C, then the running sum; |v| after stage C2, then one max level per stage,
+        # then the running max.
+        rv = Signal(name="ss_valid")
         m.d.sync += rv.eq(vC & ~pass3)
-        red_valids = [rv]
+        rvm = Signal(name="red_valid_0")
+        m.d.sync += rvm.eq(vC2 & ~pass3)
+        red_valids = [rvm]
         absv = []
         for l in range(L):
             a = Signal(_V_BITS - 1, name=f"absv{l}")
@@ -336,7 +346,7 @@ class NormQuant(wiring.Component):
             m.d.sync += mv.eq(Mux(absv[0] > mv, absv[0], mv))
 
         m.d.comb += [self.o.valid.eq(oV), self.o.payload.eq(oq)]
-        drained = ~(vA | vA2 | vB1 | vB | vC | vD | vE | oV | Cat(*red_valids).any())
+        drained = ~(vA | vA2 | vB1 | vB | vC | vC2 | vD | vE | oV | rv | Cat(*red_valids).any())
 
         # -- scalar-unit sequencer ---------------------------------------------------------------------
         seq_start = Signal()

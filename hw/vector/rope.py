@@ -80,6 +80,7 @@ from amaranth.utils import exact_log2
 
 from golden.numerics import RES_FRAC, ROPE_FRAC, ROPE_PHASE_BITS, ROPE_TABLE_BITS, sin_quarter_table
 
+from ..arith.dsp import registered_product
 from ..params import check_int
 
 __all__ = ["RopeUnit", "LaneArray", "rope_pairs_layout", "rope_rotated_layout", "rope_load_layout"]
@@ -301,15 +302,25 @@ class RopeUnit(wiring.Component):
             flags.append(stage(f"flags{s}", nflags, flags[-1]))
             return stage(f"x{s}", unsigned(len(bits)), bits)
 
-        # Stage 2: the partial products of phase = pos * F mod 2^32 (two 18x18 multipliers per lane, each
-        # registered); stage 3: their sum. No stage holds a multiplier and a carry chain together.
-        pp2 = [(stage(f"phase_lo_{n}", unsigned(16 + 18), pos1 * rd_f.data[ROPE_PHASE_BITS * n:ROPE_PHASE_BITS * n + 18]),
-                stage(f"phase_hi_{n}", unsigned(16 + 14),
-                      pos1 * rd_f.data[ROPE_PHASE_BITS * n + 18:ROPE_PHASE_BITS * (n + 1)]))
-               for n in range(N)]
+        # Stage 2: the partial products of phase = pos * F mod 2^32, each registered in its multiplier
+        # block (two 18 x 18 per lane: pos's low 18 bits times F's low 18 and high 14 bits); pos's bits
+        # from 18 up only reach F's low 14 bits modulo 2^32: a few masked copies (no multiplier), also
+        # registered. Stage 3: their sum. No stage holds a multiplier and a carry chain together.
+        hi_bits = ROPE_PHASE_BITS - 18
+        pp2 = []
+        for n in range(N):
+            f = rd_f.data[ROPE_PHASE_BITS * n:ROPE_PHASE_BITS * (n + 1)]
+            lo_p = registered_product(m, f"phase_lo_{n}", pos1[:18], f[:18], en=en, platform=platform)
+            hi_p = registered_product(m, f"phase_hi_{n}", pos1[:18], f[18:], en=en, platform=platform)
+            top = Const(0, 1)
+            if self.pos_bits > 18:
+                top = stage(f"phase_top_{n}", unsigned(hi_bits),
+                            sum(Mux(pos1[18 + i], f[:hi_bits - i] << i, 0) for i in range(self.pos_bits - 18)))
+            pp2.append((lo_p, hi_p, top))
         x2 = carry(2, lo_hi)
-        phase = [stage(f"phase_{n}", unsigned(ROPE_PHASE_BITS), (pp2[n][0] + (pp2[n][1] << 18))[:ROPE_PHASE_BITS])
-                 for n in range(N)]
+        phase = [stage(f"phase_{n}", unsigned(ROPE_PHASE_BITS),
+                       Cat(lo_p[:18], lo_p[18:ROPE_PHASE_BITS] + hi_p[:hi_bits] + top_p))
+                 for n, (lo_p, hi_p, top_p) in enumerate(pp2)]
         x2 = carry(3, x2)
 
         # Stage 4: angle index; the two ROM reads per lane are S[k] and S[1024 - k] (S[1024] = 2^14 for
@@ -362,13 +373,14 @@ class RopeUnit(wiring.Component):
                          stage(f"lo_plus_hi_{n}", signed(VALUE_BITS + 1), lo + hi)))
         x5 = carry(7, x4)
 
-        # Stage 8: partial products (the wide operand in an unsigned 18-bit chunk and a signed upper
-        # chunk, one MULT18X18D each, registered); stage 9: the products, kept modulo 2^SUM_BITS: the
-        # sums below fit in SUM_BITS signed bits, so their wrapped values are exact (narrower
-        # multipliers and adders, fewer registers).
+        # Stage 8: partial products (the wide operand in an unsigned 17-bit chunk and a signed upper
+        # chunk, one MULT18X18D each, registered in the block: a signed operand times an unsigned one
+        # fits only up to 17 unsigned bits); stage 9: the products, kept modulo 2^SUM_BITS: the sums
+        # below fit in SUM_BITS signed bits, so their wrapped values are exact (narrower adders, fewer
+        # registers).
         def partial(name, a, wide):
-            return (stage(f"{name}_lo", signed(TRIG_BITS + 19), a * wide[:18]),
-                    stage(f"{name}_hi", signed(SUM_BITS - 18), a * wide[18:].as_signed()))
+            return (registered_product(m, f"{name}_lo", a, wide[:17], en=en, platform=platform),
+                    registered_product(m, f"{name}_hi", a, wide[17:].as_signed(), en=en, platform=platform))
 
         pp8 = []
         for n in range(N):
@@ -378,7 +390,7 @@ class RopeUnit(wiring.Component):
                         partial(f"k3_{n}", c_plus_s, hi)))
         valid.append(stage("v8", 1, valid[-1]))
         flags.append(stage("flags8", nflags, flags[-1]))
-        prod6 = [tuple(stage(f"k{j + 1}_{n}", signed(SUM_BITS), lo_p + (hi_p << 18))
+        prod6 = [tuple(stage(f"k{j + 1}_{n}", signed(SUM_BITS), lo_p + (hi_p << 17))
                        for j, (lo_p, hi_p) in enumerate(pp8[n])) for n in range(N)]
         valid.append(stage("v9", 1, valid[-1]))
         flags.append(stage("flags9", nflags, flags[-1]))
