@@ -2,10 +2,13 @@
 logarithmic depth."""
 
 import operator
+import random
 
 import pytest
+from amaranth.hdl import Const, Module, Signal, signed
+from amaranth.sim import Simulator
 
-from hw.arith.tree import tree_or, tree_reduce, tree_sum
+from hw.arith.tree import shift_add, tree_or, tree_reduce, tree_sum
 
 
 class Depth:
@@ -29,3 +32,36 @@ def test_values_and_depth(n):
 def test_no_values_is_an_error():
     with pytest.raises(ValueError, match="no values"):
         tree_reduce([], operator.add)
+
+
+def test_shift_add_is_the_product():
+    """A signed ``a`` times a narrow unsigned signal, an int and a ``Const`` (0 included), on corner and
+    random values."""
+    a, b = Signal(signed(12)), Signal(5)
+    consts = [0, 1, 20, 0b10110]
+    m = Module()
+    outs = [Signal(signed(20), name="by_signal")] + [Signal(signed(20), name=f"by_{c}") for c in consts]
+    m.d.comb += outs[0].eq(shift_add(a, b))
+    m.d.comb += [o.eq(shift_add(a, c if k % 2 else Const(c))) for k, (o, c) in enumerate(zip(outs[1:], consts))]
+    rng = random.Random(5)
+    cases = [(-2048, 31), (2047, 31), (0, 0), (-1, 1)] + [(rng.randint(-2048, 2047), rng.randint(0, 31))
+                                                          for _ in range(100)]
+    failures = []
+
+    async def bench(ctx):
+        for va, vb in cases:
+            ctx.set(a, va)
+            ctx.set(b, vb)
+            got = [ctx.get(o) for o in outs]
+            if got != [va * vb] + [va * c for c in consts]:
+                failures.append((va, vb, got))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not failures, failures[:3]
+
+
+def test_shift_add_refuses_a_negative_constant():
+    with pytest.raises(ValueError, match="negative"):
+        shift_add(Signal(4), -3)

@@ -1,9 +1,11 @@
 """Balanced reduction trees: the depth grows with the log of the operand count, not linearly as with
-Python's left-to-right ``sum`` or ``functools.reduce``."""
+Python's left-to-right ``sum`` or ``functools.reduce``; and :func:`shift_add`, a product as such a sum."""
 
 import operator
 
-__all__ = ["tree_reduce", "tree_sum", "tree_or"]
+from amaranth.hdl import Const, Mux
+
+__all__ = ["tree_reduce", "tree_sum", "tree_or", "shift_add"]
 
 
 def tree_reduce(values, op):
@@ -31,3 +33,18 @@ def tree_sum(values):
 def tree_or(values):
     """Balanced OR tree."""
     return tree_reduce(values, operator.or_)
+
+
+def shift_add(a, b):
+    """``a * b`` as a balanced sum of shifted copies of ``a``, one per bit of ``b``: adders instead of a
+    multiplier block and its long routes, for a constant ``b`` (an ``int >= 0`` or a ``Const``: one copy
+    per set bit) or a narrow signal ``b`` (one masked copy per bit)."""
+    if isinstance(b, int):
+        b = Const(b)
+    if isinstance(b, Const):
+        if b.value < 0:
+            raise ValueError(f"shift_add: constant {b.value} is negative")
+        terms = [a << i for i in range(b.value.bit_length()) if b.value >> i & 1]
+    else:
+        terms = [Mux(b[i], a << i, 0) for i in range(len(b))]
+    return tree_sum(terms) if terms else Const(0, 1)

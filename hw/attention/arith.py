@@ -6,7 +6,7 @@ result as the golden model's (documented per function), so the barrel shifters s
 
 from amaranth.hdl import Const, Mux, signed
 
-from ..arith.tree import tree_sum
+from ..arith.tree import shift_add, tree_sum
 
 __all__ = ["clamp", "const_mul", "mul_parts", "round_shift", "round_shift_right", "round_shift_span", "saturate",
            "tree_sum", "vmax"]
@@ -18,15 +18,15 @@ def clamp(v, lo, hi):
 
 
 def const_mul(v, c):
-    """``v * c`` for a constant ``c >= 0`` as a sum of shifted copies of ``v`` (one per set bit of ``c``).
+    """``v * c`` for a constant ``c >= 0`` as a sum of shifted copies of ``v`` (one per set bit of ``c``;
+    :func:`hw.arith.tree.shift_add`).
 
     Yosys maps a ``$mul`` cell to DSP blocks (MULT18X18D on ECP5) even when one operand is a constant;
     address and count arithmetic by build-time constants needs only a few adders.
     """
     if c < 0:
         raise ValueError(f"const_mul: c = {c} is negative")
-    terms = [v << i for i in range(c.bit_length()) if c >> i & 1]
-    return tree_sum(terms) if terms else Const(0, 1)
+    return shift_add(v, c)
 
 
 def mul_parts(a, b, cut=18):

@@ -24,6 +24,7 @@ from amaranth.lib.wiring import In, Out
 from golden.numerics import RES_FRAC
 
 from ..arith.dsp import DSP_WIDTH, registered_product
+from ..arith.tree import shift_add
 from ..dram_format import ROW_SCALE_BYTES
 from ..isa import ADDR_BITS, BODIES, RUN_ARGS, ErrorCode, Opcode
 from ..memory.axi import AxiBurstReader
@@ -212,7 +213,7 @@ class EmbedUnit(wiring.Component):
         p00 = registered_product(m, "row_p00", i0, s0, platform=platform)
         p10 = registered_product(m, "row_p10", i1, s0, platform=platform)
         p01 = Signal(len(i0) + len(s1))
-        m.d.sync += p01.eq(sum(Mux(s1[k], i0 << k, 0) for k in range(len(s1))))
+        m.d.sync += p01.eq(shift_add(i0, s1))
         row_off = Signal(ADDR_BITS)
         m.d.sync += row_off.eq(p00 + ((p10 + p01) << DSP_WIDTH))
 

@@ -38,6 +38,7 @@ from golden.numerics import RES_FRAC
 from golden.tlmm import GROUP_SIZE, INDEX_BITS
 
 from ..arith.dsp import registered_product
+from ..arith.tree import shift_add
 from ..dataflow.fused import FusedLinear
 from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS, BODIES, GATE_EPILOGUES, RUN_ARGS, Epilogue, ErrorCode, Opcode, Source
@@ -79,14 +80,6 @@ def reciprocal(divisor, max_value):
         if ((v * m) >> s == v // divisor).all():
             return m, s
     raise ValueError(f"no reciprocal for {divisor} up to {max_value}")
-
-
-def _shift_add(a, b):
-    """``a * b`` as a sum of shifted copies of ``a``, one per bit of ``b`` (a narrow or constant ``b``):
-    adders instead of a multiplier block and its routes."""
-    if isinstance(b, Const):
-        return sum((a << i for i in range(len(b)) if b.value >> i & 1), Const(0, 1))
-    return sum(Mux(b[i], a << i, 0) for i in range(len(b)))
 
 
 _Q16 = (1 << (MANT_BITS - 1), -RES_FRAC - (MANT_BITS - 1))   # SFloat 2^-16 as (m, e)
@@ -214,9 +207,9 @@ class LinearUnit(wiring.Component):
         w_mult = Signal.like(planes)
         kw = Signal(len(k_steps) + len(planes))
         w_bytes = Signal(ADDR_BITS)
-        m.d.sync += [w_mult.eq(Mux(lg, planes, 1)), kw.eq(_shift_add(k_steps, w_mult))]
+        m.d.sync += [w_mult.eq(Mux(lg, planes, 1)), kw.eq(shift_add(k_steps, w_mult))]
         w_planes = registered_product(m, "w_planes", row_tiles, kw, platform=platform)
-        m.d.sync += w_bytes.eq(_shift_add(w_planes, Const(self.word_bits // 8)))
+        m.d.sync += w_bytes.eq(shift_add(w_planes, Const(self.word_bits // 8)))
         # START waits until these registered products (and w_beats, pad below) have settled: SETTLE
         # cycles after the command fields were loaded.
         SETTLE = 7

@@ -81,6 +81,7 @@ from amaranth.utils import exact_log2
 from golden.numerics import RES_FRAC, ROPE_FRAC, ROPE_PHASE_BITS, ROPE_TABLE_BITS, sin_quarter_table
 
 from ..arith.dsp import registered_product
+from ..arith.tree import shift_add
 from ..params import check_int
 
 __all__ = ["RopeUnit", "LaneArray", "rope_pairs_layout", "rope_rotated_layout", "rope_load_layout"]
@@ -315,7 +316,7 @@ class RopeUnit(wiring.Component):
             top = Const(0, 1)
             if self.pos_bits > 18:
                 top = stage(f"phase_top_{n}", unsigned(hi_bits),
-                            sum(Mux(pos1[18 + i], f[:hi_bits - i] << i, 0) for i in range(self.pos_bits - 18)))
+                            shift_add(f[:hi_bits], pos1[18:self.pos_bits]))
             pp2.append((lo_p, hi_p, top))
         x2 = carry(2, lo_hi)
         phase = [stage(f"phase_{n}", unsigned(ROPE_PHASE_BITS),
