@@ -239,6 +239,7 @@ def test_shell_design_prepares_for_ulx3s():
     plan = platform.prepare(top, name="top", nextpnr_opts="--report report.json")
     il, lpf = plan.files["top.il"], plan.files["top.lpf"]
     assert "EHXPLLL" in il and "ODDRX1F" in il
+    assert "DCCA" in il                    # the synchronised reset goes through a global buffer
     for site in ("F19", "F20", "P20", "T20", "T19", "R20", "U19", "J16", "M20"):     # SDRAM clk, cke, cmd, dq, a
         assert f'SITE "{site}"' in lpf
     assert "100000000" in lpf

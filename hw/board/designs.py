@@ -303,7 +303,13 @@ class ShellTop(Elaboratable):
                 i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0,
                 i_ENCLKOP=0, o_LOCK=locked)
             platform.add_clock_constraint(cd_sync.clk, self.clk_hz)
-            m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+            # The synchronised reset reaches most of the design's flip-flops (about 25,000 at `ecp5`):
+            # on fabric routing that one net spanned the die (a 15.8 ns arc after placement) and took
+            # routing from everything else, so it goes through a global buffer (DCCA) like a clock.
+            m.domains.por = cd_por = ClockDomain("por", local=True)
+            m.d.comb += cd_por.clk.eq(cd_sync.clk)
+            m.submodules.reset_sync = ResetSynchronizer(~locked, domain="por")
+            m.submodules.reset_buf = Instance("DCCA", i_CLKI=cd_por.rst, i_CE=1, o_CLKO=cd_sync.rst)
         else:
             m.d.comb += cd_sync.clk.eq(clk_buf.i)       # no reset: flip-flops start at their init values
 
