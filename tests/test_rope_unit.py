@@ -184,7 +184,7 @@ def test_rope_unit_loadable_table(head_dim, lanes):
                 if valid:
                     got.append(([pay.lo[i] for i in range(lanes)], [pay.hi[i] for i in range(lanes)]))
         ctx.set(dut.pairs.valid, 0)
-        for _ in range(12):
+        for _ in range(dut.latency + 1):
             _, _, valid, pay = await ctx.tick().sample(dut.rotated.valid, dut.rotated.payload)
             if valid:
                 got.append(([pay.lo[i] for i in range(lanes)], [pay.hi[i] for i in range(lanes)]))

@@ -31,7 +31,8 @@ from golden.numerics import RES_FRAC
 
 from ..params import check_int
 from ..tlmm.layouts import token_bits
-from ..vector.epilogue import Dequant, GateRelu2, GateSilu, ResidualAdd, _Pipe, _chunks, _sum_terms, vector_layout
+from ..vector.epilogue import (Dequant, GateRelu2, GateSilu, ResidualAdd, _Pipe, _chunks, _sum_terms, output_fifo,
+                              vector_layout)
 from ..vector.quant_pow2 import QuantPow2, quant_out_layout
 from ..vector.rope import RopeUnit
 from .linear import LinearCore
@@ -258,8 +259,8 @@ class LogitsEpilogue(wiring.Component):
             m.d.sync += [m16q[self.mult.payload.slot].eq(self.mult.payload.m16),
                          shq[self.mult.payload.slot].eq(self.mult.payload.sh)]
         beat = self.i.payload
-        en = Signal()
-        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        # Free-running (no clock enables): nine stages into an output FIFO (hw.vector.epilogue.output_fifo).
+        pipe = _Pipe(m, None, platform, take=Signal(init=1, name="room"))
         # The tile's row scales are taken into a register and kept until its last token's beat has gone
         # by; `rows.ready` is that register's "empty" flag (a flip-flop, so the epilogue's ready logic
         # does not reach the row-scale reader). The next tile's scales arrive a cycle after the release:
@@ -271,7 +272,7 @@ class LogitsEpilogue(wiring.Component):
         m.d.comb += self.rows.ready.eq(~row_have)
         with m.If(self.rows.valid & ~row_have):
             m.d.sync += [row_m16.eq(self.rows.payload.m16), row_e.eq(self.rows.payload.e), row_have.eq(1)]
-        ready_in = en & row_have & have.bit_select(beat.slot, 1)
+        ready_in = pipe.take & row_have & have.bit_select(beat.slot, 1)
         take = Signal()
         m.d.comb += [self.i.ready.eq(ready_in), take.eq(self.i.valid & ready_in)]
         tokens_m1, tiles_m1 = Signal.like(self.tokens), Signal.like(self.tiles)
@@ -284,10 +285,9 @@ class LogitsEpilogue(wiring.Component):
         command_done = take & (beat.slot == tokens_m1) & (beat.tile == tiles_m1)
         m.d.sync += have.eq(Mux(command_done, 0, have | set_bits))
 
-        # Nine lock-step stages, each at most one carry chain or a few mux levels deep (as Dequant):
+        # Nine free-running stages, each at most one carry chain or a few mux levels deep (as Dequant):
         # 1 operands; 2, 3 acc * m16(sq) from two registered DSP products; 4..6 times m16_row from three;
-        # 7 overflow flag and coarse shift; 8 fine shift; 9 round and saturate into o.
-        pipe = _Pipe(m, en, platform)
+        # 7 overflow flag and coarse shift; 8 fine shift; 9 round and saturate into the output FIFO.
         v, slot_d, tile_d = take, beat.slot, beat.tile
         vs = []
         for i in range(1, 9):
@@ -336,10 +336,11 @@ class LogitsEpilogue(wiring.Component):
             limit = Cat((~sign_8).replicate(31), sign_8)
             outs.append(Mux(sat, limit, r[1:33]))
         v8, slot8, tile8 = vs[-1]
-        with m.If(en):
-            m.d.sync += [self.o.valid.eq(v8), self.o.payload.slot.eq(slot8), self.o.payload.tile.eq(tile8)]
-            for n in range(N):
-                m.d.sync += self.o.payload.data[f"lane{n}"].eq(outs[n])
+        out = Signal(self.o.payload.shape())
+        m.d.comb += [out.slot.eq(slot8), out.tile.eq(tile8)]
+        for n in range(N):
+            m.d.comb += out.data[f"lane{n}"].eq(outs[n])
+        output_fifo(m, pipe.take, take, pipe.valid(v8, "v9"), pipe.reg(out, "out_9"), self.o, 9)
         return m
 
 

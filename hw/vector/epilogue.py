@@ -35,11 +35,16 @@ else is needed to switch scales between vectors, even back to back.
 
 Pipelines
 ---------
-Every unit is one lock-step pipeline: every register advances when the output register is empty or is
-being read (``en = ~o.valid | o.ready``) and the inputs are ready exactly then. So a unit accepts one beat
-per cycle (initiation interval 1, ``lanes`` elements per cycle) under any backpressure, holds
-:attr:`latency` beats in flight, and its output payload is stable while stalled. The input ``ready`` is
-combinational from ``o.ready`` (no skid buffer), as in the TLMM engines.
+Every unit is one free-running pipeline of :attr:`stages` registers that load on every clock edge (no
+clock enables), ending in a small output FIFO that drives ``o``. A beat is accepted only while the FIFO
+has room for it and for every beat already in flight (a count of beats accepted and not yet read,
+compared into a flip-flop ``room``), so backpressure never has to reach the pipeline's registers and
+the inputs' ``ready`` is that flip-flop (for the two-input units, and the other input's ``valid``). A
+unit accepts one beat per cycle (initiation interval 1, ``lanes`` elements per cycle) while ``o`` is
+read every cycle; :attr:`latency` (``stages + 2``) cycles pass from a beat's acceptance to its output
+beat, and the output payload is stable while stalled. (A stalling pipeline, every register enabled by
+``~o.valid | o.ready``, put one enable net on every register of a unit: on ECP5 2,000-3,000 flip-flops
+spread over the die, whose routing after the ready chain was the longest path of the placed design.)
 
 Multipliers are split by hand into products that fit one ECP5 ``MULT18X18D`` (18 x 18, each operand
 signed or unsigned: chunks of 18 bits, unsigned except the top chunk of a signed operand), each product
@@ -111,8 +116,8 @@ GateRelu2      ~545       ~750    4      0
 and the LUT products that save four DSPs per lane; the FFs are the one-carry-chain-per-stage pipeline.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.numerics import RES_FRAC, SIG_ENTRIES, SIG_FRAC, SIG_STEP_BITS, sigmoid_table
@@ -193,30 +198,43 @@ def sigmoid_rom():
 
 # -- shared building blocks ------------------------------------------------------------------------------
 class _Pipe:
-    """Registers of a lock-step pipeline that advance together when ``en`` is high (``platform``: the
-    elaboration platform, for :meth:`product`)."""
+    """Registers of a lock-step pipeline (``platform``: the elaboration platform, for :meth:`product`).
 
-    def __init__(self, m, en, platform=None):
-        self.m, self.en, self.platform = m, en, platform
+    ``en`` given: every register loads when ``en`` is high (a stalling pipeline; ``take`` defaults to
+    ``en``). ``en`` None: every register loads on every clock edge (a free-running pipeline, no clock
+    enables at all); the owner then says with ``take`` when a new beat may enter (:class:`_Unit` uses
+    credits of an output FIFO).
+    """
+
+    def __init__(self, m, en, platform=None, *, take=None):
+        self.m, self.platform = m, platform
+        self.free = en is None
+        self.en = Const(1) if en is None else en
+        self.take = self.en if take is None else take
+
+    def _load(self, r, value):
+        if self.free:
+            self.m.d.sync += r.eq(value)
+        else:
+            with self.m.If(self.en):
+                self.m.d.sync += r.eq(value)
 
     def reg(self, value, name, shape=None):
         """A register loaded with ``value`` whenever the pipeline advances (no reset: data only)."""
         shape = Shape.cast(value.shape()) if shape is None else shape
         r = Signal(shape, name=name, reset_less=True)
-        with self.m.If(self.en):
-            self.m.d.sync += r.eq(value)
+        self._load(r, value)
         return r
 
     def product(self, a, b, name):
         """``a * b`` registered like :meth:`reg`, in the multiplier block's own output register where it
         fits one (:func:`~hw.arith.dsp.registered_product`): no route out of the block before the register."""
-        return registered_product(self.m, name, a, b, en=self.en, platform=self.platform)
+        return registered_product(self.m, name, a, b, en=None if self.free else self.en, platform=self.platform)
 
     def valid(self, value, name):
         """A valid bit (reset to 0) loaded with ``value`` whenever the pipeline advances."""
         r = Signal(name=name)
-        with self.m.If(self.en):
-            self.m.d.sync += r.eq(value)
+        self._load(r, value)
         return r
 
     def delay(self, value, stages, name):
@@ -224,6 +242,31 @@ class _Pipe:
         for i in range(stages):
             value = self.reg(value, f"{name}_d{i}")
         return value
+
+
+def output_fifo(m, take, fire, last_valid, beat, o, stages):
+    """End a free-running pipeline of ``stages`` stages (registers that load on every clock edge, as
+    :class:`_Pipe` with ``en`` None) in an output FIFO that drives the stream ``o``.
+
+    ``fire`` is a beat entering the pipeline, ``last_valid`` and ``beat`` its last stage's valid bit and
+    payload. The FIFO holds ``stages + FIFO_SLACK`` beats; ``take`` (a ``Signal(init=1)``, driven here: a
+    flip-flop) is high while
+    fewer beats than that are accepted and not yet read from ``o``, so the FIFO never overflows and no
+    backpressure reaches the pipeline's registers. From ``fire`` to ``o.valid`` is ``stages + 2`` cycles.
+    """
+    depth = stages + FIFO_SLACK
+    m.submodules.out_fifo = q = fifo.SyncFIFOBuffered(width=len(Value.cast(beat)), depth=depth)
+    m.d.comb += [q.w_en.eq(last_valid), q.w_data.eq(beat),
+                 o.valid.eq(q.r_rdy), o.payload.eq(q.r_data), q.r_en.eq(o.ready)]
+    owed = Signal(range(depth + 1))              # beats accepted and not yet read: in the pipeline or the FIFO
+    nxt = owed + fire - (o.valid & o.ready)
+    m.d.sync += [owed.eq(nxt), take.eq(nxt < depth)]
+
+
+#: Output FIFO entries beyond a free-running pipeline's stages (:func:`output_fifo`): the FIFO's own two
+#: cycles from write to ``o`` and the cycle ``take`` needs to follow a read, so a pipeline whose ``o`` is
+#: always ready takes a beat per cycle.
+FIFO_SLACK = 3
 
 
 def _chunks(value, is_signed, widths):
@@ -300,33 +343,45 @@ def _small_terms(big, big_offset, small, small_offset):
 
 
 class _Unit(wiring.Component):
-    """Common part: the output stream ``o`` and the pipeline enable."""
+    """Common part: a free-running pipeline whose beats land in an output FIFO that drives ``o``.
+
+    The pipeline's registers load on every clock edge (no clock enable: on ECP5 one enable net reached
+    every register of a unit, 2,000-3,000 flip-flops spread over the die, 6-9 ns of routing after a
+    ready chain). A beat enters only while the FIFO has room for it and every beat ahead of it
+    (``room``, a flip-flop: so the inputs' ``ready`` is a register too), and ``o`` is the FIFO's
+    registered output.
+    """
+
+    @property
+    def latency(self):
+        """Cycles from a beat's acceptance to its output beat: the pipeline's :attr:`stages` and two of
+        the output FIFO; the most beats accepted and not yet read from ``o`` is ``stages + 3``."""
+        return self.stages + 2
 
     def _start(self, platform):
         m = Module()
-        en = Signal()
-        m.d.comb += en.eq(~self.o.valid | self.o.ready)
-        return m, _Pipe(m, en, platform)
+        return m, _Pipe(m, None, platform, take=Signal(init=1, name="room"))
 
     def _join(self, m, pipe, a, b):
         """Zip two input streams; returns the fire signal (a beat of each accepted this cycle)."""
         fire = Signal()
         m.d.comb += [
-            a.ready.eq(pipe.en & b.valid),
-            b.ready.eq(pipe.en & a.valid),
-            fire.eq(pipe.en & a.valid & b.valid),
+            a.ready.eq(pipe.take & b.valid),
+            b.ready.eq(pipe.take & a.valid),
+            fire.eq(pipe.take & a.valid & b.valid),
         ]
         return fire
 
     def _finish(self, m, pipe, fire, values):
-        """Drive ``o`` with ``values`` (one per lane, registers of the last stage) and the valid chain
-        of :attr:`latency` stages that starts with ``fire`` (a beat accepted)."""
+        """Write ``values`` (one per lane, registers of the last stage) to the output FIFO when the valid
+        chain of :attr:`stages` stages that starts with ``fire`` (a beat accepted) says so; keep ``room``."""
         v = fire
-        for i in range(self.latency):
+        for i in range(self.stages):
             v = pipe.valid(v, f"valid_{i + 1}")
-        m.d.comb += self.o.valid.eq(v)
+        beat = Signal(self.o.payload.shape())
         for n, value in enumerate(values):
-            m.d.comb += lane(self.o.payload, n).eq(value)
+            m.d.comb += lane(beat, n).eq(value)
+        output_fifo(m, pipe.take, fire, v, beat, self.o, self.stages)
 
 
 # -- Dequant ---------------------------------------------------------------------------------------------
@@ -345,7 +400,7 @@ class Dequant(_Unit):
     o : Out(stream.Signature(vector_layout(lanes)))
         ``lanes`` x int32 Q.16.
     latency : int
-        Pipeline stages (beats in flight).
+        Cycles from a beat's acceptance to its output beat (see :class:`_Unit`).
 
     Notes
     -----
@@ -353,7 +408,7 @@ class Dequant(_Unit):
     lane: 2 MULT18X18D, a 33-bit window barrel shifter, a 32-bit adder and a 33-bit incrementer.
     """
 
-    latency = 6
+    stages = 6
 
     def __init__(self, lanes):
         self.lanes = check_int("lanes", lanes, 1, 64)
@@ -365,9 +420,9 @@ class Dequant(_Unit):
     def elaborate(self, platform):
         m, pipe = self._start(platform)
         N = self.lanes
-        m.d.comb += self.i.ready.eq(pipe.en)
+        m.d.comb += self.i.ready.eq(pipe.take)
         fire = Signal()
-        m.d.comb += fire.eq(self.i.valid & pipe.en)
+        m.d.comb += fire.eq(self.i.valid & pipe.take)
         pay = self.i.payload
 
         # Stage 1: operands; per-beat shift controls (shared by every lane).
@@ -453,7 +508,7 @@ class ResidualAdd(_Unit):
     latency : int
     """
 
-    latency = 1
+    stages = 1
 
     def __init__(self, lanes):
         self.lanes = check_int("lanes", lanes, 1, 64)
@@ -510,7 +565,7 @@ class GateSilu(_Gate):
     latency : int
     """
 
-    latency = 9
+    stages = 9
 
     def elaborate(self, platform):
         m, pipe = self._start(platform)
@@ -606,7 +661,7 @@ class GateRelu2(_Gate):
     latency : int
     """
 
-    latency = 8
+    stages = 8
 
     def elaborate(self, platform):
         m, pipe = self._start(platform)

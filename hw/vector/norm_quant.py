@@ -41,8 +41,10 @@ Passes
    with pass 3.
 4. PASS3: the same pipeline recomputes ``v`` and continues: ``vn = ((v << 16) >> bv)`` (17-bit signed,
    ``= shift_floor(v, ev)``), ``p = vn * R``, ``xq = clamp((p + 2^23) >> 24, -127, 127)`` into ``o``;
-   ``o`` backpressure stalls the whole pipeline (``en = ~o.valid | o.ready``).
-5. The unit is idle again when the last ``o`` beat and the ``s`` transfer have both been taken.
+   ``o`` is an output FIFO of :data:`_STAGES` + 3 beats that pass 3 issues into only while it has room
+   for every beat in flight: the pipeline itself never stalls (no clock enables).
+5. The unit is idle again when the last beat has entered the output FIFO and the ``s`` transfer has been
+   taken.
 
 ``mv == 0`` (all-zero ``x`` or zero gain) gives ``R = 0`` so ``xq = 0``, and ``num = 0`` so
 ``sq = 0`` (the scalar unit's DIV of zero, or its divide-by-zero result when ``eps = 0``).
@@ -87,7 +89,7 @@ from amaranth.lib.wiring import In, Out
 from golden.sfloat import SFloat
 
 from ..arith.dsp import registered_product
-from .epilogue import Dequant, lane, vector_layout
+from .epilogue import Dequant, lane, output_fifo, vector_layout
 from .scalar_unit import E_BITS, INT_BITS, Op, ScalarUnit, sfloat_layout
 from ..params import check_int
 
@@ -102,6 +104,8 @@ _XT_BITS = 16   # |xt| < 2^15
 _V_BITS = 40    # v = xs * g, |v| <= 2^38
 _VN_BITS = 17   # vn in [-2^16, 2^16)
 _R_BITS = 16    # R = floor(127 * 2^24 / mvn) <= 65024
+#: Pipeline stages from a pass's read of the buffer to the output FIFO: A, A2, B1, B, C, C2, D, E, O.
+_STAGES = 9
 
 
 def norm_cfg_layout(max_n, e_bits=E_BITS):
@@ -256,14 +260,17 @@ class NormQuant(wiring.Component):
 
         # -- pass 2 / 3 pipeline -----------------------------------------------------------------------
         pass3 = Signal()
-        en = Signal()
+        # Free-running: the stages load on every clock edge (no clock enables); pass 3's beats land in an
+        # output FIFO (hw.vector.epilogue.output_fifo) that admits a beat only while it has room for every
+        # beat in flight, so `o`'s backpressure never reaches the stages.
+        room = Signal(init=1)
         issuing = Signal()
         vA, vA2, vB1, vB, vC, vC2, vD, vE, oV = (Signal(name=f"valid_{s}")
                                                  for s in ("A", "A2", "B1", "B", "C", "C2", "D", "E", "O"))
         leftA = Signal.like(left)
         lastA, lastA2, lastB1, lastB, lastC, lastC2, lastD, lastE = (
             Signal(name=f"last_{s}") for s in ("A", "A2", "B1", "B", "C", "C2", "D", "E"))
-        m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
+        m.d.comb += rd.addr.eq(addr)
         rview = data.View(in_layout, rd.data)
 
         xsB = [Signal(signed(_XS_BITS), name=f"xs{l}") for l in range(L)]
@@ -271,15 +278,14 @@ class NormQuant(wiring.Component):
         tC = []                          # xt^2 per lane (stage C)
         vCs = [Signal(signed(_V_BITS), name=f"v{l}") for l in range(L)]
         vnD = [Signal(signed(_VN_BITS), name=f"vn{l}") for l in range(L)]
-        oq = Signal(norm_out_layout(L))
+        oq = Signal(norm_out_layout(L), reset_less=True)
 
-        with m.If(en):
-            m.d.sync += [vA.eq(issuing), vA2.eq(vA), vB1.eq(vA2), vB.eq(vB1), vC.eq(vB), vC2.eq(vC),
-                         vD.eq(vC2 & pass3), vE.eq(vD), oV.eq(vE),
-                         lastA.eq(issuing & (left <= L)), lastA2.eq(lastA), lastB1.eq(lastA2), lastB.eq(lastB1),
-                         lastC.eq(lastB), lastC2.eq(lastC), lastD.eq(lastC2), lastE.eq(lastD), oq.last.eq(lastE)]
-            with m.If(issuing):
-                m.d.sync += leftA.eq(left)
+        m.d.sync += [vA.eq(issuing), vA2.eq(vA), vB1.eq(vA2), vB.eq(vB1), vC.eq(vB), vC2.eq(vC),
+                     vD.eq(vC2 & pass3), vE.eq(vD), oV.eq(vE),
+                     lastA.eq(issuing & (left <= L)), lastA2.eq(lastA), lastB1.eq(lastA2), lastB.eq(lastB1),
+                     lastC.eq(lastB), lastC2.eq(lastC), lastD.eq(lastC2), lastE.eq(lastD), oq.last.eq(lastE)]
+        with m.If(issuing):
+            m.d.sync += leftA.eq(left)
         for l in range(L):
             # A2: the buffer word registered (lanes past n zeroed); B1, B: the shift by b in two
             # halves (8, 16, 32, then 1, 2, 4), so no stage holds a block-RAM read or six mux levels.
@@ -288,26 +294,23 @@ class NormQuant(wiring.Component):
             coarse = Dequant._shift_window(Cat(Const(0, 23), xA2).as_signed(), b[3:], 3, _XS_BITS + 7)
             xB1 = Signal(signed(_XS_BITS + 7), name=f"xc{l}")
             gB1 = Signal(signed(_G_BITS), name=f"gc{l}")
-            with m.If(en):
-                m.d.sync += [xA2.eq(Mux(l < leftA, lane(rview.x, l), 0)), gA2.eq(lane(rview.g, l)),
-                             xB1.eq(coarse), gB1.eq(gA2),
-                             xsB[l].eq(Dequant._shift_window(xB1, b[:3], 0, _XS_BITS)), gB[l].eq(gB1)]
+            m.d.sync += [xA2.eq(Mux(l < leftA, lane(rview.x, l), 0)), gA2.eq(lane(rview.g, l)),
+                         xB1.eq(coarse), gB1.eq(gA2),
+                         xsB[l].eq(Dequant._shift_window(xB1, b[:3], 0, _XS_BITS)), gB[l].eq(gB1)]
             # C: every product is registered in its multiplier block (hw.arith.dsp), nothing after it in
             # the stage. xs (24 bits) is wider than a block: v = (xs_hi * g) << 17 + xs_lo * g, the two
             # pieces summed in stage C2.
             xt = xsB[l][8:].as_signed()
-            tC.append(registered_product(m, f"xt2_{l}", xt, xt, en=en, platform=platform)[:2 * _XT_BITS - 1])
-            v_lo = registered_product(m, f"v_lo{l}", xsB[l][:17], gB[l], en=en, platform=platform)
-            v_hi = registered_product(m, f"v_hi{l}", xsB[l][17:].as_signed(), gB[l], en=en, platform=platform)
+            tC.append(registered_product(m, f"xt2_{l}", xt, xt, platform=platform)[:2 * _XT_BITS - 1])
+            v_lo = registered_product(m, f"v_lo{l}", xsB[l][:17], gB[l], platform=platform)
+            v_hi = registered_product(m, f"v_hi{l}", xsB[l][17:].as_signed(), gB[l], platform=platform)
             vw = Signal(signed(_V_BITS + 16), name=f"vw{l}")
             m.d.comb += vw.eq(Cat(Const(0, 16), vCs[l]).as_signed() >> bv)
-            with m.If(en):
-                m.d.sync += [vCs[l].eq((v_hi << 17) + v_lo), vnD[l].eq(vw[:_VN_BITS])]
-            pE = registered_product(m, f"p{l}", vnD[l], recip, en=en, platform=platform)
+            m.d.sync += [vCs[l].eq((v_hi << 17) + v_lo), vnD[l].eq(vw[:_VN_BITS])]
+            pE = registered_product(m, f"p{l}", vnD[l], recip, platform=platform)
             r = Signal(signed(len(pE) - 24 + 1), name=f"r{l}")
             m.d.comb += r.eq((pE + (1 << 23)) >> 24)
-            with m.If(en):
-                m.d.sync += lane(oq.q, l).eq(Mux(r > 127, 127, Mux(r < -127, -127, r)))
+            m.d.sync += lane(oq.q, l).eq(Mux(r > 127, 127, Mux(r < -127, -127, r)))
 
         # pass-2 reductions, pipelined (pass 2 never stalls: nothing goes to `o`): the beat's sum of
         # squares after stage C, then the running sum; |v| after stage C2, then one max level per stage,
@@ -345,7 +348,7 @@ class NormQuant(wiring.Component):
         with m.If(red_valids[-1]):
             m.d.sync += mv.eq(Mux(absv[0] > mv, absv[0], mv))
 
-        m.d.comb += [self.o.valid.eq(oV), self.o.payload.eq(oq)]
+        output_fifo(m, room, issuing & pass3, oV, oq, self.o, _STAGES)
         drained = ~(vA | vA2 | vB1 | vB | vC | vC2 | vD | vE | oV | rv | Cat(*red_valids).any())
 
         # -- scalar-unit sequencer ---------------------------------------------------------------------
@@ -437,8 +440,8 @@ class NormQuant(wiring.Component):
                 m.d.sync += [b.eq(b_comb), addr.eq(0), left.eq(n), ss.eq(0), mv.eq(0), pass3.eq(0)]
                 m.next = "PASS"
             with m.State("PASS"):
-                m.d.comb += [en.eq(~oV | self.o.ready), issuing.eq(left != 0)]
-                with m.If(en & issuing):
+                m.d.comb += issuing.eq((left != 0) & (room | ~pass3))     # pass 2 sends nothing to `o`
+                with m.If(issuing):
                     m.d.sync += [addr.eq(addr + 1), left.eq(Mux(left > L, left - L, 0))]
                 with m.If((left == 0) & drained):
                     m.next = "AFTER"

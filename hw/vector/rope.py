@@ -46,9 +46,11 @@ Per lane, exactly as :func:`golden.numerics.rope_cos_sin` and :func:`golden.nume
 
 Pipeline
 --------
-Every stage advances together when the output register is empty or being read
-(``en = ~rotated.valid | rotated.ready``), so the unit accepts one beat (``lanes`` pairs, ``2 lanes``
-elements) per cycle with backpressure, and holds :attr:`RopeUnit.latency` beats in flight.
+Free-running: every stage loads on every clock edge (no clock enables), and the beats land in an output
+FIFO (:func:`~hw.vector.epilogue.output_fifo`) that admits a beat only while it has room for every beat in
+flight, so backpressure never reaches the stages and ``pairs.ready`` is a flip-flop. The unit accepts one
+beat (``lanes`` pairs, ``2 lanes`` elements) per cycle while ``rotated`` is read, and presents it
+:attr:`RopeUnit.latency` cycles later.
 
 Cost
 ----
@@ -83,6 +85,7 @@ from golden.numerics import RES_FRAC, ROPE_FRAC, ROPE_PHASE_BITS, ROPE_TABLE_BIT
 from ..arith.dsp import registered_product
 from ..arith.tree import shift_add
 from ..params import check_int
+from .epilogue import output_fifo
 
 __all__ = ["RopeUnit", "LaneArray", "rope_pairs_layout", "rope_rotated_layout", "rope_load_layout"]
 
@@ -219,8 +222,10 @@ class RopeUnit(wiring.Component):
             **({"load": In(stream.Signature(rope_load_layout(head_dim)))} if loadable else {}),
         })
 
-    #: Pipeline registers between the input and the output (see :meth:`elaborate`).
-    latency = 11
+    #: Pipeline registers between the input and the output FIFO (see :meth:`elaborate`).
+    STAGES = 11
+    #: Cycles from accepting a beat to presenting it on ``rotated``: the stages and the output FIFO's two.
+    latency = STAGES + 2
 
     @property
     def pairs_per_cycle(self):
@@ -242,18 +247,19 @@ class RopeUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         N = self.lanes
-        inp, out = self.pairs.payload, self.rotated.payload
+        inp = self.pairs.payload
 
-        en = Signal()
-        m.d.comb += en.eq(~self.rotated.valid | self.rotated.ready)
-        m.d.comb += self.pairs.ready.eq(en)
+        # Free-running: every stage loads on every clock edge (no clock enables) and the output beats go
+        # through a FIFO that admits a beat only while it has room for every beat in flight.
+        room = Signal(init=1)
+        m.d.comb += self.pairs.ready.eq(room)
         fire = Signal()
-        m.d.comb += fire.eq(self.pairs.valid & en)
+        m.d.comb += fire.eq(self.pairs.valid & room)
+        en = None                                  # the multipliers' clock enable: none
 
         def stage(name, shape, value):
             reg = Signal(shape, name=name)
-            with m.If(en):
-                m.d.sync += reg.eq(value)
+            m.d.sync += reg.eq(value)
             return reg
 
         # Beat in the head vector: from the payload (indexed), or a counter that restarts on `first`
@@ -283,7 +289,7 @@ class RopeUnit(wiring.Component):
             for n in range(N):
                 m.d.comb += wr_f.en[n].eq(self.load.valid & (lane_of == n))
         rd_f = freq_rom.read_port()
-        m.d.comb += [rd_f.addr.eq(cur), rd_f.en.eq(en)]
+        m.d.comb += rd_f.addr.eq(cur)
         valid = [stage("v1", 1, fire)]
         # Flags: first, last and the tag, carried to the output.
         tag = inp.tag if self.tag_bits else Const(0, 0)
@@ -338,7 +344,7 @@ class RopeUnit(wiring.Component):
             rom = memory.Memory(shape=unsigned(MAG_BITS), depth=QUARTER, init=table[:QUARTER])
             m.submodules[f"sin_rom_{n}"] = rom
             rd_a, rd_b = rom.read_port(), rom.read_port()
-            m.d.comb += [rd_a.addr.eq(k), rd_b.addr.eq(-k), rd_a.en.eq(en), rd_b.en.eq(en)]
+            m.d.comb += [rd_a.addr.eq(k), rd_b.addr.eq(-k)]
             quad = stage(f"quad_{n}", 2, idx[ROPE_TABLE_BITS - 2:])
             zero = stage(f"kzero_{n}", 1, k == 0)
             quad3.append(stage(f"quad5_{n}", 2, quad))
@@ -418,14 +424,15 @@ class RopeUnit(wiring.Component):
             fits = (top == 0) | (top == (1 << len(top)) - 1)
             return Mux(fits, shifted[:VALUE_BITS], Mux(rounded[-1], lim_lo, lim_hi))
 
-        with m.If(en):
-            m.d.sync += [self.rotated.valid.eq(valid[-1]),
-                         out.first.eq(flags[-1][0]), out.last.eq(flags[-1][1])]
-            if self.tag_bits:
-                m.d.sync += out.tag.eq(flags[-1][2:])
-            for n in range(N):
-                re, im = sum7[n]
-                m.d.sync += [out.lo[n].eq(round_sat(re, f"re_rounded_{n}")),
-                             out.hi[n].eq(round_sat(im, f"im_rounded_{n}"))]
-        assert len(valid) == self.latency - 1
+        beat = Signal(self.rotated.payload.shape(), reset_less=True)
+        m.d.sync += [beat.first.eq(flags[-1][0]), beat.last.eq(flags[-1][1])]
+        if self.tag_bits:
+            m.d.sync += beat.tag.eq(flags[-1][2:])
+        for n in range(N):
+            re, im = sum7[n]
+            m.d.sync += [beat.lo[n].eq(round_sat(re, f"re_rounded_{n}")),
+                         beat.hi[n].eq(round_sat(im, f"im_rounded_{n}"))]
+        valid.append(stage("v11", 1, valid[-1]))
+        assert len(valid) == self.STAGES
+        output_fifo(m, room, fire, valid[-1], beat, self.rotated, self.STAGES)
         return m
