@@ -10,7 +10,7 @@ SDRAM controller's pin signature, status outputs), so the same component runs in
         |                                                                                               |
    rx,tx| UartLink (UartRx -> BoardLink -> UartTx) --csr (AXI4-Lite)--> TrilliumTop(hw) --irq-----> irq |
         |    |axi_rd (ID 1)   |axi_wr (ID 1)                             |axi_rd (ID 4)  |axi_wr (ID 3) |
-        |    |                |                                          |               |              |
+        |    |                |                                          |       AxiWriteSlice (AW W B) |
         |    |  m[1]  +-------|------------------------------------------+ m[0]          |              |
         |    +------->| AxiReadArbiter: AR round robin, R routed by ID   |               |              |
         |             +-------|--------------+---------------------------+               |              |
@@ -18,7 +18,7 @@ SDRAM controller's pin signature, status outputs), so the same component runs in
         |                     +------->| AxiWriteArbiter: AW round robin, W in grant order, B by ID |   |
         |                              +-----|------------------------+-----------------------------+   |
         |                                    |axi (ID 5)              |axi_wr (ID 4)                    |
-        |                                    |                        | AxiWriteSlice: AW, W registered |
+        |                                    |                        | AxiWriteSlice: AW, W, B regs'd  |
         |                              +-----v------------------------v-----+                           |
         |                              | SdramController (bus_bits/16 SDRAM |--- pins ----------> sdram |
         |                              | words per AXI beat, BL1, refresh)  |                           |
@@ -196,6 +196,10 @@ class Ulx3sShell(wiring.Component):
                              (link_wr, self.write_arbiter.m[1].signature.flip(), "link axi_wr -> write arbiter")):
             check_axi_pair(ms, ss, owner=owner, what=what)
         self.write_slice = AxiWriteSlice(ADDR_BITS, data_bits, self.write_arbiter.s.signature.id_bits)
+        # And one on the accelerator's own write port: its writers' next beat and response bookkeeping then
+        # start at registers, not at the shell arbiter's grant logic (a 25 ns placed path ran from the
+        # controller's response queue through both arbiters into the logits writer's stall).
+        self.acc_write_slice = AxiWriteSlice(ADDR_BITS, data_bits, wr.id_bits)
         self.sdram_ctrl = SdramController(
             addr_bits=ADDR_BITS, data_bits=data_bits, id_bits=self.read_arbiter.s.signature.id_bits,
             write_id_bits=self.write_arbiter.s.signature.id_bits, clock_hz=self.clk_hz, timing=sdram_timing,
@@ -231,7 +235,9 @@ class Ulx3sShell(wiring.Component):
         wiring.connect(m, link.csr, top.csr)
         connect_axi(m, top.axi_rd, ra.m[0], owner="Ulx3sShell", what="accelerator axi_rd -> read arbiter")
         connect_axi(m, link.axi_rd, ra.m[1], owner="Ulx3sShell", what="link axi_rd -> read arbiter")
-        connect_axi(m, top.axi_wr, wa.m[0], owner="Ulx3sShell", what="accelerator axi_wr -> write arbiter")
+        m.submodules.acc_write_slice = aws = self.acc_write_slice
+        wiring.connect(m, top.axi_wr, aws.m)
+        connect_axi(m, aws.s, wa.m[0], owner="Ulx3sShell", what="accelerator axi_wr -> write arbiter")
         connect_axi(m, link.axi_wr, wa.m[1], owner="Ulx3sShell", what="link axi_wr -> write arbiter")
         wiring.connect(m, ra.s, ctrl.axi)
         # A register slice between the write arbiter and the controller, whose wready depends on wvalid:

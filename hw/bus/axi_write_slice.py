@@ -1,12 +1,13 @@
-"""An AXI4 write register slice: AW and W through :class:`~hw.dataflow.skid.SkidBuffer` s, B straight.
+"""An AXI4 write register slice: AW, W and B through :class:`~hw.dataflow.skid.SkidBuffer` s.
 
 In the ULX3S shell the SDRAM controller's ``wready`` depends on ``wvalid`` in the same cycle (a beat is
 taken with its last SDRAM word), and behind the write arbiters every master's next beat depends on
 ``wready``: one combinational path ran from the shell arbiter's grant FIFO through the controller, both
 arbiters and the KV writer into the LINEAR unit's stall (16.7 ns estimated). With the slice between the
 shell arbiter and the controller, the masters see a registered ``awready``/``wready`` and the controller
-registered ``awvalid``/``wvalid`` and payloads. Bursts still move one beat per cycle; each channel adds
-one cycle of latency. Ordering is untouched (each channel stays in order, and AXI4 lets AW and W arrive
+registered ``awvalid``/``wvalid`` and payloads; B is registered the other way, so a slave's ``bvalid``
+reaches the master from a register too. Bursts still move one beat per cycle; each channel adds one cycle
+of latency. Ordering is untouched (each channel stays in order, and AXI4 lets AW and W arrive
 in either order).
 """
 
@@ -58,6 +59,11 @@ class AxiWriteSlice(wiring.Component):
                          getattr(dst, valid).eq(skid.o.valid), skid.o.ready.eq(getattr(dst, ready))]
             m.d.comb += [getattr(skid.i.payload, f).eq(getattr(src, f)) for f in fields]
             m.d.comb += [getattr(dst, f).eq(getattr(skid.o.payload, f)) for f in fields]
-        m.d.comb += [src.bresp.eq(dst.bresp), src.bid.eq(dst.bid), src.bvalid.eq(dst.bvalid),
-                     dst.bready.eq(src.bready)]
+        # B, the other way: the slave's bvalid (an SDRAM controller's response queue) reaches the master's
+        # burst bookkeeping from a register, not through the arbiters' response routing.
+        m.submodules.b = skid = SkidBuffer(data.StructLayout({"bresp": len(dst.bresp), "bid": len(dst.bid)}))
+        m.d.comb += [skid.i.valid.eq(dst.bvalid), dst.bready.eq(skid.i.ready),
+                     skid.i.payload.bresp.eq(dst.bresp), skid.i.payload.bid.eq(dst.bid),
+                     src.bvalid.eq(skid.o.valid), skid.o.ready.eq(src.bready),
+                     src.bresp.eq(skid.o.payload.bresp), src.bid.eq(skid.o.payload.bid)]
         return m
