@@ -12,6 +12,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
+from ..dataflow.skid import SkidBuffer
 from ..params import check_int
 from .axi import MAX_BURST, AxiBurst, BurstCutter
 
@@ -94,7 +95,8 @@ class AxiBurstWriter(wiring.Component):
     (one bus word per beat, all byte strobes set, ``wlast`` on the burst's last beat) once the address
     is accepted. Up to ``max_outstanding`` bursts may be issued without their write response; each
     response is accepted at once (``bready`` is always high) and SLVERR or DECERR sets a sticky
-    ``error``.
+    ``error``. W leaves through a :class:`~hw.dataflow.skid.SkidBuffer` (a cycle of latency, no
+    bubbles), so ``data.ready`` is never combinational from ``wready``.
 
     Address issue does not wait for data: the W channel simply waits for ``data`` words, so a
     producer may start the data before or after its command. The command's ``beats`` words must
@@ -188,20 +190,26 @@ class AxiBurstWriter(wiring.Component):
             bursts.w_data.eq(beats - 1),
             bursts.w_en.eq(aw_fire),
         ]
-        # W: the head burst's beats, straight from the data stream (whose payload is stable while it
-        # waits, as a stream's must be), `wlast` on its last beat.
+        # W: the head burst's beats from the data stream, `wlast` on its last beat, through a skid buffer:
+        # the producer's `data.ready` and the burst bookkeeping see its registered ready, never `wready`
+        # (the arbiters' grant logic behind it reached a KV writer's pipeline advance in the same cycle).
         beat = Signal(len_bits)
         last = Signal()
+        w_slice = SkidBuffer(data.StructLayout({"data": self.data_bits, "strb": self.data_bytes, "last": 1}))
+        m.submodules.w_slice = w_slice
+        w = w_slice.i
         m.d.comb += [
             last.eq(beat == bursts.r_data),
-            axi.wdata.eq(self.data.payload.data if self.strobes else self.data.payload),
-            axi.wstrb.eq(self.data.payload.strb if self.strobes else Const(-1, self.data_bytes)),
-            axi.wlast.eq(last),
-            axi.wvalid.eq(bursts.r_rdy & self.data.valid),
-            self.data.ready.eq(bursts.r_rdy & axi.wready),
+            w.payload.data.eq(self.data.payload.data if self.strobes else self.data.payload),
+            w.payload.strb.eq(self.data.payload.strb if self.strobes else Const(-1, self.data_bytes)),
+            w.payload.last.eq(last),
+            w.valid.eq(bursts.r_rdy & self.data.valid),
+            self.data.ready.eq(bursts.r_rdy & w.ready),
+            axi.wdata.eq(w_slice.o.payload.data), axi.wstrb.eq(w_slice.o.payload.strb),
+            axi.wlast.eq(w_slice.o.payload.last), axi.wvalid.eq(w_slice.o.valid), w_slice.o.ready.eq(axi.wready),
         ]
         w_fire = Signal()
-        m.d.comb += [w_fire.eq(axi.wvalid & axi.wready), bursts.r_en.eq(w_fire & last)]
+        m.d.comb += [w_fire.eq(w.valid & w.ready), bursts.r_en.eq(w_fire & last)]
         with m.If(w_fire):
             m.d.sync += beat.eq(Mux(last, 0, beat + 1))
 

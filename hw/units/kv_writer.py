@@ -17,7 +17,7 @@ and token, so small writes cost nothing that matters. The geometry (``segment``,
 computed from the ``SETUP`` registers when a command starts.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
@@ -29,6 +29,7 @@ from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS, BODIES, Opcode
 from ..memory.axi_write import AxiBurstWriter
 from ..params import check_int
+from ..vector.epilogue import output_fifo
 from .linear import kv_layout
 
 __all__ = ["KvWriter"]
@@ -130,16 +131,18 @@ class KvWriter(wiring.Component):
                 m.next = "READY"
 
         # One beat -> a write of its lanes; the vector's last beat -> also its exponent byte.
-        # The beat's address runs down a pipeline that moves as one (`adv`: the write stage is empty or
-        # finishes this cycle), one step per stage, each product registered in its block:
+        # The beat's address runs down a free-running pipeline (every register loads on every clock edge,
+        # no clock enable), one step per stage, each product registered in its block:
         #   1: row_d = row d                       lh = layer_heads + head
         #   2: hb = lh blocks                      row_off = row_d + beat lanes
         #   3: index = hb + block                  (the segment's index in the cache)
         #   4: pieces of index seg_words
-        #   5 (write): seg = kv_base + (index seg_words) bus
-        # The writes go out from stage 5's registers; a beat takes as many cycles as its writes.
-        # The beats enter through a skid buffer, so `kv.ready` is a register: `adv` depends on the write
-        # channel's ready, which must not reach back into the LINEAR unit's stall in the same cycle.
+        #   5: seg = kv_base + (index seg_words) bus
+        # and into a FIFO (hw.vector.epilogue.output_fifo: a beat enters only while the FIFO has room for
+        # every beat in flight); the writes go out from the FIFO's head, a beat taking as many cycles as
+        # its writes. So the write channel's ready reaches only the FIFO's read side, never the stages (a
+        # stall enable on all five stages was a 430-flip-flop net). The beats enter through a skid
+        # buffer, so `kv.ready` is a register.
         m.submodules.kv_in = kv_in = SkidBuffer(self.kv.payload.shape())
         wiring.connect(m, wiring.flipped(self.kv), kv_in.i)
         beat = kv_in.o
@@ -147,13 +150,12 @@ class KvWriter(wiring.Component):
         n_st = 5
         valid = [Signal(name=f"kv_st{k}_valid") for k in range(1, n_st + 1)]
         st = [Signal.like(p, name=f"kv_st{k}") for k in range(1, n_st + 1)]
-        done = Signal()                      # the write stage's last write is accepted this cycle
-        adv = Signal()
-        m.d.comb += [adv.eq(~valid[-1] | done), beat.ready.eq(ready & adv)]
-        with m.If(adv):
-            m.d.sync += [valid[0].eq(beat.valid & beat.ready), st[0].eq(p)]
-            m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, n_st)]
-            m.d.sync += [st[k].eq(st[k - 1]) for k in range(1, n_st)]
+        done = Signal()                      # the head beat's last write is accepted this cycle
+        room = Signal(init=1)
+        m.d.comb += beat.ready.eq(ready & room)
+        m.d.sync += [valid[0].eq(beat.valid & beat.ready), st[0].eq(p)]
+        m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, n_st)]
+        m.d.sync += [st[k].eq(st[k - 1]) for k in range(1, n_st)]
 
         def j_of(q):
             return q.pos[:exact_log2(ATTN_KEY_BLOCK)]
@@ -161,34 +163,38 @@ class KvWriter(wiring.Component):
         # Stage 1.
         row = Signal(8)                      # the row's index in its segment, < exp_rows + 64 <= 128
         m.d.comb += row.eq(exp_rows + Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j_of(p))
-        row_d = registered_product(m, "row_d", row, d, en=adv, platform=platform)
+        row_d = registered_product(m, "row_d", row, d, platform=platform)
         lh = Signal(16)
-        with m.If(adv):
-            m.d.sync += lh.eq(layer_heads + p.head)
+        m.d.sync += lh.eq(layer_heads + p.head)
         # Stage 2.
-        hb = registered_product(m, "hb", lh, blocks, en=adv, platform=platform)
+        hb = registered_product(m, "hb", lh, blocks, platform=platform)
         row_off = [Signal(ADDR_BITS, name=f"row_off{k}") for k in (2, 3, 4, 5)]
         exp_off = [Signal(7, name=f"exp_off{k}") for k in (2, 3, 4, 5)]      # 32 is_v + pos % 32
-        with m.If(adv):
-            m.d.sync += [row_off[0].eq(row_d + st[0].beat * N),
-                         exp_off[0].eq(Mux(st[0].is_v, ATTN_KEY_BLOCK, 0) + j_of(st[0]))]
-            m.d.sync += [row_off[k].eq(row_off[k - 1]) for k in range(1, 4)]
-            m.d.sync += [exp_off[k].eq(exp_off[k - 1]) for k in range(1, 4)]
+        m.d.sync += [row_off[0].eq(row_d + st[0].beat * N),
+                     exp_off[0].eq(Mux(st[0].is_v, ATTN_KEY_BLOCK, 0) + j_of(st[0]))]
+        m.d.sync += [row_off[k].eq(row_off[k - 1]) for k in range(1, 4)]
+        m.d.sync += [exp_off[k].eq(exp_off[k - 1]) for k in range(1, 4)]
         # Stage 3.
         index = Signal(32)
-        with m.If(adv):
-            m.d.sync += index.eq(hb + (st[1].pos >> exact_log2(ATTN_KEY_BLOCK)))
+        m.d.sync += index.eq(hb + (st[1].pos >> exact_log2(ATTN_KEY_BLOCK)))
         # Stage 4.
-        pieces = registered_pieces(m, "seg_off", index, seg_words, en=adv, platform=platform)
+        pieces = registered_pieces(m, "seg_off", index, seg_words, platform=platform)
         # Stage 5.
-        seg = Signal(ADDR_BITS)
-        with m.If(adv):
-            m.d.sync += seg.eq(s.kv_base + (sum(piece << shift for shift, piece in pieces) << lg))
-        w_valid, w = valid[-1], st[-1]
+        seg5 = Signal(ADDR_BITS)
+        m.d.sync += seg5.eq(s.kv_base + (sum(piece << shift for shift, piece in pieces) << lg))
+        # The FIFO; its head is the beat being written.
+        head = stream.Signature(data.StructLayout({"w": p.shape(), "seg": ADDR_BITS, "row_off": ADDR_BITS,
+                                                   "exp_off": len(exp_off[-1])})).create()
+        five = Signal(head.payload.shape())
+        m.d.comb += [five.w.eq(st[-1]), five.seg.eq(seg5), five.row_off.eq(row_off[-1]),
+                     five.exp_off.eq(exp_off[-1])]
+        owed = output_fifo(m, room, beat.valid & beat.ready, valid[-1], five, head, n_st)
+        m.d.comb += head.ready.eq(done)
+        w_valid, w, seg = head.valid, head.payload.w, head.payload.seg
 
         row_addr = Signal(ADDR_BITS)
         exp_addr = Signal(ADDR_BITS)
-        m.d.comb += [row_addr.eq(seg + row_off[-1]), exp_addr.eq(seg + exp_off[-1])]
+        m.d.comb += [row_addr.eq(seg + head.payload.row_off), exp_addr.eq(seg + head.payload.exp_off)]
         phase_exp = Signal()                 # the beat's values are out; its exponent byte is next
         addr = Mux(phase_exp, exp_addr, row_addr)
         off = addr[:lg]
@@ -220,5 +226,6 @@ class KvWriter(wiring.Component):
             with m.Else():
                 m.d.sync += phase_exp.eq(0)
                 m.d.comb += done.eq(1)
-        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid & kv_in.i.ready & ~beat.valid & ~Cat(*valid).any()), self.error.eq(wr.error)]
+        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid & kv_in.i.ready & ~beat.valid & (owed == 0)),
+                     self.error.eq(wr.error)]
         return m

@@ -16,6 +16,7 @@ from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS
 from ..memory.axi_write import AxiBurstWriter
 from ..params import check_int
+from ..vector.epilogue import output_fifo
 from .linear import lg_out_layout
 
 __all__ = ["LogitsWriter"]
@@ -75,31 +76,37 @@ class LogitsWriter(wiring.Component):
         with m.If(self.start.valid):
             m.d.sync += [base.eq(self.start.payload.addr), tiles.eq(self.start.payload.tiles)]
 
-        # Two stages that move as one (`adv`: the write stage is empty or finishes this cycle): stage 1
-        # takes the beat and registers `token * tiles` in the multiplier block (hw.arith.dsp), stage 2
-        # (the write stage) registers the address. No path crosses the DSP or reaches the writer's
-        # address register from the LINEAR unit's stream through a multiplier.
-        # The beats enter through a skid buffer, so `lg.ready` is a register (see the KV writer).
+        # Two free-running stages (no clock enable): stage 1 takes the beat and registers `token * tiles`
+        # in the multiplier block (hw.arith.dsp), stage 2 registers the address; then a FIFO
+        # (hw.vector.epilogue.output_fifo: a beat enters only while the FIFO has room for every beat in
+        # flight) whose head is the beat being written. The write channel's ready reaches only the FIFO's
+        # read side, and no path crosses the DSP. The beats enter through a skid buffer, so `lg.ready` is
+        # a register (see the KV writer).
         m.submodules.lg_in = lg_in = SkidBuffer(self.lg.payload.shape())
         wiring.connect(m, wiring.flipped(self.lg), lg_in.i)
         q = lg_in.o.payload
         valid = [Signal(name="lg_st1_valid"), Signal(name="lg_st2_valid")]
         st = [Signal.like(q, name="lg_st1"), Signal.like(q, name="lg_st2")]
         done = Signal()
-        adv = Signal()
-        m.d.comb += [adv.eq(~valid[1] | done), lg_in.o.ready.eq(adv)]
-        tt = registered_product(m, "token_tiles", q.token, tiles, en=adv, platform=platform)
-        addr = Signal(ADDR_BITS)
-        with m.If(adv):
-            m.d.sync += [valid[0].eq(lg_in.o.valid), st[0].eq(q), valid[1].eq(valid[0]), st[1].eq(st[0]),
-                         addr.eq(base + ((tt + st[0].tile) << exact_log2(self.beat_bytes)))]
-        p = st[1]
+        room = Signal(init=1)
+        m.d.comb += lg_in.o.ready.eq(room)
+        fire = lg_in.o.valid & room
+        tt = registered_product(m, "token_tiles", q.token, tiles, platform=platform)
+        addr2 = Signal(ADDR_BITS)
+        m.d.sync += [valid[0].eq(fire), st[0].eq(q), valid[1].eq(valid[0]), st[1].eq(st[0]),
+                     addr2.eq(base + ((tt + st[0].tile) << exact_log2(self.beat_bytes)))]
+        head = stream.Signature(data.StructLayout({"beat": q.shape(), "addr": ADDR_BITS})).create()
+        two = Signal(head.payload.shape())
+        m.d.comb += [two.beat.eq(st[1]), two.addr.eq(addr2)]
+        owed = output_fifo(m, room, fire, valid[1], two, head, 2)
+        m.d.comb += head.ready.eq(done)
+        p, addr = head.payload.beat, head.payload.addr
         off = Signal(range(B))
         m.d.comb += off.eq(addr[:lgb] if self.beat_bytes < B else 0)
         word = Signal(range(W + 1))            # bus word of the beat being sent
         sent_cmd = Signal()
         m.d.comb += [wr.cmd.payload.addr.eq(addr), wr.cmd.payload.beats.eq(W),
-                     wr.cmd.valid.eq(valid[1] & ~sent_cmd), wr.data.valid.eq(valid[1] & sent_cmd)]
+                     wr.cmd.valid.eq(head.valid & ~sent_cmd), wr.data.valid.eq(head.valid & sent_cmd)]
         if self.beat_bytes < B:
             m.d.comb += [wr.data.payload.data.eq(p.data << (off << 3)),
                          wr.data.payload.strb.eq(((1 << self.beat_bytes) - 1) << off)]
@@ -113,5 +120,6 @@ class LogitsWriter(wiring.Component):
             with m.If(word == W - 1):
                 m.d.sync += sent_cmd.eq(0)
                 m.d.comb += done.eq(1)
-        m.d.comb += [self.idle.eq(wr.idle & ~self.lg.valid & lg_in.i.ready & ~lg_in.o.valid & ~valid[0] & ~valid[1]), self.error.eq(wr.error)]
+        m.d.comb += [self.idle.eq(wr.idle & ~self.lg.valid & lg_in.i.ready & ~lg_in.o.valid & (owed == 0)),
+                     self.error.eq(wr.error)]
         return m

@@ -253,6 +253,7 @@ def output_fifo(m, take, fire, last_valid, beat, o, stages):
     flip-flop) is high while
     fewer beats than that are accepted and not yet read from ``o``, so the FIFO never overflows and no
     backpressure reaches the pipeline's registers. From ``fire`` to ``o.valid`` is ``stages + 2`` cycles.
+    Returns the count of beats accepted and not yet read from ``o`` (0: the pipeline and FIFO are empty).
     """
     depth = stages + FIFO_SLACK
     m.submodules.out_fifo = q = fifo.SyncFIFOBuffered(width=len(Value.cast(beat)), depth=depth)
@@ -261,6 +262,7 @@ def output_fifo(m, take, fire, last_valid, beat, o, stages):
     owed = Signal(range(depth + 1))              # beats accepted and not yet read: in the pipeline or the FIFO
     nxt = owed + fire - (o.valid & o.ready)
     m.d.sync += [owed.eq(nxt), take.eq(nxt < depth)]
+    return owed
 
 
 #: Output FIFO entries beyond a free-running pipeline's stages (:func:`output_fifo`): the FIFO's own two
