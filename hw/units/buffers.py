@@ -10,9 +10,11 @@ the units never use the same port in the same cycle.
 
 Ports
 -----
-``rd_req`` / ``rd_data``: reads of any buffer, answered in order one cycle later as ``lanes`` x 64-bit
-words (``X``/``ATT`` sign-extended, ``Q`` values sign-extended with the exponent in ``rd_e``); up to two
-answers wait while ``rd_data`` is stalled (requests are refused while both places are taken).
+``rd_req`` / ``rd_data``: reads of any buffer, answered in order two cycles later as ``lanes`` x 64-bit
+words (``X``/``ATT`` sign-extended, ``Q`` values sign-extended with the exponent in ``rd_e``): the block
+RAM's word is registered after the buffer multiplexer before it enters the answer queue (from a block
+RAM's clock-to-out across the die into the queue's distributed RAM was a 19 ns placed path on ECP5). Up
+to three answers wait while ``rd_data`` is stalled (requests are refused while all places are taken).
 ``wr``: writes of any buffer (:func:`wr_layout`, from the LINEAR unit).
 ``x_in``: the EMBED unit's residual beats (:func:`~hw.units.embed.embed_out_layout`).
 """
@@ -114,16 +116,18 @@ class ActivationBuffers(wiring.Component):
                     m.d.comb += [wp.addr.eq(addr(b, x.token, x.beat)), wp.data.eq(x.data.as_value()),
                                  wp.en.eq(1)]
 
-        # -- reads: one cycle, then a two-place answer queue ------------------------------------------------
-        m.submodules.answers = answers = fifo.SyncFIFO(width=64 * N + E_FIELD_BITS, depth=2)   # first-word fall-through: room for exactly the two owed
-        in_flight = Signal()                # a read issued last cycle, its answer entering the queue now
+        # -- reads: the block RAM's cycle, a register, then a three-place answer queue ------------------------
+        # (first-word fall-through: room for exactly the three owed)
+        m.submodules.answers = answers = fifo.SyncFIFO(width=64 * N + E_FIELD_BITS, depth=3)
+        in_flight = Signal()                # a read issued last cycle, its word out of the block RAM now
+        answer_v = Signal()                 # that word, muxed and registered: entering the queue now
         r = self.rd_req.payload
         take = self.rd_req.valid & self.rd_req.ready
         # Answers owed: reads issued and not yet taken from `rd_data`; never more than the queue holds.
-        owed = Signal(range(3))
+        owed = Signal(range(4))
         popped = self.rd_data.valid & self.rd_data.ready
         m.d.sync += owed.eq(owed + take - popped)
-        m.d.comb += self.rd_req.ready.eq(owed < 2)
+        m.d.comb += self.rd_req.ready.eq(owed < 3)
         rd_buf = Signal(Buffer)
         for b in Buffer:
             m.d.comb += [rports[b].addr.eq(addr(b, r.token, r.index)), rports[b].en.eq(take & (r.buf == b))]
@@ -141,8 +145,9 @@ class ActivationBuffers(wiring.Component):
                     m.d.comb += [lanes[n].eq(data[bits * n:bits * (n + 1)].as_signed()) for n in range(N)]
                     if b is Buffer.Q:
                         m.d.comb += e.eq(data[N * bits:])
-        word = Cat(*lanes)
-        m.d.comb += [answers.w_data.eq(Cat(word, e)), answers.w_en.eq(in_flight),
+        answer = Signal(64 * N + E_FIELD_BITS, reset_less=True)
+        m.d.sync += [answer.eq(Cat(*lanes, e)), answer_v.eq(in_flight)]
+        m.d.comb += [answers.w_data.eq(answer), answers.w_en.eq(answer_v),
                      self.rd_data.valid.eq(answers.r_rdy), self.rd_data.payload.eq(answers.r_data[:64 * N]),
                      self.rd_e.eq(answers.r_data[64 * N:]), answers.r_en.eq(self.rd_data.ready)]
         return m
