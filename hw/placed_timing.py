@@ -225,7 +225,7 @@ def late_nets(report, netlist, limit=20):
 
 def format_report(report, netlist, paths=10, nets=20):
     out = ["method: static timing over nextpnr's SDF (setup, one clock; interconnect delays as nextpnr "
-           f"predicts them after placement, or routed ones after routing)",
+           "predicts them after placement, or routed ones after routing)",
            f"worst endpoint {report.worst_ns:.2f} ns = {report.fmax_mhz:.2f} MHz; "
            f"{report.failing()} of {len(report.endpoints)} endpoints over {report.period_ns:g} ns", "",
            "arrival (ns)  endpoints"]
