@@ -23,6 +23,7 @@ __all__ = ["AxiWriteSlice"]
 
 _AW = ("awaddr", "awlen", "awsize", "awburst", "awid")
 _W = ("wdata", "wstrb", "wlast")
+_B = ("bresp", "bid")
 
 
 class AxiWriteSlice(wiring.Component):
@@ -52,18 +53,15 @@ class AxiWriteSlice(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         src, dst = self.m, self.s
-        for name, fields, valid, ready in (("aw", _AW, "awvalid", "awready"), ("w", _W, "wvalid", "wready")):
-            layout = data.StructLayout({f: len(getattr(src, f)) for f in fields})
+        # AW and W from the master to the slave; B the other way, so the slave's bvalid (an SDRAM
+        # controller's response queue) reaches the master's burst bookkeeping from a register too.
+        for name, fields, valid, ready, frm, to in (("aw", _AW, "awvalid", "awready", src, dst),
+                                                    ("w", _W, "wvalid", "wready", src, dst),
+                                                    ("b", _B, "bvalid", "bready", dst, src)):
+            layout = data.StructLayout({f: len(getattr(frm, f)) for f in fields})
             m.submodules[name] = skid = SkidBuffer(layout)
-            m.d.comb += [skid.i.valid.eq(getattr(src, valid)), getattr(src, ready).eq(skid.i.ready),
-                         getattr(dst, valid).eq(skid.o.valid), skid.o.ready.eq(getattr(dst, ready))]
-            m.d.comb += [getattr(skid.i.payload, f).eq(getattr(src, f)) for f in fields]
-            m.d.comb += [getattr(dst, f).eq(getattr(skid.o.payload, f)) for f in fields]
-        # B, the other way: the slave's bvalid (an SDRAM controller's response queue) reaches the master's
-        # burst bookkeeping from a register, not through the arbiters' response routing.
-        m.submodules.b = skid = SkidBuffer(data.StructLayout({"bresp": len(dst.bresp), "bid": len(dst.bid)}))
-        m.d.comb += [skid.i.valid.eq(dst.bvalid), dst.bready.eq(skid.i.ready),
-                     skid.i.payload.bresp.eq(dst.bresp), skid.i.payload.bid.eq(dst.bid),
-                     src.bvalid.eq(skid.o.valid), skid.o.ready.eq(src.bready),
-                     src.bresp.eq(skid.o.payload.bresp), src.bid.eq(skid.o.payload.bid)]
+            m.d.comb += [skid.i.valid.eq(getattr(frm, valid)), getattr(frm, ready).eq(skid.i.ready),
+                         getattr(to, valid).eq(skid.o.valid), skid.o.ready.eq(getattr(to, ready))]
+            m.d.comb += [getattr(skid.i.payload, f).eq(getattr(frm, f)) for f in fields]
+            m.d.comb += [getattr(to, f).eq(getattr(skid.o.payload, f)) for f in fields]
         return m

@@ -260,7 +260,7 @@ class LogitsEpilogue(wiring.Component):
                          shq[self.mult.payload.slot].eq(self.mult.payload.sh)]
         beat = self.i.payload
         # Free-running (no clock enables): nine stages into an output FIFO (hw.vector.epilogue.output_fifo).
-        pipe = _Pipe(m, None, platform, take=Signal(init=1, name="room"))
+        pipe = _Pipe(m, Signal(init=1, name="room"), platform)
         # The tile's row scales are taken into a register and kept until its last token's beat has gone
         # by; `rows.ready` is that register's "empty" flag (a flip-flop, so the epilogue's ready logic
         # does not reach the row-scale reader). The next tile's scales arrive a cycle after the release:

@@ -41,7 +41,7 @@ has room for it and for every beat already in flight (a count of beats accepted 
 compared into a flip-flop ``room``), so backpressure never has to reach the pipeline's registers and
 the inputs' ``ready`` is that flip-flop (for the two-input units, and the other input's ``valid``). A
 unit accepts one beat per cycle (initiation interval 1, ``lanes`` elements per cycle) while ``o`` is
-read every cycle; :attr:`latency` (``stages + 2``) cycles pass from a beat's acceptance to its output
+read every cycle; :attr:`latency` (``stages + 2``, :data:`FIFO_LATENCY`) cycles pass from a beat's acceptance to its output
 beat, and the output payload is stable while stalled. (A stalling pipeline, every register enabled by
 ``~o.valid | o.ready``, put one enable net on every register of a unit: on ECP5 2,000-3,000 flip-flops
 spread over the die, whose routing after the ready chain was the longest path of the placed design.)
@@ -198,43 +198,29 @@ def sigmoid_rom():
 
 # -- shared building blocks ------------------------------------------------------------------------------
 class _Pipe:
-    """Registers of a lock-step pipeline (``platform``: the elaboration platform, for :meth:`product`).
+    """Registers of a free-running pipeline: every register loads on every clock edge (no clock enables
+    at all). ``take`` (a ``Signal(init=1)``, driven by :func:`output_fifo`) says when a new beat may
+    enter; ``platform`` is the elaboration platform, for :meth:`product`."""
 
-    ``en`` given: every register loads when ``en`` is high (a stalling pipeline; ``take`` defaults to
-    ``en``). ``en`` None: every register loads on every clock edge (a free-running pipeline, no clock
-    enables at all); the owner then says with ``take`` when a new beat may enter (:class:`_Unit` uses
-    credits of an output FIFO).
-    """
-
-    def __init__(self, m, en, platform=None, *, take=None):
-        self.m, self.platform = m, platform
-        self.free = en is None
-        self.en = Const(1) if en is None else en
-        self.take = self.en if take is None else take
-
-    def _load(self, r, value):
-        if self.free:
-            self.m.d.sync += r.eq(value)
-        else:
-            with self.m.If(self.en):
-                self.m.d.sync += r.eq(value)
+    def __init__(self, m, take, platform=None):
+        self.m, self.take, self.platform = m, take, platform
 
     def reg(self, value, name, shape=None):
-        """A register loaded with ``value`` whenever the pipeline advances (no reset: data only)."""
+        """A register loaded with ``value`` on every clock edge (no reset: data only)."""
         shape = Shape.cast(value.shape()) if shape is None else shape
         r = Signal(shape, name=name, reset_less=True)
-        self._load(r, value)
+        self.m.d.sync += r.eq(value)
         return r
 
     def product(self, a, b, name):
         """``a * b`` registered like :meth:`reg`, in the multiplier block's own output register where it
         fits one (:func:`~hw.arith.dsp.registered_product`): no route out of the block before the register."""
-        return registered_product(self.m, name, a, b, en=None if self.free else self.en, platform=self.platform)
+        return registered_product(self.m, name, a, b, platform=self.platform)
 
     def valid(self, value, name):
-        """A valid bit (reset to 0) loaded with ``value`` whenever the pipeline advances."""
+        """A valid bit (reset to 0) loaded with ``value`` on every clock edge."""
         r = Signal(name=name)
-        self._load(r, value)
+        self.m.d.sync += r.eq(value)
         return r
 
     def delay(self, value, stages, name):
@@ -250,9 +236,9 @@ def output_fifo(m, take, fire, last_valid, beat, o, stages):
 
     ``fire`` is a beat entering the pipeline, ``last_valid`` and ``beat`` its last stage's valid bit and
     payload. The FIFO holds ``stages + FIFO_SLACK`` beats; ``take`` (a ``Signal(init=1)``, driven here: a
-    flip-flop) is high while
-    fewer beats than that are accepted and not yet read from ``o``, so the FIFO never overflows and no
-    backpressure reaches the pipeline's registers. From ``fire`` to ``o.valid`` is ``stages + 2`` cycles.
+    flip-flop) is high while fewer beats than that are accepted and not yet read from ``o``, so the FIFO
+    never overflows and no backpressure reaches the pipeline's registers. From ``fire`` to ``o.valid`` is
+    ``stages + FIFO_LATENCY`` cycles.
     Returns the count of beats accepted and not yet read from ``o`` (0: the pipeline and FIFO are empty).
     """
     depth = stages + FIFO_SLACK
@@ -269,6 +255,8 @@ def output_fifo(m, take, fire, last_valid, beat, o, stages):
 #: cycles from write to ``o`` and the cycle ``take`` needs to follow a read, so a pipeline whose ``o`` is
 #: always ready takes a beat per cycle.
 FIFO_SLACK = 3
+#: Cycles :func:`output_fifo` adds between a pipeline's last stage and ``o.valid``.
+FIFO_LATENCY = 2
 
 
 def _chunks(value, is_signed, widths):
@@ -357,12 +345,12 @@ class _Unit(wiring.Component):
     @property
     def latency(self):
         """Cycles from a beat's acceptance to its output beat: the pipeline's :attr:`stages` and two of
-        the output FIFO; the most beats accepted and not yet read from ``o`` is ``stages + 3``."""
-        return self.stages + 2
+        the output FIFO; the most beats accepted and not yet read from ``o`` is ``stages + FIFO_SLACK``."""
+        return self.stages + FIFO_LATENCY
 
     def _start(self, platform):
         m = Module()
-        return m, _Pipe(m, None, platform, take=Signal(init=1, name="room"))
+        return m, _Pipe(m, Signal(init=1, name="room"), platform)
 
     def _join(self, m, pipe, a, b):
         """Zip two input streams; returns the fire signal (a beat of each accepted this cycle)."""
@@ -587,9 +575,7 @@ class GateSilu(_Gate):
                                 init=sigmoid_rom())
             m.submodules[f"sigmoid_rom_{pair // 2}"] = rom
             for _ in range(min(2, N - pair)):
-                port = rom.read_port(domain="sync")
-                m.d.comb += port.en.eq(pipe.en)
-                ports.append(port)
+                ports.append(rom.read_port(domain="sync"))
 
         outs = []
         for n in range(N):

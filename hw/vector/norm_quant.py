@@ -41,8 +41,8 @@ Passes
    with pass 3.
 4. PASS3: the same pipeline recomputes ``v`` and continues: ``vn = ((v << 16) >> bv)`` (17-bit signed,
    ``= shift_floor(v, ev)``), ``p = vn * R``, ``xq = clamp((p + 2^23) >> 24, -127, 127)`` into ``o``;
-   ``o`` is an output FIFO of :data:`_STAGES` + 3 beats that pass 3 issues into only while it has room
-   for every beat in flight: the pipeline itself never stalls (no clock enables).
+   ``o`` is an output FIFO (:func:`~hw.vector.epilogue.output_fifo`) that pass 3 issues into only while
+   it has room for every beat in flight: the pipeline itself never stalls (no clock enables).
 5. The unit is idle again when the last beat has entered the output FIFO and the ``s`` transfer has been
    taken.
 

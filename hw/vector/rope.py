@@ -85,7 +85,7 @@ from golden.numerics import RES_FRAC, ROPE_FRAC, ROPE_PHASE_BITS, ROPE_TABLE_BIT
 from ..arith.dsp import registered_product
 from ..arith.tree import shift_add
 from ..params import check_int
-from .epilogue import output_fifo
+from .epilogue import FIFO_LATENCY, output_fifo
 
 __all__ = ["RopeUnit", "LaneArray", "rope_pairs_layout", "rope_rotated_layout", "rope_load_layout"]
 
@@ -224,8 +224,8 @@ class RopeUnit(wiring.Component):
 
     #: Pipeline registers between the input and the output FIFO (see :meth:`elaborate`).
     STAGES = 11
-    #: Cycles from accepting a beat to presenting it on ``rotated``: the stages and the output FIFO's two.
-    latency = STAGES + 2
+    #: Cycles from accepting a beat to presenting it on ``rotated``: the stages and the output FIFO's.
+    latency = STAGES + FIFO_LATENCY
 
     @property
     def pairs_per_cycle(self):
@@ -255,7 +255,6 @@ class RopeUnit(wiring.Component):
         m.d.comb += self.pairs.ready.eq(room)
         fire = Signal()
         m.d.comb += fire.eq(self.pairs.valid & room)
-        en = None                                  # the multipliers' clock enable: none
 
         def stage(name, shape, value):
             reg = Signal(shape, name=name)
@@ -317,8 +316,8 @@ class RopeUnit(wiring.Component):
         pp2 = []
         for n in range(N):
             f = rd_f.data[ROPE_PHASE_BITS * n:ROPE_PHASE_BITS * (n + 1)]
-            lo_p = registered_product(m, f"phase_lo_{n}", pos1[:18], f[:18], en=en, platform=platform)
-            hi_p = registered_product(m, f"phase_hi_{n}", pos1[:18], f[18:], en=en, platform=platform)
+            lo_p = registered_product(m, f"phase_lo_{n}", pos1[:18], f[:18], platform=platform)
+            hi_p = registered_product(m, f"phase_hi_{n}", pos1[:18], f[18:], platform=platform)
             top = Const(0, 1)
             if self.pos_bits > 18:
                 top = stage(f"phase_top_{n}", unsigned(hi_bits),
@@ -386,8 +385,8 @@ class RopeUnit(wiring.Component):
         # below fit in SUM_BITS signed bits, so their wrapped values are exact (narrower adders, fewer
         # registers).
         def partial(name, a, wide):
-            return (registered_product(m, f"{name}_lo", a, wide[:17], en=en, platform=platform),
-                    registered_product(m, f"{name}_hi", a, wide[17:].as_signed(), en=en, platform=platform))
+            return (registered_product(m, f"{name}_lo", a, wide[:17], platform=platform),
+                    registered_product(m, f"{name}_hi", a, wide[17:].as_signed(), platform=platform))
 
         pp8 = []
         for n in range(N):
