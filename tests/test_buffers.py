@@ -59,17 +59,17 @@ def test_random_traffic():
             ctx.set(dut.rd_data.ready, rd_ready)
             _, _, rq_ok, d_v, d, d_e = await ctx.tick().sample(dut.rd_req.ready, dut.rd_data.valid,
                                                              dut.rd_data.payload, dut.rd_e)
-            if want_read and rq_ok:
-                # The answer reflects the contents before this cycle's write (read-before-write).
-                pending.append((req, model.get(req)))
             if write:
                 model[write[0]] = write[1]
+            if want_read and rq_ok:
+                # The block RAM reads a cycle after the request: the answer has this cycle's write too.
+                pending.append((req, model.get(req)))
             if d_v and rd_ready:
                 req, snap = pending.pop(0)
                 lanes = [((d >> (64 * n)) & ((1 << 64) - 1)) for n in range(N)]
                 lanes = [v - (1 << 64) if v >> 63 else v for v in lanes]
                 log.append((req, snap, lanes, d_e))
-            assert len(pending) <= 3
+            assert len(pending) <= 4
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

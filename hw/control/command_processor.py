@@ -225,10 +225,23 @@ class CommandProcessor(wiring.Component):
 
         fail_code = Signal(ErrorCode)
         target = Signal(range(len(UNITS) + 1))
+        # The units' command bodies come from two free-running copies of the word (no clock enable):
+        # the word's own enable (a beat arriving in RECEIVE) reached every unit's command register
+        # across the die on ECP5. The copies settle in CHECK and DECODE, before DISPATCH hands them out.
+        sent = word
+        for i in range(2):
+            copy = Signal.like(word, name=f"word_copy{i}", reset_less=True)
+            m.d.sync += copy.eq(sent)
+            sent = copy
         for name, op in UNIT_OPCODES.items():
-            m.d.comb += getattr(self, name).payload.as_value().eq(body[:BODIES[op].size])
+            m.d.comb += getattr(self, name).payload.as_value().eq(sent[_OPCODE_BITS:][:BODIES[op].size])
 
         settle = Signal()
+        # Each unit's command `valid` is a flip-flop of its own, set in DECODE and cleared by the unit's
+        # `ready` (a decoded state and target reached every unit's command logic across the die on ECP5).
+        dispatch = Signal(len(UNITS))
+        for i, u in enumerate(units):
+            m.d.comb += u.valid.eq(dispatch[i])
         illegal_r, bad_field_r, overflow_r, shape_bad_r = (Signal(name=n) for n in
                                                           ("illegal_r", "bad_field_r", "overflow_r", "shape_bad_r"))
         with m.FSM(name="cp"):
@@ -287,16 +300,14 @@ class CommandProcessor(wiring.Component):
                 with m.Else():
                     for i, op in enumerate(UNIT_OPCODES.values()):
                         with m.If(opcode == op.value):
-                            m.d.sync += target.eq(i)
+                            m.d.sync += [target.eq(i), dispatch[i].eq(1)]
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 m.d.comb += self.running.eq(1)
                 for i, u in enumerate(units):
-                    with m.If(target == i):
-                        m.d.comb += u.valid.eq(1)
-                        with m.If(u.ready):
-                            m.d.sync += settle.eq(1)
-                            m.next = "WAIT"
+                    with m.If(dispatch[i] & u.ready):
+                        m.d.sync += [settle.eq(1), dispatch.eq(0)]
+                        m.next = "WAIT"
             with m.State("WAIT"):
                 # One cycle for the unit's busy to rise, then wait for every unit to finish.
                 m.d.comb += self.running.eq(1)

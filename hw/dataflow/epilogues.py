@@ -226,9 +226,9 @@ class LogitsEpilogue(wiring.Component):
     i : In(stream of the core's beats)
         (row tile, token) order; ``acc`` is used.
     mult : In(stream.Signature(logits_mult_layout(max_tokens)))
-        Each token's ``(m16, sh)``, before or while its beats arrive (a beat waits for its token's); the
-        multipliers are forgotten when the command's last beat has gone by, so the next command's may
-        come any time after that.
+        Each token's ``(m16, sh)``, before or while the beats arrive (the beats wait until every token's
+        multiplier of the command is in); the multipliers are forgotten when the command's last beat has
+        gone by, so the next command's may come any time after that.
     rows : In(stream.Signature(logits_rows_layout(lanes)))
         One beat per row tile, in tile order: the tile's row scales, held in a register until the tile's
         last token has gone by.
@@ -272,18 +272,26 @@ class LogitsEpilogue(wiring.Component):
         m.d.comb += self.rows.ready.eq(~row_have)
         with m.If(self.rows.valid & ~row_have):
             m.d.sync += [row_m16.eq(self.rows.payload.m16), row_e.eq(self.rows.payload.e), row_have.eq(1)]
-        ready_in = pipe.take & row_have & have.bit_select(beat.slot, 1)
+        # Beats wait until every token's multiplier is in (`all_have`, a flip-flop), not only their own
+        # token's: a ready that multiplexed `have` by the beat's slot reached the LINEAR core's output
+        # slice through the epilogue multiplexer, across the die on ECP5. The multipliers come from the
+        # prologue, which ends before the engine's first sums, so nothing waits longer in practice.
+        all_have = Signal()
+        ready_in = pipe.take & row_have & all_have
         take = Signal()
         m.d.comb += [self.i.ready.eq(ready_in), take.eq(self.i.valid & ready_in)]
         tokens_m1, tiles_m1 = Signal.like(self.tokens), Signal.like(self.tiles)
-        m.d.sync += [tokens_m1.eq(self.tokens - 1), tiles_m1.eq(self.tiles - 1)]
+        need = Signal(M)                       # one bit per token of the command
+        m.d.sync += [tokens_m1.eq(self.tokens - 1), tiles_m1.eq(self.tiles - 1),
+                     need.eq((Const(1, M + 1) << self.tokens) - 1)]
         with m.If(take & (beat.slot == tokens_m1)):
             m.d.sync += row_have.eq(0)
         set_bits = Signal(M)
         with m.If(self.mult.valid):
             m.d.comb += set_bits.eq(1 << self.mult.payload.slot)
         command_done = take & (beat.slot == tokens_m1) & (beat.tile == tiles_m1)
-        m.d.sync += have.eq(Mux(command_done, 0, have | set_bits))
+        m.d.sync += [have.eq(Mux(command_done, 0, have | set_bits)),
+                     all_have.eq(~command_done & ((have | set_bits) & need == need))]
 
         # Nine free-running stages, each at most one carry chain or a few mux levels deep (as Dequant):
         # 1 operands; 2, 3 acc * m16(sq) from two registered DSP products; 4..6 times m16_row from three;

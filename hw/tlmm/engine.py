@@ -11,17 +11,18 @@ stays at the head of the ``weights`` stream until a step with ``release`` set, s
 weight buffer serves every token of a prefill chunk (one table set per token) and, for int-k weights,
 every bit plane re-sends the same activations with a different ``shift``/``negate``.
 
-Pipeline (all stages advance together; the only stall is a full output register facing a not-ready
-``sums`` consumer, so the engine sustains one step per cycle)::
+Pipeline (free-running: every stage loads on every clock edge; the sums land in an output FIFO, and a
+step is taken only while that FIFO has room for every sum in flight, so a not-ready ``sums`` consumer
+stalls the inputs, never the pipeline; the engine sustains one step per cycle)::
 
     A: inputs   B: tables   C: lookups   D*: adder tree (registered every 2 levels)
-    P: shift/negate, accumulator read   Q: accumulate, write back   O: output register
+    P: shift/negate, accumulator read   Q: accumulate, write back   O: output register   FIFO (2 cycles)
 
 The accumulator read port is transparent for the write port, so a token updated on consecutive cycles
 (decode, M = 1) reads the value written in the same cycle.
 """
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,6 +33,7 @@ from .reduce import reduce_and_accumulate, tree_stages
 from .tables import TableBuilder, lookup_entry, table_layout
 
 from ..params import check_int
+from ..vector.epilogue import FIFO_LATENCY, output_fifo
 
 __all__ = ["TlmmEngine"]
 
@@ -77,8 +79,9 @@ class TlmmEngine(wiring.Component):
 
     @property
     def latency(self):
-        """Cycles from an accepted step to its sum appearing on ``sums`` (without stalls)."""
-        return 6 + tree_stages(self.tables)
+        """Cycles from an accepted step to its sum appearing on ``sums`` (without stalls): the pipeline's
+        stages and the output FIFO's two."""
+        return 6 + tree_stages(self.tables) + FIFO_LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -86,19 +89,20 @@ class TlmmEngine(wiring.Component):
         ctrl_layout = data.StructLayout({"slot": self.act_layout["token"].shape,
                                          **{k: self.act_layout[k].shape for k in ("first", "last", "shift", "negate")}})
 
-        # Global advance: everything moves unless the output register is full and not being taken.
-        en = Signal()
-        m.d.comb += en.eq(~self.sums.valid | self.sums.ready)
-        m.d.comb += self.acts.ready.eq(en & self.weights.valid)
+        # Free-running: every stage loads on every clock edge (one enable net reached all of the engine's
+        # 2,400 flip-flops, across the die on ECP5). A step enters only while the output FIFO has room
+        # for its sums and every sum ahead of it (``take``, a flip-flop).
+        en = Const(1)
+        take = Signal(init=1)
+        m.d.comb += self.acts.ready.eq(take & self.weights.valid)
         fire = Signal()
         m.d.comb += fire.eq(self.acts.valid & self.acts.ready)
         m.d.comb += self.weights.ready.eq(fire & self.acts.payload.release)
 
         def stage(name, shape, value):
-            """A register stage holding ``value`` when the pipeline advances."""
+            """A register stage loaded with ``value`` on every clock edge."""
             reg = Signal(shape, name=name)
-            with m.If(en):
-                m.d.sync += reg.eq(value)
+            m.d.sync += reg.eq(value)
             return reg
 
         def ctrl_of(payload):
@@ -109,9 +113,8 @@ class TlmmEngine(wiring.Component):
         a_x = stage("a_x", self.act_layout["x"].shape, self.acts.payload.x)
         a_word = stage("a_word", unsigned(INDEX_BITS * T * N), self.weights.payload)
         a_ctrl = Signal(ctrl_layout, name="a_ctrl")
-        with m.If(en):
-            for k, v in ctrl_of(self.acts.payload).items():
-                m.d.sync += a_ctrl[k].eq(v)
+        for k, v in ctrl_of(self.acts.payload).items():
+            m.d.sync += a_ctrl[k].eq(v)
 
         # B: build the T tables of this token's k-step.
         m.submodules.tables = builder = TableBuilder(T)
@@ -135,6 +138,9 @@ class TlmmEngine(wiring.Component):
                 terms.append((stage(f"c_{n}_{t}", signed(TABLE_ENTRY_BITS), entry),
                               stage(f"c_neg_{n}_{t}", 1, negative)))
             lanes.append(terms)
+        sums = stream.Signature(self.sums_layout).create(path=("raw",))
         reduce_and_accumulate(m, en, c_valid, (c_ctrl.slot, c_ctrl.first, c_ctrl.last, c_ctrl.shift), lanes,
-                              acc_bits=self.acc_bits, depth=self.max_tokens, sums=self.sums)
+                              acc_bits=self.acc_bits, depth=self.max_tokens, sums=sums)
+        # Only a step with `last` makes a sum: those are the beats the FIFO is owed.
+        output_fifo(m, take, fire & self.acts.payload.last, sums.valid, sums.payload, self.sums, self.latency - FIFO_LATENCY)
         return m

@@ -49,6 +49,7 @@ from golden.numerics import ATTN_KEY_BLOCK, score_constant
 
 from ..attention.arith import const_mul
 from ..attention.engine import AttentionEngine, chunk_geometry
+from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS, BODIES, RUN_ARGS, ErrorCode, Opcode
 from ..memory.axi import AxiBurstReader
 from ..memory.gearbox import Gearbox
@@ -287,7 +288,11 @@ class AttendUnit(wiring.Component):
                      gb.i.payload.pad.eq(Mux(seg_end, self.pad_bytes, 0))]
         with m.If(gb.i.valid & gb.i.ready):
             m.d.sync += seg_i.eq(Mux(seg_end, 0, seg_i + 1))
-        wiring.connect(m, gb.o, eng.kv)
+        # The chunks pass a skid buffer: the engine's `kv.ready` (a function of its state machine) stops
+        # there, and the gearbox sees a flip-flop (placed apart on ECP5, the two made a 15 ns loop).
+        m.submodules.kv_slice = kv_slice = SkidBuffer(eng.kv.payload.shape())
+        wiring.connect(m, gb.o, kv_slice.i)
+        wiring.connect(m, kv_slice.o, eng.kv)
 
         # -- 3. query reads: (tile, kv head, query, head of the group, beat) ------------------------------
         def head_loop(prefix, step, active):

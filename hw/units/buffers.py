@@ -10,11 +10,13 @@ the units never use the same port in the same cycle.
 
 Ports
 -----
-``rd_req`` / ``rd_data``: reads of any buffer, answered in order two cycles later as ``lanes`` x 64-bit
-words (``X``/``ATT`` sign-extended, ``Q`` values sign-extended with the exponent in ``rd_e``): the block
-RAM's word is registered after the buffer multiplexer before it enters the answer queue (from a block
-RAM's clock-to-out across the die into the queue's distributed RAM was a 19 ns placed path on ECP5). Up
-to three answers wait while ``rd_data`` is stalled (requests are refused while all places are taken).
+``rd_req`` / ``rd_data``: reads of any buffer, answered in order three cycles later as ``lanes`` x 64-bit
+words (``X``/``ATT`` sign-extended, ``Q`` values sign-extended with the exponent in ``rd_e``). The request
+is registered before the block RAMs (the requesting units' multiplexer reached every block RAM's enable
+across the die on ECP5), and the block RAM's word is registered after the buffer multiplexer before it
+enters the answer queue (from a block RAM's clock-to-out across the die into the queue's distributed RAM
+was a 19 ns placed path). An answer holds every write made up to and including its request's cycle.
+Up to four answers wait while ``rd_data`` is stalled (requests are refused while all places are taken).
 ``wr``: writes of any buffer (:func:`wr_layout`, from the LINEAR unit).
 ``x_in``: the EMBED unit's residual beats (:func:`~hw.units.embed.embed_out_layout`).
 """
@@ -50,6 +52,10 @@ def wr_layout(lanes, max_tokens, max_index):
                               "index": unsigned(max(1, max_index.bit_length())), "data": unsigned(64 * lanes),
                               "e": unsigned(E_FIELD_BITS)})
 
+
+#: Cycles from a taken read request to its answer entering the queue (and ``rd_data``, which falls
+#: through): the request register, the block RAM, the register after the buffer multiplexer.
+_READ_LATENCY = 3
 
 _ELEMENT_BITS = {Buffer.X: 32, Buffer.ATT: 32, Buffer.H: 64, Buffer.Q: 8}
 
@@ -116,24 +122,27 @@ class ActivationBuffers(wiring.Component):
                     m.d.comb += [wp.addr.eq(addr(b, x.token, x.beat)), wp.data.eq(x.data.as_value()),
                                  wp.en.eq(1)]
 
-        # -- reads: the block RAM's cycle, a register, then a three-place answer queue ------------------------
-        # (first-word fall-through: room for exactly the three owed)
-        m.submodules.answers = answers = fifo.SyncFIFO(width=64 * N + E_FIELD_BITS, depth=3)
-        in_flight = Signal()                # a read issued last cycle, its word out of the block RAM now
+        # -- reads: a request register, the block RAM's cycle, a register, then a four-place answer queue ---
+        # (first-word fall-through: room for exactly the four owed). The request is registered per buffer
+        # (address) before the block RAMs, which read on every cycle (no read enable): the requesting
+        # units' multiplexer reached the enables of block RAMs all over the die on ECP5.
+        m.submodules.answers = answers = fifo.SyncFIFO(width=64 * N + E_FIELD_BITS, depth=_READ_LATENCY + 1)
+        issued = Signal()                   # a request taken last cycle: its address at the block RAMs now
+        in_flight = Signal()                # its word out of the block RAM now
         answer_v = Signal()                 # that word, muxed and registered: entering the queue now
         r = self.rd_req.payload
         take = self.rd_req.valid & self.rd_req.ready
         # Answers owed: reads issued and not yet taken from `rd_data`; never more than the queue holds.
-        owed = Signal(range(4))
+        owed = Signal(range(_READ_LATENCY + 2))
         popped = self.rd_data.valid & self.rd_data.ready
         m.d.sync += owed.eq(owed + take - popped)
-        m.d.comb += self.rd_req.ready.eq(owed < 3)
-        rd_buf = Signal(Buffer)
+        m.d.comb += self.rd_req.ready.eq(owed < _READ_LATENCY + 1)
+        issued_buf, rd_buf = Signal(Buffer), Signal(Buffer)
         for b in Buffer:
-            m.d.comb += [rports[b].addr.eq(addr(b, r.token, r.index)), rports[b].en.eq(take & (r.buf == b))]
-        m.d.sync += in_flight.eq(take)
-        with m.If(take):
-            m.d.sync += rd_buf.eq(r.buf)
+            rd_addr = Signal.like(rports[b].addr, name=f"rd_addr_{b.name.lower()}", reset_less=True)
+            m.d.sync += rd_addr.eq(addr(b, r.token, r.index))
+            m.d.comb += [rports[b].addr.eq(rd_addr), rports[b].en.eq(1)]
+        m.d.sync += [issued.eq(take), issued_buf.eq(r.buf), in_flight.eq(issued), rd_buf.eq(issued_buf)]
         # Every element sign-extended to 64 bits.
         lanes = [Signal(signed(64), name=f"lane{n}") for n in range(N)]
         e = Signal(E_FIELD_BITS)

@@ -34,7 +34,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden.numerics import KV_QMAX
 
-from .epilogue import lane, vector_layout
+from .epilogue import lane, output_fifo, vector_layout
+from ..dataflow.skid import SkidBuffer
 from ..params import check_int
 from ..tlmm.layouts import token_bits
 
@@ -82,6 +83,9 @@ class QuantPow2(wiring.Component):
     o : Out(stream.Signature(quant_out_layout(lanes, slots)))
     """
 
+    #: Free-running stages from a queued beat's read to the output FIFO.
+    STAGES = 6
+
     def __init__(self, lanes, length, slots=1):
         self.lanes = check_int("lanes", lanes, 1, 64)
         self.length = check_int("length", length, 1, 4096)
@@ -107,6 +111,13 @@ class QuantPow2(wiring.Component):
         m.submodules.done = done = fifo.SyncFIFOBuffered(
             width=len(Signal(range(regions))) + _X_BITS + 1, depth=max(regions, 4))  # >= 4: no 0-bit address
 
+        # The input passes a skid buffer, so ``i.ready`` is a flip-flop: the ready below is a function of
+        # the incoming slot's phase and region (placed at the far end of a route from RoPE's output on
+        # ECP5, it was the shell's worst path).
+        m.submodules.in_slice = isl = SkidBuffer(quant_in_layout(L, S))
+        wiring.connect(m, wiring.flipped(self.i), isl.i)
+        inp = isl.o
+
         # -- per-slot fill state ------------------------------------------------------------------------
         cnt = Array(Signal(range(B), name=f"cnt_{s}") for s in range(S))
         phase = Array(Signal(2, name=f"phase_{s}") for s in range(S))
@@ -116,14 +127,14 @@ class QuantPow2(wiring.Component):
         busy_clr = Signal(regions)
         m.d.sync += busy.eq((busy | busy_set) & ~busy_clr)
 
-        ipay = self.i.payload
+        ipay = inp.payload
         slot = ipay.slot if S > 1 else Const(0, 1)
         region = Signal(range(regions))
         m.d.comb += region.eq(Cat(slot, phase[slot]) if S > 1 else phase[0])
         beat = cnt[slot]
         is_last_beat = beat == B - 1
-        m.d.comb += self.i.ready.eq(~busy.bit_select(region, 1) & done.w_rdy)
-        fire = self.i.valid & self.i.ready
+        m.d.comb += inp.ready.eq(~busy.bit_select(region, 1) & done.w_rdy)
+        fire = inp.valid & inp.ready
 
         # OR of |x| over this beat's live lanes (padding lanes of the last beat are masked).
         beat_or = Signal(_X_BITS + 1)
@@ -167,14 +178,15 @@ class QuantPow2(wiring.Component):
             with m.Else():
                 m.d.sync += cnt[slot].eq(beat + 1)
 
-        # -- output: read a queued vector and round, 6 stages --------------------------------------------
-        en = Signal()
-        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        # -- output: read a queued vector and round, 6 free-running stages --------------------------------
+        # The stages load on every clock edge (no enable net across 600 flip-flops); a vector's beats
+        # are read only while the output FIFO has room for them and every beat ahead (``take``).
+        take = Signal(init=1)
         out_region = done.r_data[:len(region)]
         out_or = done.r_data[len(region):]
         out_beat = Signal(range(B))
-        issue = done.r_rdy & en
-        m.d.comb += [rd.addr.eq(out_region * B + out_beat), rd.en.eq(en)]
+        issue = Signal()
+        m.d.comb += [issue.eq(done.r_rdy & take), rd.addr.eq(out_region * B + out_beat), rd.en.eq(1)]
         with m.If(issue):
             with m.If(out_beat == B - 1):
                 m.d.sync += out_beat.eq(0)
@@ -184,13 +196,12 @@ class QuantPow2(wiring.Component):
 
         def stage(value, name, shape=None):
             r = Signal(value.shape() if shape is None else shape, name=name)
-            with m.If(en):
-                m.d.sync += r.eq(value)
+            m.d.sync += r.eq(value)
             return r
 
         # Stage 1 (read data valid): flags and the vector's OR; stage 2: the read data registered, and e;
-        # stage 3: 2^(e-1); stage 4: x + half; stage 5: shift; stage 6: clamp into o. (One carry chain,
-        # mux tree or priority encoder per stage.)
+        # stage 3: 2^(e-1); stage 4: x + half; stage 5: shift; stage 6: clamp. (One carry chain, mux
+        # tree or priority encoder per stage.)
         v1 = stage(issue, "v1")
         or1 = stage(out_or, "or1")
         slot1 = stage(out_region[:token_bits(S)] if S > 1 else Const(0, 1), "slot1")
@@ -230,16 +241,14 @@ class QuantPow2(wiring.Component):
             m.d.comb += r.eq(biased[n] >> e4)
             shifted.append(stage(r, f"shifted_{n}_5"))
         e5 = stage(e4, "e5")
-        v4, slot4, first4, last4 = (stage(f, f"{f.name[:-2]}_5") for f in flags)
-        pay = self.o.payload
-        with m.If(en):
-            m.d.sync += [
-                self.o.valid.eq(v4), pay.e.eq(e5), pay.slot.eq(slot4) if S > 1 else pay.slot.eq(0),
-                pay.first.eq(first4), pay.last.eq(last4),
-            ]
-            for n in range(L):
-                r = shifted[n]
-                clamped = Mux(r > KV_QMAX, KV_QMAX, Mux(r < -KV_QMAX, -KV_QMAX, r))
-                live = Const(1) if n < tail else ~last4
-                m.d.sync += lane(pay.q, n).eq(Mux(live, clamped, 0))
+        v5, slot5, first5, last5 = (stage(f, f"{f.name[:-2]}_5") for f in flags)
+        out = Signal(self.o.payload.shape())
+        m.d.sync += [out.e.eq(e5), out.slot.eq(slot5 if S > 1 else 0), out.first.eq(first5), out.last.eq(last5)]
+        for n in range(L):
+            r = shifted[n]
+            clamped = Mux(r > KV_QMAX, KV_QMAX, Mux(r < -KV_QMAX, -KV_QMAX, r))
+            live = Const(1) if n < tail else ~last5
+            m.d.sync += lane(out.q, n).eq(Mux(live, clamped, 0))
+        v6 = stage(v5, "v6")
+        output_fifo(m, take, issue, v6, out, self.o, self.STAGES)
         return m
