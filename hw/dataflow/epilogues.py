@@ -100,13 +100,17 @@ class GateEpilogue(wiring.Component):
         rd = held.read_port(domain="comb")
         is_up = beat.tile[0]
         gate_value = beat.y if self.activation == "silu" else beat.acc
+        # `ready` is the gate unit's room (a flip-flop) for every beat, gate or up: a ready that depended on
+        # the beat's tile reached the LINEAR core's output slice through the epilogue multiplexer, across
+        # the die on ECP5. A gate beat then waits for room too; the unit has room but for a few cycles
+        # after a stall of `h`.
         m.d.comb += [
             wr.addr.eq(beat.slot), wr.data.eq(gate_value.as_value()),
-            wr.en.eq(self.i.valid & ~is_up),
+            wr.en.eq(self.i.valid & self.i.ready & ~is_up),
             rd.addr.eq(beat.slot),
             gate.gate.valid.eq(self.i.valid & is_up), gate.up.valid.eq(self.i.valid & is_up),
             gate.gate.payload.as_value().eq(rd.data), gate.up.payload.eq(beat.acc),
-            self.i.ready.eq(~is_up | gate.up.ready),
+            self.i.ready.eq(gate.room),
         ]
         wiring.connect(m, gate.o, wiring.flipped(self.o))
         return m

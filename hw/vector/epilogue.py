@@ -525,7 +525,9 @@ class ResidualAdd(_Unit):
 
 # -- GateSilu --------------------------------------------------------------------------------------------
 class _Gate(_Unit):
-    """The two gating units' common ports: ``gate`` and ``up`` zipped beat by beat, int64 out."""
+    """The two gating units' common ports: ``gate`` and ``up`` zipped beat by beat, int64 out, and
+    ``room`` (a flip-flop): high while a ``gate``/``up`` pair would be taken, so an owner can offer
+    ``ready`` without looking at the beat (:class:`~hw.dataflow.epilogues.GateEpilogue`)."""
 
     def __init__(self, lanes):
         self.lanes = check_int("lanes", lanes, 1, 64)
@@ -533,7 +535,13 @@ class _Gate(_Unit):
             "gate": In(stream.Signature(vector_layout(lanes))),
             "up": In(stream.Signature(vector_layout(lanes))),
             "o": Out(stream.Signature(vector_layout(lanes, OUT_BITS))),
+            "room": Out(1),
         })
+
+    def _start(self, platform):
+        m, pipe = super()._start(platform)
+        m.d.comb += self.room.eq(pipe.take)
+        return m, pipe
 
 
 class GateSilu(_Gate):
@@ -552,6 +560,8 @@ class GateSilu(_Gate):
         ``u``: the up projection's raw accumulators (int32); zipped with ``gate`` beat by beat.
     o : Out(stream.Signature(vector_layout(lanes, 64)))
         ``h`` (int64; ``|h| < 2^62`` for any int32 inputs, ``< 2^53`` in the model).
+    room : Out(1)
+        High while a ``gate``/``up`` pair would be taken (a flip-flop).
     latency : int
     """
 
@@ -646,6 +656,8 @@ class GateRelu2(_Gate):
         used), zipped beat by beat.
     o : Out(stream.Signature(vector_layout(lanes, 64)))
         ``h``, ``|h| < 2^63``.
+    room : Out(1)
+        High while a ``gate``/``up`` pair would be taken (a flip-flop).
     latency : int
     """
 
