@@ -39,7 +39,8 @@ def gearbox_segments(rng, in_bits, out_bits, n):
     return beats, want
 
 
-@pytest.mark.parametrize("in_bits,out_bits", [(64, 80), (16, 40), (64, 24), (32, 32), (24, 64), (192, 80), (768, 2240)])
+@pytest.mark.parametrize("in_bits,out_bits", [(64, 80), (16, 40), (64, 24), (32, 32), (24, 64), (192, 80), (768, 2240),
+                                               (32, 160), (32, 128), (16, 32)])   # the last three: whole input words
 def test_gearbox_repacks_with_flush_and_stalls(in_bits, out_bits):
     """Segments of whole output words; wide inputs (192 -> 80) carry whole output words of padding,
     which must not come out."""
@@ -69,9 +70,10 @@ def test_gearbox_repacks_with_flush_and_stalls(in_bits, out_bits):
     assert got == want
 
 
-def test_gearbox_full_rate():
-    """64 -> 80 bits with an always-ready consumer takes an input word every cycle."""
-    dut = Gearbox(64, 80)
+@pytest.mark.parametrize("in_bits,out_bits", [(64, 80), (32, 160)])
+def test_gearbox_full_rate(in_bits, out_bits):
+    """An always-ready consumer: the gearbox takes an input word every cycle."""
+    dut = Gearbox(in_bits, out_bits)
     accepted = []
 
     async def bench(ctx):

@@ -12,7 +12,7 @@ out.)
 
 from math import gcd
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -61,6 +61,8 @@ class Gearbox(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         D, W = self.in_bits, self.out_bits
+        if W % D == 0 and W > D:
+            return self._elaborate_whole_words(m)
         unit = gcd(D, W)
         units = (D + W) // unit
 
@@ -122,3 +124,29 @@ class Gearbox(wiring.Component):
         with m.Elif(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         return m
+
+    def _elaborate_whole_words(self, m):
+        """An output word of exactly ``n = out_bits / in_bits`` input words (32-bit SDRAM words into the
+        LINEAR unit's weight and row-scale words): a shift register of ``n - 1`` words and a count, where
+        the general form needs a multiplexer placing each word at any position. Segments start aligned,
+        so a flush word either completes an output word or ends a partial one, which is dropped (a flush
+        word's ``pad`` is always whole words of the general form's unit here: it carries no data)."""
+        D, W = self.in_bits, self.out_bits
+        n = W // D
+        held = Signal(W - D)                   # the words so far, the newest at the top
+        count = Signal(range(n))               # words held
+        completes = count == n - 1
+        m.d.comb += self.i.ready.eq(~completes | ~self.o.valid | self.o.ready)
+        accept = self.i.valid & self.i.ready
+        data = self.i.payload.data
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(accept):
+            with m.If(completes):
+                m.d.sync += [self.o.payload.eq(Cat(held, data)), self.o.valid.eq(1), count.eq(0)]
+            with m.Elif(self.i.payload.flush):
+                m.d.sync += count.eq(0)
+            with m.Else():
+                m.d.sync += [held.eq(Cat(held[D:], data)), count.eq(count + 1)]
+        return m
+
