@@ -35,6 +35,7 @@ from ..vector.epilogue import (Dequant, GateRelu2, GateSilu, ResidualAdd, _Pipe,
                               vector_layout)
 from ..vector.quant_pow2 import QuantPow2, quant_out_layout
 from ..vector.rope import RopeUnit
+from .credit_link import CreditLink
 from .linear import LinearCore
 from .skid import SkidBuffer
 
@@ -174,8 +175,10 @@ class QkvEpilogue(wiring.Component):
                          next_idx.eq(Mux(idx == self.head_beats - 1, 0, idx + 1))]
 
         # The beat's index and position are registered in a slice before RoPE (its frequency ROM read
-        # follows them), and RoPE's output passes another slice before QuantPow2: each slice's
-        # registered ready keeps the next unit's ready logic out of the previous unit's cycle.
+        # follows them): the slice's registered ready keeps RoPE's ready logic out of the previous
+        # unit's cycle. RoPE's output reaches QuantPow2 over a credit link (free-running stages and a
+        # FIFO at QuantPow2's end): on ECP5 the two were placed 40-80 columns apart, and a skid buffer
+        # between them still had its enable net cross the gap after logic at both ends.
         y = beat.y.as_value()
         m.submodules.pairs_slice = psl = SkidBuffer(rope.pairs.payload.shape())
         pairs = psl.i.payload
@@ -186,7 +189,7 @@ class QkvEpilogue(wiring.Component):
             psl.i.valid.eq(self.i.valid), self.i.ready.eq(psl.i.ready),
         ]
         wiring.connect(m, psl.o, rope.pairs)
-        m.submodules.rotated_slice = rsl = SkidBuffer(rope.rotated.payload.shape())
+        m.submodules.rotated_link = rsl = CreditLink(rope.rotated.payload.shape(), forward=2, back=1)
         wiring.connect(m, rope.rotated, rsl.i)
         rot = rsl.o.payload
         m.d.comb += [

@@ -27,6 +27,7 @@ from ..isa import GATE_EPILOGUES, Epilogue
 from ..params import check_int
 from ..vector.epilogue import vector_layout
 from ..vector.quant_pow2 import quant_out_layout
+from .credit_link import CreditLink
 from .epilogues import (GateEpilogue, LogitsEpilogue, QkvEpilogue, ResidualEpilogue, logits_mult_layout,
                         logits_rows_layout)
 from .linear import LinearCore
@@ -128,17 +129,20 @@ class FusedLinear(wiring.Component):
         wiring.connect(m, wiring.flipped(self.mult), lg.mult)
         wiring.connect(m, wiring.flipped(self.rows), lg.rows)
         wiring.connect(m, lg.o, wiring.flipped(self.logits))
-        m.d.comb += [lg.i.payload.eq(core.o.payload), lg.i.valid.eq(core.o.valid & logits)]
-        with m.If(logits):
-            m.d.comb += core.o.ready.eq(lg.i.ready)
-
-        # Demultiplex the core's beats to the command's epilogue.
-        targets = {Epilogue.QKV: qkv, Epilogue.RESIDUAL: res}
-        targets.update({GATE_EPILOGUES[a]: ep for a, ep in self.gate_eps.items()})
-        for k, ep in targets.items():
-            m.d.comb += [ep.i.payload.eq(core.o.payload), ep.i.valid.eq(core.o.valid & ~logits & (kind == k))]
-            with m.If(~logits & (kind == k)):
-                m.d.comb += core.o.ready.eq(ep.i.ready)
+        # The core's beats reach each epilogue over a credit link of its own (free-running stages, a FIFO
+        # at the epilogue's end): the epilogues sit far apart on ECP5, and one output register facing all
+        # of them had its enable net cross the die after the chosen epilogue's ready. The core now sees
+        # only the links' `ready` flip-flops, next to it.
+        targets = {"logits": (logits, lg)}
+        targets.update({k.name.lower(): (~logits & (kind == k), ep) for k, ep in
+                        [(Epilogue.QKV, qkv), (Epilogue.RESIDUAL, res),
+                         *[(GATE_EPILOGUES[a], ep) for a, ep in self.gate_eps.items()]]})
+        for name, (chosen, ep) in targets.items():
+            m.submodules[f"{name}_link"] = link = CreditLink(core.o.payload.shape(), forward=2, back=1)
+            m.d.comb += [link.i.payload.eq(core.o.payload), link.i.valid.eq(core.o.valid & chosen)]
+            with m.If(chosen):
+                m.d.comb += core.o.ready.eq(link.i.ready)
+            wiring.connect(m, link.o, ep.i)
         wiring.connect(m, wiring.flipped(self.res), res.res)
         wiring.connect(m, res.o, wiring.flipped(self.residual))
         wiring.connect(m, qkv.o, wiring.flipped(self.qkv))

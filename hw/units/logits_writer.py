@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from ..arith.dsp import registered_product
-from ..dataflow.skid import SkidBuffer
+from ..dataflow.credit_link import CreditLink
 from ..isa import ADDR_BITS
 from ..memory.axi_write import AxiBurstWriter
 from ..params import check_int
@@ -80,9 +80,10 @@ class LogitsWriter(wiring.Component):
         # in the multiplier block (hw.arith.dsp), stage 2 registers the address; then a FIFO
         # (hw.vector.epilogue.output_fifo: a beat enters only while the FIFO has room for every beat in
         # flight) whose head is the beat being written. The write channel's ready reaches only the FIFO's
-        # read side, and no path crosses the DSP. The beats enter through a skid buffer, so `lg.ready` is
-        # a register (see the KV writer).
-        m.submodules.lg_in = lg_in = SkidBuffer(self.lg.payload.shape())
+        # read side, and no path crosses the DSP. The beats arrive over a credit link (free-running stages
+        # and a FIFO here, hw.dataflow.credit_link), so `lg.ready` is a register and no enable net spans
+        # the gap from the LINEAR unit's logits epilogue (40-50 tiles on ECP5).
+        m.submodules.lg_in = lg_in = CreditLink(self.lg.payload.shape(), forward=2, back=1)
         wiring.connect(m, wiring.flipped(self.lg), lg_in.i)
         q = lg_in.o.payload
         valid = [Signal(name="lg_st1_valid"), Signal(name="lg_st2_valid")]
@@ -120,6 +121,6 @@ class LogitsWriter(wiring.Component):
             with m.If(word == W - 1):
                 m.d.sync += sent_cmd.eq(0)
                 m.d.comb += done.eq(1)
-        m.d.comb += [self.idle.eq(wr.idle & ~self.lg.valid & lg_in.i.ready & ~lg_in.o.valid & (owed == 0)),
+        m.d.comb += [self.idle.eq(wr.idle & ~self.lg.valid & lg_in.idle & (owed == 0)),
                      self.error.eq(wr.error)]
         return m

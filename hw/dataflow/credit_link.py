@@ -1,0 +1,94 @@
+"""A stream carried over a distance: free-running register stages out and back, and credits.
+
+A :class:`~hw.dataflow.skid.SkidBuffer` cuts a chain of ``ready`` logic, but not a distance: its output
+register and its skid register load under one enable computed from the consumer's ``ready``, so when
+the producer and the consumer are placed far apart (on the ECP5 shell, RoPE's output and QuantPow2's
+input sat 40 to 80 columns apart) that enable net crosses the gap, after logic at both ends.
+
+:class:`CreditLink` has no net that needs logic at both ends. Beats travel through ``forward`` register
+stages that load on every clock edge (payload and valid bit, no enable) into a FIFO at the consumer's
+end; every beat read from that FIFO sends a pulse back through ``back`` more such stages. The producer's
+end counts the beats it has sent and not yet heard back of (``owed``), and offers ``i.ready`` (a
+flip-flop) only while the FIFO has room for one more beat beyond all of them, so the FIFO never
+overflows and nothing at the far end ever stalls the near end within a cycle. Between the two ends each
+net runs from one flip-flop to the next, so the placer can spread the stages over the gap.
+
+It moves one beat per cycle with an always-ready consumer (the FIFO holds the beats of a round trip)
+and adds ``forward + 2`` cycles of latency (the FIFO's own two).
+"""
+
+from amaranth.hdl import Module, Shape, Signal, Value
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..params import check_int
+
+__all__ = ["CreditLink"]
+
+#: Cycles from a write into :class:`~amaranth.lib.fifo.SyncFIFOBuffered` to its ``r_rdy``.
+_FIFO_LATENCY = 2
+
+
+class CreditLink(wiring.Component):
+    """Stream link with free-running stages and credit flow control (see the module docstring).
+
+    Parameters
+    ----------
+    shape : shape-like
+        Payload shape of both streams.
+    forward : int
+        Register stages from the producer's end to the FIFO, 1..8.
+    back : int
+        Register stages of the read pulses back to the producer's end, 1..8.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(shape))
+        ``ready`` is a flip-flop.
+    o : Out(stream.Signature(shape))
+        The FIFO's registered output.
+    idle : Out(1)
+        No beat in the link: every beat taken on ``i`` has been read from ``o`` (and its pulse is back).
+    depth : int
+        FIFO entries: the beats of one round trip, so the link sustains a beat per cycle.
+    latency : int
+        Cycles from a beat taken on ``i`` to its ``o.valid`` (``forward + 2``).
+    """
+
+    def __init__(self, shape, *, forward=2, back=1):
+        self.forward = check_int("forward", forward, 1, 8, "CreditLink")
+        self.back = check_int("back", back, 1, 8, "CreditLink")
+        # A beat is owed from the cycle it is taken until its read pulse is back: the `ready` register,
+        # the forward stages, the FIFO, the consumer's read, the back stages.
+        self.depth = 1 + forward + _FIFO_LATENCY + 1 + back
+        self.latency = forward + _FIFO_LATENCY
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape)), "idle": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        width = Shape.cast(self.i.payload.shape()).width
+        m.submodules.landing = q = fifo.SyncFIFOBuffered(width=width, depth=self.depth)
+
+        take = Signal(init=1)                  # i.ready: room for one more beat beyond all owed
+        owed = Signal(range(self.depth + 1))
+        fire = self.i.valid & take
+        m.d.comb += self.i.ready.eq(take)
+
+        valid, payload = fire, Value.cast(self.i.payload)
+        for k in range(self.forward):
+            v = Signal(name=f"fwd_valid{k}")
+            p = Signal(width, name=f"fwd_payload{k}", reset_less=True)
+            m.d.sync += [v.eq(valid), p.eq(payload)]
+            valid, payload = v, p
+        m.d.comb += [q.w_en.eq(valid), q.w_data.eq(payload),
+                     self.o.valid.eq(q.r_rdy), self.o.payload.eq(q.r_data), q.r_en.eq(self.o.ready)]
+
+        returned = q.r_rdy & self.o.ready
+        for k in range(self.back):
+            r = Signal(name=f"back{k}")
+            m.d.sync += r.eq(returned)
+            returned = r
+        nxt = owed + fire - returned
+        m.d.sync += [owed.eq(nxt), take.eq(nxt < self.depth)]
+        m.d.comb += self.idle.eq(owed == 0)
+        return m
