@@ -14,20 +14,18 @@ overflows and nothing at the far end ever stalls the near end within a cycle. Be
 net runs from one flip-flop to the next, so the placer can spread the stages over the gap.
 
 It moves one beat per cycle with an always-ready consumer (the FIFO holds the beats of a round trip)
-and adds ``forward + 2`` cycles of latency (the FIFO's own two).
+and adds ``forward + 2`` cycles of latency (the FIFO's own two). The FIFO and its count are
+:func:`hw.vector.epilogue.output_fifo`'s, with the reads counted ``back`` stages late.
 """
 
 from amaranth.hdl import Module, Shape, Signal, Value
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import check_int
+from ..vector.epilogue import FIFO_LATENCY, FIFO_SLACK, output_fifo
 
 __all__ = ["CreditLink"]
-
-#: Cycles from a write into :class:`~amaranth.lib.fifo.SyncFIFOBuffered` to its ``r_rdy``.
-_FIFO_LATENCY = 2
-
 
 class CreditLink(wiring.Component):
     """Stream link with free-running stages and credit flow control (see the module docstring).
@@ -58,19 +56,16 @@ class CreditLink(wiring.Component):
     def __init__(self, shape, *, forward=2, back=1):
         self.forward = check_int("forward", forward, 1, 8, "CreditLink")
         self.back = check_int("back", back, 1, 8, "CreditLink")
-        # A beat is owed from the cycle it is taken until its read pulse is back: the `ready` register,
-        # the forward stages, the FIFO, the consumer's read, the back stages.
-        self.depth = 1 + forward + _FIFO_LATENCY + 1 + back
-        self.latency = forward + _FIFO_LATENCY
+        # A beat is owed from the cycle it is taken until its read pulse is back: the forward stages, the
+        # FIFO's slack (hw.vector.epilogue.output_fifo), the back stages.
+        self.depth = forward + FIFO_SLACK + back
+        self.latency = forward + FIFO_LATENCY
         super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape)), "idle": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
         width = Shape.cast(self.i.payload.shape()).width
-        m.submodules.landing = q = fifo.SyncFIFOBuffered(width=width, depth=self.depth)
-
         take = Signal(init=1)                  # i.ready: room for one more beat beyond all owed
-        owed = Signal(range(self.depth + 1))
         fire = self.i.valid & take
         m.d.comb += self.i.ready.eq(take)
 
@@ -80,15 +75,7 @@ class CreditLink(wiring.Component):
             p = Signal(width, name=f"fwd_payload{k}", reset_less=True)
             m.d.sync += [v.eq(valid), p.eq(payload)]
             valid, payload = v, p
-        m.d.comb += [q.w_en.eq(valid), q.w_data.eq(payload),
-                     self.o.valid.eq(q.r_rdy), self.o.payload.eq(q.r_data), q.r_en.eq(self.o.ready)]
-
-        returned = q.r_rdy & self.o.ready
-        for k in range(self.back):
-            r = Signal(name=f"back{k}")
-            m.d.sync += r.eq(returned)
-            returned = r
-        nxt = owed + fire - returned
-        m.d.sync += [owed.eq(nxt), take.eq(nxt < self.depth)]
+        # The FIFO at the far end, its reads counted back through `back` stages.
+        owed = output_fifo(m, take, fire, valid, payload, self.o, self.forward, back=self.back)
         m.d.comb += self.idle.eq(owed == 0)
         return m

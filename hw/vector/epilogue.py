@@ -230,23 +230,30 @@ class _Pipe:
         return value
 
 
-def output_fifo(m, take, fire, last_valid, beat, o, stages):
+def output_fifo(m, take, fire, last_valid, beat, o, stages, back=0):
     """End a free-running pipeline of ``stages`` stages (registers that load on every clock edge, as
     :class:`_Pipe` with ``en`` None) in an output FIFO that drives the stream ``o``.
 
     ``fire`` is a beat entering the pipeline, ``last_valid`` and ``beat`` its last stage's valid bit and
-    payload. The FIFO holds ``stages + FIFO_SLACK`` beats; ``take`` (a ``Signal(init=1)``, driven here: a
-    flip-flop) is high while fewer beats than that are accepted and not yet read from ``o``, so the FIFO
-    never overflows and no backpressure reaches the pipeline's registers. From ``fire`` to ``o.valid`` is
+    payload. The FIFO holds ``stages + FIFO_SLACK + back`` beats; ``take`` (a ``Signal(init=1)``, driven
+    here: a flip-flop) is high while fewer beats than that are accepted and not yet counted back as read
+    from ``o``, so the FIFO never overflows and no backpressure reaches the pipeline's registers. A read
+    is counted ``back`` free-running register stages after it happens (0: at once), for a FIFO placed far
+    from ``take`` (:class:`~hw.dataflow.credit_link.CreditLink`). From ``fire`` to ``o.valid`` is
     ``stages + FIFO_LATENCY`` cycles.
-    Returns the count of beats accepted and not yet read from ``o`` (0: the pipeline and FIFO are empty).
+    Returns the count of beats accepted and not yet counted back (0: the pipeline and FIFO are empty).
     """
-    depth = stages + FIFO_SLACK
+    depth = stages + FIFO_SLACK + back
     m.submodules.out_fifo = q = fifo.SyncFIFOBuffered(width=len(Value.cast(beat)), depth=depth)
     m.d.comb += [q.w_en.eq(last_valid), q.w_data.eq(beat),
                  o.valid.eq(q.r_rdy), o.payload.eq(q.r_data), q.r_en.eq(o.ready)]
-    owed = Signal(range(depth + 1))              # beats accepted and not yet read: in the pipeline or the FIFO
-    nxt = owed + fire - (o.valid & o.ready)
+    returned = o.valid & o.ready
+    for k in range(back):
+        r = Signal(name=f"read_back{k}")
+        m.d.sync += r.eq(returned)
+        returned = r
+    owed = Signal(range(depth + 1))              # beats accepted and not yet counted back as read
+    nxt = owed + fire - returned
     m.d.sync += [owed.eq(nxt), take.eq(nxt < depth)]
     return owed
 
