@@ -103,9 +103,10 @@ RESOURCES = ("LUT4", "FF", "BRAM", "DSP", "LRAM")
 STAGES = {"yosys": "Yosys", "nextpnr-ecp5": "nextpnr", "nextpnr-nexus": "nextpnr", "ecppack": "packer",
           "prjoxide": "packer"}
 
-#: Options the flow adds to nextpnr's.
+#: Options the flow adds to nextpnr's. router2: on the ECP5 shell router1 routed 15,000 of 275,505 arcs in
+#: two minutes and slowed down, where router2 reached ~11,000 overused wires in 15 minutes (docs/board.md).
 NEXTPNR_REPORT = "report.json"
-NEXTPNR_OPTS = f"--report {NEXTPNR_REPORT} --timing-allow-fail"
+NEXTPNR_OPTS = f"--report {NEXTPNR_REPORT} --timing-allow-fail --router router2"
 
 #: Place only: nextpnr stops after placement and writes what :mod:`hw.placed_timing` reads.
 PLACED_SDF = "placed.sdf"

@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """The activation buffers (Amaranth simulator): random writes through ``wr`` and ``x_in`` and random
 reads with a stalling reader return what a dictionary model holds, sign-extended, exponents included;
-never more than two answers wait."""
+never more than five answers wait."""
 
 import random
 
@@ -69,7 +69,7 @@ def test_random_traffic():
                 lanes = [((d >> (64 * n)) & ((1 << 64) - 1)) for n in range(N)]
                 lanes = [v - (1 << 64) if v >> 63 else v for v in lanes]
                 log.append((req, snap, lanes, d_e))
-            assert len(pending) <= 4
+            assert len(pending) <= 5      # the answer queue's places
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

@@ -282,9 +282,9 @@ def test_place_only_command_handling():
     assert flow_commands(commands) == commands
     assert flow_commands(commands, place_only=True) == commands[:2]
     assert flow_commands([["prjoxide", "pack"]], place_only=True) == []
-    assert nextpnr_options("--seed 1") == "--seed 1 --report report.json --timing-allow-fail"
+    assert nextpnr_options("--seed 1") == "--seed 1 --report report.json --timing-allow-fail --router router2"
     assert nextpnr_options("", place_only=True) == \
-        "--report report.json --timing-allow-fail --no-route --sdf placed.sdf --write placed.json"
+        "--report report.json --timing-allow-fail --router router2 --no-route --sdf placed.sdf --write placed.json"
 
 
 class _FakeTools:

@@ -14,8 +14,10 @@ overflows and nothing at the far end ever stalls the near end within a cycle. Be
 net runs from one flip-flop to the next, so the placer can spread the stages over the gap.
 
 It moves one beat per cycle with an always-ready consumer (the FIFO holds the beats of a round trip)
-and adds ``forward + 2`` cycles of latency (the FIFO's own two). The FIFO and its count are
-:func:`hw.vector.epilogue.output_fifo`'s, with the reads counted ``back`` stages late.
+and adds ``forward + 1`` cycles of latency (the FIFO's own one). The FIFO and its count are
+:func:`hw.vector.epilogue.output_fifo`'s, with the reads counted ``back`` stages late; the FIFO is a
+:class:`~hw.dataflow.landing_fifo.LandingFifo`, whose head is a distributed-RAM read at a pointer, so the
+consumer's ``ready`` only steps that pointer.
 """
 
 from amaranth.hdl import Module, Shape, Signal, Value
@@ -44,13 +46,13 @@ class CreditLink(wiring.Component):
     i : In(stream.Signature(shape))
         ``ready`` is a flip-flop.
     o : Out(stream.Signature(shape))
-        The FIFO's registered output.
+        The FIFO's head (``valid`` is a flip-flop).
     idle : Out(1)
         No beat in the link: every beat taken on ``i`` has been read from ``o`` (and its pulse is back).
     depth : int
         FIFO entries: the beats of one round trip, so the link sustains a beat per cycle.
     latency : int
-        Cycles from a beat taken on ``i`` to its ``o.valid`` (``forward + 2``).
+        Cycles from a beat taken on ``i`` to its ``o.valid`` (``forward + 1``).
     """
 
     def __init__(self, shape, *, forward=2, back=1):

@@ -59,6 +59,7 @@ from ..tlmm.layouts import token_bits
 from ..vector.epilogue import Dequant, lane, vector_layout
 from ..vector.norm_quant import GAIN_SHIFT_BITS, NormQuant, norm_in_layout
 from ..vector.scalar_unit import E_BITS, Op, ScalarUnit, sfloat_layout
+from .landing_fifo import LandingFifo
 from .skid import SkidBuffer
 
 __all__ = ["LinearCore", "linear_cfg_layout", "linear_out_layout", "SCALE_GROUPS"]
@@ -159,7 +160,9 @@ class LinearCore(wiring.Component):
         m.submodules.su = su = ScalarUnit(cmd_register=True)
         m.submodules.engine = engine = TlmmEngine(T, N, max_tokens=M)
         m.submodules.dequant = dq = Dequant(N)
-        m.submodules.side = side = fifo.SyncFIFOBuffered(
+        # The raw sums and slot of each beat in Dequant, beside it: Dequant holds at most latency + 1 beats
+        # (its output FIFO's count), so this FIFO is never full when a beat enters both.
+        m.submodules.side = side = LandingFifo(
             width=len(self.o.payload.acc.as_value()) + token_bits(M), depth=max(4, dq.latency + 2))
         m.submodules.acts = amem = memory.Memory(shape=unsigned(8 * W), depth=M * KS, init=[])
         awr = amem.write_port()
@@ -188,27 +191,19 @@ class LinearCore(wiring.Component):
         wiring.connect(m, wiring.flipped(self.x), norm.i)
 
         # Gearbox: NormQuant beats (VL bytes) -> k-step words (W bytes) in the activation buffer.
-        pack = Signal(8 * (W + VL))
-        fill = Signal(range(W + VL + 1))
         ks = Signal(range(KS + 1))
         vec_in = Signal()                      # the token's last beat has been taken
-        word_ready = fill >= W
-        flush = vec_in & (fill > 0) & ~word_ready
         # Buffer addresses are token * KS + k-step, KS a constant that is not a power of two: the token's
         # base is kept in a register and stepped by KS (no multiplier in the address path).
         wr_base = Signal(range(M * KS + 1))
-        m.d.comb += [
-            awr.addr.eq(wr_base + ks),
-            awr.data.eq(pack[:8 * W]),
-            norm.o.ready.eq(~word_ready & ~vec_in),
-        ]
-        with m.If(word_ready | flush):
-            m.d.comb += awr.en.eq(ks < cfg.k_steps)     # words past k_steps are padding: dropped
-            m.d.sync += [pack.eq(pack >> (8 * W)), fill.eq(Mux(flush, 0, fill - W)), ks.eq(ks + 1)]
-        with m.Elif(norm.o.valid & norm.o.ready):
-            m.d.sync += [pack.eq(pack | (norm.o.payload.q.as_value() << (fill * 8))), fill.eq(fill + VL)]
-            with m.If(norm.o.payload.last):
-                m.d.sync += vec_in.eq(1)
+        m.d.comb += awr.addr.eq(wr_base + ks)
+        beat_in = norm.o.valid & norm.o.ready
+        with m.If(beat_in & norm.o.payload.last):
+            m.d.sync += vec_in.eq(1)
+        if W % VL == 0:
+            gear_empty, gear_clear = self._slot_gearbox(m, norm.o, vec_in, ks, awr, cfg.k_steps, W // VL)
+        else:
+            gear_empty, gear_clear = self._shift_gearbox(m, norm.o, vec_in, ks, awr, cfg.k_steps, W, VL)
 
         # -- scale sequence: sq * sw[g] -> (m16, shift) per token and group ------------------------------
         sq_valid = Signal()
@@ -274,14 +269,13 @@ class LinearCore(wiring.Component):
         loaded = Signal()                      # every token's words are in the buffer
         with m.If(start):
             m.d.sync += [cfg.eq(self.cfg.payload), busy.eq(1), loading.eq(1), load_tok.eq(0), wr_base.eq(0),
-                         scale_tok.eq(0), norm_cfg_sent.eq(0), ks.eq(0), fill.eq(0), pack.eq(0),
-                         vec_in.eq(0)]
+                         scale_tok.eq(0), norm_cfg_sent.eq(0), ks.eq(0), vec_in.eq(0)] + gear_clear
         with m.If(norm.cfg.valid & norm.cfg.ready):
             m.d.sync += norm_cfg_sent.eq(1)
-        with m.If(loading & vec_in & (fill == 0)):
+        with m.If(loading & vec_in & gear_empty):
             # Token done: its words are written (a word beyond k_steps was padding, dropped).
             m.d.sync += [load_tok.eq(load_tok + 1), wr_base.eq(wr_base + KS), norm_cfg_sent.eq(0), vec_in.eq(0),
-                         ks.eq(0), pack.eq(0)]
+                         ks.eq(0)] + gear_clear
             with m.If(load_tok + 1 == cfg.tokens):
                 m.d.sync += loading.eq(0)
         m.d.comb += loaded.eq(busy & ~loading & (scale_tok == cfg.tokens))
@@ -372,8 +366,8 @@ class LinearCore(wiring.Component):
 
         sp = sl.o.payload
         m.d.comb += [
-            dq.i.valid.eq(sl.o.valid & side.w_rdy),
-            sl.o.ready.eq(dq.i.ready & side.w_rdy),
+            dq.i.valid.eq(sl.o.valid),
+            sl.o.ready.eq(dq.i.ready),
             side.w_en.eq(sl.o.valid & dq.i.ready),
             side.w_data.eq(Cat(sp.y.as_value(), sp.slot)),
             dq.i.payload.m16.eq(sp.m16),
@@ -387,8 +381,9 @@ class LinearCore(wiring.Component):
         ob = osl.i
         acc_bits = len(ob.payload.acc.as_value())
         m.d.comb += [
-            ob.valid.eq(dq.o.valid & side.r_rdy),
-            dq.o.ready.eq(ob.ready & side.r_rdy),
+            # A beat out of Dequant has its side entry (written when it entered): no need to wait for it.
+            ob.valid.eq(dq.o.valid),
+            dq.o.ready.eq(ob.ready),
             side.r_en.eq(ob.ready & dq.o.valid),
             ob.payload.acc.as_value().eq(side.r_data[:acc_bits]),
             ob.payload.y.eq(dq.o.payload),
@@ -405,3 +400,52 @@ class LinearCore(wiring.Component):
         with m.If(o.valid & o.ready & (o.payload.slot == tokens_m1) & (o.payload.tile == row_tiles_m1)):
             m.d.sync += busy.eq(0)
         return m
+
+    @staticmethod
+    def _slot_gearbox(m, beats, vec_in, ks, awr, k_steps, slots):
+        """Pack ``beats`` into k-step words when a word is a whole number of beats: each beat is loaded into
+        its slot of the word (one enable per slot), and a full word is written the next cycle while the
+        next word's first beat loads, so the gearbox never stalls NormQuant. A token's last, partial word
+        is written with its empty slots as zeros. Returns ``(empty, clear)``: nothing held, and the
+        statements that empty it."""
+        beat_bits = len(beats.payload.q.as_value())
+        word = [Signal(beat_bits, name=f"pack{k}", reset_less=True) for k in range(slots)]
+        filled = Signal(slots)                 # slots holding a beat of the word being packed
+        slot = Signal(range(slots))            # the slot the next beat goes to
+        full = Signal()                        # the word's last slot loaded last cycle: written now
+        beat_in = beats.valid & beats.ready
+        flush = vec_in & filled.any() & ~full
+        write = full | flush
+        m.d.comb += [beats.ready.eq(~vec_in),
+                     awr.data.eq(Cat(*(Mux(filled[k], word[k], 0) for k in range(slots))))]
+        with m.If(write):
+            m.d.comb += awr.en.eq(ks < k_steps)     # words past k_steps are padding: dropped
+            m.d.sync += ks.eq(ks + 1)
+        loads = Signal(slots)
+        for k in range(slots):
+            m.d.comb += loads[k].eq(beat_in & (slot == k))
+            with m.If(loads[k]):
+                m.d.sync += word[k].eq(beats.payload.q.as_value())
+        m.d.sync += [filled.eq(Mux(write, 0, filled) | loads), full.eq(loads[slots - 1])]
+        with m.If(beat_in):
+            m.d.sync += slot.eq(Mux(slot == slots - 1, 0, slot + 1))
+        with m.If(flush):
+            m.d.sync += slot.eq(0)
+        return ~filled.any() & ~full, [filled.eq(0), full.eq(0), slot.eq(0)]
+
+    @staticmethod
+    def _shift_gearbox(m, beats, vec_in, ks, awr, k_steps, W, VL):
+        """Pack ``beats`` (VL bytes) into k-step words (W bytes) when VL does not divide W: a shift
+        register of W + VL bytes, NormQuant stalled for the cycle a word is written. Returns ``(empty,
+        clear)`` as :meth:`_slot_gearbox`."""
+        pack = Signal(8 * (W + VL))
+        fill = Signal(range(W + VL + 1))
+        word_ready = fill >= W
+        flush = vec_in & (fill > 0) & ~word_ready
+        m.d.comb += [awr.data.eq(pack[:8 * W]), beats.ready.eq(~word_ready & ~vec_in)]
+        with m.If(word_ready | flush):
+            m.d.comb += awr.en.eq(ks < k_steps)     # words past k_steps are padding: dropped
+            m.d.sync += [pack.eq(pack >> (8 * W)), fill.eq(Mux(flush, 0, fill - W)), ks.eq(ks + 1)]
+        with m.Elif(beats.valid & beats.ready):
+            m.d.sync += [pack.eq(pack | (beats.payload.q.as_value() << (fill * 8))), fill.eq(fill + VL)]
+        return fill == 0, [fill.eq(0), pack.eq(0)]

@@ -10,21 +10,23 @@ the units never use the same port in the same cycle.
 
 Ports
 -----
-``rd_req`` / ``rd_data``: reads of any buffer, answered in order three cycles later as ``lanes`` x 64-bit
+``rd_req`` / ``rd_data``: reads of any buffer, answered in order four cycles later as ``lanes`` x 64-bit
 words (``X``/``ATT`` sign-extended, ``Q`` values sign-extended with the exponent in ``rd_e``). The request
 is registered before the block RAMs (the requesting units' multiplexer reached every block RAM's enable
-across the die on ECP5), and the block RAM's word is registered after the buffer multiplexer before it
-enters the answer queue (from a block RAM's clock-to-out across the die into the queue's distributed RAM
-was a 19 ns placed path). An answer holds every write made up to and including its request's cycle.
-Up to four answers wait while ``rd_data`` is stalled (requests are refused while all places are taken).
+across the die on ECP5); each buffer's word is registered at its block RAMs, and again after the buffer
+multiplexer before it enters the answer queue (a block RAM's clock-to-out, then a route across the die
+into the multiplexer was a 19.4 ns placed path). An answer holds every write made up to and including its
+request's cycle. Up to five answers wait while ``rd_data`` is stalled (requests are refused while all
+places are taken).
 ``wr``: writes of any buffer (:func:`wr_layout`, from the LINEAR unit).
 ``x_in``: the EMBED unit's residual beats (:func:`~hw.units.embed.embed_out_layout`).
 """
 
 from amaranth.hdl import Cat, Module, Signal, signed, unsigned
-from amaranth.lib import data, enum, fifo, memory, stream, wiring
+from amaranth.lib import data, enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..dataflow.landing_fifo import LandingFifo
 from ..params import check_int
 from ..tlmm.layouts import token_bits
 from ..vector.quant_pow2 import E_FIELD_BITS
@@ -54,8 +56,9 @@ def wr_layout(lanes, max_tokens, max_index):
 
 
 #: Cycles from a taken read request to its answer entering the queue (and ``rd_data``, which falls
-#: through): the request register, the block RAM, the register after the buffer multiplexer.
-_READ_LATENCY = 3
+#: through): the request register, the block RAM, the register at the block RAM, the register after the
+#: buffer multiplexer.
+_READ_LATENCY = 4
 
 _ELEMENT_BITS = {Buffer.X: 32, Buffer.ATT: 32, Buffer.H: 64, Buffer.Q: 8}
 
@@ -122,13 +125,15 @@ class ActivationBuffers(wiring.Component):
                     m.d.comb += [wp.addr.eq(addr(b, x.token, x.beat)), wp.data.eq(x.data.as_value()),
                                  wp.en.eq(1)]
 
-        # -- reads: a request register, the block RAM's cycle, a register, then a four-place answer queue ---
-        # (first-word fall-through: room for exactly the four owed). The request is registered per buffer
+        # -- reads: a request register, the block RAM's cycle, a register per buffer, the multiplexer into a
+        # register, then a five-place answer queue (first-word fall-through: room for exactly the five owed). The request is registered per buffer
         # (address) before the block RAMs, which read on every cycle (no read enable): the requesting
         # units' multiplexer reached the enables of block RAMs all over the die on ECP5.
-        m.submodules.answers = answers = fifo.SyncFIFO(width=64 * N + E_FIELD_BITS, depth=_READ_LATENCY + 1)
+        # `owed` keeps the queue from overfilling, so no full flag gates its writes.
+        m.submodules.answers = answers = LandingFifo(width=64 * N + E_FIELD_BITS, depth=_READ_LATENCY + 1)
         issued = Signal()                   # a request taken last cycle: its address at the block RAMs now
         in_flight = Signal()                # its word out of the block RAM now
+        word_v = Signal()                   # that word in its buffer's register now
         answer_v = Signal()                 # that word, muxed and registered: entering the queue now
         r = self.rd_req.payload
         take = self.rd_req.valid & self.rd_req.ready
@@ -137,12 +142,17 @@ class ActivationBuffers(wiring.Component):
         popped = self.rd_data.valid & self.rd_data.ready
         m.d.sync += owed.eq(owed + take - popped)
         m.d.comb += self.rd_req.ready.eq(owed < _READ_LATENCY + 1)
-        issued_buf, rd_buf = Signal(Buffer), Signal(Buffer)
+        issued_buf, flight_buf, rd_buf = Signal(Buffer), Signal(Buffer), Signal(Buffer)
+        words = {}
         for b in Buffer:
             rd_addr = Signal.like(rports[b].addr, name=f"rd_addr_{b.name.lower()}", reset_less=True)
             m.d.sync += rd_addr.eq(addr(b, r.token, r.index))
             m.d.comb += [rports[b].addr.eq(rd_addr), rports[b].en.eq(1)]
-        m.d.sync += [issued.eq(take), issued_buf.eq(r.buf), in_flight.eq(issued), rd_buf.eq(issued_buf)]
+            # Loaded on every cycle, so it is placed by its block RAMs with no enable to reach it.
+            words[b] = Signal.like(rports[b].data, name=f"word_{b.name.lower()}", reset_less=True)
+            m.d.sync += words[b].eq(rports[b].data)
+        m.d.sync += [issued.eq(take), issued_buf.eq(r.buf), in_flight.eq(issued), flight_buf.eq(issued_buf),
+                     word_v.eq(in_flight), rd_buf.eq(flight_buf)]
         # Every element sign-extended to 64 bits.
         lanes = [Signal(signed(64), name=f"lane{n}") for n in range(N)]
         e = Signal(E_FIELD_BITS)
@@ -150,12 +160,12 @@ class ActivationBuffers(wiring.Component):
             for b in Buffer:
                 with m.Case(b):
                     bits = _ELEMENT_BITS[b]
-                    data = rports[b].data
+                    data = words[b]
                     m.d.comb += [lanes[n].eq(data[bits * n:bits * (n + 1)].as_signed()) for n in range(N)]
                     if b is Buffer.Q:
                         m.d.comb += e.eq(data[N * bits:])
         answer = Signal(64 * N + E_FIELD_BITS, reset_less=True)
-        m.d.sync += [answer.eq(Cat(*lanes, e)), answer_v.eq(in_flight)]
+        m.d.sync += [answer.eq(Cat(*lanes, e)), answer_v.eq(word_v)]
         m.d.comb += [answers.w_data.eq(answer), answers.w_en.eq(answer_v),
                      self.rd_data.valid.eq(answers.r_rdy), self.rd_data.payload.eq(answers.r_data[:64 * N]),
                      self.rd_e.eq(answers.r_data[64 * N:]), answers.r_en.eq(self.rd_data.ready)]

@@ -117,12 +117,13 @@ and the LUT products that save four DSPs per lane; the FFs are the one-carry-cha
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
-from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.numerics import RES_FRAC, SIG_ENTRIES, SIG_FRAC, SIG_STEP_BITS, sigmoid_table
 
 from ..arith.dsp import registered_product
+from ..dataflow.landing_fifo import LATENCY as LANDING_LATENCY, LandingFifo
 from ..params import check_int
 
 __all__ = [
@@ -244,7 +245,8 @@ def output_fifo(m, take, fire, last_valid, beat, o, stages, back=0):
     Returns the count of beats accepted and not yet counted back (0: the pipeline and FIFO are empty).
     """
     depth = stages + FIFO_SLACK + back
-    m.submodules.out_fifo = q = fifo.SyncFIFOBuffered(width=len(Value.cast(beat)), depth=depth)
+    # Never full when written (``take`` counts its room), so no full flag gates the write.
+    m.submodules.out_fifo = q = LandingFifo(width=len(Value.cast(beat)), depth=depth)
     m.d.comb += [q.w_en.eq(last_valid), q.w_data.eq(beat),
                  o.valid.eq(q.r_rdy), o.payload.eq(q.r_data), q.r_en.eq(o.ready)]
     returned = o.valid & o.ready
@@ -258,12 +260,12 @@ def output_fifo(m, take, fire, last_valid, beat, o, stages, back=0):
     return owed
 
 
-#: Output FIFO entries beyond a free-running pipeline's stages (:func:`output_fifo`): the FIFO's own two
-#: cycles from write to ``o`` and the cycle ``take`` needs to follow a read, so a pipeline whose ``o`` is
-#: always ready takes a beat per cycle.
-FIFO_SLACK = 3
 #: Cycles :func:`output_fifo` adds between a pipeline's last stage and ``o.valid``.
-FIFO_LATENCY = 2
+FIFO_LATENCY = LANDING_LATENCY
+#: Output FIFO entries beyond a free-running pipeline's stages (:func:`output_fifo`): the FIFO's own
+#: cycle from write to ``o`` and the cycle ``take`` needs to follow a read, so a pipeline whose ``o`` is
+#: always ready takes a beat per cycle.
+FIFO_SLACK = FIFO_LATENCY + 1
 
 
 def _chunks(value, is_signed, widths):
