@@ -443,8 +443,13 @@ class AttentionEngine(wiring.Component):
         rescale = Signal(EXP_BITS)                  # E' - E (the rescale shift is 15 + E' - E)
         m.d.sync += [pv_amount.eq(clamp((new_e - vev[3]).as_signed(), 0, EXP_FRAC + 3)),
                      rescale.eq(new_e - vre[3])]
-        with m.If(vbusy[3] & vupd[3]):
-            m.d.sync += [run_max[vr[3]].eq(vnm[1]), run_e[vr[3]].eq(new_e), started[vr[3]].eq(1)]
+        # The row whose running registers stage 3 updates, one-hot and registered in stage 2: each row's
+        # 38 enables come from a flip-flop, not from a decode of the row number late in stage 3.
+        upd_row = Signal(NR)
+        m.d.sync += upd_row.eq(Mux(vbusy[2] & vupd[2], 1 << vr[2], 0))
+        for i in range(NR):
+            with m.If(upd_row[i]):
+                m.d.sync += [run_max[i].eq(vnm[1]), run_e[i].eq(new_e), started[i].eq(1)]
         # Stage 5: p_j and a (registered for stage 6).
         p_a, p_p = Signal(EXP_FRAC + 1), Signal(EXP_FRAC + 1)
         m.d.sync += [p_a.eq(exp_a.p), p_p.eq(exp_p.p)]
@@ -511,8 +516,11 @@ class AttentionEngine(wiring.Component):
         den_new, den_last, den_rd, den_fwd = Signal(DEN_BITS), Signal(DEN_BITS), Signal(DEN_BITS), Signal()
         m.d.sync += [den_rd.eq(den[vr[VD - 1]]), den_fwd.eq(den_wen & (vr[VD] == vr[VD - 1])), den_last.eq(den_new)]
         m.d.comb += den_new.eq(Mux(vfirst[VD], den_scaled_1, Mux(den_fwd, den_last, den_rd)) + vp[5])
-        with m.If(den_wen):
-            m.d.sync += den[vr[VD]].eq(den_new)
+        den_row = Signal(NR)                        # den_wen's row, one-hot, registered a stage early
+        m.d.sync += den_row.eq(Mux(vbusy[VD - 1] & ven[VD - 1] & vden[VD - 1], 1 << vr[VD - 1], 0))
+        for i in range(NR):
+            with m.If(den_row[i]):
+                m.d.sync += den[i].eq(den_new)
         # Chunks in V stages 1 .. 11, as a register (stages 0 .. 10 one cycle earlier): the hand-off to the
         # normaliser then starts from registers.
         v_busy = Signal()

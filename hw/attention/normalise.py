@@ -195,8 +195,10 @@ class Normaliser(wiring.Component):
         with m.FSM(name="norm"):
             with m.State("IDLE"):
                 m.d.comb += [self.idle.eq(1), self.start.ready.eq(1)]
+                # Loaded in every idle cycle, so the job's hundreds of flip-flops are enabled by the state
+                # alone, not by the handshake (the engine's `valid` is late); the last load is the job taken.
+                m.d.sync += job.eq(self.start.payload)
                 with m.If(self.start.valid):
-                    m.d.sync += job.eq(self.start.payload)
                     m.next = "FETCH"
             with m.State("FETCH"):
                 # The row's den and E, registered before they go into the scalar unit.

@@ -139,8 +139,9 @@ class CommandProcessor(wiring.Component):
         n_instr = Signal(_COUNTER_BITS)
         busy_cnt = [Signal(_COUNTER_BITS, name=f"busy_{u}") for u in UNITS]
         stall_cnt = [Signal(_COUNTER_BITS, name=f"stall_{u}") for u in UNITS]
-        start = Signal()
-        m.d.sync += cycles.eq(cycles + 1)
+        start_req = Signal()                   # the CSR write of control.start
+        start = Signal()                       # the same, a cycle later: it resets every run counter
+        m.d.sync += [cycles.eq(cycles + 1), start.eq(start_req)]
         m.d.comb += self.done.eq(done)
 
         # -- CSR bus -------------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ class CommandProcessor(wiring.Component):
                     with m.Case(idx[name]):
                         m.d.sync += reg.eq(csr.w_data)
                 with m.Case(idx["control"]):
-                    m.d.comb += start.eq(csr.w_data[0] & ~self.running)
+                    m.d.comb += start_req.eq(csr.w_data[0] & ~self.running & ~start)
         status = Cat(done, self.running, Const(0, STATUS_ERROR_SHIFT - 2), error)
         assert (STATUS_DONE, STATUS_BUSY) == (1, 2)
         readable = {"id": Const(self.config_id, 32), "status": status, "cycles_lo": cycles[:32],
@@ -246,8 +247,12 @@ class CommandProcessor(wiring.Component):
                                                           ("illegal_r", "bad_field_r", "overflow_r", "shape_bad_r"))
         with m.FSM(name="cp"):
             with m.State("IDLE"):
+                # done and error clear at the CSR write itself (the next status read sees them cleared);
+                # the run starts from its registered copy.
+                with m.If(start_req):
+                    m.d.sync += [done.eq(0), error.eq(ErrorCode.NONE)]
                 with m.If(start):
-                    m.d.sync += [pc.eq(program), done.eq(0), error.eq(ErrorCode.NONE)]
+                    m.d.sync += pc.eq(program)
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += self.running.eq(1)
