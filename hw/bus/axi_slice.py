@@ -1,0 +1,112 @@
+"""AXI4 register slices: every channel through a :class:`~hw.dataflow.skid.SkidBuffer`.
+
+:class:`AxiWriteSlice` (AW, W, B):
+
+In the ULX3S shell the SDRAM controller's ``wready`` depends on ``wvalid`` in the same cycle (a beat is
+taken with its last SDRAM word), and behind the write arbiters every master's next beat depends on
+``wready``: one combinational path ran from the shell arbiter's grant FIFO through the controller, both
+arbiters and the KV writer into the LINEAR unit's stall (16.7 ns estimated). With the slice between the
+shell arbiter and the controller, the masters see a registered ``awready``/``wready`` and the controller
+registered ``awvalid``/``wvalid`` and payloads; B is registered the other way, so a slave's ``bvalid``
+reaches the master from a register too. Bursts still move one beat per cycle; each channel adds one cycle
+of latency. Ordering is untouched (each channel stays in order, and AXI4 lets AW and W arrive
+in either order).
+
+:class:`AxiReadSlice` (AR, R): in the shell the SDRAM controller's R credits counted ``rready``, which
+came from the read arbiter's demultiplexer and, behind it, the requesting unit's buffer room (an 18.9 ns
+path after placement, from the LINEAR parameter loader's FIFO level into the controller's credit counter).
+With the slice the controller sees a registered ``rready`` and the masters a registered ``rvalid``/``rdata``.
+"""
+
+from amaranth.hdl import Module
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..dataflow.skid import SkidBuffer
+from ..memory.axi import AxiReadSignature
+from ..memory.axi_write import AxiWriteSignature
+from ..params import check_int
+
+__all__ = ["AxiReadSlice", "AxiWriteSlice"]
+
+_AW = ("awaddr", "awlen", "awsize", "awburst", "awid")
+_W = ("wdata", "wstrb", "wlast")
+_B = ("bresp", "bid")
+_AR = ("araddr", "arlen", "arsize", "arburst", "arid")
+_R = ("rdata", "rresp", "rlast", "rid")
+
+
+def _slice_channels(m, channels):
+    """A skid buffer per channel: ``(name, fields, valid, ready, from port, to port)``."""
+    for name, fields, valid, ready, frm, to in channels:
+        layout = data.StructLayout({f: len(getattr(frm, f)) for f in fields})
+        m.submodules[name] = skid = SkidBuffer(layout)
+        m.d.comb += [skid.i.valid.eq(getattr(frm, valid)), getattr(frm, ready).eq(skid.i.ready),
+                     getattr(to, valid).eq(skid.o.valid), skid.o.ready.eq(getattr(to, ready))]
+        m.d.comb += [getattr(skid.i.payload, f).eq(getattr(frm, f)) for f in fields]
+        m.d.comb += [getattr(to, f).eq(getattr(skid.o.payload, f)) for f in fields]
+
+
+def _check(owner, addr_bits, data_bits, id_bits):
+    return (check_int("addr_bits", addr_bits, 12, 64, owner), check_int("data_bits", data_bits, 8, 1024, owner),
+            check_int("id_bits", id_bits, 1, 32, owner))
+
+
+class AxiWriteSlice(wiring.Component):
+    """A register slice on AW, W and B (see the module docstring).
+
+    Parameters
+    ----------
+    addr_bits, data_bits, id_bits : int
+        As :class:`~hw.memory.axi_write.AxiWriteSignature`.
+
+    Attributes
+    ----------
+    m : In(AxiWriteSignature)
+        Faces the master.
+    s : Out(AxiWriteSignature)
+        Faces the slave.
+    """
+
+    def __init__(self, addr_bits, data_bits, id_bits):
+        self.addr_bits, self.data_bits, self.id_bits = _check("AxiWriteSlice", addr_bits, data_bits, id_bits)
+        sig = AxiWriteSignature(addr_bits, data_bits, id_bits)
+        super().__init__({"m": In(sig), "s": Out(sig)})
+
+    def elaborate(self, platform):
+        m = Module()
+        src, dst = self.m, self.s
+        # AW and W from the master to the slave; B the other way, so the slave's bvalid (an SDRAM
+        # controller's response queue) reaches the master's burst bookkeeping from a register too.
+        _slice_channels(m, [("aw", _AW, "awvalid", "awready", src, dst),
+                            ("w", _W, "wvalid", "wready", src, dst),
+                            ("b", _B, "bvalid", "bready", dst, src)])
+        return m
+
+
+class AxiReadSlice(wiring.Component):
+    """A register slice on AR and R (see the module docstring).
+
+    Parameters
+    ----------
+    addr_bits, data_bits, id_bits : int
+        As :class:`~hw.memory.axi.AxiReadSignature`.
+
+    Attributes
+    ----------
+    m : In(AxiReadSignature)
+        Faces the master.
+    s : Out(AxiReadSignature)
+        Faces the slave.
+    """
+
+    def __init__(self, addr_bits, data_bits, id_bits):
+        self.addr_bits, self.data_bits, self.id_bits = _check("AxiReadSlice", addr_bits, data_bits, id_bits)
+        sig = AxiReadSignature(addr_bits, data_bits, id_bits)
+        super().__init__({"m": In(sig), "s": Out(sig)})
+
+    def elaborate(self, platform):
+        m = Module()
+        _slice_channels(m, [("ar", _AR, "arvalid", "arready", self.m, self.s),
+                            ("r", _R, "rvalid", "rready", self.s, self.m)])
+        return m
