@@ -30,7 +30,7 @@ Sequence of a command (``docs/isa.md``, ``ATTEND``; ``docs/attention.md``, "The 
      the last bus word of every segment is a flush whose top ``pad_bytes`` bytes (the segment's bus
      padding) are dropped, so the engine is built without padding chunks;
    * **query reads** from buffer ``Q`` (index ``head * head_dim / lanes + beat`` of token ``t0 + query``),
-     at most two outstanding, their ``lanes``-wide answers repacked into ``chunk``-byte beats with the
+     a request per cycle while the buffers take them, their ``lanes``-wide answers repacked into ``chunk``-byte beats with the
      vector's exponent from ``rd_e``; they run ahead into the next kv head while the engine streams;
    * **outputs**: the engine's ``chunk``-wide Q.16 beats repacked into ``lanes``-wide writes of buffer
      ``ATT`` (int32 in the low 32 bits of each 64-bit lane), token ``t0 + query``, index
@@ -55,7 +55,7 @@ from ..memory.axi import AxiBurstReader
 from ..memory.gearbox import Gearbox
 from ..params import check_int
 from ..vector.quant_pow2 import E_FIELD_BITS
-from .buffers import Buffer, rd_req_layout, wr_layout
+from .buffers import ANSWER_PLACES, Buffer, rd_req_layout, wr_layout
 
 __all__ = ["AttendUnit", "segment_bytes"]
 
@@ -348,10 +348,10 @@ class AttendUnit(wiring.Component):
             return t0 + qi, const_mul(hbase + g, DN) + b, reset
 
         q_active = Signal()
-        outstanding = Signal(range(3))
+        outstanding = Signal(range(ANSWER_PLACES + 1))  # requests not yet answered (the buffers refuse more)
         sent, answered = Signal(), Signal()
         q_token, q_index, q_reset = head_loop("q", sent, q_active)
-        m.d.comb += [self.rd_req.valid.eq(q_active & (outstanding != 2)),
+        m.d.comb += [self.rd_req.valid.eq(q_active),
                      self.rd_req.payload.buf.eq(Buffer.Q), self.rd_req.payload.token.eq(q_token),
                      self.rd_req.payload.index.eq(q_index),
                      sent.eq(self.rd_req.valid & self.rd_req.ready),

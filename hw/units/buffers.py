@@ -32,7 +32,7 @@ from ..tlmm.layouts import token_bits
 from ..vector.quant_pow2 import E_FIELD_BITS
 from .embed import embed_out_layout
 
-__all__ = ["ActivationBuffers", "Buffer", "rd_req_layout", "wr_layout"]
+__all__ = ["ANSWER_PLACES", "ActivationBuffers", "Buffer", "rd_req_layout", "wr_layout"]
 
 
 class Buffer(enum.Enum, shape=2):
@@ -59,6 +59,9 @@ def wr_layout(lanes, max_tokens, max_index):
 #: through): the request register, the block RAM, the register at the block RAM, the register after the
 #: buffer multiplexer.
 _READ_LATENCY = 4
+#: Answers owed at once (requests taken, answers not yet read): the answer queue's places. Beyond them the
+#: buffers refuse requests; a unit that keeps this many in flight reads a beat per cycle.
+ANSWER_PLACES = _READ_LATENCY + 1
 
 _ELEMENT_BITS = {Buffer.X: 32, Buffer.ATT: 32, Buffer.H: 64, Buffer.Q: 8}
 
@@ -130,7 +133,7 @@ class ActivationBuffers(wiring.Component):
         # (address) before the block RAMs, which read on every cycle (no read enable): the requesting
         # units' multiplexer reached the enables of block RAMs all over the die on ECP5.
         # `owed` keeps the queue from overfilling, so no full flag gates its writes.
-        m.submodules.answers = answers = LandingFifo(width=64 * N + E_FIELD_BITS, depth=_READ_LATENCY + 1)
+        m.submodules.answers = answers = LandingFifo(width=64 * N + E_FIELD_BITS, depth=ANSWER_PLACES)
         issued = Signal()                   # a request taken last cycle: its address at the block RAMs now
         in_flight = Signal()                # its word out of the block RAM now
         word_v = Signal()                   # that word in its buffer's register now
@@ -138,10 +141,10 @@ class ActivationBuffers(wiring.Component):
         r = self.rd_req.payload
         take = self.rd_req.valid & self.rd_req.ready
         # Answers owed: reads issued and not yet taken from `rd_data`; never more than the queue holds.
-        owed = Signal(range(_READ_LATENCY + 2))
+        owed = Signal(range(ANSWER_PLACES + 1))
         popped = self.rd_data.valid & self.rd_data.ready
         m.d.sync += owed.eq(owed + take - popped)
-        m.d.comb += self.rd_req.ready.eq(owed < _READ_LATENCY + 1)
+        m.d.comb += self.rd_req.ready.eq(owed < ANSWER_PLACES)
         issued_buf, flight_buf, rd_buf = Signal(Buffer), Signal(Buffer), Signal(Buffer)
         words = {}
         for b in Buffer:

@@ -22,8 +22,8 @@ Sequence of a command (``docs/isa.md``, ``LINEAR``)
 Buffer ports
 ------------
 ``rd_req`` carries ``(buf, token, index)``; the buffer module answers on ``rd_data`` in order, each word
-``lanes`` x 64 bits (narrower buffers sign-extended), and must hold two answers (the unit keeps at most
-two requests outstanding). ``wr`` carries ``(buf, token, index, data, e)``: ``X`` words are the low 32
+``lanes`` x 64 bits (narrower buffers sign-extended); the unit requests a beat per cycle and the
+buffers refuse requests beyond the answers they can hold (:data:`~hw.units.buffers.ANSWER_PLACES`). ``wr`` carries ``(buf, token, index, data, e)``: ``X`` words are the low 32
 bits of each lane, ``H`` words all 64, ``Q`` words the low 8 bits with the vector's exponent ``e``.
 Indices: ``X`` / ``ATT`` / ``H`` by ``lanes``-wide beat of a token's vector (``X`` beats are row tiles,
 as ``lanes`` equals the TLMM lanes), ``Q`` by ``head * head_dim / lanes + beat``.
@@ -48,7 +48,7 @@ from ..params import check_int
 from ..tlmm.layouts import token_bits
 from ..vector.quant_pow2 import E_FIELD_BITS
 from ..vector.scalar_unit import E_BITS, MANT_BITS, Op, ScalarUnit, sfloat_layout
-from .buffers import Buffer, rd_req_layout, wr_layout
+from .buffers import ANSWER_PLACES, Buffer, rd_req_layout, wr_layout
 from .params_loader import ParamsLoader
 
 __all__ = ["LinearUnit", "Buffer", "rd_req_layout", "wr_layout", "kv_layout", "lg_out_layout", "reciprocal"]
@@ -301,9 +301,9 @@ class LinearUnit(wiring.Component):
         req_i = Signal(range(self.max_index + 1))
         req_res = Signal()                     # the request phase has moved on to residual beats
         req_done = Signal()
-        outstanding = Signal(range(3))         # requests not yet answered (at most two)
+        outstanding = Signal(range(ANSWER_PLACES + 1))  # requests not yet answered (the buffers refuse more)
         sent, answered = Signal(), Signal()
-        m.d.comb += [self.rd_req.valid.eq(feeding & ~req_done & (outstanding != 2)),
+        m.d.comb += [self.rd_req.valid.eq(feeding & ~req_done),
                      self.rd_req.payload.buf.eq(Mux(req_res, Buffer.X, source)),
                      self.rd_req.payload.token.eq(req_t + tok0), self.rd_req.payload.index.eq(req_i),
                      sent.eq(self.rd_req.valid & self.rd_req.ready),
