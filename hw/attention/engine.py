@@ -515,7 +515,12 @@ class AttentionEngine(wiring.Component):
         m.d.comb += den_wen.eq(wen & vden[VD])
         den_new, den_last, den_rd, den_fwd = Signal(DEN_BITS), Signal(DEN_BITS), Signal(DEN_BITS), Signal()
         m.d.sync += [den_rd.eq(den[vr[VD - 1]]), den_fwd.eq(den_wen & (vr[VD] == vr[VD - 1])), den_last.eq(den_new)]
-        m.d.comb += den_new.eq(Mux(vfirst[VD], den_scaled_1, Mux(den_fwd, den_last, den_rd)) + vp[5])
+        # `first` for the den update from a flip-flop of its own (first & den, equal to `first` whenever den
+        # is written or forwarded): vfirst[VD] also steers every num lane, and on ECP5 its one net reached
+        # the den adder after 8.75 ns of route (the routed critical path at cb7d6aa).
+        den_first = Signal()
+        m.d.sync += den_first.eq(vfirst[VD - 1] & vden[VD - 1])
+        m.d.comb += den_new.eq(Mux(den_first, den_scaled_1, Mux(den_fwd, den_last, den_rd)) + vp[5])
         den_row = Signal(NR)                        # den_wen's row, one-hot, registered a stage early
         m.d.sync += den_row.eq(Mux(vbusy[VD - 1] & ven[VD - 1] & vden[VD - 1], 1 << vr[VD - 1], 0))
         for i in range(NR):
