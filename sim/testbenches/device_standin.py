@@ -101,15 +101,9 @@ class DeviceStandin(wiring.Component):
             busy.append((left != 0) | extra | hung)
         m.d.comb += cp.busy.eq(Cat(*busy))
 
-        # irq = status.done: set when a run ends (running falls), cleared as soon as the next one starts.
-        was_running = Signal()
-        done = Signal()
-        m.d.sync += was_running.eq(cp.running)
-        with m.If(cp.running):
-            m.d.sync += done.eq(0)
-        with m.Elif(was_running):
-            m.d.sync += done.eq(1)
-        m.d.comb += self.irq.eq(done & ~cp.running)
+        # irq = status.done, as the top level: set when a run ends, cleared by the write of control.start
+        # (the run itself starts a cycle later).
+        m.d.comb += self.irq.eq(cp.done)
         return m
 
     def _logits_writes(self, m, port, fire, busy):
