@@ -481,6 +481,20 @@ def _opts_hint(opts):
     return f" (AMARANTH_nextpnr_opts in the environment replaces the flow's '{opts}'; add them to it)"
 
 
+def _analyse(build_dir, sdf, netlist, txt, header, period, say, label):
+    """:func:`placed_timing` of ``sdf`` + ``netlist`` in ``build_dir`` at ``period`` ns, its text written to
+    ``txt`` under ``header``, with progress lines starting ``label``. Returns ``(dict, text path,
+    seconds)``."""
+    say(f"{label}: {sdf} + {netlist} at {period:g} ns ...")
+    t0 = time.monotonic()
+    timing, text = placed_timing(build_dir / sdf, build_dir / netlist, period, paths=10, nets=20)
+    report = build_dir / txt
+    report.write_text(f"{header}\n{text}\n")
+    dt = time.monotonic() - t0
+    say(f"{label}: done in {dt:.1f} s (report {report})")
+    return timing, report, dt
+
+
 def _place_only_timing(build_dir, parsed, clocks, *, log, opts, say, step):
     """The timing step of a place-only build, after nextpnr ran with :data:`PLACE_ONLY_OPTS`: the Fmax from
     nextpnr's ``log`` (its report has none), then :func:`placed_timing` at the tightest constraint's period,
@@ -490,14 +504,8 @@ def _place_only_timing(build_dir, parsed, clocks, *, log, opts, say, step):
     for out in (PLACED_SDF, PLACED_NETLIST):
         if not (build_dir / out).exists():
             raise BuildError(f"nextpnr wrote no {out} after placement{_opts_hint(opts)} (log: {log})")
-    period = placed_period_ns(parsed, clocks)
-    say(f"[{step}/{step}] placed timing: {PLACED_SDF} + {PLACED_NETLIST} at {period:g} ns ...")
-    t0 = time.monotonic()
-    timing, text = placed_timing(build_dir / PLACED_SDF, build_dir / PLACED_NETLIST, period, paths=10, nets=20)
-    report = build_dir / PLACED_TIMING_TXT
-    report.write_text(f"{PLACED_ESTIMATE}\n{text}\n")
-    dt = time.monotonic() - t0
-    say(f"[{step}/{step}] placed timing: done in {dt:.1f} s (report {report})")
+    timing, report, dt = _analyse(build_dir, PLACED_SDF, PLACED_NETLIST, PLACED_TIMING_TXT, PLACED_ESTIMATE,
+                                  placed_period_ns(parsed, clocks), say, f"[{step}/{step}] placed timing")
     return parsed, timing, report, dt
 
 
@@ -510,15 +518,8 @@ def _routed_timing(build_dir, parsed, clocks, *, opts, say):
     if missing:
         say(f"routed timing: nextpnr wrote no {' or '.join(missing)}{_opts_hint(opts)}; paths not analysed")
         return None, None, None
-    period = placed_period_ns(parsed, clocks)
-    say(f"routed timing: {ROUTED_SDF} + {ROUTED_NETLIST} at {period:g} ns ...")
-    t0 = time.monotonic()
-    timing, text = placed_timing(build_dir / ROUTED_SDF, build_dir / ROUTED_NETLIST, period, paths=10, nets=20)
-    report = build_dir / ROUTED_TIMING_TXT
-    report.write_text(f"{ROUTED_ANALYSIS}\n{text}\n")
-    dt = time.monotonic() - t0
-    say(f"routed timing: done in {dt:.1f} s (report {report})")
-    return timing, report, dt
+    return _analyse(build_dir, ROUTED_SDF, ROUTED_NETLIST, ROUTED_TIMING_TXT, ROUTED_ANALYSIS,
+                    placed_period_ns(parsed, clocks), say, "routed timing")
 
 
 def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, progress=_say, name="top",

@@ -36,23 +36,36 @@ _AR = ("araddr", "arlen", "arsize", "arburst", "arid")
 _R = ("rdata", "rresp", "rlast", "rid")
 
 
-def _slice_channels(m, channels):
-    """A skid buffer per channel: ``(name, fields, valid, ready, from port, to port)``."""
-    for name, fields, valid, ready, frm, to in channels:
-        layout = data.StructLayout({f: len(getattr(frm, f)) for f in fields})
-        m.submodules[name] = skid = SkidBuffer(layout)
-        m.d.comb += [skid.i.valid.eq(getattr(frm, valid)), getattr(frm, ready).eq(skid.i.ready),
-                     getattr(to, valid).eq(skid.o.valid), skid.o.ready.eq(getattr(to, ready))]
-        m.d.comb += [getattr(skid.i.payload, f).eq(getattr(frm, f)) for f in fields]
-        m.d.comb += [getattr(to, f).eq(getattr(skid.o.payload, f)) for f in fields]
+class _AxiSlice(wiring.Component):
+    """A skid buffer per channel of the AXI signature ``_signature``: each of ``_channels`` is ``(name,
+    fields, valid, ready, forward)``, ``forward`` from the master's port ``m`` to the slave's ``s``, else
+    back. The subclasses name the signature and the channels."""
+
+    _signature = None
+    _channels = ()
+
+    def __init__(self, addr_bits, data_bits, id_bits):
+        owner = type(self).__name__
+        self.addr_bits = check_int("addr_bits", addr_bits, 12, 64, owner)
+        self.data_bits = check_int("data_bits", data_bits, 8, 1024, owner)
+        self.id_bits = check_int("id_bits", id_bits, 1, 32, owner)
+        sig = self._signature(addr_bits, data_bits, id_bits)
+        super().__init__({"m": In(sig), "s": Out(sig)})
+
+    def elaborate(self, platform):
+        m = Module()
+        for name, fields, valid, ready, forward in self._channels:
+            frm, to = (self.m, self.s) if forward else (self.s, self.m)
+            layout = data.StructLayout({f: len(getattr(frm, f)) for f in fields})
+            m.submodules[name] = skid = SkidBuffer(layout)
+            m.d.comb += [skid.i.valid.eq(getattr(frm, valid)), getattr(frm, ready).eq(skid.i.ready),
+                         getattr(to, valid).eq(skid.o.valid), skid.o.ready.eq(getattr(to, ready))]
+            m.d.comb += [getattr(skid.i.payload, f).eq(getattr(frm, f)) for f in fields]
+            m.d.comb += [getattr(to, f).eq(getattr(skid.o.payload, f)) for f in fields]
+        return m
 
 
-def _check(owner, addr_bits, data_bits, id_bits):
-    return (check_int("addr_bits", addr_bits, 12, 64, owner), check_int("data_bits", data_bits, 8, 1024, owner),
-            check_int("id_bits", id_bits, 1, 32, owner))
-
-
-class AxiWriteSlice(wiring.Component):
+class AxiWriteSlice(_AxiSlice):
     """A register slice on AW, W and B (see the module docstring).
 
     Parameters
@@ -68,23 +81,14 @@ class AxiWriteSlice(wiring.Component):
         Faces the slave.
     """
 
-    def __init__(self, addr_bits, data_bits, id_bits):
-        self.addr_bits, self.data_bits, self.id_bits = _check("AxiWriteSlice", addr_bits, data_bits, id_bits)
-        sig = AxiWriteSignature(addr_bits, data_bits, id_bits)
-        super().__init__({"m": In(sig), "s": Out(sig)})
-
-    def elaborate(self, platform):
-        m = Module()
-        src, dst = self.m, self.s
-        # AW and W from the master to the slave; B the other way, so the slave's bvalid (an SDRAM
-        # controller's response queue) reaches the master's burst bookkeeping from a register too.
-        _slice_channels(m, [("aw", _AW, "awvalid", "awready", src, dst),
-                            ("w", _W, "wvalid", "wready", src, dst),
-                            ("b", _B, "bvalid", "bready", dst, src)])
-        return m
+    _signature = AxiWriteSignature
+    # AW and W from the master to the slave; B the other way, so the slave's bvalid (an SDRAM controller's
+    # response queue) reaches the master's burst bookkeeping from a register too.
+    _channels = (("aw", _AW, "awvalid", "awready", True), ("w", _W, "wvalid", "wready", True),
+                 ("b", _B, "bvalid", "bready", False))
 
 
-class AxiReadSlice(wiring.Component):
+class AxiReadSlice(_AxiSlice):
     """A register slice on AR and R (see the module docstring).
 
     Parameters
@@ -100,13 +104,5 @@ class AxiReadSlice(wiring.Component):
         Faces the slave.
     """
 
-    def __init__(self, addr_bits, data_bits, id_bits):
-        self.addr_bits, self.data_bits, self.id_bits = _check("AxiReadSlice", addr_bits, data_bits, id_bits)
-        sig = AxiReadSignature(addr_bits, data_bits, id_bits)
-        super().__init__({"m": In(sig), "s": Out(sig)})
-
-    def elaborate(self, platform):
-        m = Module()
-        _slice_channels(m, [("ar", _AR, "arvalid", "arready", self.m, self.s),
-                            ("r", _R, "rvalid", "rready", self.s, self.m)])
-        return m
+    _signature = AxiReadSignature
+    _channels = (("ar", _AR, "arvalid", "arready", True), ("r", _R, "rvalid", "rready", False))
