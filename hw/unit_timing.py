@@ -368,6 +368,11 @@ def run_nextpnr(netlist_path, *, freq_mhz=100.0, route=False, seed=1, timeout=No
         raise TimingError(f"nextpnr failed (exit {proc.returncode}); log {out_dir / 'nextpnr.log'}")
     rep = json.loads(report.read_text())
     fmax = {clk: round(v["achieved"], 2) for clk, v in rep.get("fmax", {}).items()}
+    if not fmax:
+        # nextpnr fills the report's fmax in after routing only; a placed run logs its estimate.
+        from firmware.fpga_build import parse_nextpnr_log
+        log = (out_dir / "nextpnr.log").read_text(errors="replace")
+        fmax = {clk: round(t["fmax_mhz"], 2) for clk, t in parse_nextpnr_log(log).items()}
     return {"fmax_mhz": fmax, "critical_paths": rep.get("critical_paths", []), "seconds": round(seconds, 1),
             "log": str(out_dir / "nextpnr.log")}
 
