@@ -250,7 +250,13 @@ class TrilliumTop(wiring.Component):
         # An instruction lasts until its DRAM writes are acknowledged.
         busy = {"embed": emb.busy, "linear": (lin.busy & ~running_logits) | ~kvw.idle, "attend": att.busy,
                 "logits": (lin.busy & running_logits) | ~lgw.idle, "load_x": ldx.busy, "save_x": svx.busy}
-        m.d.comb += cp.busy.eq(Cat(*(busy[u] for u in UNITS)))
+        # Registered: the units' busy terms are logic (a writer's idle is its FIFOs' levels), and the
+        # processor's WAIT state ends on their OR (14.7 ns placed paths into it on the ECP5 shell at
+        # 7543e99). A unit's busy rises the cycle after it takes its command, so the register still
+        # shows it when WAIT first looks (after its one settle cycle); each instruction ends a cycle later.
+        busy_r = Signal(len(UNITS))
+        m.d.sync += busy_r.eq(Cat(*(busy[u] for u in UNITS)))
+        m.d.comb += cp.busy.eq(busy_r)
         m.d.comb += [
             cp.fault_embed.eq(emb.fault),
             cp.fault_attend.eq(att.fault),

@@ -59,6 +59,7 @@ from ..tlmm.layouts import token_bits
 from ..vector.epilogue import Dequant, lane, vector_layout
 from ..vector.norm_quant import GAIN_SHIFT_BITS, NormQuant, norm_in_layout
 from ..vector.scalar_unit import E_BITS, Op, ScalarUnit, sfloat_layout
+from .credit_link import CreditLink
 from .landing_fifo import LandingFifo
 from .skid import SkidBuffer
 
@@ -188,7 +189,12 @@ class LinearCore(wiring.Component):
                          self.sx.ready.eq(want_cfg & norm.cfg.ready)]
         else:
             m.d.comb += [norm.cfg.payload.sx.eq(cfg.sx), norm.cfg.valid.eq(want_cfg)]
-        wiring.connect(m, wiring.flipped(self.x), norm.i)
+        # x beats enter NormQuant through a register slice: its load enables (the OR of magnitudes, the
+        # vector memory's write) came from the buffers' answer `valid`, steered in the LINEAR unit, 14 ns
+        # placed paths on the ECP5 shell at 7543e99.
+        m.submodules.x_slice = x_slice = SkidBuffer(self.x.payload.shape())
+        wiring.connect(m, wiring.flipped(self.x), x_slice.i)
+        wiring.connect(m, x_slice.o, norm.i)
 
         # Gearbox: NormQuant beats (VL bytes) -> k-step words (W bytes) in the activation buffer.
         ks = Signal(range(KS + 1))
@@ -272,8 +278,13 @@ class LinearCore(wiring.Component):
                          scale_tok.eq(0), norm_cfg_sent.eq(0), ks.eq(0), vec_in.eq(0)] + gear_clear
         with m.If(norm.cfg.valid & norm.cfg.ready):
             m.d.sync += norm_cfg_sent.eq(1)
-        with m.If(loading & vec_in & gear_empty):
-            # Token done: its words are written (a word beyond k_steps was padding, dropped).
+        # Token done: its words are written (a word beyond k_steps was padding, dropped). Registered: the
+        # condition enables the write counters and the whole gearbox, and as a gate it was 6.2 ns of route
+        # away from them (ECP5 shell, 7543e99). No beat of the next token comes before its NormQuant
+        # command, which this pulse allows, so the cycle it costs per token is the only change.
+        tok_done = Signal()
+        m.d.sync += tok_done.eq(loading & vec_in & gear_empty & ~tok_done)
+        with m.If(tok_done):
             m.d.sync += [load_tok.eq(load_tok + 1), wr_base.eq(wr_base + KS), norm_cfg_sent.eq(0), vec_in.eq(0),
                          ks.eq(0)] + gear_clear
             with m.If(load_tok + 1 == cfg.tokens):
@@ -301,7 +312,12 @@ class LinearCore(wiring.Component):
             m.d.sync += [running.eq(1), rt.eq(0), sks.eq(0), spl.eq(0), stok.eq(0), rd_base.eq(0)]
         with m.If(start):
             m.d.sync += replayed.eq(0)
-        acts = engine.acts
+        # The act steps reach the engine over a credit link: the sequencer's enable comes from the link's
+        # `ready` flip-flop, where it was the engine's `take & weights.valid` (on the ECP5 shell at 7543e99,
+        # 5.3 ns of route out to that gate and 5.5 ns back to the sequencer's counters: 16.8 ns paths).
+        m.submodules.acts_link = acts_link = CreditLink(engine.acts.payload.shape(), forward=1, back=1)
+        wiring.connect(m, acts_link.o, engine.acts)
+        acts = acts_link.i
         step = Signal(acts.payload.shape())    # control fields; x comes from the buffer's read port
         en = ~acts.valid | acts.ready
         issue = running & en

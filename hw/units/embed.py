@@ -131,7 +131,7 @@ class EmbedUnit(wiring.Component):
         # -- byte queue: bus words in, the row scale and `lanes` int16 values out --------------------------
         vec_bytes = 2 * L
         bq = ByteQueue(m, rd.data.payload.data, word_bytes=B, head_bytes=ROW_SCALE_BYTES, item_bytes=vec_bytes)
-        q, have = bq.q, bq.have
+        q = bq.q
 
         # -- scaling pipeline: product (with the row's shift amounts), copy, shift, saturate ------------------
         # Four registered stages that advance together when the output can move (`out_ready`). The shift
@@ -276,14 +276,14 @@ class EmbedUnit(wiring.Component):
                     m.d.sync += [*bq.clear(), beat.eq(0)]
                     m.next = "SCALE"
             with m.State("SCALE"):
-                m.d.comb += [rd.data.ready.eq(have < ROW_SCALE_BYTES), bq.push.eq(rd.data.valid & rd.data.ready)]
-                with m.If(have >= ROW_SCALE_BYTES):
+                m.d.comb += [rd.data.ready.eq(~bq.holds(ROW_SCALE_BYTES)), bq.push.eq(rd.data.valid & rd.data.ready)]
+                with m.If(bq.holds(ROW_SCALE_BYTES)):
                     m.d.comb += bq.take_head.eq(1)
                     e = q[16:32].as_signed()
                     m.d.sync += [m16.eq(q[:16]), sh.eq(-(e + RES_FRAC))]
                     m.next = "VALUES"
             with m.State("VALUES"):
-                can_take = (have >= vec_bytes) & out_ready
+                can_take = bq.holds(vec_bytes) & out_ready
                 m.d.comb += take_vec.eq(can_take & (beat < beats))
                 # Take a bus word whenever it fits after this cycle's take (and the row still has words).
                 m.d.comb += [rd.data.ready.eq(bq.room), bq.push.eq(rd.data.valid & rd.data.ready)]

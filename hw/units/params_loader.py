@@ -101,12 +101,13 @@ class ParamsLoader(wiring.Component):
 
         # Byte queue: bus words in; the header (36 bytes) then `lanes` gains per step out.
         bq = ByteQueue(m, rd.data.payload.data, word_bytes=B, head_bytes=PARAM_HEADER_BYTES, item_bytes=vec_bytes)
-        q, have = bq.q, bq.have
+        q = bq.q
 
         k = Signal.like(self.cmd.payload.k)
         addr = Signal(ADDR_BITS)
         words = Signal(range(self.words + 1))
         word = Signal(range(self.words + 1))
+        more = Signal()                        # word < words, kept as a flip-flop (it gates the queue's take)
         hdr = self.header
 
         def sfloat(offset):
@@ -118,7 +119,7 @@ class ParamsLoader(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     ck = self.cmd.payload.k
-                    m.d.sync += [k.eq(ck), addr.eq(self.cmd.payload.addr), words.eq((ck + L - 1) >> (L.bit_length() - 1)), word.eq(0),
+                    m.d.sync += [k.eq(ck), addr.eq(self.cmd.payload.addr), words.eq((ck + L - 1) >> (L.bit_length() - 1)), word.eq(0), more.eq(ck != 0),
                                  *bq.clear(), self.busy.eq(1)]
                     m.next = "READ"
             with m.State("READ"):
@@ -128,8 +129,8 @@ class ParamsLoader(wiring.Component):
                 with m.If(rd.cmd.ready):
                     m.next = "HEADER"
             with m.State("HEADER"):
-                m.d.comb += [rd.data.ready.eq(have < PARAM_HEADER_BYTES), bq.push.eq(rd.data.valid & rd.data.ready)]
-                with m.If(have >= PARAM_HEADER_BYTES):
+                m.d.comb += [rd.data.ready.eq(~bq.holds(PARAM_HEADER_BYTES)), bq.push.eq(rd.data.valid & rd.data.ready)]
+                with m.If(bq.holds(PARAM_HEADER_BYTES)):
                     m.d.comb += bq.take_head.eq(1)
                     m.d.sync += hdr.shift.eq(q[:8].as_signed())
                     for name, off in (("eps", 4), ("sw0", 4 + SFLOAT_BYTES), ("sw1", 4 + 2 * SFLOAT_BYTES),
@@ -138,7 +139,7 @@ class ParamsLoader(wiring.Component):
                         m.d.sync += [getattr(hdr, name).m.eq(f["m"]), getattr(hdr, name).e.eq(f["e"])]
                     m.next = "GAINS"
             with m.State("GAINS"):
-                m.d.comb += [bq.take_item.eq((have >= vec_bytes) & (word < words)),
+                m.d.comb += [bq.take_item.eq(bq.holds(vec_bytes) & more),
                              rd.data.ready.eq(bq.room), bq.push.eq(rd.data.valid & rd.data.ready)]
                 with m.If(bq.take_item):
                     lanes_live = Signal(L)
@@ -146,7 +147,7 @@ class ParamsLoader(wiring.Component):
                         m.d.comb += lanes_live[n].eq(word * L + n < k)
                     vals = [q[16 * n:16 * n + 16] & lanes_live[n].replicate(16) for n in range(L)]
                     m.d.comb += [wr.addr.eq(word), wr.data.eq(Cat(*vals)), wr.en.eq(1)]
-                    m.d.sync += word.eq(word + 1)
+                    m.d.sync += [word.eq(word + 1), more.eq(word + 1 < words)]
                 with m.If(word == words):
                     m.next = "DRAIN"
             with m.State("DRAIN"):
