@@ -33,17 +33,15 @@ class ByteQueue:
     ----------
     q : Signal
         The bytes held, oldest at bit 0: ``q[:8 * head_bytes]`` is the header, ``q[:8 * item_bytes]`` the
-        next item. Bytes at ``have`` and beyond are undefined.
-    have : Signal
-        Bytes held.
+        next item. Bytes beyond those held are undefined.
     take_head, take_item, push : Signal
         Strobes from the owner: drop the header / drop an item (at most one of them), append ``word``.
     room : Value
         A bus word fits even without this cycle's take: a compare of a flip-flop count with a constant.
         (With the take counted in, the parameter loader's ``ready`` ran through the item count compare,
         the take and a subtraction before it reached the queue's 300 slot multiplexers: 14.5 ns placed
-        paths on the ECP5 shell at 7543e99. Items leave more slowly than words arrive, so the queue is
-        kept full either way.)
+        paths on the ECP5 shell at 7543e99. The queue has room for a word plus the larger of a header and
+        an item, so a word still enters whenever no more than one such record is held.)
     """
 
     def __init__(self, m, word, *, word_bytes, head_bytes, item_bytes):
@@ -52,13 +50,11 @@ class ByteQueue:
         slots, per_word = cap // unit, word_bytes // unit
         ub = 8 * unit                                           # bits per slot
         self.q = Signal(8 * cap, name="bq_bytes")
-        self.have = Signal(range(cap + 1), name="bq_have")
         self.take_head, self.take_item, self.push = Signal(), Signal(), Signal()
-        have_u = Signal(range(slots + 1), name="bq_have_units")  # `have` in units
+        have_u = Signal(range(slots + 1), name="bq_have_units")  # bytes held, in units
         at = Signal(range(slots + 1), name="bq_at")             # where a new word goes, in units
-        m.d.comb += [self.have.eq(have_u * unit),
-                     at.eq(have_u - Mux(self.take_head, head_bytes // unit, 0)
-                           - Mux(self.take_item, item_bytes // unit, 0))]
+        m.d.comb += at.eq(have_u - Mux(self.take_head, head_bytes // unit, 0)
+                          - Mux(self.take_item, item_bytes // unit, 0))
         self.room = have_u <= slots - per_word
         self._unit = unit
 
@@ -70,7 +66,7 @@ class ByteQueue:
             kept = Mux(self.take_head, slot(j + head_bytes // unit),
                        Mux(self.take_item, slot(j + item_bytes // unit), slot(j)))
             # The incoming word's part j - at lands here when 0 <= j - at < per_word; slots further on
-            # take a part too (the index truncated), but they are beyond `have`, which nothing reads.
+            # take a part too (the index truncated), but they are beyond the bytes held, which nothing reads.
             hit = self.push & (at <= j)
             if per_word == 1:
                 part = word
@@ -83,7 +79,7 @@ class ByteQueue:
         self._have_u = have_u
 
     def holds(self, nbytes):
-        """``have >= nbytes``, compared in units (no multiplier in front of the compare)."""
+        """At least ``nbytes`` bytes are held: a compare of the count in units with a constant."""
         return self._have_u >= -(-nbytes // self._unit)
 
     def clear(self):

@@ -285,7 +285,7 @@ class EmbedUnit(wiring.Component):
             with m.State("VALUES"):
                 can_take = bq.holds(vec_bytes) & out_ready
                 m.d.comb += take_vec.eq(can_take & (beat < beats))
-                # Take a bus word whenever it fits after this cycle's take (and the row still has words).
+                # Take a bus word whenever it fits, this cycle's take not counted (ByteQueue.room).
                 m.d.comb += [rd.data.ready.eq(bq.room), bq.push.eq(rd.data.valid & rd.data.ready)]
                 with m.If(out_ready):
                     m.d.sync += p_valid.eq(take_vec)

@@ -292,8 +292,10 @@ class LinearUnit(wiring.Component):
             m.d.comb += fl.sx.payload.eq(hs_rd.data)
         with m.Else():
             m.d.comb += [fl.sx.payload.m.eq(_Q16[0]), fl.sx.payload.e.eq(_Q16[1])]
-        sx_more = Signal()                     # sx_t < tokens, a flip-flop: the core's NormQuant command waits
-        m.d.comb += fl.sx.valid.eq(feeding & sx_more)  # on it, and that gates the 56-bit OR register there
+        # sx_t < tokens, kept as a flip-flop: the core's NormQuant command waits on it, and that command
+        # clears NormQuant's 56-bit OR register.
+        sx_more = Signal()
+        m.d.comb += fl.sx.valid.eq(feeding & sx_more)
         with m.If(fl.sx.valid & fl.sx.ready):
             m.d.sync += [sx_t.eq(sx_t + 1), sx_more.eq(sx_t + 1 < tokens)]
 
@@ -588,7 +590,8 @@ class LinearUnit(wiring.Component):
                 with m.If(fl.cfg.ready & settled):
                     m.d.comb += ans_i_next.eq(0)
                     m.d.sync += [
-                        sx_t.eq(0), sx_more.eq(tokens != 0), req_t.eq(0), req_i.eq(0), req_res.eq(0), req_done.eq(0), feeding.eq(1),
+                        sx_t.eq(0), sx_more.eq(tokens != 0), feeding.eq(1),
+                        req_t.eq(0), req_i.eq(0), req_res.eq(0), req_done.eq(0),
                         ans_x_left.eq(ans_total), ans_x_nz.eq(ans_total != 0),
                         out_a.eq(0), out_t.eq(0), out_b.eq(0), head_tile.eq(0), kv_head.eq(0),
                         is_q.eq(c.bound0 != 0), is_v.eq(c.bound1 == 0),

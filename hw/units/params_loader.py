@@ -119,8 +119,8 @@ class ParamsLoader(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     ck = self.cmd.payload.k
-                    m.d.sync += [k.eq(ck), addr.eq(self.cmd.payload.addr), words.eq((ck + L - 1) >> (L.bit_length() - 1)), word.eq(0), more.eq(ck != 0),
-                                 *bq.clear(), self.busy.eq(1)]
+                    m.d.sync += [k.eq(ck), addr.eq(self.cmd.payload.addr), words.eq((ck + L - 1) >> (L.bit_length() - 1)),
+                                 word.eq(0), more.eq(ck != 0), *bq.clear(), self.busy.eq(1)]
                     m.next = "READ"
             with m.State("READ"):
                 total = PARAM_HEADER_BYTES + 2 * L * words
