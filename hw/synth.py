@@ -66,6 +66,8 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 
+from .replica import YOSYS_KEEP_REPLICAS
+
 __all__ = [
     "SynthError",
     "SynthReport",
@@ -305,6 +307,7 @@ def _script(name, extra):
         # confuses with bit i of ``field`` ("GetSize(conn.first) == GetSize(conn.second)" / "count_id"
         # assertions). Hiding those names changes no cell count.
         "rename -hide w:*[*",
+        YOSYS_KEEP_REPLICAS,                 # register replicas stay apart (hw.replica)
         synth,
         "tee -q -o stat.json stat -json",
         "",

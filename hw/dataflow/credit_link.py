@@ -49,6 +49,9 @@ class CreditLink(wiring.Component):
         The FIFO's head (``valid`` is a flip-flop).
     idle : Out(1)
         No beat in the link: every beat taken on ``i`` has been read from ``o`` (and its pulse is back).
+    ready_next : Out(1)
+        The value ``i.ready`` takes at the next clock edge (combinational), for a producer that keeps a
+        copy of ``ready`` in a flip-flop of its own (one producer feeding several links).
     depth : int
         FIFO entries: the beats of one round trip, so the link sustains a beat per cycle.
     latency : int
@@ -62,7 +65,8 @@ class CreditLink(wiring.Component):
         # FIFO's slack (hw.vector.epilogue.output_fifo), the back stages.
         self.depth = forward + FIFO_SLACK + back
         self.latency = forward + FIFO_LATENCY
-        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape)), "idle": Out(1)})
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape)), "idle": Out(1),
+                          "ready_next": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -78,6 +82,7 @@ class CreditLink(wiring.Component):
             m.d.sync += [v.eq(valid), p.eq(payload)]
             valid, payload = v, p
         # The FIFO at the far end, its reads counted back through `back` stages.
-        owed = output_fifo(m, take, fire, valid, payload, self.o, self.forward, back=self.back)
+        owed = output_fifo(m, take, fire, valid, payload, self.o, self.forward, back=self.back,
+                           take_next=self.ready_next)
         m.d.comb += self.idle.eq(owed == 0)
         return m

@@ -266,7 +266,7 @@ class LogitsEpilogue(wiring.Component):
             m.d.sync += [m16q[self.mult.payload.slot].eq(self.mult.payload.m16),
                          shq[self.mult.payload.slot].eq(self.mult.payload.sh)]
         beat = self.i.payload
-        # Free-running (no clock enables): nine stages into an output FIFO (hw.vector.epilogue.output_fifo).
+        # Free-running (no clock enables): ten stages into an output FIFO (hw.vector.epilogue.output_fifo).
         pipe = _Pipe(m, Signal(init=1, name="room"), platform)
         # The tile's row scales are taken into a register and kept until its last token's beat has gone
         # by; `rows.ready` is that register's "empty" flag (a flip-flop, so the epilogue's ready logic
@@ -277,8 +277,13 @@ class LogitsEpilogue(wiring.Component):
         row_m16, row_e = Signal.like(self.rows.payload.m16), Signal.like(self.rows.payload.e)
         row_have = Signal()
         m.d.comb += self.rows.ready.eq(~row_have)
-        with m.If(self.rows.valid & ~row_have):
-            m.d.sync += [row_m16.eq(self.rows.payload.m16), row_e.eq(self.rows.payload.e), row_have.eq(1)]
+        # The scales load in every cycle the register is empty, whatever `rows.valid` says: their enable
+        # is then the flag alone, not the row reader's valid (which comes through the LINEAR unit's
+        # LOGITS multiplexer, 16.4 ns on the ECP5 shell at 183e789); the load with `valid` is the one kept.
+        with m.If(~row_have):
+            m.d.sync += [row_m16.eq(self.rows.payload.m16), row_e.eq(self.rows.payload.e)]
+            with m.If(self.rows.valid):
+                m.d.sync += row_have.eq(1)
         # Beats wait until every token's multiplier is in (`all_have`, a flip-flop), not only their own
         # token's: a ready that multiplexed `have` by the beat's slot reached the LINEAR core's output
         # slice through the epilogue multiplexer, across the die on ECP5. The multipliers come from the
@@ -300,23 +305,29 @@ class LogitsEpilogue(wiring.Component):
         m.d.sync += [have.eq(Mux(command_done, 0, have | set_bits)),
                      all_have.eq(~command_done & ((have | set_bits) & need == need))]
 
-        # Nine free-running stages, each at most one carry chain or a few mux levels deep (as Dequant):
-        # 1 operands; 2, 3 acc * m16(sq) from two registered DSP products; 4..6 times m16_row from three;
+        # Ten free-running stages, each at most one carry chain or a few mux levels deep (as Dequant):
+        # 0 the beat; 1 operands; 2, 3 acc * m16(sq) from two registered DSP products; 4..6 times m16_row from three;
         # 7 overflow flag and coarse shift; 8 fine shift; 9 round and saturate into the output FIFO.
-        v, slot_d, tile_d = take, beat.slot, beat.tile
+        # Stage 0 registers the beat as it leaves the credit link's FIFO: that FIFO's head is a distributed-RAM
+        # read, and stage 1's multiplexer by slot and subtraction behind it made 14.6 ns placed paths on the
+        # ECP5 shell at 183e789. The row scales it meets in stage 1 are still the tile's: a tile's last beat
+        # clears `row_have` one cycle after it is taken, and the next scales load a cycle after that.
+        v0 = pipe.valid(take, "v0")
+        beat0 = pipe.reg(beat, "beat_0", beat.shape())
+        v, slot_d, tile_d = v0, beat0.slot, beat0.tile
         vs = []
         for i in range(1, 9):
             v = pipe.valid(v, f"v{i}")
             slot_d, tile_d = pipe.reg(slot_d, f"slot{i}"), pipe.reg(tile_d, f"tile{i}")
             vs.append((v, slot_d, tile_d))
-        m16_1 = pipe.reg(m16q[beat.slot], "m16_1", unsigned(16))
+        m16_1 = pipe.reg(m16q[beat0.slot], "m16_1", unsigned(16))
         outs = []
         for n in range(N):
-            acc = beat.acc[f"lane{n}"]
+            acc = beat0.acc[f"lane{n}"]
             m16r = row_m16[16 * n:16 * n + 16]
             er = row_e[16 * n:16 * n + 16].as_signed()
             acc_1 = pipe.reg(acc, f"acc_1_{n}")
-            s_1 = pipe.reg(shq[beat.slot] - er - RES_FRAC, f"s1_{n}", signed(19))
+            s_1 = pipe.reg(shq[beat0.slot] - er - RES_FRAC, f"s1_{n}", signed(19))
             r_1 = pipe.reg(m16r, f"m16r_{n}", unsigned(16))
             # round_shift(p2, s) = (q + 1) >> 1 with q = floor(p2 * 2^33 / 2^a), a = clamp(s) + 32 in [0, 94];
             # q fits 33 bits iff p2's bits from a - 1 up are all sign bits (mask), else the result saturates.
@@ -355,7 +366,7 @@ class LogitsEpilogue(wiring.Component):
         m.d.comb += [out.slot.eq(slot8), out.tile.eq(tile8)]
         for n in range(N):
             m.d.comb += out.data[f"lane{n}"].eq(outs[n])
-        output_fifo(m, pipe.take, take, pipe.valid(v8, "v9"), pipe.reg(out, "out_9"), self.o, 9)
+        output_fifo(m, pipe.take, take, pipe.valid(v8, "v9"), pipe.reg(out, "out_9"), self.o, 10)
         return m
 
 

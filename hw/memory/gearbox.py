@@ -141,9 +141,15 @@ class Gearbox(wiring.Component):
         data = self.i.payload.data
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
+        # The output register loads whenever a word would complete, valid or not (it is free then: empty,
+        # or read in this cycle), so its enable leaves out the producer's `valid`. The LM head's row-scale
+        # valid comes through the LINEAR unit's LOGITS multiplexer, 6 ns of route away on the ECP5 shell
+        # at 183e789.
+        with m.If(self.i.ready & completes):
+            m.d.sync += self.o.payload.eq(Cat(held, data))
         with m.If(accept):
             with m.If(completes):
-                m.d.sync += [self.o.payload.eq(Cat(held, data)), self.o.valid.eq(1), count.eq(0)]
+                m.d.sync += [self.o.valid.eq(1), count.eq(0)]
             with m.Elif(self.i.payload.flush):
                 m.d.sync += count.eq(0)
             with m.Else():

@@ -273,7 +273,8 @@ class EmbedUnit(wiring.Component):
                 with m.If(rd.cmd.ready):
                     # Empty the queue: bytes left from the last row (the read may run into the next
                     # row) must not be ORed into this one.
-                    m.d.sync += [*bq.clear(), beat.eq(0)]
+                    m.d.comb += bq.clear.eq(1)
+                    m.d.sync += beat.eq(0)
                     m.next = "SCALE"
             with m.State("SCALE"):
                 m.d.comb += [rd.data.ready.eq(~bq.holds(ROW_SCALE_BYTES)), bq.push.eq(rd.data.valid & rd.data.ready)]

@@ -120,7 +120,8 @@ class ParamsLoader(wiring.Component):
                 with m.If(self.cmd.valid):
                     ck = self.cmd.payload.k
                     m.d.sync += [k.eq(ck), addr.eq(self.cmd.payload.addr), words.eq((ck + L - 1) >> (L.bit_length() - 1)),
-                                 word.eq(0), more.eq(ck != 0), *bq.clear(), self.busy.eq(1)]
+                                 word.eq(0), more.eq(ck != 0), self.busy.eq(1)]
+                    m.d.comb += bq.clear.eq(1)
                     m.next = "READ"
             with m.State("READ"):
                 total = PARAM_HEADER_BYTES + 2 * L * words

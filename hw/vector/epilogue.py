@@ -231,7 +231,7 @@ class _Pipe:
         return value
 
 
-def output_fifo(m, take, fire, last_valid, beat, o, stages, back=0):
+def output_fifo(m, take, fire, last_valid, beat, o, stages, back=0, take_next=None):
     """End a free-running pipeline of ``stages`` stages (registers that load on every clock edge, as
     :class:`_Pipe` with ``en`` None) in an output FIFO that drives the stream ``o``.
 
@@ -242,6 +242,7 @@ def output_fifo(m, take, fire, last_valid, beat, o, stages, back=0):
     is counted ``back`` free-running register stages after it happens (0: at once), for a FIFO placed far
     from ``take`` (:class:`~hw.dataflow.credit_link.CreditLink`). From ``fire`` to ``o.valid`` is
     ``stages + FIFO_LATENCY`` cycles.
+    ``take_next`` (a 1-bit signal, optional) is driven with the value ``take`` has after this cycle.
     Returns the count of beats accepted and not yet counted back (0: the pipeline and FIFO are empty).
     """
     depth = stages + FIFO_SLACK + back
@@ -257,6 +258,8 @@ def output_fifo(m, take, fire, last_valid, beat, o, stages, back=0):
     owed = Signal(range(depth + 1))              # beats accepted and not yet counted back as read
     nxt = owed + fire - returned
     m.d.sync += [owed.eq(nxt), take.eq(nxt < depth)]
+    if take_next is not None:
+        m.d.comb += take_next.eq(nxt < depth)
     return owed
 
 
