@@ -130,8 +130,8 @@ class TrilliumTop(wiring.Component):
         # bursts (the LogitsWriter sends one write command per beat), and needs no mux on the LINEAR
         # unit's logits stream. The cost is a third write-arbiter port and one small AxiBurstWriter.
         self.save_x = SaveXUnit(**stash, max_index=self.linear.max_index)
-        self.read_arbiter = AxiReadArbiter(len(READ_MASTERS), ADDR_BITS, bits)
-        self.write_arbiter = AxiWriteArbiter(len(WRITE_MASTERS), ADDR_BITS, bits)
+        self.read_arbiter = AxiReadArbiter(len(READ_MASTERS), ADDR_BITS, bits, sliced=True)
+        self.write_arbiter = AxiWriteArbiter(len(WRITE_MASTERS), ADDR_BITS, bits, sliced=True)
         # Fail at construction, not deep in elaboration, if the attention geometry is impossible.
         chunk_geometry(lim.head_dim, hw.attention.lanes)
         super().__init__({
@@ -220,8 +220,12 @@ class TrilliumTop(wiring.Component):
         wiring.connect(m, lin.kv, kvw.kv)
         wiring.connect(m, lin.lg_out, lgw.lg)
         # The buffers' read port: ATTEND's or SAVE_X's while it runs, LINEAR's otherwise; the write port:
-        # ATTEND's while it runs, LINEAR's otherwise.
-        use_att, use_svx = att.busy, svx.busy
+        # ATTEND's while it runs, LINEAR's otherwise. The choice is a register beside the buffers, a cycle
+        # behind the units' busy flags (a unit's requests wait that cycle; instructions run one at a time and
+        # a unit is done with the buffers before its busy falls): with the flags themselves, SAVE_X's busy
+        # went across the die into the LINEAR unit's answer accounting (15.96 ns placed at cbb845a).
+        use_att, use_svx = Signal(), Signal()
+        m.d.sync += [use_att.eq(att.busy), use_svx.eq(svx.busy)]
         use_lin = ~use_att & ~use_svx
 
         def share(sink, clients):

@@ -14,10 +14,11 @@ from hw.bus.axi_write_arbiter import AxiWriteArbiter
 from hw.memory.axi_write import AxiBurstWriter
 
 
+@pytest.mark.parametrize("sliced", [False, True])
 @pytest.mark.parametrize("masters", [1, 2, 3])
-def test_writers_share_one_port(masters):
+def test_writers_share_one_port(masters, sliced):
     rng = random.Random(masters)
-    arb = AxiWriteArbiter(masters, 32, 64)
+    arb = AxiWriteArbiter(masters, 32, 64, sliced=sliced)
     writers = [AxiBurstWriter(32, 64, max_burst=4, max_outstanding=2, beats_bits=8) for _ in range(masters)]
     m = Module()
     m.submodules.arb = arb

@@ -14,10 +14,14 @@ from hw.units.buffers import Buffer
 BITS = {Buffer.X: 32, Buffer.ATT: 32, Buffer.H: 64, Buffer.Q: 8}
 
 
-def test_random_traffic():
+@pytest.mark.parametrize("bank_words", [2048, 8, 1])
+def test_random_traffic(bank_words):
+    """One bank per buffer (the default at these sizes), several, and one word per bank."""
     N, M = 4, 3
     words = {Buffer.X: 6, Buffer.ATT: 5, Buffer.H: 10, Buffer.Q: 6}
-    dut = ActivationBuffers(lanes=N, max_tokens=M, words=words, max_index=16)
+    dut = ActivationBuffers(lanes=N, max_tokens=M, words=words, max_index=16, bank_words=bank_words)
+    if bank_words == 8:
+        assert dut.banks == {Buffer.X: 3, Buffer.ATT: 3, Buffer.H: 6, Buffer.Q: 3}
     rng = random.Random(7)
     model = {}
     log = []
@@ -90,3 +94,8 @@ def test_random_traffic():
 def test_arguments():
     with pytest.raises(ValueError, match="missing"):
         ActivationBuffers(lanes=4, max_tokens=2, words={Buffer.X: 4}, max_index=8)
+    every = {b: 4 for b in Buffer}
+    with pytest.raises(ValueError, match="power of two"):
+        ActivationBuffers(lanes=4, max_tokens=2, words=every, max_index=8, bank_words=6)
+    with pytest.raises(ValueError, match="bank_words"):
+        ActivationBuffers(lanes=4, max_tokens=2, words=every, max_index=8, bank_words=0)

@@ -467,10 +467,17 @@ class AttentionEngine(wiring.Component):
         n_early = Signal.like(n_rd.data)
         m.d.sync += n_early.eq(n_rd.data)
         m.d.sync += [mul_a[i].eq(Mux(rescaling, n_early[i], norm.num_data[i])) for i in range(C)]
+        # k_score as flip-flops of its own, one per operand (the pipeline never stalls, so they equal
+        # kvalid[4] & klast[4]): the AND of the stage flags went across the die to the operands' enables
+        # beside their multiplier blocks (12.4 ns placed on the ECP5 shell at cbb845a).
+        score_a, score_b = registered_copies(m, kvalid[3] & klast[3], 2, "k_score_sm")
         with m.If(rescaling & vden[6]):
             m.d.sync += [sm_a.eq(den[vr[6]]), sm_b.eq(alpha)]
-        with m.Elif(k_score):
-            m.d.sync += [sm_a.eq(dot), sm_b.eq(self.score_m)]
+        with m.Else():
+            with m.If(score_a):
+                m.d.sync += sm_a.eq(dot)
+            with m.If(score_b):
+                m.d.sync += sm_b.eq(self.score_m)
         vp = delays(p_p, 5, "v_p")              # p_j from stage 6 to 11
         vpa = delays(pv_amount, 5, "v_pv_amount")
         vrs = delays(rescale, 4, "v_rescale")

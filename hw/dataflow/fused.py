@@ -15,6 +15,11 @@ takes a command only after the previous command's last beat has left it, so the 
 the position are held here from the command's acceptance until then, and beats already in an epilogue
 finish there. Every token's input scale comes on ``sx`` (one SFloat per token): ``2^-16`` for the
 residual stream and the attention output, the gate's per-token scale for the FFN intermediate.
+
+The command passes a :class:`~hw.dataflow.skid.SkidBuffer` (a cycle): the core takes it from a register
+beside it, and the sender sees ``cfg.ready`` from one. With the sender's state machine on the core's
+command handshake, the core's command registers were enabled from the LINEAR unit's state (14.4 ns placed
+on the ECP5 shell at cbb845a). ``idle`` says the core has taken its command and finished it.
 """
 
 import contextlib
@@ -31,6 +36,7 @@ from .credit_link import CreditLink
 from .epilogues import (GateEpilogue, LogitsEpilogue, QkvEpilogue, ResidualEpilogue, logits_mult_layout,
                         logits_rows_layout)
 from .linear import LinearCore
+from .skid import SkidBuffer
 
 __all__ = ["FusedLinear", "fused_cfg_layout"]
 
@@ -72,6 +78,8 @@ class FusedLinear(wiring.Component):
         (:class:`~hw.dataflow.epilogues.LogitsEpilogue`).
     logits : Out
         LM-head logits, one beat per (row tile, token).
+    idle : Out(1)
+        No command waits and the core has finished the last one taken.
     """
 
     def __init__(self, tables, lanes, vec_lanes, max_k, max_rows, max_tokens=1, *, head_dim, freq_table=None,
@@ -96,6 +104,7 @@ class FusedLinear(wiring.Component):
         sig = core.signature.members
         super().__init__({
             "cfg": In(stream.Signature(fused_cfg_layout(core.cfg.payload.shape(), pos_bits))),
+            "idle": Out(1),
             "x": sig["x"], "weights": sig["weights"], "sx": sig["sx"], "sq": sig["sq"],
             "res": In(stream.Signature(vector_layout(lanes))),
             "residual": Out(stream.Signature(vector_layout(lanes))),
@@ -119,13 +128,16 @@ class FusedLinear(wiring.Component):
 
         kind = Signal(Epilogue)
         logits = Signal()
-        m.d.comb += [core.cfg.payload.eq(self.cfg.payload.core), core.cfg.valid.eq(self.cfg.valid),
-                     self.cfg.ready.eq(core.cfg.ready)]
-        accept = self.cfg.valid & self.cfg.ready
+        m.submodules.cfg_slice = cfg_slice = SkidBuffer(self.cfg.payload.shape())
+        wiring.connect(m, wiring.flipped(self.cfg), cfg_slice.i)
+        cmd = cfg_slice.o
+        m.d.comb += [core.cfg.payload.eq(cmd.payload.core), core.cfg.valid.eq(cmd.valid),
+                     cmd.ready.eq(core.cfg.ready), self.idle.eq(~cmd.valid & core.cfg.ready)]
+        accept = cmd.valid & cmd.ready
         with m.If(accept):
-            m.d.sync += [kind.eq(self.cfg.payload.epilogue), logits.eq(self.cfg.payload.logits),
-                         qkv.pos0.eq(self.cfg.payload.pos), qkv.v_from.eq(self.cfg.payload.core.bound1),
-                         lg.tokens.eq(self.cfg.payload.core.tokens), lg.tiles.eq(self.cfg.payload.core.row_tiles)]
+            m.d.sync += [kind.eq(cmd.payload.epilogue), logits.eq(cmd.payload.logits),
+                         qkv.pos0.eq(cmd.payload.pos), qkv.v_from.eq(cmd.payload.core.bound1),
+                         lg.tokens.eq(cmd.payload.core.tokens), lg.tiles.eq(cmd.payload.core.row_tiles)]
         wiring.connect(m, wiring.flipped(self.mult), lg.mult)
         wiring.connect(m, wiring.flipped(self.rows), lg.rows)
         wiring.connect(m, lg.o, wiring.flipped(self.logits))
@@ -138,8 +150,8 @@ class FusedLinear(wiring.Component):
         # flip-flops, then the core's output slice, was a 12.3 ns placed path with 272 late endpoints on
         # the ECP5 shell (183e789, with the placer's timing weights).
         kind_nx, logits_nx = Signal(Epilogue), Signal()
-        m.d.comb += [kind_nx.eq(Mux(accept, self.cfg.payload.epilogue, kind)),
-                     logits_nx.eq(Mux(accept, self.cfg.payload.logits, logits))]
+        m.d.comb += [kind_nx.eq(Mux(accept, cmd.payload.epilogue, kind)),
+                     logits_nx.eq(Mux(accept, cmd.payload.logits, logits))]
         targets = {"logits": (logits, logits_nx, lg)}
         targets.update({k.name.lower(): (~logits & (kind == k), ~logits_nx & (kind_nx == k), ep) for k, ep in
                         [(Epilogue.QKV, qkv), (Epilogue.RESIDUAL, res),

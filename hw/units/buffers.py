@@ -18,11 +18,17 @@ multiplexer before it enters the answer queue (a block RAM's clock-to-out, then 
 into the multiplexer was a 19.4 ns placed path). An answer holds every write made up to and including its
 request's cycle. Up to five answers wait while ``rd_data`` is stalled (requests are refused while all
 places are taken).
+
+A buffer deeper than ``bank_words`` is kept as banks of that many words, each a memory of its own whose
+output goes straight into a register: with one memory, Yosys cascaded the block RAMs in depth behind a
+multiplexer, so a register took four block RAMs' outputs, wherever the placer had put them (on ECP5 an H
+word register sat a die's width from its block RAMs: 16.55 ns placed at cbb845a). The bank is chosen
+after those registers, in the buffer multiplexer, from a select carried down the pipeline.
 ``wr``: writes of any buffer (:func:`wr_layout`, from the LINEAR unit).
 ``x_in``: the EMBED unit's residual beats (:func:`~hw.units.embed.embed_out_layout`).
 """
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,7 +38,7 @@ from ..tlmm.layouts import token_bits
 from ..vector.quant_pow2 import E_FIELD_BITS
 from .embed import embed_out_layout
 
-__all__ = ["ANSWER_PLACES", "ActivationBuffers", "Buffer", "rd_req_layout", "wr_layout"]
+__all__ = ["ANSWER_PLACES", "BANK_WORDS", "ActivationBuffers", "Buffer", "rd_req_layout", "wr_layout"]
 
 
 class Buffer(enum.Enum, shape=2):
@@ -64,6 +70,8 @@ _READ_LATENCY = 4
 ANSWER_PLACES = _READ_LATENCY + 1
 
 _ELEMENT_BITS = {Buffer.X: 32, Buffer.ATT: 32, Buffer.H: 64, Buffer.Q: 8}
+#: Default words per bank (see :class:`ActivationBuffers`).
+BANK_WORDS = 2048
 
 
 class ActivationBuffers(wiring.Component):
@@ -78,10 +86,13 @@ class ActivationBuffers(wiring.Component):
         lanes, ``H``: intermediate / lanes, ``Q``: q_dim / lanes).
     max_index : int
         Largest index the request and write layouts carry (the LINEAR unit's ``max_index``).
+    bank_words : int
+        Words per bank, a power of two: 2048, the deepest block RAM aspect with a 9-bit word on ECP5 and
+        Nexus (2048 x 9), so a bank is one block RAM deep.
 
     """
 
-    def __init__(self, *, lanes, max_tokens, words, max_index):
+    def __init__(self, *, lanes, max_tokens, words, max_index, bank_words=BANK_WORDS):
         owner = "ActivationBuffers"
         self.lanes = check_int("lanes", lanes, 1, 64, owner)
         self.max_tokens = check_int("max_tokens", max_tokens, 1, 256, owner)
@@ -91,6 +102,12 @@ class ActivationBuffers(wiring.Component):
         self.words = {b: check_int(f"words[{b.name}]", words[b], 1, 1 << 16, owner) for b in Buffer}
         self.stride = {b: 1 << max(0, (self.words[b] - 1).bit_length()) for b in Buffer}
         self.max_index = max_index
+        self.bank_words = check_int("bank_words", bank_words, 1, 1 << 20, owner)
+        if bank_words & (bank_words - 1):
+            raise ValueError(f"{owner}: bank_words must be a power of two, not {bank_words}")
+        #: Banks of each buffer and the words in each.
+        self.banks = {b: -(-(self.max_tokens * self.stride[b]) // bank_words) for b in Buffer}
+        self.bank_depth = {b: min(self.max_tokens * self.stride[b], bank_words) for b in Buffer}
         super().__init__({
             "rd_req": In(stream.Signature(rd_req_layout(max_tokens, max_index))),
             "rd_data": Out(stream.Signature(unsigned(64 * lanes))),
@@ -105,9 +122,13 @@ class ActivationBuffers(wiring.Component):
         mems, rports = {}, {}
         for b in Buffer:
             width = N * _ELEMENT_BITS[b] + (E_FIELD_BITS if b is Buffer.Q else 0)
-            mem = memory.Memory(shape=unsigned(width), depth=self.max_tokens * self.stride[b], init=[])
-            m.submodules[f"mem_{b.name.lower()}"] = mems[b] = mem
-            rports[b] = mem.read_port(domain="sync")
+            mems[b], rports[b] = [], []
+            for k in range(self.banks[b]):
+                mem = memory.Memory(shape=unsigned(width), depth=self.bank_depth[b], init=[])
+                m.submodules[f"mem_{b.name.lower()}{k}"] = mem
+                mems[b].append(mem)
+                rports[b].append(mem.read_port(domain="sync"))
+        low_bits = {b: max(0, (self.bank_depth[b] - 1).bit_length()) for b in Buffer}
 
         def addr(b, token, index):
             return token * self.stride[b] + index      # a power-of-two stride: a shift
@@ -116,22 +137,28 @@ class ActivationBuffers(wiring.Component):
         w = self.wr.payload
         m.d.comb += [self.wr.ready.eq(1), self.x_in.ready.eq(1)]
         for b in Buffer:
-            wp = mems[b].write_port()
             bits = _ELEMENT_BITS[b]
             lanes = [w.data[64 * n:64 * n + bits] for n in range(N)]
-            data = lanes + ([w.e] if b is Buffer.Q else [])
-            m.d.comb += [wp.addr.eq(addr(b, w.token, w.index)), wp.data.eq(Cat(*data)),
-                         wp.en.eq(self.wr.valid & (w.buf == b))]
+            w_addr = Signal(range(self.max_tokens * self.stride[b]), name=f"w_addr_{b.name.lower()}")
+            w_data = Signal(mems[b][0].shape.width, name=f"w_data_{b.name.lower()}")
+            w_en = Signal(name=f"w_en_{b.name.lower()}")
+            m.d.comb += [w_addr.eq(addr(b, w.token, w.index)),
+                         w_data.eq(Cat(*lanes, *([w.e] if b is Buffer.Q else []))),
+                         w_en.eq(self.wr.valid & (w.buf == b))]
             if b is Buffer.X:
                 x = self.x_in.payload
                 with m.If(self.x_in.valid):
-                    m.d.comb += [wp.addr.eq(addr(b, x.token, x.beat)), wp.data.eq(x.data.as_value()),
-                                 wp.en.eq(1)]
+                    m.d.comb += [w_addr.eq(addr(b, x.token, x.beat)), w_data.eq(x.data.as_value()), w_en.eq(1)]
+            for k, mem in enumerate(mems[b]):
+                wp = mem.write_port()
+                m.d.comb += [wp.addr.eq(w_addr[:low_bits[b]]), wp.data.eq(w_data),
+                             wp.en.eq(w_en & (w_addr[low_bits[b]:] == k))]
 
-        # -- reads: a request register, the block RAM's cycle, a register per buffer, the multiplexer into a
-        # register, then a five-place answer queue (first-word fall-through: room for exactly the five owed). The request is registered per buffer
-        # (address) before the block RAMs, which read on every cycle (no read enable): the requesting
-        # units' multiplexer reached the enables of block RAMs all over the die on ECP5.
+        # -- reads: a request register, the block RAM's cycle, a register per bank, the multiplexer into a
+        # register, then a five-place answer queue (first-word fall-through: room for exactly the five
+        # owed). The request is registered per buffer (address) before the block RAMs, which read on every
+        # cycle (no read enable): the requesting units' multiplexer reached the enables of block RAMs all
+        # over the die on ECP5.
         # `owed` keeps the queue from overfilling, so no full flag gates its writes.
         m.submodules.answers = answers = LandingFifo(width=64 * N + E_FIELD_BITS, depth=ANSWER_PLACES)
         issued = Signal()                   # a request taken last cycle: its address at the block RAMs now
@@ -147,13 +174,22 @@ class ActivationBuffers(wiring.Component):
         m.d.comb += self.rd_req.ready.eq(owed < ANSWER_PLACES)
         issued_buf, flight_buf, rd_buf = Signal(Buffer), Signal(Buffer), Signal(Buffer)
         words = {}
+        bank = {}                           # the bank of the word in the registers, per buffer
         for b in Buffer:
-            rd_addr = Signal.like(rports[b].addr, name=f"rd_addr_{b.name.lower()}", reset_less=True)
+            name = b.name.lower()
+            rd_addr = Signal(range(self.max_tokens * self.stride[b]), name=f"rd_addr_{name}", reset_less=True)
             m.d.sync += rd_addr.eq(addr(b, r.token, r.index))
-            m.d.comb += [rports[b].addr.eq(rd_addr), rports[b].en.eq(1)]
-            # Loaded on every cycle, so it is placed by its block RAMs with no enable to reach it.
-            words[b] = Signal.like(rports[b].data, name=f"word_{b.name.lower()}", reset_less=True)
-            m.d.sync += words[b].eq(rports[b].data)
+            words[b] = []
+            for k, rp in enumerate(rports[b]):
+                m.d.comb += [rp.addr.eq(rd_addr[:low_bits[b]]), rp.en.eq(1)]
+                # Loaded on every cycle, so it is placed by its block RAMs with no enable to reach it.
+                word = Signal.like(rp.data, name=f"word_{name}{k}", reset_less=True)
+                m.d.sync += word.eq(rp.data)
+                words[b].append(word)
+            # The bank follows its address down the pipeline: at the block RAMs, then beside the registers.
+            bank_flight = Signal(range(self.banks[b]), name=f"bank_flight_{name}", reset_less=True)
+            bank[b] = Signal(range(self.banks[b]), name=f"bank_{name}", reset_less=True)
+            m.d.sync += [bank_flight.eq(rd_addr[low_bits[b]:]), bank[b].eq(bank_flight)]
         m.d.sync += [issued.eq(take), issued_buf.eq(r.buf), in_flight.eq(issued), flight_buf.eq(issued_buf),
                      word_v.eq(in_flight), rd_buf.eq(flight_buf)]
         # Every element sign-extended to 64 bits.
@@ -163,7 +199,7 @@ class ActivationBuffers(wiring.Component):
             for b in Buffer:
                 with m.Case(b):
                     bits = _ELEMENT_BITS[b]
-                    data = words[b]
+                    data = words[b][0] if len(words[b]) == 1 else Array(words[b])[bank[b]]
                     m.d.comb += [lanes[n].eq(data[bits * n:bits * (n + 1)].as_signed()) for n in range(N)]
                     if b is Buffer.Q:
                         m.d.comb += e.eq(data[N * bits:])

@@ -265,15 +265,16 @@ class EmbedUnit(wiring.Component):
                 with m.Else():
                     m.next = "ROW_MUL"
             with m.State("ROW_MUL"):
-                # The row offset's last step (see above).
+                # The row offset's last step (see above). Empty the queue: bytes left from the last row (the
+                # read may run into the next row) must not be ORed into this one. (Done here, where nothing
+                # enters the queue, rather than on the read command's ready, which then reached the reset
+                # of every queue flip-flop.)
+                m.d.comb += bq.clear.eq(1)
                 m.next = "ROW_CMD"
             with m.State("ROW_CMD"):
                 m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.addr.eq(table + row_off),
                              rd.cmd.payload.beats.eq(_ceil_div(row_bytes, B))]
                 with m.If(rd.cmd.ready):
-                    # Empty the queue: bytes left from the last row (the read may run into the next
-                    # row) must not be ORed into this one.
-                    m.d.comb += bq.clear.eq(1)
                     m.d.sync += beat.eq(0)
                     m.next = "SCALE"
             with m.State("SCALE"):

@@ -116,12 +116,14 @@ class ParamsLoader(wiring.Component):
 
         with m.FSM(name="params"):
             with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
+                # Emptied on every idle cycle (nothing enters the queue here): a clear on the command's
+                # arrival put the LINEAR unit's command valid on the reset of all 320 queue flip-flops.
+                m.d.comb += [self.cmd.ready.eq(1), bq.clear.eq(1)]
                 with m.If(self.cmd.valid):
                     ck = self.cmd.payload.k
-                    m.d.sync += [k.eq(ck), addr.eq(self.cmd.payload.addr), words.eq((ck + L - 1) >> (L.bit_length() - 1)),
+                    m.d.sync += [k.eq(ck), addr.eq(self.cmd.payload.addr),
+                                 words.eq((ck + L - 1) >> (L.bit_length() - 1)),
                                  word.eq(0), more.eq(ck != 0), self.busy.eq(1)]
-                    m.d.comb += bq.clear.eq(1)
                     m.next = "READ"
             with m.State("READ"):
                 total = PARAM_HEADER_BYTES + 2 * L * words
