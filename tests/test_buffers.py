@@ -1,14 +1,14 @@
 # amaranth: UnusedElaboratable=no
 """The activation buffers (Amaranth simulator): random writes through ``wr`` and ``x_in`` and random
 reads with a stalling reader return what a dictionary model holds, sign-extended, exponents included;
-never more than five answers wait."""
+never more than ANSWER_PLACES answers wait."""
 
 import random
 
 import pytest
 from amaranth.sim import Simulator
 
-from hw.units.buffers import ActivationBuffers
+from hw.units.buffers import ANSWER_PLACES, ActivationBuffers
 from hw.units.buffers import Buffer
 
 BITS = {Buffer.X: 32, Buffer.ATT: 32, Buffer.H: 64, Buffer.Q: 8}
@@ -73,7 +73,7 @@ def test_random_traffic(bank_words):
                 lanes = [((d >> (64 * n)) & ((1 << 64) - 1)) for n in range(N)]
                 lanes = [v - (1 << 64) if v >> 63 else v for v in lanes]
                 log.append((req, snap, lanes, d_e))
-            assert len(pending) <= 5      # the answer queue's places
+            assert len(pending) <= ANSWER_PLACES      # the answer queue's places
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

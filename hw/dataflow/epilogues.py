@@ -261,10 +261,14 @@ class LogitsEpilogue(wiring.Component):
         m16q = Array(Signal(16, name=f"m16q_{t}") for t in range(M))
         shq = Array(Signal(signed(16), name=f"shq_{t}") for t in range(M))
         have = Signal(M)
+        # A multiplier is registered as it arrives, then stored: it comes from the LINEAR unit's scalar
+        # unit, whose result valid reached the `have` flags here (14.9 ns placed on the ECP5 shell at
+        # a3e84bf). Beats wait for `all_have` anyway.
         m.d.comb += self.mult.ready.eq(1)
-        with m.If(self.mult.valid):
-            m.d.sync += [m16q[self.mult.payload.slot].eq(self.mult.payload.m16),
-                         shq[self.mult.payload.slot].eq(self.mult.payload.sh)]
+        mult_v, mult = Signal(), Signal.like(self.mult.payload)
+        m.d.sync += [mult_v.eq(self.mult.valid), mult.eq(self.mult.payload)]
+        with m.If(mult_v):
+            m.d.sync += [m16q[mult.slot].eq(mult.m16), shq[mult.slot].eq(mult.sh)]
         beat = self.i.payload
         # Free-running (no clock enables): ten stages into an output FIFO (hw.vector.epilogue.output_fifo).
         pipe = _Pipe(m, Signal(init=1, name="room"), platform)
@@ -299,11 +303,16 @@ class LogitsEpilogue(wiring.Component):
         with m.If(take & (beat.slot == tokens_m1)):
             m.d.sync += row_have.eq(0)
         set_bits = Signal(M)
-        with m.If(self.mult.valid):
-            m.d.comb += set_bits.eq(1 << self.mult.payload.slot)
+        with m.If(mult_v):
+            m.d.comb += set_bits.eq(1 << mult.slot)
+        # The flags clear a cycle after the command's last beat (`done_r`), from a register: the beat's
+        # slot and tile compared, out of the link's FIFO, reached their resets (14.2 ns placed at a3e84bf).
+        # `all_have` falls at once and stays low through that cycle; the next command's multipliers come
+        # much later (after its prologue).
         command_done = take & (beat.slot == tokens_m1) & (beat.tile == tiles_m1)
-        m.d.sync += [have.eq(Mux(command_done, 0, have | set_bits)),
-                     all_have.eq(~command_done & ((have | set_bits) & need == need))]
+        done_r = Signal()
+        m.d.sync += [done_r.eq(command_done), have.eq(Mux(done_r, 0, have | set_bits)),
+                     all_have.eq(~command_done & ~done_r & ((have | set_bits) & need == need))]
 
         # Ten free-running stages, each at most one carry chain or a few mux levels deep (as Dequant):
         # 0 the beat; 1 operands; 2, 3 acc * m16(sq) from two registered DSP products; 4..6 times m16_row from three;

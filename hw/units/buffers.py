@@ -10,22 +10,22 @@ the units never use the same port in the same cycle.
 
 Ports
 -----
-``rd_req`` / ``rd_data``: reads of any buffer, answered in order four cycles later as ``lanes`` x 64-bit
+``rd_req`` / ``rd_data``: reads of any buffer, answered in order five cycles later as ``lanes`` x 64-bit
 words (``X``/``ATT`` sign-extended, ``Q`` values sign-extended with the exponent in ``rd_e``). The request
 is registered before the block RAMs (the requesting units' multiplexer reached every block RAM's enable
-across the die on ECP5); each buffer's word is registered at its block RAMs, and again after the buffer
-multiplexer before it enters the answer queue (a block RAM's clock-to-out, then a route across the die
-into the multiplexer was a 19.4 ns placed path). An answer holds every write made up to and including its
-request's cycle. Up to five answers wait while ``rd_data`` is stalled (requests are refused while all
-places are taken).
+across the die on ECP5); each word is registered at its block RAMs, again on its way to the buffer
+multiplexer, and after the multiplexer before it enters the answer queue (a block RAM's clock-to-out, then
+a route across the die into the multiplexer was a 19.4 ns placed path). An answer holds every write made
+up to and including its request's cycle. Up to six answers wait while ``rd_data`` is stalled (requests
+are refused while all places are taken).
+``wr``: writes of any buffer (:func:`wr_layout`, from the LINEAR unit).
+``x_in``: the EMBED unit's residual beats (:func:`~hw.units.embed.embed_out_layout`).
 
 A buffer deeper than ``bank_words`` is kept as banks of that many words, each a memory of its own whose
 output goes straight into a register: with one memory, Yosys cascaded the block RAMs in depth behind a
 multiplexer, so a register took four block RAMs' outputs, wherever the placer had put them (on ECP5 an H
 word register sat a die's width from its block RAMs: 16.55 ns placed at cbb845a). The bank is chosen
 after those registers, in the buffer multiplexer, from a select carried down the pipeline.
-``wr``: writes of any buffer (:func:`wr_layout`, from the LINEAR unit).
-``x_in``: the EMBED unit's residual beats (:func:`~hw.units.embed.embed_out_layout`).
 """
 
 from amaranth.hdl import Array, Cat, Module, Signal, signed, unsigned
@@ -34,6 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..dataflow.landing_fifo import LandingFifo
 from ..params import check_int
+from ..replica import registered_copies
 from ..tlmm.layouts import token_bits
 from ..vector.quant_pow2 import E_FIELD_BITS
 from .embed import embed_out_layout
@@ -62,9 +63,9 @@ def wr_layout(lanes, max_tokens, max_index):
 
 
 #: Cycles from a taken read request to its answer entering the queue (and ``rd_data``, which falls
-#: through): the request register, the block RAM, the register at the block RAM, the register after the
-#: buffer multiplexer.
-_READ_LATENCY = 4
+#: through): the request register, the block RAM, the register at the block RAM, a second one on the way
+#: to the multiplexer, the register after the buffer multiplexer.
+_READ_LATENCY = 5
 #: Answers owed at once (requests taken, answers not yet read): the answer queue's places. Beyond them the
 #: buffers refuse requests; a unit that keeps this many in flight reads a beat per cycle.
 ANSWER_PLACES = _READ_LATENCY + 1
@@ -155,8 +156,8 @@ class ActivationBuffers(wiring.Component):
                              wp.en.eq(w_en & (w_addr[low_bits[b]:] == k))]
 
         # -- reads: a request register, the block RAM's cycle, a register per bank, the multiplexer into a
-        # register, then a five-place answer queue (first-word fall-through: room for exactly the five
-        # owed). The request is registered per buffer (address) before the block RAMs, which read on every
+        # register, then an answer queue with a place per cycle of latency and one more (first-word
+        # fall-through: room for exactly the answers owed). The request is registered per buffer (address) before the block RAMs, which read on every
         # cycle (no read enable): the requesting units' multiplexer reached the enables of block RAMs all
         # over the die on ECP5.
         # `owed` keeps the queue from overfilling, so no full flag gates its writes.
@@ -192,19 +193,35 @@ class ActivationBuffers(wiring.Component):
             m.d.sync += [bank_flight.eq(rd_addr[low_bits[b]:]), bank[b].eq(bank_flight)]
         m.d.sync += [issued.eq(take), issued_buf.eq(r.buf), in_flight.eq(issued), flight_buf.eq(issued_buf),
                      word_v.eq(in_flight), rd_buf.eq(flight_buf)]
+        # A second register for every word, on the way to the multiplexer: the block RAMs are spread over
+        # the die, and with one register the placer put it halfway (a block RAM's clock-to-out, then
+        # 7 ns of route into it: 12.8 ns placed on the ECP5 shell at a3e84bf).
+        near_v = Signal()
+        m.d.sync += near_v.eq(word_v)
+        near = {b: [Signal.like(w, name=f"{w.name}_near", reset_less=True) for w in words[b]] for b in Buffer}
+        m.d.sync += [n_.eq(w) for b in Buffer for n_, w in zip(near[b], words[b])]
+        # The selects, one copy per lane (and one for the exponent): one register selecting all the
+        # lanes' multiplexers reached them over a 4.7 ns route.
+        buf_sel = registered_copies(m, rd_buf, N + 1, "buf_sel")
+        bank_sel = {b: registered_copies(m, bank[b], N + 1, f"bank_sel_{b.name.lower()}")
+                    for b in Buffer if self.banks[b] > 1}
+
+        def word(b, copy):
+            return near[b][0] if self.banks[b] == 1 else Array(near[b])[bank_sel[b][copy]]
+
         # Every element sign-extended to 64 bits.
         lanes = [Signal(signed(64), name=f"lane{n}") for n in range(N)]
         e = Signal(E_FIELD_BITS)
-        with m.Switch(rd_buf):
-            for b in Buffer:
-                with m.Case(b):
-                    bits = _ELEMENT_BITS[b]
-                    data = words[b][0] if len(words[b]) == 1 else Array(words[b])[bank[b]]
-                    m.d.comb += [lanes[n].eq(data[bits * n:bits * (n + 1)].as_signed()) for n in range(N)]
-                    if b is Buffer.Q:
-                        m.d.comb += e.eq(data[N * bits:])
+        for n in range(N):
+            with m.Switch(buf_sel[n]):
+                for b in Buffer:
+                    with m.Case(b):
+                        bits = _ELEMENT_BITS[b]
+                        m.d.comb += lanes[n].eq(word(b, n)[bits * n:bits * (n + 1)].as_signed())
+        with m.If(buf_sel[N] == Buffer.Q):
+            m.d.comb += e.eq(word(Buffer.Q, N)[N * _ELEMENT_BITS[Buffer.Q]:])
         answer = Signal(64 * N + E_FIELD_BITS, reset_less=True)
-        m.d.sync += [answer.eq(Cat(*lanes, e)), answer_v.eq(word_v)]
+        m.d.sync += [answer.eq(Cat(*lanes, e)), answer_v.eq(near_v)]
         m.d.comb += [answers.w_data.eq(answer), answers.w_en.eq(answer_v),
                      self.rd_data.valid.eq(answers.r_rdy), self.rd_data.payload.eq(answers.r_data[:64 * N]),
                      self.rd_e.eq(answers.r_data[64 * N:]), answers.r_en.eq(self.rd_data.ready)]
