@@ -155,11 +155,11 @@ class ActivationBuffers(wiring.Component):
                 m.d.comb += [wp.addr.eq(w_addr[:low_bits[b]]), wp.data.eq(w_data),
                              wp.en.eq(w_en & (w_addr[low_bits[b]:] == k))]
 
-        # -- reads: a request register, the block RAM's cycle, a register per bank, the multiplexer into a
-        # register, then an answer queue with a place per cycle of latency and one more (first-word
-        # fall-through: room for exactly the answers owed). The request is registered per buffer (address) before the block RAMs, which read on every
-        # cycle (no read enable): the requesting units' multiplexer reached the enables of block RAMs all
-        # over the die on ECP5.
+        # -- reads: a request register, the block RAM's cycle, two registers per bank, the multiplexer into
+        # a register, then an answer queue with a place per cycle of latency and one more (first-word
+        # fall-through: room for exactly the answers owed). The request is registered per buffer (address)
+        # before the block RAMs, which read on every cycle (no read enable): the requesting units'
+        # multiplexer reached the enables of block RAMs all over the die on ECP5.
         # `owed` keeps the queue from overfilling, so no full flag gates its writes.
         m.submodules.answers = answers = LandingFifo(width=64 * N + E_FIELD_BITS, depth=ANSWER_PLACES)
         issued = Signal()                   # a request taken last cycle: its address at the block RAMs now
