@@ -220,7 +220,8 @@ def test_init_sequence():
         await ctx.tick().repeat(2)                       # LOAD MODE reaches the chip on the next edge
         state["initialized"] = ctx.get(model.initialized)
         r0 = ctx.get(model.refreshes)
-        await ctx.tick().repeat(5 * cyc.refi)
+        # Five intervals, and the few cycles from the counter's zero to the REFRESH on the pins.
+        await ctx.tick().repeat(5 * cyc.refi + 8)
         state["refreshes"] = ctx.get(model.refreshes) - r0
         state["ctrl_refreshes"] = ctx.get(ctrl.refreshes)
         state["violation"] = ctx.get(model.violation)

@@ -54,6 +54,7 @@ from golden.numerics import RES_FRAC
 from golden.tlmm import GROUP_SIZE
 
 from ..params import check_int
+from ..replica import registered_copies
 from ..tlmm.engine import TlmmEngine
 from ..tlmm.layouts import token_bits
 from ..vector.epilogue import Dequant, lane, vector_layout
@@ -282,11 +283,16 @@ class LinearCore(wiring.Component):
         # condition enables the write counters and the whole gearbox, and as a gate it was 6.2 ns of route
         # away from them (ECP5 shell, 7543e99). No beat of the next token comes before its NormQuant
         # command, which this pulse allows, so the cycle it costs per token is the only change.
-        tok_done = Signal()
-        m.d.sync += tok_done.eq(loading & vec_in & gear_empty & ~tok_done)
+        # Two copies: one clears the gearbox, one moves the counters (one register reaching both was 6.2 ns
+        # of route from the gearbox's flags on the ECP5 shell at a3e84bf).
+        tok_done_next = Signal()
+        tok_done, tok_done_gear = registered_copies(m, tok_done_next, 2, "tok_done")
+        m.d.comb += tok_done_next.eq(loading & vec_in & gear_empty & ~tok_done)
         with m.If(tok_done):
             m.d.sync += [load_tok.eq(load_tok + 1), wr_base.eq(wr_base + KS), norm_cfg_sent.eq(0), vec_in.eq(0),
-                         ks.eq(0)] + gear_clear
+                         ks.eq(0)]
+        with m.If(tok_done_gear):
+            m.d.sync += gear_clear
             with m.If(load_tok + 1 == cfg.tokens):
                 m.d.sync += loading.eq(0)
         m.d.comb += loaded.eq(busy & ~loading & (scale_tok == cfg.tokens))
