@@ -102,17 +102,16 @@ class AxiReadArbiter(wiring.Component):
 
         # R: route by the index in the upper ID bits.
         owner = s.rid[self.id_bits:]
-        r_fields = ("rdata", "rresp", "rlast", "rid")
+        beat = {"rdata": s.rdata, "rresp": s.rresp, "rlast": s.rlast, "rid": s.rid[:self.id_bits]}
         for i in range(n):
             mi = self.m[i]
             mine = owner == i
-            beat = {"rdata": s.rdata, "rresp": s.rresp, "rlast": s.rlast, "rid": s.rid[:self.id_bits]}
             if self.sliced:
-                layout = data.StructLayout({f: len(getattr(mi, f)) for f in r_fields})
+                layout = data.StructLayout({f: len(v) for f, v in beat.items()})
                 m.submodules[f"r_slice{i}"] = sl = SkidBuffer(layout)
                 m.d.comb += [*(getattr(sl.i.payload, f).eq(v) for f, v in beat.items()),
                              sl.i.valid.eq(s.rvalid & mine),
-                             *(getattr(mi, f).eq(getattr(sl.o.payload, f)) for f in r_fields),
+                             *(getattr(mi, f).eq(getattr(sl.o.payload, f)) for f in beat),
                              mi.rvalid.eq(sl.o.valid), sl.o.ready.eq(mi.rready)]
                 ready = sl.i.ready
             else:

@@ -291,10 +291,10 @@ class LinearCore(wiring.Component):
         with m.If(tok_done):
             m.d.sync += [load_tok.eq(load_tok + 1), wr_base.eq(wr_base + KS), norm_cfg_sent.eq(0), vec_in.eq(0),
                          ks.eq(0)]
-        with m.If(tok_done_gear):
-            m.d.sync += gear_clear
             with m.If(load_tok + 1 == cfg.tokens):
                 m.d.sync += loading.eq(0)
+        with m.If(tok_done_gear):
+            m.d.sync += gear_clear
         m.d.comb += loaded.eq(busy & ~loading & (scale_tok == cfg.tokens))
 
         # -- sequencer: (row tile, k-step, token) act steps from the buffer ------------------------------

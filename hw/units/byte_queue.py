@@ -60,10 +60,10 @@ class ByteQueue:
         self.q = Signal(8 * cap, name="bq_bytes")
         self.take_head, self.take_item, self.push = Signal(), Signal(), Signal()
         self.clear = Signal()
-        self._m, self._unit, self._slots = m, unit, slots
+        self._unit, self._slots = unit, slots
         have_u = Signal(range(slots + 1), name="bq_have_units")  # bytes held, in units
         at = Signal(range(slots + 1), name="bq_at")             # where a new word goes, in units
-        self._have_nx = have_nx = Signal(range(slots + 1), name="bq_have_next")
+        have_nx = Signal(range(slots + 1), name="bq_have_next")
         m.d.comb += [at.eq(have_u - Mux(self.take_head, head_u, 0) - Mux(self.take_item, item_u, 0)),
                      have_nx.eq(Mux(self.clear, 0, at + Mux(self.push, per_word, 0)))]
         m.d.sync += have_u.eq(have_nx)
