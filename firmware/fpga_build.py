@@ -543,7 +543,7 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     from hw.board.designs import get_design
     from hw.board.platforms import get_board
     from hw.config import load_hw_config
-    from hw.replica import YOSYS_KEEP_REPLICAS
+    from hw.synth import YOSYS_AFTER_READ
 
     board = get_board(board_name)
     spec = get_design(design_name)
@@ -557,9 +557,9 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     clocks = dict(getattr(top, "clocks", {}))
     overrides = dict(board.overrides)
     overrides["nextpnr_opts"] = nextpnr_options(overrides.get("nextpnr_opts", ""), place_only)
-    # Register replicas stay apart (hw.replica): Yosys would merge them back into one flip-flop.
+    # Register replicas stay apart (hw.replica), tagged block RAMs get no collision bypass (hw.collision).
     overrides["script_after_read"] = "\n".join(filter(None, [overrides.get("script_after_read", ""),
-                                                             YOSYS_KEEP_REPLICAS]))
+                                                             YOSYS_AFTER_READ]))
     mode = " (place only: no routing, no bitstream)" if place_only else ""
     say(f"[build] {spec.name} on {board.name} ({board.device}), hw {hw_cfg.name}{mode}: elaborating into "
         f"{build_dir}/")

@@ -66,7 +66,12 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 
+from .collision import YOSYS_UNDEFINED_COLLISIONS
 from .replica import YOSYS_KEEP_REPLICAS
+
+#: Yosys steps every flow that synthesises the design runs right after reading it: register replicas stay
+#: apart (:mod:`hw.replica`), tagged block RAMs get undefined read-write collisions (:mod:`hw.collision`).
+YOSYS_AFTER_READ = "\n".join([YOSYS_KEEP_REPLICAS, YOSYS_UNDEFINED_COLLISIONS])
 
 __all__ = [
     "SynthError",
@@ -307,7 +312,7 @@ def _script(name, extra):
         # confuses with bit i of ``field`` ("GetSize(conn.first) == GetSize(conn.second)" / "count_id"
         # assertions). Hiding those names changes no cell count.
         "rename -hide w:*[*",
-        YOSYS_KEEP_REPLICAS,                 # register replicas stay apart (hw.replica)
+        YOSYS_AFTER_READ,                    # replicas apart, undefined collisions (hw.replica, hw.collision)
         synth,
         "tee -q -o stat.json stat -json",
         "",
@@ -329,6 +334,20 @@ class Ecp5SynthPlatform:
 
 #: The default ``platform`` of :func:`synth_ecp5`.
 ECP5_SYNTH_PLATFORM = Ecp5SynthPlatform()
+
+
+class VendorVerilogPlatform:
+    """The platform ``trillium export-verilog`` elaborates with: no family (Verilog for any vendor's tools),
+    and not ``None``, which would mean simulation and bring in its checks (:mod:`hw.collision`)."""
+
+    family = None
+
+    def __repr__(self):
+        return "VENDOR_VERILOG_PLATFORM"
+
+
+#: The ``platform`` of ``trillium export-verilog``.
+VENDOR_VERILOG_PLATFORM = VendorVerilogPlatform()
 
 
 def synth_ecp5(elaboratable, name, *, top_ports=None, synth_opts="", use_cache=True, timeout=None,

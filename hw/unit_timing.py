@@ -73,7 +73,7 @@ def synth_netlist(elaboratable, name, out_dir, *, platform=None, timeout=None):
     """Yosys ``synth_ecp5`` of one design into ``out_dir/netlist.json``; returns the path."""
     from amaranth.back import rtlil
 
-    from hw.synth import ECP5_SYNTH_PLATFORM, yosys_command
+    from hw.synth import ECP5_SYNTH_PLATFORM, YOSYS_AFTER_READ, yosys_command
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def synth_netlist(elaboratable, name, out_dir, *, platform=None, timeout=None):
     key = out_dir / "design.il.synthesised"
     if netlist.exists() and key.exists() and key.read_text() == il:
         return netlist
-    script = "\n".join(["read_rtlil design.il", "rename -hide w:*[*", f"synth_ecp5 -top {name}",
+    script = "\n".join(["read_rtlil design.il", "rename -hide w:*[*", YOSYS_AFTER_READ, f"synth_ecp5 -top {name}",
                         "write_json netlist.json", ""])
     (out_dir / "synth.ys").write_text(script)
     proc = subprocess.run([*yosys_command(), "-q", "-l", "yosys.log", "-s", "synth.ys"], cwd=out_dir,

@@ -65,6 +65,10 @@ RUNTIME_DIR_NAME = "_runtime"
 # and need sub-ns precision to express duty cycles, so fix one for all builds.
 TIMESCALE = ("1ns", "1ps")
 
+#: Verilator options every build gets: ``--assert`` makes a failing immediate assertion in the design (the
+#: checks of :mod:`hw.collision`) stop the simulation with its message instead of passing unseen.
+BASE_ARGS = ("--assert",)
+
 # MAKEFLAGS / environment entries that change the compiled model.
 _MAKE_VARS = ("OPT_FAST", "OPT_SLOW", "OPT_GLOBAL")
 _ENV_VARS = ("CXX", "CXXFLAGS", "LDFLAGS")
@@ -207,7 +211,7 @@ def build_key_material(
         "schema": CACHE_SCHEMA,
         "verilog_sha256": hashlib.sha256(verilog_text.encode()).hexdigest(),
         "toplevel": toplevel,
-        "build_args": [str(a) for a in build_args],
+        "build_args": [*BASE_ARGS, *(str(a) for a in build_args)],
         "parameters": {str(k): str(v) for k, v in sorted((parameters or {}).items())},
         "verilator": verilator_version(),
         "waves": waves,
@@ -264,7 +268,7 @@ def _compile(
 ) -> None:
     waiver = build_dir / WAIVER_NAME
     waiver.write_text(waiver_text())
-    args = list(build_args)
+    args = [*BASE_ARGS, *build_args]
     if waves == "fst":
         # cocotb adds --trace for waves=True; --trace-fst given after it wins
         # and makes Verilator define VM_TRACE_FST for cocotb's main().

@@ -99,7 +99,7 @@ def _builtin_yosys() -> Iterator[None]:
             os.environ["AMARANTH_USE_YOSYS"] = saved
 
 
-def export_verilog(component, name: str, *, ports=None) -> str:
+def export_verilog(component, name: str, *, ports=None, platform=None) -> str:
     """Convert an Amaranth design to Verilog text with the built-in Yosys.
 
     Parameters
@@ -112,6 +112,9 @@ def export_verilog(component, name: str, *, ports=None) -> str:
         Name of the top-level Verilog module (the cocotb ``toplevel``).
     ports : sequence of amaranth.hdl.Value, optional
         Ports of a plain ``Elaboratable``; leave ``None`` for a component.
+    platform : object, optional
+        Passed to ``elaborate``; ``None`` (the default) elaborates for simulation, with the design's
+        simulation checks (:mod:`hw.collision`).
 
     Returns
     -------
@@ -130,4 +133,4 @@ def export_verilog(component, name: str, *, ports=None) -> str:
     from amaranth.back import verilog
 
     with _builtin_yosys():
-        return verilog.convert(component, name=name, ports=ports, emit_src=False)
+        return verilog.convert(component, name=name, ports=ports, platform=platform, emit_src=False)

@@ -47,12 +47,13 @@ Sequence
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.numerics import RES_FRAC
 from golden.tlmm import GROUP_SIZE
 
+from ..collision import assert_no_collision, collision_free_memory
 from ..params import check_int
 from ..replica import registered_copies
 from ..tlmm.engine import TlmmEngine
@@ -166,7 +167,9 @@ class LinearCore(wiring.Component):
         # (its output FIFO's count), so this FIFO is never full when a beat enters both.
         m.submodules.side = side = LandingFifo(
             width=len(self.o.payload.acc.as_value()) + token_bits(M), depth=max(4, dq.latency + 2))
-        m.submodules.acts = amem = memory.Memory(shape=unsigned(8 * W), depth=M * KS, init=[])
+        # Undefined collisions (no bypass logic in synthesis): the sequencer reads only once the command's
+        # tokens are loaded (checked in simulation below).
+        m.submodules.acts = amem = collision_free_memory(shape=unsigned(8 * W), depth=M * KS)
         awr = amem.write_port()
         ard = amem.read_port(domain="sync")
 
@@ -328,6 +331,7 @@ class LinearCore(wiring.Component):
         en = ~acts.valid | acts.ready
         issue = running & en
         m.d.comb += [ard.addr.eq(rd_base + sks), ard.en.eq(en)]
+        assert_no_collision(m, platform, awr, ard, issue, "activation words")
         with m.If(en):
             m.d.sync += [
                 acts.valid.eq(issue),

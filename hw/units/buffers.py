@@ -29,9 +29,10 @@ after those registers, in the buffer multiplexer, from a select carried down the
 """
 
 from amaranth.hdl import Array, Cat, Module, Signal, signed, unsigned
-from amaranth.lib import data, enum, memory, stream, wiring
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..collision import assert_no_collision, collision_free_memory
 from ..dataflow.landing_fifo import LandingFifo
 from ..params import check_int
 from ..replica import registered_copies
@@ -120,12 +121,14 @@ class ActivationBuffers(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         N = self.lanes
-        mems, rports = {}, {}
+        mems, rports, wports = {}, {}, {}
         for b in Buffer:
             width = N * _ELEMENT_BITS[b] + (E_FIELD_BITS if b is Buffer.Q else 0)
-            mems[b], rports[b] = [], []
+            mems[b], rports[b], wports[b] = [], [], []
             for k in range(self.banks[b]):
-                mem = memory.Memory(shape=unsigned(width), depth=self.bank_depth[b], init=[])
+                # Undefined collisions (no bypass logic in synthesis): a read never uses a word in the cycle
+                # it is written (checked in simulation below).
+                mem = collision_free_memory(shape=unsigned(width), depth=self.bank_depth[b])
                 m.submodules[f"mem_{b.name.lower()}{k}"] = mem
                 mems[b].append(mem)
                 rports[b].append(mem.read_port(domain="sync"))
@@ -152,6 +155,7 @@ class ActivationBuffers(wiring.Component):
                     m.d.comb += [w_addr.eq(addr(b, x.token, x.beat)), w_data.eq(x.data.as_value()), w_en.eq(1)]
             for k, mem in enumerate(mems[b]):
                 wp = mem.write_port()
+                wports[b].append(wp)
                 m.d.comb += [wp.addr.eq(w_addr[:low_bits[b]]), wp.data.eq(w_data),
                              wp.en.eq(w_en & (w_addr[low_bits[b]:] == k))]
 
@@ -183,6 +187,8 @@ class ActivationBuffers(wiring.Component):
             words[b] = []
             for k, rp in enumerate(rports[b]):
                 m.d.comb += [rp.addr.eq(rd_addr[:low_bits[b]]), rp.en.eq(1)]
+                assert_no_collision(m, platform, wports[b][k], rp,
+                                    issued & (issued_buf == b) & (rd_addr[low_bits[b]:] == k), f"buffer {name}{k}")
                 # Loaded on every cycle, so it is placed by its block RAMs with no enable to reach it.
                 word = Signal.like(rp.data, name=f"word_{name}{k}", reset_less=True)
                 m.d.sync += word.eq(rp.data)

@@ -29,12 +29,13 @@ Throughput: one beat in and one beat out per cycle (``lanes`` elements each way)
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.numerics import KV_QMAX
 
 from .epilogue import lane, output_fifo, vector_layout
+from ..collision import assert_no_collision, collision_free_memory
 from ..dataflow.skid import SkidBuffer
 from ..params import check_int
 from ..tlmm.layouts import token_bits
@@ -105,7 +106,9 @@ class QuantPow2(wiring.Component):
         # latency (queue + read) never stalls the input. Region = (phase, slot) as bits, so slot counts
         # that are not powers of two leave holes.
         regions = _REGIONS_PER_SLOT << token_bits(S) if S > 1 else _REGIONS_PER_SLOT
-        m.submodules.mem = mem = memory.Memory(shape=unsigned(L * _X_BITS), depth=regions * B, init=[])
+        # Undefined collisions (no bypass logic in synthesis): a region is read only while busy and written
+        # only while not (checked in simulation below).
+        m.submodules.mem = mem = collision_free_memory(shape=unsigned(L * _X_BITS), depth=regions * B)
         wr = mem.write_port()
         rd = mem.read_port(domain="sync")
         m.submodules.done = done = fifo.SyncFIFOBuffered(
@@ -187,6 +190,7 @@ class QuantPow2(wiring.Component):
         out_beat = Signal(range(B))
         issue = Signal()
         m.d.comb += [issue.eq(done.r_rdy & take), rd.addr.eq(out_region * B + out_beat), rd.en.eq(1)]
+        assert_no_collision(m, platform, wr, rd, issue, "quantiser vectors")
         with m.If(issue):
             with m.If(out_beat == B - 1):
                 m.d.sync += out_beat.eq(0)

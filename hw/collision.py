@@ -1,0 +1,64 @@
+"""Block RAMs whose reads never use a word in the cycle it is written.
+
+Amaranth asks for the old word when a synchronous read meets a write to the same address in the same cycle
+(``COLLISION_X_MASK`` 0 on every read port). ECP5's DP16KD does not promise that across its two ports, so
+Yosys's memory mapping delays each write by a cycle and puts a bypass multiplexer after the block RAM: a LUT
+on every output bit, a register on every written bit, and an address comparator. Around one 16 x 2048 memory
+that is 34 LUT4 and 45 more flip-flops (Yosys 0.70, ``synth_ecp5``), and the bypass LUT sits between the
+block RAM and the register after it, so the placer pulls that register towards the write bus.
+
+A memory made by :func:`collision_free_memory` carries :data:`COLLISION_ATTR`. Every flow that synthesises
+the design runs :data:`YOSYS_UNDEFINED_COLLISIONS` after reading it, which makes the collisions of those
+memories' read ports undefined, so Yosys builds no bypass. In exchange the design must never *use* a word
+read in the cycle it was written. :func:`assert_no_collision` checks exactly that in simulation (Amaranth's
+simulator, and Verilator, which :mod:`sim.build` runs with ``--assert``). A design is elaborated for
+simulation when its platform is ``None``; synthesis passes a platform and gets no check.
+"""
+
+from amaranth.hdl import Assert
+from amaranth.lib import memory
+
+__all__ = ["COLLISION_ATTR", "YOSYS_UNDEFINED_COLLISIONS", "collision_free_memory", "assert_no_collision"]
+
+COLLISION_ATTR = "trillium_collision"
+
+#: Yosys steps: collect the memories (``proc`` first, which ``memory_collect`` needs) and set the collision
+#: mask of the tagged ones. The mask is one bit (one read port, one write port: :func:`collision_free_memory`
+#: is for such memories); Yosys rejects a memory with more ports loudly (mask width), never silently.
+#: ``chformal -remove`` drops simulation checks of a design elaborated without a platform.
+YOSYS_UNDEFINED_COLLISIONS = "\n".join([
+    "proc",
+    "memory_collect",
+    f"setparam -set RD_COLLISION_X_MASK 1'1 t:$mem_v2 a:{COLLISION_ATTR}=undefined %i",
+    "chformal -remove",
+])
+
+
+def collision_free_memory(*, shape, depth, init=()):
+    """An :class:`amaranth.lib.memory.Memory` whose read-write collisions may be undefined in synthesis.
+
+    Give it one write port and one read port, and check them with :func:`assert_no_collision`.
+    """
+    return memory.Memory(shape=shape, depth=depth, init=list(init), attrs={COLLISION_ATTR: "undefined"})
+
+
+def assert_no_collision(m, platform, write_port, read_port, used, name):
+    """In simulation, fail when ``read_port`` samples the address ``write_port`` writes and ``used`` is set.
+
+    Parameters
+    ----------
+    m : Module
+    platform : object or None
+        The elaborating platform; the check exists only when it is ``None`` (simulation).
+    write_port, read_port
+        The memory's ports (``read_port`` synchronous; it samples its address at the clock edge).
+    used : Value
+        High in the cycles whose read (sampled at the next edge) the design uses; a read whose word is
+        dropped may collide.
+    name : str
+        Names the memory in the failure message.
+    """
+    if platform is not None:
+        return
+    collide = used & read_port.en & write_port.en.any() & (write_port.addr == read_port.addr)
+    m.d.sync += Assert(~collide, f"{name}: a used read met a write to the same word in the same cycle")
