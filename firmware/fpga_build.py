@@ -310,6 +310,9 @@ def format_report(result):
         lines.append(f"{c:<{width}}  {f:>9.2f}  {k:>10.2f}  {slack:>8.2f}  {_verdict(f >= k, placed_only)}")
     if not result["fmax_mhz"]:
         lines.append("(no clocks in nextpnr's report)")
+    if result.get("bram_output_registers"):
+        lines.append(f"block RAM output registers: {result['bram_output_registers']:,} flip-flops absorbed "
+                     f"(hw.bram_output_registers)")
     for d, info in result.get("domains", {}).items():
         lines.append(f"  domain {d}: {info['constraint_mhz']:.2f} MHz required, clock {info['clock'] or '(not found)'}")
     lines.append("")
@@ -543,6 +546,7 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     from hw.board.designs import get_design
     from hw.board.platforms import get_board
     from hw.config import load_hw_config
+    from hw.bram_output_registers import absorb_output_registers_file
     from hw.synth import YOSYS_AFTER_READ
 
     board = get_board(board_name)
@@ -580,6 +584,7 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     env.setdefault("AMARANTH_USE_YOSYS", "builtin")
     logs = {}
     exes = {}
+    absorbed = None
     for i, argv in enumerate(commands, 1):
         tool = argv[0]
         stage = STAGES.get(tool, tool)
@@ -607,6 +612,10 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
         if rc != 0:
             raise BuildError(f"{stage} failed (exit {rc}) after {dt:.1f} s: {first_error(text)} (log: {logs[stage]})")
         say(f"[{i}/{steps}] {stage}: done in {dt:.1f} s (elapsed {time.monotonic() - t_start:.1f} s)")
+        if stage == "Yosys" and board.family == "ecp5":
+            # Flip-flops after block RAMs become the RAMs' output registers (hw.bram_output_registers).
+            absorbed = absorb_output_registers_file(build_dir / f"{name}.json")
+            say(f"[{i}/{steps}] {stage}: {absorbed} flip-flops moved into block RAM output registers")
 
     report_path = build_dir / NEXTPNR_REPORT
     nextpnr_log = logs.get("nextpnr", build_dir)
@@ -637,7 +646,8 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
         board=board.name, device=board.device, design=spec.name, hw=hw_cfg.name, config_hash=hw_cfg.config_hash,
         commit=git_commit(), stage_seconds=stage_seconds, tools=tools, placed_only=place_only,
         placed_timing=timing if place_only else None, routed_timing=None if place_only else timing)
-    result.update({"bitstream_bytes": None if place_only else bitstream.stat().st_size,
+    result.update({"bram_output_registers": absorbed,
+                   "bitstream_bytes": None if place_only else bitstream.stat().st_size,
                    "wheels": _wheel_versions(), "build_dir": str(build_dir), "report": str(report_path),
                    "logs": logs})
     if place_only:

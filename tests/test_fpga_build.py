@@ -289,7 +289,8 @@ def test_place_only_command_handling():
 
 
 class _FakeTools:
-    """Stands in for ``subprocess.run``: records the tool commands and writes what each tool would (nextpnr:
+    """Stands in for ``subprocess.run``: records the tool commands and writes what each tool would (Yosys:
+    a netlist without cells; nextpnr:
     the saved routed report, or with ``--no-route`` the saved placed report and log, and the tiny placed
     design where asked for ``--sdf`` / ``--write``; the packer: a bitstream). ``writes_sdf=False`` is a
     nextpnr that ignores ``--sdf``."""
@@ -307,7 +308,10 @@ class _FakeTools:
         def write(option, fixture):
             shutil.copy(DATA / fixture, out / argv[argv.index(option) + 1])
 
-        if "nextpnr" in argv[0]:
+        if "yosys" in argv[0]:
+            top = {"attributes": {"top": "00000000000000000000000000000001"}, "cells": {}}
+            (out / "top.json").write_text(json.dumps({"modules": {"top": top}}))
+        elif "nextpnr" in argv[0]:
             placed = "--no-route" in argv  # as the real one: then no fmax in the report, but in the log
             write("--report", "ulx3s-85f-link-placed-report.json" if placed else "ulx3s-85f-link-report.json")
             if placed:
@@ -344,6 +348,7 @@ def test_build_place_only_runs_nextpnr_without_routing_and_no_packer(tmp_path, f
     assert nextpnr[nextpnr.index("--sdf") + 1] == "placed.sdf"
     assert nextpnr[nextpnr.index("--write") + 1] == "placed.json"
     assert r["bitstream"] is None and r["placed_only"] and r["met"] and "packer" not in r["tools"]
+    assert r["bram_output_registers"] == 0      # the fake netlist has no block RAM
     assert r["fmax_mhz"] == {ECP5_CLOCK: 87.52}  # from the log: the placed report has none
     assert r["placed_timing"]["period_ns"] == 40.0  # the link's 25 MHz clock
     assert r["placed_timing"]["fmax_mhz"] == pytest.approx(414.94, abs=0.01)

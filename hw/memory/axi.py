@@ -12,10 +12,11 @@ import enum
 
 from amaranth.hdl import Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
+from ..collision import CollisionFreeSyncFIFOBuffered
 from ..dataflow.skid import SkidBuffer
 from ..params import check_int
 
@@ -243,7 +244,9 @@ class AxiBurstReader(wiring.Component):
         size = exact_log2(self.data_bytes)
         info_layout = _burst_info_layout(self.tag_bits)
 
-        m.submodules.buffer = buf = SyncFIFOBuffered(width=self.data_layout.size, depth=self.buffer_words)
+        # A block RAM without Yosys's collision bypass in front of the beats' consumers (hw.collision).
+        m.submodules.buffer = buf = CollisionFreeSyncFIFOBuffered(width=self.data_layout.size,
+                                                                  depth=self.buffer_words)
         m.submodules.bursts = bursts = SyncFIFO(width=info_layout.size, depth=self.max_outstanding)
 
         # Command state: the next burst starts at `addr`; `left` beats of the command remain.

@@ -286,15 +286,21 @@ class NormQuant(wiring.Component):
                      lastC.eq(lastB), lastC2.eq(lastC), lastD.eq(lastC2), lastE.eq(lastD), oq.last.eq(lastE)]
         with m.If(issuing):
             m.d.sync += leftA.eq(left)
+        # The beat's count of live lanes, a stage later: lanes past n are zeroed on the way into B1.
+        leftA2 = Signal.like(leftA, reset_less=True)
+        m.d.sync += leftA2.eq(leftA)
         for l in range(L):
-            # A2: the buffer word registered (lanes past n zeroed); B1, B: the shift by b in two
-            # halves (8, 16, 32, then 1, 2, 4), so no stage holds a block-RAM read or six mux levels.
-            xA2 = Signal(signed(XB), name=f"xa{l}")
-            gA2 = Signal(signed(_G_BITS), name=f"ga{l}")
-            coarse = Dequant._shift_window(Cat(Const(0, 23), xA2).as_signed(), b[3:], 3, _XS_BITS + 7)
+            # A2: the buffer word registered as it is (plain flip-flops, which the ECP5 build moves into
+            # the block RAM's output register: hw.bram_output_registers); B1, B: lanes past n zeroed and the
+            # shift by b in two halves (8, 16, 32, then 1, 2, 4), so no stage holds a block-RAM read or
+            # six mux levels.
+            xA2 = Signal(signed(XB), name=f"xa{l}", reset_less=True)
+            gA2 = Signal(signed(_G_BITS), name=f"ga{l}", reset_less=True)
+            xA2_live = Mux(l < leftA2, xA2, 0)
+            coarse = Dequant._shift_window(Cat(Const(0, 23), xA2_live).as_signed(), b[3:], 3, _XS_BITS + 7)
             xB1 = Signal(signed(_XS_BITS + 7), name=f"xc{l}")
             gB1 = Signal(signed(_G_BITS), name=f"gc{l}")
-            m.d.sync += [xA2.eq(Mux(l < leftA, lane(rview.x, l), 0)), gA2.eq(lane(rview.g, l)),
+            m.d.sync += [xA2.eq(lane(rview.x, l)), gA2.eq(lane(rview.g, l)),
                          xB1.eq(coarse), gB1.eq(gA2),
                          xsB[l].eq(Dequant._shift_window(xB1, b[:3], 0, _XS_BITS)), gB[l].eq(gB1)]
             # C: every product is registered in its multiplier block (hw.arith.dsp), nothing after it in

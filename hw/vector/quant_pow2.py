@@ -198,8 +198,8 @@ class QuantPow2(wiring.Component):
             with m.Else():
                 m.d.sync += out_beat.eq(out_beat + 1)
 
-        def stage(value, name, shape=None):
-            r = Signal(value.shape() if shape is None else shape, name=name)
+        def stage(value, name, shape=None, reset_less=False):
+            r = Signal(value.shape() if shape is None else shape, name=name, reset_less=reset_less)
             m.d.sync += r.eq(value)
             return r
 
@@ -231,7 +231,9 @@ class QuantPow2(wiring.Component):
         words = data.View(vector_layout(L, _X_BITS), rd.data)
         e2 = stage(e_of, "e2")
         flags = [stage(f, f"{f.name}_2") for f in (v1, slot1, first1, last1)]
-        x2 = [stage(lane(words, n), f"x2_{n}") for n in range(L)]
+        # Plain flip-flops after the block RAM (no reset): the ECP5 build moves them into its output
+        # register (hw.bram_output_registers).
+        x2 = [stage(lane(words, n), f"x2_{n}", reset_less=True) for n in range(L)]
         x3 = [stage(x2[n], f"x3_{n}") for n in range(L)]
         half3 = stage((Const(1, _X_BITS) << e2)[1:], "half3", unsigned(_X_BITS))   # 2^(e-1), or 0 for e = 0
         e3 = stage(e2, "e3")

@@ -1,6 +1,6 @@
 """A block RAM tagged by :func:`hw.collision.collision_free_memory`, for the collision tests."""
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -29,5 +29,7 @@ class CollisionRam(wiring.Component):
         m.d.comb += [wp.addr.eq(self.wa), wp.data.eq(self.wd), wp.en.eq(self.we), rp.addr.eq(self.ra)]
         if self.tagged:
             assert_no_collision(m, platform, wp, rp, self.used, "ram")
-        m.d.sync += self.rd.eq(rp.data)
+        word = Signal(16, reset_less=True)     # a plain flip-flop (hw.bram_output_registers can absorb it)
+        m.d.sync += word.eq(rp.data)
+        m.d.comb += self.rd.eq(word)
         return m
