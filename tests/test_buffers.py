@@ -32,15 +32,20 @@ def test_random_traffic(bank_words):
 
     async def bench(ctx):
         pending = []            # (buf, token, index) asked, in order
-        taken = None            # the request taken last cycle: its word is read at this cycle's edge
         for cycle in range(3000):
-            # one write per cycle at most (units take turns), from wr or x_in; never to the word being read
-            # (hw.collision: the block RAMs' collisions are undefined in synthesis)
+            # a read request now and then; the reader stalls at random
+            want_read = rng.random() < 0.5
+            if want_read:
+                rb = rng.choice(list(Buffer))
+                req = (rb, rng.randrange(M), rng.randrange(words[rb]))
+            # one write per cycle at most (units take turns), from wr or x_in; never to the word requested
+            # in the same cycle (the write lands a cycle later, with that read: hw.collision leaves such
+            # block RAM collisions undefined in synthesis)
             ctx.set(dut.wr.valid, 0)
             ctx.set(dut.x_in.valid, 0)
             b = rng.choice(list(Buffer))
             t, i = rng.randrange(M), rng.randrange(words[b])
-            if rng.random() < 0.4 and (b, t, i) != taken:
+            if rng.random() < 0.4 and not (want_read and (b, t, i) == req):
                 vals, e = rand_word(b), rng.randrange(32)
                 if b is Buffer.X and rng.random() < 0.5:
                     raw = sum((v & 0xFFFFFFFF) << (32 * n) for n, v in enumerate(vals))
@@ -54,11 +59,7 @@ def test_random_traffic(bank_words):
                 write = ((b, t, i), (vals, e if b is Buffer.Q else None))
             else:
                 write = None
-            # a read request now and then; the reader stalls at random
-            want_read = rng.random() < 0.5
             if want_read:
-                b = rng.choice(list(Buffer))
-                req = (b, rng.randrange(M), rng.randrange(words[b]))
                 ctx.set(dut.rd_req.payload, {"buf": req[0], "token": req[1], "index": req[2]})
             ctx.set(dut.rd_req.valid, int(want_read))
             rd_ready = int(rng.random() < 0.6)
@@ -67,9 +68,8 @@ def test_random_traffic(bank_words):
                                                              dut.rd_data.payload, dut.rd_e)
             if write:
                 model[write[0]] = write[1]
-            taken = req if want_read and rq_ok else None
-            if taken:
-                # The block RAM reads a cycle after the request: the answer has this cycle's write too.
+            if want_read and rq_ok:
+                # The answer has every earlier write (this cycle's goes to other words).
                 pending.append((req, model.get(req)))
             if d_v and rd_ready:
                 req, snap = pending.pop(0)
@@ -95,18 +95,20 @@ def test_random_traffic(bank_words):
 
 
 def test_simulation_refuses_a_write_to_the_word_being_read():
-    # The request is taken in one cycle and its block RAM reads at the next edge; a write to that word in
-    # that cycle collides (hw.collision), which the simulation check reports.
+    # A request and a write of the same word in the same cycle: both registers hand them to the block RAM
+    # at the next edge, where they collide (hw.collision), which the simulation check reports.
     dut = ActivationBuffers(lanes=2, max_tokens=2, words={b: 4 for b in Buffer}, max_index=8)
 
     async def bench(ctx):
         ctx.set(dut.rd_data.ready, 1)
         ctx.set(dut.rd_req.payload, {"buf": Buffer.H, "token": 1, "index": 2})
         ctx.set(dut.rd_req.valid, 1)
-        await ctx.tick()
-        ctx.set(dut.rd_req.valid, 0)
         ctx.set(dut.wr.payload, {"buf": Buffer.H, "token": 1, "index": 2, "data": 5, "e": 0})
         ctx.set(dut.wr.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.rd_req.valid, 0)
+        ctx.set(dut.wr.valid, 0)
+        await ctx.tick()
         await ctx.tick()
 
     sim = Simulator(dut)

@@ -16,9 +16,11 @@ is registered before the block RAMs (the requesting units' multiplexer reached e
 across the die on ECP5); each word is registered at its block RAMs, again on its way to the buffer
 multiplexer, and after the multiplexer before it enters the answer queue (a block RAM's clock-to-out, then
 a route across the die into the multiplexer was a 19.4 ns placed path). An answer holds every write made
-up to and including its request's cycle. Up to six answers wait while ``rd_data`` is stalled (requests
-are refused while all places are taken).
-``wr``: writes of any buffer (:func:`wr_layout`, from the LINEAR unit).
+before its request's cycle; a word must not be requested in the cycle it is written (its block RAM's read
+and write then meet, which synthesis leaves undefined: :mod:`hw.collision`, checked in simulation). Up to
+six answers wait while ``rd_data`` is stalled (requests are refused while all places are taken).
+``wr``: writes of any buffer (:func:`wr_layout`, from the LINEAR unit), registered per bank before the
+block RAMs.
 ``x_in``: the EMBED unit's residual beats (:func:`~hw.units.embed.embed_out_layout`).
 
 A buffer deeper than ``bank_words`` is kept as banks of that many words, each a memory of its own whose
@@ -153,11 +155,20 @@ class ActivationBuffers(wiring.Component):
                 x = self.x_in.payload
                 with m.If(self.x_in.valid):
                     m.d.comb += [w_addr.eq(addr(b, x.token, x.beat)), w_data.eq(x.data.as_value()), w_en.eq(1)]
+            # Each bank's write passes a register on its way in: the writers' multiplexer and address
+            # arithmetic reached the block RAM pins straight (17.6 ns placed on the ECP5 shell at 5463a01,
+            # once Yosys stopped delaying writes for its collision bypass). A write lands a cycle after it
+            # is taken, so a read requested in the cycle a word is written must not be used (checked below).
             for k, mem in enumerate(mems[b]):
                 wp = mem.write_port()
                 wports[b].append(wp)
-                m.d.comb += [wp.addr.eq(w_addr[:low_bits[b]]), wp.data.eq(w_data),
-                             wp.en.eq(w_en & (w_addr[low_bits[b]:] == k))]
+                tag = f"{b.name.lower()}{k}"
+                bank_addr = Signal(low_bits[b], name=f"w_addr_{tag}", reset_less=True)
+                bank_data = Signal.like(w_data, name=f"w_data_{tag}", reset_less=True)
+                bank_en = Signal(name=f"w_en_{tag}")
+                m.d.sync += [bank_addr.eq(w_addr[:low_bits[b]]), bank_data.eq(w_data),
+                             bank_en.eq(w_en & (w_addr[low_bits[b]:] == k))]
+                m.d.comb += [wp.addr.eq(bank_addr), wp.data.eq(bank_data), wp.en.eq(bank_en)]
 
         # -- reads: a request register, the block RAM's cycle, two registers per bank, the multiplexer into
         # a register, then an answer queue with a place per cycle of latency and one more (first-word
