@@ -123,8 +123,10 @@ BOARDS = {
                   "OPENFPGALOADER": "true"},
         # nextpnr's placer weighs timing harder than by default (10 and 2): on the shell at 183e789 the
         # post-placement estimate went from 56.97 to 69.96 MHz (late endpoints 5,491 -> 3,481) with the
-        # same netlist; see docs/board.md.
-        overrides={"nextpnr_opts": "--placer-heap-timingweight 40 --placer-heap-critexp 4"},
+        # same netlist. router2's alternative weights (a constant present-congestion cost): with the
+        # default ones it never converged on the shell (7543e99, 8ec110d, 2e54e02: overused wires down
+        # to ~150, then rising); with these it routed 5463a01 (675 iterations). See docs/board.md.
+        overrides={"nextpnr_opts": "--placer-heap-timingweight 40 --placer-heap-critexp 4 --router2-alt-weights"},
         constraints="constraints/ulx3s-85f.lpf",
     ),
     "nexus-40": Board(
