@@ -590,7 +590,8 @@ def build_parser():
                                     "endpoints and the nets behind the most late ones (hop by hop in <build "
                                     "dir>/routed-timing.txt). Boards: ulx3s-85f (ECP5), nexus-40 "
                                     "(LIFCL-40-EVN). Designs: shell (the accelerator with the board's SDRAM and "
-                                    "the UART host link; ulx3s-85f only; about 40 minutes on two cores) and link "
+                                    "the UART host link; ulx3s-85f only; 1.5 to 2 hours on two cores, most of it "
+                                    "nextpnr's router) and link "
                                     "(the UART host link with a CSR stub and on-chip RAM; a minute).")
     bd.add_argument("--board", required=True, help="target board: ulx3s-85f or nexus-40")
     bd.add_argument("--hw", required=True, help="hardware config name or YAML path (e.g. ecp5)")
@@ -604,8 +605,8 @@ def build_parser():
                          "build_seconds, met, ...)")
     bd.add_argument("--place-only", action="store_true",
                     help="stop after placement: no routing, no bitstream. About half an hour on the shell "
-                         "(Yosys and placement; routing adds about 12 minutes at 62 %% of the 85F's LUTs and "
-                         "did not converge at 74 %%), to see where timing fails: "
+                         "(Yosys and placement, against 1.5 to 2 hours with routing at 64 %% of the 85F's LUTs), "
+                         "to see where timing fails: "
                          "Fmax and PASS/FAIL are nextpnr's "
                          "post-placement estimates (routed timing differs), and the worst paths and the nets "
                          "behind the most late endpoints are printed, hop by hop in "

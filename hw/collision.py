@@ -19,28 +19,43 @@ from amaranth.hdl import Assert
 from amaranth.lib import fifo, memory
 
 __all__ = ["COLLISION_ATTR", "YOSYS_UNDEFINED_COLLISIONS", "collision_free_memory", "assert_no_collision",
-           "CollisionFreeSyncFIFOBuffered"]
+           "CollisionFreeSyncFIFOBuffered", "MAX_READ_PORTS"]
 
 COLLISION_ATTR = "trillium_collision"
 
+#: Most read ports a tagged memory may have (each written by one write port).
+MAX_READ_PORTS = 4
+
 #: Yosys steps: collect the memories (``proc`` first, which ``memory_collect`` needs) and set the collision
-#: mask of the tagged ones. The mask is one bit (one read port, one write port: :func:`collision_free_memory`
-#: is for such memories); Yosys rejects a memory with more ports loudly (mask width), never silently.
-#: ``chformal -remove`` drops simulation checks of a design elaborated without a platform.
+#: mask of the tagged ones. The mask has a bit per (read port, write port) pair, so there is one step per
+#: read port count (one write port: :func:`collision_free_memory` refuses other port counts when it is
+#: elaborated). ``chformal -remove`` drops simulation checks of a design elaborated without a platform.
 YOSYS_UNDEFINED_COLLISIONS = "\n".join([
     "proc",
     "memory_collect",
-    f"setparam -set RD_COLLISION_X_MASK 1'1 t:$mem_v2 a:{COLLISION_ATTR}=undefined %i",
+    *(f"setparam -set RD_COLLISION_X_MASK {n}'b{'1' * n} t:$mem_v2 a:{COLLISION_ATTR}=undefined %i "
+      f"r:RD_PORTS={n} %i r:WR_PORTS=1 %i" for n in range(1, MAX_READ_PORTS + 1)),
     "chformal -remove",
 ])
+
+
+class _CollisionFreeMemory(memory.Memory):
+    """A tagged memory that checks, when elaborated, that :data:`YOSYS_UNDEFINED_COLLISIONS` fits its ports."""
+
+    def elaborate(self, platform):
+        if len(self.write_ports) != 1 or not 1 <= len(self.read_ports) <= MAX_READ_PORTS:
+            raise ValueError(f"a collision-free memory has one write port and 1 to {MAX_READ_PORTS} read ports, "
+                             f"not {len(self.write_ports)} and {len(self.read_ports)}")
+        return super().elaborate(platform)
 
 
 def collision_free_memory(*, shape, depth, init=()):
     """An :class:`amaranth.lib.memory.Memory` whose read-write collisions may be undefined in synthesis.
 
-    Give it one write port and one read port, and check them with :func:`assert_no_collision`.
+    Give it one write port and up to :data:`MAX_READ_PORTS` read ports (checked when it is elaborated), and
+    check each read port with :func:`assert_no_collision`.
     """
-    return memory.Memory(shape=shape, depth=depth, init=list(init), attrs={COLLISION_ATTR: "undefined"})
+    return _CollisionFreeMemory(shape=shape, depth=depth, init=list(init), attrs={COLLISION_ATTR: "undefined"})
 
 
 def assert_no_collision(m, platform, write_port, read_port, used, name):

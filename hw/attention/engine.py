@@ -59,6 +59,7 @@ from amaranth.lib.wiring import In, Out
 from golden.numerics import ATTN_KEY_BLOCK, EXP_FRAC, RES_FRAC, score_constant
 
 from ..arith.dsp import registered_product
+from ..collision import assert_no_collision, collision_free_memory
 from ..params import check_int
 from ..replica import registered_copies
 from .arith import clamp, const_mul, mul_parts, round_shift, saturate, tree_sum, vmax
@@ -199,10 +200,13 @@ class AttentionEngine(wiring.Component):
         q_wr, q_rd = qmem.write_port(), qmem.read_port()
         m.submodules.zbuf = zbuf = Memory(shape=signed(32), depth=_BLK << rb, init=[])
         z_wr, z_rd = zbuf.write_port(), zbuf.read_port()
-        m.submodules.num = num = Memory(shape=data.ArrayLayout(signed(NUM_BITS), C), depth=num_depth(NR, R),
-                                        init=[])
         # The weighted sum is a read-modify-write with the read two stages before the write; the port is
-        # not transparent, and the words written in those two cycles are forwarded (V stage 8 below).
+        # not transparent, and the words written in those two cycles are forwarded (V stage 11 below), the
+        # word written in the read's own cycle included. So no read uses a word written in its cycle (the
+        # normaliser reads the other bank), and the memory has undefined collisions: no bypass logic in
+        # synthesis (two read ports of 144 bits: 288 LUT4 on the ECP5 shell). Checked in simulation below.
+        m.submodules.num = num = collision_free_memory(shape=data.ArrayLayout(signed(NUM_BITS), C),
+                                                       depth=num_depth(NR, R))
         n_wr = num.write_port()
         n_rd = num.read_port()
         n_norm = num.read_port()
@@ -511,9 +515,14 @@ class AttentionEngine(wiring.Component):
         # 10); those words are forwarded.
         wen = Signal()
         m.d.comb += wen.eq(vbusy[VD] & ven[VD])
-        hit1, hit2a, hit2 = Signal(), Signal(), Signal()
-        m.d.sync += [hit1.eq(wen & (vaddr[VD] == vaddr[VD - 1])), hit2a.eq(wen & (vaddr[VD] == vaddr[VD - 2])),
-                     hit2.eq(hit2a)]
+        hit1, hit2a, hit2a_nx, hit2 = Signal(), Signal(), Signal(), Signal()
+        m.d.comb += hit2a_nx.eq(wen & (vaddr[VD] == vaddr[VD - 2]))
+        m.d.sync += [hit1.eq(wen & (vaddr[VD] == vaddr[VD - 1])), hit2a.eq(hit2a_nx), hit2.eq(hit2a)]
+        # The words the design uses: the early read of a first key (stage 4), and a later key's read (stage
+        # 9) unless the word written in the same cycle is forwarded in its place; and the normaliser's.
+        n_used = (vbusy[4] & ven[4] & vfirst[4]) | (vbusy[VD - 2] & ven[VD - 2] & ~vfirst[VD - 2] & ~hit2a_nx)
+        assert_no_collision(m, platform, n_wr, n_rd, n_used, "attention num (weighted sums)")
+        assert_no_collision(m, platform, n_wr, n_norm, norm.num_used, "attention num (normaliser)")
         w1 = [Signal(signed(NUM_BITS), name=f"w1_{i}") for i in range(C)]
         w2 = [Signal(signed(NUM_BITS), name=f"w2_{i}") for i in range(C)]
         m.d.comb += [n_wr.addr.eq(vaddr[VD]), n_wr.en.eq(wen)]

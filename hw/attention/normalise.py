@@ -94,6 +94,9 @@ class Normaliser(wiring.Component):
         Accepted only while idle.
     num_addr : Out(range(num_depth(rows, row_beats)))
         Address into the engine's ``num`` memory (:func:`num_address`) of a synchronous read port.
+    num_used : Out(1)
+        The word read at this cycle's ``num_addr`` is used (its beat is issued in the next cycle): the
+        engine's simulation check that no used read meets a write (:func:`hw.collision.assert_no_collision`).
     num_data : In(data.ArrayLayout(signed(NUM_BITS), chunk))
         The word at the previous cycle's ``num_addr``.
     m16 : Out(16)
@@ -118,6 +121,7 @@ class Normaliser(wiring.Component):
         super().__init__({
             "start": In(stream.Signature(start_layout(rows))),
             "num_addr": Out(range(num_depth(rows, row_beats))),
+            "num_used": Out(1),
             "num_data": In(data.ArrayLayout(signed(NUM_BITS), chunk)),
             "m16": Out(16),
             "prod": In(data.ArrayLayout(signed(PROD_BITS), chunk)),
@@ -160,8 +164,10 @@ class Normaliser(wiring.Component):
         in_out, in_out_nx = Signal(), Signal()          # in the OUT state
         m.d.comb += [self.o.valid.eq(queue.r_rdy), self.o.payload.eq(queue.r_data), queue.r_en.eq(self.o.ready),
                      pending_nx.eq(pending + issue - (self.o.valid & self.o.ready)), in_out_nx.eq(in_out)]
-        m.d.sync += [pending.eq(pending_nx), in_out.eq(in_out_nx),
-                     issue.eq(self.mul_free_next & (pending_nx != _QUEUE) & in_out_nx)]
+        issue_nx = Signal()
+        m.d.comb += [issue_nx.eq(self.mul_free_next & (pending_nx != _QUEUE) & in_out_nx),
+                     self.num_used.eq(issue_nx)]
+        m.d.sync += [pending.eq(pending_nx), in_out.eq(in_out_nx), issue.eq(issue_nx)]
         last_k, last_g = Signal(), Signal()
         m.d.sync += [last_k.eq(k_nx == R - 1), last_g.eq(g_nx == job.count - 1)]
         # issue is only ever high in the OUT state. After the job's last beat (g, k) = (0, 0) for the next.

@@ -8,15 +8,18 @@ from hw.collision import assert_no_collision, collision_free_memory
 
 
 class CollisionRam(wiring.Component):
-    """One write port, one synchronous read port into a register: 16 x 2048 (two DP16KD on ECP5).
+    """One write port, synchronous read ports into registers: 16 x 2048 (two DP16KD on ECP5 per read port).
 
-    ``tagged`` makes it a :func:`~hw.collision.collision_free_memory` with its simulation check (a read is
-    used when ``used`` is high); otherwise a plain Amaranth memory.
+    ``tagged`` makes it a :func:`~hw.collision.collision_free_memory` with its simulation check (read port
+    ``i`` is used when ``used[i]`` is high); otherwise a plain Amaranth memory. ``read_ports`` read ports, with
+    addresses ``ra[11 i:11 i + 11]`` and words ``rd[16 i:16 i + 16]``.
     """
 
-    def __init__(self, tagged=True):
-        self.tagged = tagged
-        super().__init__({"wa": In(11), "wd": In(16), "we": In(1), "ra": In(11), "used": In(1), "rd": Out(16)})
+    def __init__(self, tagged=True, read_ports=1):
+        self.tagged, self.read_ports = tagged, read_ports
+        n = read_ports
+        super().__init__({"wa": In(11), "wd": In(16), "we": In(1), "ra": In(11 * n), "used": In(n),
+                          "rd": Out(16 * n)})
 
     def elaborate(self, platform):
         m = Module()
@@ -25,11 +28,14 @@ class CollisionRam(wiring.Component):
         else:
             mem = memory.Memory(shape=16, depth=2048, init=[])
         m.submodules.mem = mem
-        wp, rp = mem.write_port(), mem.read_port()
-        m.d.comb += [wp.addr.eq(self.wa), wp.data.eq(self.wd), wp.en.eq(self.we), rp.addr.eq(self.ra)]
-        if self.tagged:
-            assert_no_collision(m, platform, wp, rp, self.used, "ram")
-        word = Signal(16, reset_less=True)     # a plain flip-flop (hw.bram_output_registers can absorb it)
-        m.d.sync += word.eq(rp.data)
-        m.d.comb += self.rd.eq(word)
+        wp = mem.write_port()
+        m.d.comb += [wp.addr.eq(self.wa), wp.data.eq(self.wd), wp.en.eq(self.we)]
+        for i in range(self.read_ports):
+            rp = mem.read_port()
+            m.d.comb += rp.addr.eq(self.ra[11 * i:11 * i + 11])
+            if self.tagged:
+                assert_no_collision(m, platform, wp, rp, self.used[i], "ram" if i == 0 else f"ram port {i}")
+            word = Signal(16, reset_less=True, name=f"word{i}")   # a plain flip-flop (bram_output_registers)
+            m.d.sync += word.eq(rp.data)
+            m.d.comb += self.rd[16 * i:16 * i + 16].eq(word)
         return m
