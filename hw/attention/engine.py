@@ -53,7 +53,6 @@ into two multiplier blocks whose products are registered before they are summed.
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.numerics import ATTN_KEY_BLOCK, EXP_FRAC, RES_FRAC, score_constant
@@ -195,10 +194,14 @@ class AttentionEngine(wiring.Component):
         # asynchronous read. Depths of at least 2: a zero-width address is rejected by Verilator.
         rb = max(1, (NR - 1).bit_length())
         kb = (R - 1).bit_length()
-        m.submodules.qmem = qmem = Memory(shape=data.ArrayLayout(signed(8), C), depth=max(2, 1 << (rb + kb)),
-                                          init=[])
+        # The query words are written in Q_LOAD and read by K chunks, the scores written by K chunks (stage
+        # 10) and read by V chunks, never in the same cycle (the V phase starts once the K pipeline is
+        # empty, and the next K phase once the V phase has read its scores): no collision bypass in
+        # synthesis (checked in simulation below).
+        m.submodules.qmem = qmem = collision_free_memory(shape=data.ArrayLayout(signed(8), C),
+                                                         depth=max(2, 1 << (rb + kb)))
         q_wr, q_rd = qmem.write_port(), qmem.read_port()
-        m.submodules.zbuf = zbuf = Memory(shape=signed(32), depth=_BLK << rb, init=[])
+        m.submodules.zbuf = zbuf = collision_free_memory(shape=signed(32), depth=_BLK << rb)
         z_wr, z_rd = zbuf.write_port(), zbuf.read_port()
         # The weighted sum is a read-modify-write with the read two stages before the write; the port is
         # not transparent, and the words written in those two cycles are forwarded (V stage 11 below), the
@@ -331,6 +334,7 @@ class AttentionEngine(wiring.Component):
         # (one-beat rows with one active row update a row every cycle): dacc one stage before, blk_max two.
         k_go = Signal()
         m.d.comb += q_rd.addr.eq(q_addr(r, k))
+        assert_no_collision(m, platform, q_wr, q_rd, k_go, "attention query words")
         KD = 10
         kvalid = delays(k_go, KD, "k_valid")
         kr = delays(r, KD, "k_r")
@@ -431,6 +435,7 @@ class AttentionEngine(wiring.Component):
         vaddr = delays(num_address(NR, R, bank, r, k), VD, "v_addr")
         vkv = delays(self.kv.payload, 10, "v_kv")
         m.d.comb += z_rd.addr.eq(z_addr(r, j))
+        assert_no_collision(m, platform, z_wr, z_rd, v_go, "attention scores")
         # M' in stage 2 from the comparison registered in stage 1.
         keep_run = Signal()
         m.d.sync += keep_run.eq(vrm[1] > vbm[1])
