@@ -55,7 +55,8 @@ def collision_free_memory(*, shape, depth, init=()):
     Give it one write port and up to :data:`MAX_READ_PORTS` read ports (checked when it is elaborated), and
     check each read port with :func:`assert_no_collision`.
     """
-    return _CollisionFreeMemory(shape=shape, depth=depth, init=list(init), attrs={COLLISION_ATTR: "undefined"})
+    return _CollisionFreeMemory(shape=shape, depth=depth, init=list(init), attrs={COLLISION_ATTR: "undefined"},
+                                src_loc_at=1)
 
 
 def assert_no_collision(m, platform, write_port, read_port, used, name):

@@ -239,8 +239,9 @@ class LogitsEpilogue(wiring.Component):
     rows : In(stream.Signature(logits_rows_layout(lanes)))
         One beat per row tile, in tile order: the tile's row scales, held in a register until the tile's
         last token has gone by.
-    tokens, tiles : In
-        Tokens per tile and row tiles of this command (held by the owner).
+    tokens : In
+        Tokens per tile of this command (held by the owner); the beats' ``tile_last`` and ``last`` flags
+        (:func:`~hw.dataflow.linear.linear_out_layout`) end tiles and the command.
     o : Out(stream.Signature(logits_out_layout(...)))
     """
 
@@ -251,7 +252,6 @@ class LogitsEpilogue(wiring.Component):
             "mult": In(stream.Signature(logits_mult_layout(max_tokens))),
             "rows": In(stream.Signature(logits_rows_layout(lanes))),
             "tokens": In(token_bits(max_tokens) + 1),
-            "tiles": In(beat_signature.members["payload"].shape.members["tile"]),
             "o": Out(stream.Signature(logits_out_layout(lanes, beat_signature))),
         })
 
@@ -276,8 +276,7 @@ class LogitsEpilogue(wiring.Component):
         # by; `rows.ready` is that register's "empty" flag (a flip-flop, so the epilogue's ready logic
         # does not reach the row-scale reader). The next tile's scales arrive a cycle after the release:
         # at most one idle cycle per row tile, which the engine (at least two cycles per beat on the LM
-        # head's bit planes) never notices. The last token and tile are registered too (the owner holds
-        # tokens and tiles for the whole command).
+        # head's bit planes) never notices.
         row_m16, row_e = Signal.like(self.rows.payload.m16), Signal.like(self.rows.payload.e)
         row_have = Signal()
         m.d.comb += self.rows.ready.eq(~row_have)
@@ -296,20 +295,19 @@ class LogitsEpilogue(wiring.Component):
         ready_in = pipe.take & row_have & all_have
         take = Signal()
         m.d.comb += [self.i.ready.eq(ready_in), take.eq(self.i.valid & ready_in)]
-        tokens_m1, tiles_m1 = Signal.like(self.tokens), Signal.like(self.tiles)
         need = Signal(M)                       # one bit per token of the command
-        m.d.sync += [tokens_m1.eq(self.tokens - 1), tiles_m1.eq(self.tiles - 1),
-                     need.eq((Const(1, M + 1) << self.tokens) - 1)]
-        with m.If(take & (beat.slot == tokens_m1)):
+        m.d.sync += need.eq((Const(1, M + 1) << self.tokens) - 1)
+        # The beat's flags come with it (LinearCore decides them): a beat's slot and tile compared here, out
+        # of the link's distributed-RAM FIFO, were 13.23 ns placed paths into `all_have` (ECP5, 2ee4ca5).
+        with m.If(take & beat.tile_last):
             m.d.sync += row_have.eq(0)
         set_bits = Signal(M)
         with m.If(mult_v):
             m.d.comb += set_bits.eq(1 << mult.slot)
-        # The flags clear a cycle after the command's last beat (`done_r`), from a register: the beat's
-        # slot and tile compared, out of the link's FIFO, reached their resets (14.2 ns placed at a3e84bf).
-        # `all_have` falls at once and stays low through that cycle; the next command's multipliers come
-        # much later (after its prologue).
-        command_done = take & (beat.slot == tokens_m1) & (beat.tile == tiles_m1)
+        # The flags clear a cycle after the command's last beat (`done_r`), from a register (a beat's slot
+        # and tile compared reached their resets: 14.2 ns placed at a3e84bf). `all_have` falls at once and
+        # stays low through that cycle; the next command's multipliers come much later (after its prologue).
+        command_done = take & beat.last
         done_r = Signal()
         m.d.sync += [done_r.eq(command_done), have.eq(Mux(done_r, 0, have | set_bits)),
                      all_have.eq(~command_done & ~done_r & ((have | set_bits) & need == need))]

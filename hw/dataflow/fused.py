@@ -137,7 +137,7 @@ class FusedLinear(wiring.Component):
         with m.If(accept):
             m.d.sync += [kind.eq(cmd.payload.epilogue), logits.eq(cmd.payload.logits),
                          qkv.pos0.eq(cmd.payload.pos), qkv.v_from.eq(cmd.payload.core.bound1),
-                         lg.tokens.eq(cmd.payload.core.tokens), lg.tiles.eq(cmd.payload.core.row_tiles)]
+                         lg.tokens.eq(cmd.payload.core.tokens)]
         wiring.connect(m, wiring.flipped(self.mult), lg.mult)
         wiring.connect(m, wiring.flipped(self.rows), lg.rows)
         wiring.connect(m, lg.o, wiring.flipped(self.logits))

@@ -28,7 +28,10 @@ Streams
 ``x``: the ``tokens`` input vectors one after another, ``ceil(n / vec_lanes)`` beats each
 (:func:`~hw.vector.norm_quant.norm_in_layout`: values and the gain); ``weights``: the packed weight
 words in engine order (row tile, then k-step), each word used by every token; ``o``: one beat per
-(row tile, token) in that order: ``acc`` and ``y`` (``lanes`` x int32 each), ``slot`` (token), ``tile``.
+(row tile, token) in that order: ``acc`` and ``y`` (``lanes`` x int32 each), ``slot`` (token), ``tile``,
+and the flags ``tile_last`` (the tile's last token) and ``last`` (the command's last beat), decided where the
+engine's sums enter, so a consumer reads them from its FIFO without comparing (a compare after a
+distributed-RAM FIFO head was a 13.23 ns placed path into the LM-head epilogue at 2ee4ca5).
 
 Sequence
 --------
@@ -98,6 +101,8 @@ def linear_out_layout(lanes, max_row_tiles, max_tokens):
         "y": vector_layout(lanes),
         "slot": unsigned(token_bits(max_tokens)),
         "tile": unsigned(max(1, max_row_tiles.bit_length())),
+        "tile_last": 1,                 # the tile's last beat (slot == tokens - 1)
+        "last": 1,                      # the command's last beat (and the last tile)
     })
 
 
@@ -166,7 +171,7 @@ class LinearCore(wiring.Component):
         # The raw sums and slot of each beat in Dequant, beside it: Dequant holds at most latency + 1 beats
         # (its output FIFO's count), so this FIFO is never full when a beat enters both.
         m.submodules.side = side = LandingFifo(
-            width=len(self.o.payload.acc.as_value()) + token_bits(M), depth=max(4, dq.latency + 2))
+            width=len(self.o.payload.acc.as_value()) + token_bits(M) + 2, depth=max(4, dq.latency + 2))
         # Undefined collisions (no bypass logic in synthesis): the sequencer reads only once the command's
         # tokens are loaded (checked in simulation below).
         m.submodules.acts = amem = collision_free_memory(shape=unsigned(8 * W), depth=M * KS)
@@ -174,10 +179,19 @@ class LinearCore(wiring.Component):
         ard = amem.read_port(domain="sync")
 
         # -- command registers ---------------------------------------------------------------------------
+        # A command is taken in one cycle (`start`: busy rises, and the command register has loaded the
+        # payload in every idle cycle, so its enable is `~busy`, not the handshake) and its state is set up
+        # in the next (`begin`, two copies: the gearbox, and the counters). The handshake's `valid` comes
+        # from the fused core's command slice, which sits with the epilogues; the setup's resets reach the
+        # gearbox and counters all over the core (as one gate from `valid`: 14.21 ns placed paths into the
+        # gearbox's slot reset on the ECP5 shell at 2ee4ca5). One cycle per command.
         cfg = Signal(self.cfg.payload.shape())
         busy = Signal()
         m.d.comb += self.cfg.ready.eq(~busy)
         start = self.cfg.valid & ~busy
+        begin, begin_gear = registered_copies(m, start, 2, "begin")
+        with m.If(~busy):
+            m.d.sync += cfg.eq(self.cfg.payload)
 
         # -- prologue: NormQuant per token ---------------------------------------------------------------
         load_tok = Signal(range(M + 1))        # token whose vector NormQuant is working on
@@ -278,8 +292,12 @@ class LinearCore(wiring.Component):
         # -- load control -------------------------------------------------------------------------------
         loaded = Signal()                      # every token's words are in the buffer
         with m.If(start):
-            m.d.sync += [cfg.eq(self.cfg.payload), busy.eq(1), loading.eq(1), load_tok.eq(0), wr_base.eq(0),
-                         scale_tok.eq(0), norm_cfg_sent.eq(0), ks.eq(0), vec_in.eq(0)] + gear_clear
+            m.d.sync += busy.eq(1)
+        with m.If(begin):
+            m.d.sync += [loading.eq(1), load_tok.eq(0), wr_base.eq(0), scale_tok.eq(0), norm_cfg_sent.eq(0),
+                         ks.eq(0), vec_in.eq(0)]
+        with m.If(begin_gear):
+            m.d.sync += gear_clear
         with m.If(norm.cfg.valid & norm.cfg.ready):
             m.d.sync += norm_cfg_sent.eq(1)
         # Token done: its words are written (a word beyond k_steps was padding, dropped). Registered: the
@@ -298,7 +316,8 @@ class LinearCore(wiring.Component):
                 m.d.sync += loading.eq(0)
         with m.If(tok_done_gear):
             m.d.sync += gear_clear
-        m.d.comb += loaded.eq(busy & ~loading & (scale_tok == cfg.tokens))
+        # (Not in the `begin` cycle: `loading` and the token counters still hold the last command's.)
+        m.d.comb += loaded.eq(busy & ~begin & ~loading & (scale_tok == cfg.tokens))
 
         # -- sequencer: (row tile, k-step, token) act steps from the buffer ------------------------------
         rt = Signal.like(cfg.row_tiles)
@@ -310,16 +329,16 @@ class LinearCore(wiring.Component):
         serial = Signal()
         last_plane = Signal.like(cfg.planes)
         tokens_m1, k_steps_m1, row_tiles_m1 = Signal.like(cfg.tokens), Signal.like(cfg.k_steps), Signal.like(cfg.row_tiles)
-        with m.If(start):
-            p = self.cfg.payload
-            m.d.sync += [serial.eq(p.planes > 1), last_plane.eq(Mux(p.planes > 1, p.planes - 1, 0)),
-                         tokens_m1.eq(p.tokens - 1), k_steps_m1.eq(p.k_steps - 1), row_tiles_m1.eq(p.row_tiles - 1)]
+        with m.If(begin):
+            m.d.sync += [serial.eq(cfg.planes > 1), last_plane.eq(Mux(cfg.planes > 1, cfg.planes - 1, 0)),
+                         tokens_m1.eq(cfg.tokens - 1), k_steps_m1.eq(cfg.k_steps - 1),
+                         row_tiles_m1.eq(cfg.row_tiles - 1)]
         rd_base = Signal(range(M * KS + 1))    # stok * KS
         running = Signal()
         replayed = Signal()                    # the command's act steps have all been issued
         with m.If(loaded & ~running & ~replayed):
             m.d.sync += [running.eq(1), rt.eq(0), sks.eq(0), spl.eq(0), stok.eq(0), rd_base.eq(0)]
-        with m.If(start):
+        with m.If(begin):
             m.d.sync += replayed.eq(0)
         # The act steps reach the engine over a credit link: the sequencer's enable comes from the link's
         # `ready` flip-flop, where it was the engine's `take & weights.valid` (on the ECP5 shell at 7543e99,
@@ -378,24 +397,26 @@ class LinearCore(wiring.Component):
 
         slot = sums.payload.slot
         dq_in = data.StructLayout({"y": sums.payload.y.shape(), "slot": slot.shape(), "m16": unsigned(16),
-                                   "shift": signed(_SHIFT_BITS)})
+                                   "shift": signed(_SHIFT_BITS), "tile_last": 1, "last": 1})
         m.submodules.sums_slice = sl = SkidBuffer(dq_in)
         m.d.comb += [
             sl.i.valid.eq(sums.valid), sums.ready.eq(sl.i.ready),
             sl.i.payload.y.eq(sums.payload.y), sl.i.payload.slot.eq(slot),
             sl.i.payload.m16.eq(mult_m16[slot][g_sel]), sl.i.payload.shift.eq(mult_sh[slot][g_sel]),
+            sl.i.payload.tile_last.eq(slot == tokens_m1),
+            sl.i.payload.last.eq((slot == tokens_m1) & (tile_in == row_tiles_m1)),
         ]
         with m.If(sums.valid & sums.ready & (slot == tokens_m1)):
             m.d.sync += [tile_in.eq(tile_in + 1), g_sel.eq(group_of(tile_in + 1, cfg))]
-        with m.If(start):
-            m.d.sync += [tile_in.eq(0), g_sel.eq(group_of(Const(0, len(tile_in)), self.cfg.payload))]
+        with m.If(begin):
+            m.d.sync += [tile_in.eq(0), g_sel.eq(group_of(Const(0, len(tile_in)), cfg))]
 
         sp = sl.o.payload
         m.d.comb += [
             dq.i.valid.eq(sl.o.valid),
             sl.o.ready.eq(dq.i.ready),
             side.w_en.eq(sl.o.valid & dq.i.ready),
-            side.w_data.eq(Cat(sp.y.as_value(), sp.slot)),
+            side.w_data.eq(Cat(sp.y.as_value(), sp.slot, sp.tile_last, sp.last)),
             dq.i.payload.m16.eq(sp.m16),
             dq.i.payload.shift.eq(sp.shift),
         ]
@@ -406,6 +427,8 @@ class LinearCore(wiring.Component):
         m.submodules.out_slice = osl = SkidBuffer(self.o.payload.shape())
         ob = osl.i
         acc_bits = len(ob.payload.acc.as_value())
+        side_slot, side_tile_last, side_last = (side.r_data[acc_bits:acc_bits + token_bits(M)],
+                                                side.r_data[-2], side.r_data[-1])
         m.d.comb += [
             # A beat out of Dequant has its side entry (written when it entered): no need to wait for it.
             ob.valid.eq(dq.o.valid),
@@ -413,17 +436,19 @@ class LinearCore(wiring.Component):
             side.r_en.eq(ob.ready & dq.o.valid),
             ob.payload.acc.as_value().eq(side.r_data[:acc_bits]),
             ob.payload.y.eq(dq.o.payload),
-            ob.payload.slot.eq(side.r_data[acc_bits:]),
+            ob.payload.slot.eq(side_slot),
             ob.payload.tile.eq(out_tile),
+            ob.payload.tile_last.eq(side_tile_last),
+            ob.payload.last.eq(side_last),
         ]
-        with m.If(ob.valid & ob.ready & (ob.payload.slot == tokens_m1)):
+        with m.If(ob.valid & ob.ready & side_tile_last):
             m.d.sync += out_tile.eq(out_tile + 1)
-        with m.If(start):
+        with m.If(begin):
             m.d.sync += out_tile.eq(0)
         o = self.o
         wiring.connect(m, osl.o, wiring.flipped(o))
         # The command ends when its last beat has left the slice (the owner's epilogue choice holds until then).
-        with m.If(o.valid & o.ready & (o.payload.slot == tokens_m1) & (o.payload.tile == row_tiles_m1)):
+        with m.If(o.valid & o.ready & o.payload.last):
             m.d.sync += busy.eq(0)
         return m
 
