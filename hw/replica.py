@@ -31,7 +31,7 @@ def registered_copies(m, next_value, count, name, *, init=0):
     next_value : Value
         The value every copy takes at the next edge (one bit or more).
     count : int
-        Copies, 1..64.
+        Copies, 1..4096 (one per lane of the widest datapath, say).
     name : str
         Base name; copy ``i`` is ``{name}_r{i}``.
     init : int
@@ -41,7 +41,7 @@ def registered_copies(m, next_value, count, name, *, init=0):
     -------
     list of Signal
     """
-    check_int("count", count, 1, 64, "registered_copies")
+    check_int("count", count, 1, 4096, "registered_copies")
     copies = []
     for i in range(count):
         reg = Signal(Value.cast(next_value).shape(), name=f"{name}_r{i}", init=init, attrs={REPLICA_ATTR: 1})

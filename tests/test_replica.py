@@ -55,7 +55,7 @@ def test_copies_follow_the_value_a_cycle_late():
     assert seen == [[1] * 3, [6] * 3, [2] * 3, [7] * 3]
 
 
-@pytest.mark.parametrize("count", [0, 65, 2.0, True])
+@pytest.mark.parametrize("count", [0, 4097, 2.0, True])
 def test_bad_count_is_refused(count):
     with pytest.raises(ValueError, match="count must be an integer in"):
         registered_copies(Module(), Signal(), count, "x")
