@@ -170,8 +170,9 @@ class ActivationBuffers(wiring.Component):
                              bank_en.eq(w_en & (w_addr[low_bits[b]:] == k))]
                 m.d.comb += [wp.addr.eq(bank_addr), wp.data.eq(bank_data), wp.en.eq(bank_en)]
 
-        # -- reads: a request register, the block RAM's cycle, two registers per bank, the multiplexer into
-        # a register, then an answer queue with a place per cycle of latency and one more (first-word
+        # -- reads: a request register, the block RAM's cycle, a register per bank (the block RAM's own output
+        # register on ECP5), the bank multiplexer into a register per buffer, the buffer multiplexer into a
+        # register, then an answer queue with a place per cycle of latency and one more (first-word
         # fall-through: room for exactly the answers owed). The request is registered per buffer (address)
         # before the block RAMs, which read on every cycle (no read enable): the requesting units'
         # multiplexer reached the enables of block RAMs all over the die on ECP5.
@@ -190,7 +191,7 @@ class ActivationBuffers(wiring.Component):
         m.d.comb += self.rd_req.ready.eq(owed < ANSWER_PLACES)
         issued_buf, flight_buf, rd_buf = Signal(Buffer), Signal(Buffer), Signal(Buffer)
         words = {}
-        bank = {}                           # the bank of the word in the registers, per buffer
+        bank_flight = {}                    # the bank of the word at the block RAMs, per buffer
         for b in Buffer:
             name = b.name.lower()
             rd_addr = Signal(range(self.max_tokens * self.stride[b]), name=f"rd_addr_{name}", reset_less=True)
@@ -204,27 +205,36 @@ class ActivationBuffers(wiring.Component):
                 word = Signal.like(rp.data, name=f"word_{name}{k}", reset_less=True)
                 m.d.sync += word.eq(rp.data)
                 words[b].append(word)
-            # The bank follows its address down the pipeline: at the block RAMs, then beside the registers.
-            bank_flight = Signal(range(self.banks[b]), name=f"bank_flight_{name}", reset_less=True)
-            bank[b] = Signal(range(self.banks[b]), name=f"bank_{name}", reset_less=True)
-            m.d.sync += [bank_flight.eq(rd_addr[low_bits[b]:]), bank[b].eq(bank_flight)]
+            # The bank follows its address down the pipeline: at the block RAMs, then (as copies) beside
+            # the registers.
+            bank_flight[b] = Signal(range(self.banks[b]), name=f"bank_flight_{name}", reset_less=True)
+            m.d.sync += bank_flight[b].eq(rd_addr[low_bits[b]:])
         m.d.sync += [issued.eq(take), issued_buf.eq(r.buf), in_flight.eq(issued), flight_buf.eq(issued_buf),
                      word_v.eq(in_flight), rd_buf.eq(flight_buf)]
-        # A second register for every word, on the way to the multiplexer: the block RAMs are spread over
-        # the die, and with one register the placer put it halfway (a block RAM's clock-to-out, then
-        # 7 ns of route into it: 12.8 ns placed on the ECP5 shell at a3e84bf).
+        # Two multiplexer stages, each into a register: within a buffer, the bank (`picked`, beside that
+        # buffer's block RAMs), then across buffers (`answer`). One multiplexer over every bank of every
+        # buffer, after a register per bank, was a LUT tree spread between block RAMs all over the die
+        # (12.93 ns placed on the ECP5 shell at 2ee4ca5). The selects are one copy per lane (and one for
+        # the exponent): one register selecting all the lanes' multiplexers reached them over a 4.7 ns
+        # route.
         near_v = Signal()
         m.d.sync += near_v.eq(word_v)
-        near = {b: [Signal.like(w, name=f"{w.name}_near", reset_less=True) for w in words[b]] for b in Buffer}
-        m.d.sync += [n_.eq(w) for b in Buffer for n_, w in zip(near[b], words[b])]
-        # The selects, one copy per lane (and one for the exponent): one register selecting all the
-        # lanes' multiplexers reached them over a 4.7 ns route.
-        buf_sel = registered_copies(m, rd_buf, N + 1, "buf_sel")
-        bank_sel = {b: registered_copies(m, bank[b], N + 1, f"bank_sel_{b.name.lower()}")
+        bank_sel = {b: registered_copies(m, bank_flight[b], N + 1, f"bank_sel_{b.name.lower()}")
                     for b in Buffer if self.banks[b] > 1}
-
-        def word(b, copy):
-            return near[b][0] if self.banks[b] == 1 else Array(near[b])[bank_sel[b][copy]]
+        buf_sel = registered_copies(m, rd_buf, N + 1, "buf_sel")
+        picked = {}
+        for b in Buffer:
+            bits = _ELEMENT_BITS[b]
+            picked[b] = Signal.like(words[b][0], name=f"picked_{b.name.lower()}", reset_less=True)
+            # Lane n's slice (and the exponent's, copy N) chosen by its own copy of the bank.
+            spans = [(bits * n, bits * (n + 1)) for n in range(N)] + [(bits * N, len(picked[b]))]
+            for copy, (lo, hi) in enumerate(spans):
+                if lo == hi:
+                    continue
+                if self.banks[b] == 1:
+                    m.d.sync += picked[b][lo:hi].eq(words[b][0][lo:hi])
+                else:
+                    m.d.sync += picked[b][lo:hi].eq(Array(w[lo:hi] for w in words[b])[bank_sel[b][copy]])
 
         # Every element sign-extended to 64 bits.
         lanes = [Signal(signed(64), name=f"lane{n}") for n in range(N)]
@@ -234,9 +244,9 @@ class ActivationBuffers(wiring.Component):
                 for b in Buffer:
                     with m.Case(b):
                         bits = _ELEMENT_BITS[b]
-                        m.d.comb += lanes[n].eq(word(b, n)[bits * n:bits * (n + 1)].as_signed())
+                        m.d.comb += lanes[n].eq(picked[b][bits * n:bits * (n + 1)].as_signed())
         with m.If(buf_sel[N] == Buffer.Q):
-            m.d.comb += e.eq(word(Buffer.Q, N)[N * _ELEMENT_BITS[Buffer.Q]:])
+            m.d.comb += e.eq(picked[Buffer.Q][N * _ELEMENT_BITS[Buffer.Q]:])
         answer = Signal(64 * N + E_FIELD_BITS, reset_less=True)
         m.d.sync += [answer.eq(Cat(*lanes, e)), answer_v.eq(near_v)]
         m.d.comb += [answers.w_data.eq(answer), answers.w_en.eq(answer_v),
