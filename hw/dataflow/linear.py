@@ -220,14 +220,21 @@ class LinearCore(wiring.Component):
         # Buffer addresses are token * KS + k-step, KS a constant that is not a power of two: the token's
         # base is kept in a register and stepped by KS (no multiplier in the address path).
         wr_base = Signal(range(M * KS + 1))
-        m.d.comb += awr.addr.eq(wr_base + ks)
+        # The write address (wr_base + ks) and whether ks is below k_steps (a word past it is padding,
+        # dropped) are registers stepped beside ks: the adder and the compare sat between ks and the block
+        # RAM's address and write-enable pins (27 late endpoints on the ECP5 shell at 2ee4ca5).
+        waddr = Signal(range(M * KS + 1))
+        ks_ok = Signal()
+        m.d.comb += awr.addr.eq(waddr)
         beat_in = norm.o.valid & norm.o.ready
         with m.If(beat_in & norm.o.payload.last):
             m.d.sync += vec_in.eq(1)
         if W % VL == 0:
-            gear_empty, gear_clear = self._slot_gearbox(m, norm.o, vec_in, ks, awr, cfg.k_steps, W // VL)
+            gear_empty, gear_clear, gear_write = self._slot_gearbox(m, norm.o, vec_in, awr, ks_ok, W // VL)
         else:
-            gear_empty, gear_clear = self._shift_gearbox(m, norm.o, vec_in, ks, awr, cfg.k_steps, W, VL)
+            gear_empty, gear_clear, gear_write = self._shift_gearbox(m, norm.o, vec_in, awr, ks_ok, W, VL)
+        with m.If(gear_write):
+            m.d.sync += [ks.eq(ks + 1), ks_ok.eq(ks + 1 < cfg.k_steps), waddr.eq(waddr + 1)]
 
         # -- scale sequence: sq * sw[g] -> (m16, shift) per token and group ------------------------------
         sq_valid = Signal()
@@ -295,7 +302,7 @@ class LinearCore(wiring.Component):
             m.d.sync += busy.eq(1)
         with m.If(begin):
             m.d.sync += [loading.eq(1), load_tok.eq(0), wr_base.eq(0), scale_tok.eq(0), norm_cfg_sent.eq(0),
-                         ks.eq(0), vec_in.eq(0)]
+                         ks.eq(0), ks_ok.eq(cfg.k_steps != 0), waddr.eq(0), vec_in.eq(0)]
         with m.If(begin_gear):
             m.d.sync += gear_clear
         with m.If(norm.cfg.valid & norm.cfg.ready):
@@ -311,7 +318,7 @@ class LinearCore(wiring.Component):
         m.d.comb += tok_done_next.eq(loading & vec_in & gear_empty & ~tok_done)
         with m.If(tok_done):
             m.d.sync += [load_tok.eq(load_tok + 1), wr_base.eq(wr_base + KS), norm_cfg_sent.eq(0), vec_in.eq(0),
-                         ks.eq(0)]
+                         ks.eq(0), ks_ok.eq(cfg.k_steps != 0), waddr.eq(wr_base + KS)]
             with m.If(load_tok + 1 == cfg.tokens):
                 m.d.sync += loading.eq(0)
         with m.If(tok_done_gear):
@@ -453,12 +460,13 @@ class LinearCore(wiring.Component):
         return m
 
     @staticmethod
-    def _slot_gearbox(m, beats, vec_in, ks, awr, k_steps, slots):
+    def _slot_gearbox(m, beats, vec_in, awr, ks_ok, slots):
         """Pack ``beats`` into k-step words when a word is a whole number of beats: each beat is loaded into
         its slot of the word (one enable per slot), and a full word is written the next cycle while the
         next word's first beat loads, so the gearbox never stalls NormQuant. A token's last, partial word
-        is written with its empty slots as zeros. Returns ``(empty, clear)``: nothing held, and the
-        statements that empty it."""
+        is written with its empty slots as zeros (``awr.en`` only while ``ks_ok``). Returns ``(empty, clear,
+        write)``: nothing held, the statements that empty it, and the cycles a word is written (or
+        dropped)."""
         beat_bits = len(beats.payload.q.as_value())
         word = [Signal(beat_bits, name=f"pack{k}", reset_less=True) for k in range(slots)]
         filled = Signal(slots)                 # slots holding a beat of the word being packed
@@ -470,8 +478,7 @@ class LinearCore(wiring.Component):
         m.d.comb += [beats.ready.eq(~vec_in),
                      awr.data.eq(Cat(*(Mux(filled[k], word[k], 0) for k in range(slots))))]
         with m.If(write):
-            m.d.comb += awr.en.eq(ks < k_steps)     # words past k_steps are padding: dropped
-            m.d.sync += ks.eq(ks + 1)
+            m.d.comb += awr.en.eq(ks_ok)            # words past k_steps are padding: dropped
         loads = Signal(slots)
         for k in range(slots):
             m.d.comb += loads[k].eq(beat_in & (slot == k))
@@ -482,21 +489,23 @@ class LinearCore(wiring.Component):
             m.d.sync += slot.eq(Mux(slot == slots - 1, 0, slot + 1))
         with m.If(flush):
             m.d.sync += slot.eq(0)
-        return ~filled.any() & ~full, [filled.eq(0), full.eq(0), slot.eq(0)]
+        return ~filled.any() & ~full, [filled.eq(0), full.eq(0), slot.eq(0)], write
 
     @staticmethod
-    def _shift_gearbox(m, beats, vec_in, ks, awr, k_steps, W, VL):
+    def _shift_gearbox(m, beats, vec_in, awr, ks_ok, W, VL):
         """Pack ``beats`` (VL bytes) into k-step words (W bytes) when VL does not divide W: a shift
         register of W + VL bytes, NormQuant stalled for the cycle a word is written. Returns ``(empty,
-        clear)`` as :meth:`_slot_gearbox`."""
+        clear, write)`` as :meth:`_slot_gearbox`."""
         pack = Signal(8 * (W + VL))
         fill = Signal(range(W + VL + 1))
         word_ready = fill >= W
         flush = vec_in & (fill > 0) & ~word_ready
         m.d.comb += [awr.data.eq(pack[:8 * W]), beats.ready.eq(~word_ready & ~vec_in)]
-        with m.If(word_ready | flush):
-            m.d.comb += awr.en.eq(ks < k_steps)     # words past k_steps are padding: dropped
-            m.d.sync += [pack.eq(pack >> (8 * W)), fill.eq(Mux(flush, 0, fill - W)), ks.eq(ks + 1)]
+        write = Signal()
+        m.d.comb += write.eq(word_ready | flush)
+        with m.If(write):
+            m.d.comb += awr.en.eq(ks_ok)            # words past k_steps are padding: dropped
+            m.d.sync += [pack.eq(pack >> (8 * W)), fill.eq(Mux(flush, 0, fill - W))]
         with m.Elif(beats.valid & beats.ready):
             m.d.sync += [pack.eq(pack | (beats.payload.q.as_value() << (fill * 8))), fill.eq(fill + VL)]
-        return fill == 0, [fill.eq(0), pack.eq(0)]
+        return fill == 0, [fill.eq(0), pack.eq(0)], write
