@@ -42,9 +42,10 @@ Sequence
    token): one act step per cycle, so the engine runs at II = 1 and each weight word is read once.
 3. Each sums beat goes to :class:`Dequant` with its token's and group's multiplier, the raw sums beside
    it through a small FIFO, and both leave on ``o``. A register slice (:class:`~hw.dataflow.skid.SkidBuffer`)
-   sits between the engine and :class:`Dequant` and another before ``o``: their ``ready`` comes from a
-   flip-flop, so a consumer's ``ready`` never ripples through the dequantiser into the engine and its
-   sequencer in one cycle (on ECP5 that was a 20-level path). They add two cycles of latency, no bubbles.
+   sits between the engine and :class:`Dequant`: its ``ready`` comes from a flip-flop, so the dequantiser
+   never stalls the engine and its sequencer within a cycle (on ECP5 that was a 20-level path). ``o`` is
+   the head of :class:`Dequant`'s output FIFO (and the side FIFO's): its ``ready`` only steps their read
+   pointers.
 4. The next ``cfg`` is taken when the last ``o`` beat has left (the multipliers and tile counters
    belong to the command until then).
 """
@@ -430,9 +431,12 @@ class LinearCore(wiring.Component):
         for n in range(N):
             m.d.comb += lane(dq.i.payload.acc, n).eq(sp.y[n])
 
-        # The output beats pass a second slice: the epilogue's ready ends there.
-        m.submodules.out_slice = osl = SkidBuffer(self.o.payload.shape())
-        ob = osl.i
+        # The output beats leave straight from Dequant's output FIFO and the side FIFO (distributed-RAM heads
+        # at flip-flop pointers; `valid` is a flip-flop): `o.ready` only steps those pointers, so a consumer's
+        # ready reaches nothing further back. A register slice here had its load enable (148 flip-flops) come
+        # from the fused core's `ready` flip-flop beside its epilogue links: 36 late endpoints on the ECP5
+        # shell at 2ee4ca5.
+        ob = self.o
         acc_bits = len(ob.payload.acc.as_value())
         side_slot, side_tile_last, side_last = (side.r_data[acc_bits:acc_bits + token_bits(M)],
                                                 side.r_data[-2], side.r_data[-1])
@@ -452,10 +456,8 @@ class LinearCore(wiring.Component):
             m.d.sync += out_tile.eq(out_tile + 1)
         with m.If(begin):
             m.d.sync += out_tile.eq(0)
-        o = self.o
-        wiring.connect(m, osl.o, wiring.flipped(o))
-        # The command ends when its last beat has left the slice (the owner's epilogue choice holds until then).
-        with m.If(o.valid & o.ready & o.payload.last):
+        # The command ends when its last beat has left (the owner's epilogue choice holds until then).
+        with m.If(ob.valid & ob.ready & side_last):
             m.d.sync += busy.eq(0)
         return m
 
