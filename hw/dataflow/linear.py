@@ -186,13 +186,21 @@ class LinearCore(wiring.Component):
         # from the fused core's command slice, which sits with the epilogues; the setup's resets reach the
         # gearbox and counters all over the core (as one gate from `valid`: 14.21 ns placed paths into the
         # gearbox's slot reset on the ECP5 shell at 2ee4ca5). One cycle per command.
+        # `busy` has copies: one for `cfg.ready` (the command slice's load enable, 249 flip-flops away in
+        # the fused core) and four for the command register's quarters: the one register reaching all of
+        # them ended 201 late endpoints (placed at 1fe27f9).
         cfg = Signal(self.cfg.payload.shape())
-        busy = Signal()
-        m.d.comb += self.cfg.ready.eq(~busy)
-        start = self.cfg.valid & ~busy
+        busy, busy_next = Signal(), Signal()
+        m.d.sync += busy.eq(busy_next)
+        busy_ready, *busy_load = registered_copies(m, busy_next, 5, "busy")
+        m.d.comb += self.cfg.ready.eq(~busy_ready)
+        start = self.cfg.valid & ~busy_ready
         begin, begin_gear = registered_copies(m, start, 2, "begin")
-        with m.If(~busy):
-            m.d.sync += cfg.eq(self.cfg.payload)
+        cfg_bits, cfg_in = cfg.as_value(), self.cfg.payload.as_value()
+        quarter = -(-len(cfg_bits) // len(busy_load))
+        for i, b in enumerate(busy_load):
+            with m.If(~b):
+                m.d.sync += cfg_bits[quarter * i:quarter * (i + 1)].eq(cfg_in[quarter * i:quarter * (i + 1)])
 
         # -- prologue: NormQuant per token ---------------------------------------------------------------
         load_tok = Signal(range(M + 1))        # token whose vector NormQuant is working on
@@ -299,8 +307,9 @@ class LinearCore(wiring.Component):
 
         # -- load control -------------------------------------------------------------------------------
         loaded = Signal()                      # every token's words are in the buffer
+        m.d.comb += busy_next.eq(busy)
         with m.If(start):
-            m.d.sync += busy.eq(1)
+            m.d.comb += busy_next.eq(1)
         with m.If(begin):
             m.d.sync += [loading.eq(1), load_tok.eq(0), wr_base.eq(0), scale_tok.eq(0), norm_cfg_sent.eq(0),
                          ks.eq(0), ks_ok.eq(cfg.k_steps != 0), waddr.eq(0), vec_in.eq(0)]
@@ -458,7 +467,7 @@ class LinearCore(wiring.Component):
             m.d.sync += out_tile.eq(0)
         # The command ends when its last beat has left (the owner's epilogue choice holds until then).
         with m.If(ob.valid & ob.ready & side_last):
-            m.d.sync += busy.eq(0)
+            m.d.comb += busy_next.eq(0)
         return m
 
     @staticmethod
