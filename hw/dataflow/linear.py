@@ -42,10 +42,9 @@ Sequence
    token): one act step per cycle, so the engine runs at II = 1 and each weight word is read once.
 3. Each sums beat goes to :class:`Dequant` with its token's and group's multiplier, the raw sums beside
    it through a small FIFO, and both leave on ``o``. A register slice (:class:`~hw.dataflow.skid.SkidBuffer`)
-   sits between the engine and :class:`Dequant`: its ``ready`` comes from a flip-flop, so the dequantiser
-   never stalls the engine and its sequencer within a cycle (on ECP5 that was a 20-level path). ``o`` is
-   the head of :class:`Dequant`'s output FIFO (and the side FIFO's): its ``ready`` only steps their read
-   pointers.
+   sits between the engine and :class:`Dequant` and another before ``o``: their ``ready`` comes from a
+   flip-flop, so a consumer's ``ready`` never ripples through the dequantiser into the engine and its
+   sequencer in one cycle (on ECP5 that was a 20-level path). They add two cycles of latency, no bubbles.
 4. The next ``cfg`` is taken when the last ``o`` beat has left (the multipliers and tile counters
    belong to the command until then).
 """
@@ -74,13 +73,6 @@ __all__ = ["LinearCore", "linear_cfg_layout", "linear_out_layout", "SCALE_GROUPS
 #: Weight-scale groups of one fused matmul (q, k, v).
 SCALE_GROUPS = 3
 _SHIFT_BITS = 8
-
-
-class _GearWrite:
-    """The gearbox's side of the activation words' write: ``en`` and ``data`` (``awr`` in the gearboxes)."""
-
-    def __init__(self, *, en, data):
-        self.en, self.data = en, data
 
 
 def linear_cfg_layout(max_k, max_row_tiles, max_k_steps, max_tokens, e_bits=E_BITS):
@@ -193,21 +185,13 @@ class LinearCore(wiring.Component):
         # from the fused core's command slice, which sits with the epilogues; the setup's resets reach the
         # gearbox and counters all over the core (as one gate from `valid`: 14.21 ns placed paths into the
         # gearbox's slot reset on the ECP5 shell at 2ee4ca5). One cycle per command.
-        # `busy` has copies: one for `cfg.ready` (the command slice's load enable, 249 flip-flops away in
-        # the fused core) and four for the command register's quarters: the one register reaching all of
-        # them ended 201 late endpoints (placed at 1fe27f9).
         cfg = Signal(self.cfg.payload.shape())
-        busy, busy_next = Signal(), Signal()
-        m.d.sync += busy.eq(busy_next)
-        busy_ready, *busy_load = registered_copies(m, busy_next, 5, "busy")
-        m.d.comb += self.cfg.ready.eq(~busy_ready)
-        start = self.cfg.valid & ~busy_ready
+        busy = Signal()
+        m.d.comb += self.cfg.ready.eq(~busy)
+        start = self.cfg.valid & ~busy
         begin, begin_gear = registered_copies(m, start, 2, "begin")
-        cfg_bits, cfg_in = cfg.as_value(), self.cfg.payload.as_value()
-        quarter = -(-len(cfg_bits) // len(busy_load))
-        for i, b in enumerate(busy_load):
-            with m.If(~b):
-                m.d.sync += cfg_bits[quarter * i:quarter * (i + 1)].eq(cfg_in[quarter * i:quarter * (i + 1)])
+        with m.If(~busy):
+            m.d.sync += cfg.eq(self.cfg.payload)
 
         # -- prologue: NormQuant per token ---------------------------------------------------------------
         load_tok = Signal(range(M + 1))        # token whose vector NormQuant is working on
@@ -236,30 +220,14 @@ class LinearCore(wiring.Component):
         # Buffer addresses are token * KS + k-step, KS a constant that is not a power of two: the token's
         # base is kept in a register and stepped by KS (no multiplier in the address path).
         wr_base = Signal(range(M * KS + 1))
-        # The write address (wr_base + ks) and whether ks is below k_steps (a word past it is padding,
-        # dropped) are registers stepped beside ks: the adder and the compare sat between ks and the block
-        # RAM's address and write-enable pins (27 late endpoints on the ECP5 shell at 2ee4ca5).
-        waddr = Signal(range(M * KS + 1))
-        ks_ok = Signal()
+        m.d.comb += awr.addr.eq(wr_base + ks)
         beat_in = norm.o.valid & norm.o.ready
         with m.If(beat_in & norm.o.payload.last):
             m.d.sync += vec_in.eq(1)
-        # The gearbox's word and write enable pass a register on their way to the block RAMs (a word lands a
-        # cycle after the gearbox writes it; the sequencer reads only once the token counters have moved
-        # past it, checked in simulation below): the enable, from the gearbox's flags, reached the byte
-        # enables of a dozen block RAMs across the die (14.19 ns placed at 8367176).
-        gw = _GearWrite(en=Signal(name="gear_en"), data=Signal(8 * W, name="gear_data"))
         if W % VL == 0:
-            gear_empty, gear_clear, gear_write = self._slot_gearbox(m, norm.o, vec_in, gw, ks_ok, W // VL)
+            gear_empty, gear_clear = self._slot_gearbox(m, norm.o, vec_in, ks, awr, cfg.k_steps, W // VL)
         else:
-            gear_empty, gear_clear, gear_write = self._shift_gearbox(m, norm.o, vec_in, gw, ks_ok, W, VL)
-        w_addr_r = Signal.like(waddr, reset_less=True)
-        w_data_r = Signal(8 * W, reset_less=True)
-        w_en_r = Signal()
-        m.d.sync += [w_addr_r.eq(waddr), w_data_r.eq(gw.data), w_en_r.eq(gw.en)]
-        m.d.comb += [awr.addr.eq(w_addr_r), awr.data.eq(w_data_r), awr.en.eq(w_en_r)]
-        with m.If(gear_write):
-            m.d.sync += [ks.eq(ks + 1), ks_ok.eq(ks + 1 < cfg.k_steps), waddr.eq(waddr + 1)]
+            gear_empty, gear_clear = self._shift_gearbox(m, norm.o, vec_in, ks, awr, cfg.k_steps, W, VL)
 
         # -- scale sequence: sq * sw[g] -> (m16, shift) per token and group ------------------------------
         sq_valid = Signal()
@@ -323,12 +291,11 @@ class LinearCore(wiring.Component):
 
         # -- load control -------------------------------------------------------------------------------
         loaded = Signal()                      # every token's words are in the buffer
-        m.d.comb += busy_next.eq(busy)
         with m.If(start):
-            m.d.comb += busy_next.eq(1)
+            m.d.sync += busy.eq(1)
         with m.If(begin):
             m.d.sync += [loading.eq(1), load_tok.eq(0), wr_base.eq(0), scale_tok.eq(0), norm_cfg_sent.eq(0),
-                         ks.eq(0), ks_ok.eq(cfg.k_steps != 0), waddr.eq(0), vec_in.eq(0)]
+                         ks.eq(0), vec_in.eq(0)]
         with m.If(begin_gear):
             m.d.sync += gear_clear
         with m.If(norm.cfg.valid & norm.cfg.ready):
@@ -344,7 +311,7 @@ class LinearCore(wiring.Component):
         m.d.comb += tok_done_next.eq(loading & vec_in & gear_empty & ~tok_done)
         with m.If(tok_done):
             m.d.sync += [load_tok.eq(load_tok + 1), wr_base.eq(wr_base + KS), norm_cfg_sent.eq(0), vec_in.eq(0),
-                         ks.eq(0), ks_ok.eq(cfg.k_steps != 0), waddr.eq(wr_base + KS)]
+                         ks.eq(0)]
             with m.If(load_tok + 1 == cfg.tokens):
                 m.d.sync += loading.eq(0)
         with m.If(tok_done_gear):
@@ -456,12 +423,9 @@ class LinearCore(wiring.Component):
         for n in range(N):
             m.d.comb += lane(dq.i.payload.acc, n).eq(sp.y[n])
 
-        # The output beats leave straight from Dequant's output FIFO and the side FIFO (distributed-RAM heads
-        # at flip-flop pointers; `valid` is a flip-flop): `o.ready` only steps those pointers, so a consumer's
-        # ready reaches nothing further back. A register slice here had its load enable (148 flip-flops) come
-        # from the fused core's `ready` flip-flop beside its epilogue links: 36 late endpoints on the ECP5
-        # shell at 2ee4ca5.
-        ob = self.o
+        # The output beats pass a second slice: the epilogue's ready ends there.
+        m.submodules.out_slice = osl = SkidBuffer(self.o.payload.shape())
+        ob = osl.i
         acc_bits = len(ob.payload.acc.as_value())
         side_slot, side_tile_last, side_last = (side.r_data[acc_bits:acc_bits + token_bits(M)],
                                                 side.r_data[-2], side.r_data[-1])
@@ -481,19 +445,20 @@ class LinearCore(wiring.Component):
             m.d.sync += out_tile.eq(out_tile + 1)
         with m.If(begin):
             m.d.sync += out_tile.eq(0)
-        # The command ends when its last beat has left (the owner's epilogue choice holds until then).
-        with m.If(ob.valid & ob.ready & side_last):
-            m.d.comb += busy_next.eq(0)
+        o = self.o
+        wiring.connect(m, osl.o, wiring.flipped(o))
+        # The command ends when its last beat has left the slice (the owner's epilogue choice holds until then).
+        with m.If(o.valid & o.ready & o.payload.last):
+            m.d.sync += busy.eq(0)
         return m
 
     @staticmethod
-    def _slot_gearbox(m, beats, vec_in, awr, ks_ok, slots):
+    def _slot_gearbox(m, beats, vec_in, ks, awr, k_steps, slots):
         """Pack ``beats`` into k-step words when a word is a whole number of beats: each beat is loaded into
         its slot of the word (one enable per slot), and a full word is written the next cycle while the
         next word's first beat loads, so the gearbox never stalls NormQuant. A token's last, partial word
-        is written with its empty slots as zeros (``awr.en`` only while ``ks_ok``). Returns ``(empty, clear,
-        write)``: nothing held, the statements that empty it, and the cycles a word is written (or
-        dropped)."""
+        is written with its empty slots as zeros. Returns ``(empty, clear)``: nothing held, and the
+        statements that empty it."""
         beat_bits = len(beats.payload.q.as_value())
         word = [Signal(beat_bits, name=f"pack{k}", reset_less=True) for k in range(slots)]
         filled = Signal(slots)                 # slots holding a beat of the word being packed
@@ -505,7 +470,8 @@ class LinearCore(wiring.Component):
         m.d.comb += [beats.ready.eq(~vec_in),
                      awr.data.eq(Cat(*(Mux(filled[k], word[k], 0) for k in range(slots))))]
         with m.If(write):
-            m.d.comb += awr.en.eq(ks_ok)            # words past k_steps are padding: dropped
+            m.d.comb += awr.en.eq(ks < k_steps)     # words past k_steps are padding: dropped
+            m.d.sync += ks.eq(ks + 1)
         loads = Signal(slots)
         for k in range(slots):
             m.d.comb += loads[k].eq(beat_in & (slot == k))
@@ -516,23 +482,21 @@ class LinearCore(wiring.Component):
             m.d.sync += slot.eq(Mux(slot == slots - 1, 0, slot + 1))
         with m.If(flush):
             m.d.sync += slot.eq(0)
-        return ~filled.any() & ~full, [filled.eq(0), full.eq(0), slot.eq(0)], write
+        return ~filled.any() & ~full, [filled.eq(0), full.eq(0), slot.eq(0)]
 
     @staticmethod
-    def _shift_gearbox(m, beats, vec_in, awr, ks_ok, W, VL):
+    def _shift_gearbox(m, beats, vec_in, ks, awr, k_steps, W, VL):
         """Pack ``beats`` (VL bytes) into k-step words (W bytes) when VL does not divide W: a shift
         register of W + VL bytes, NormQuant stalled for the cycle a word is written. Returns ``(empty,
-        clear, write)`` as :meth:`_slot_gearbox`."""
+        clear)`` as :meth:`_slot_gearbox`."""
         pack = Signal(8 * (W + VL))
         fill = Signal(range(W + VL + 1))
         word_ready = fill >= W
         flush = vec_in & (fill > 0) & ~word_ready
         m.d.comb += [awr.data.eq(pack[:8 * W]), beats.ready.eq(~word_ready & ~vec_in)]
-        write = Signal()
-        m.d.comb += write.eq(word_ready | flush)
-        with m.If(write):
-            m.d.comb += awr.en.eq(ks_ok)            # words past k_steps are padding: dropped
-            m.d.sync += [pack.eq(pack >> (8 * W)), fill.eq(Mux(flush, 0, fill - W))]
+        with m.If(word_ready | flush):
+            m.d.comb += awr.en.eq(ks < k_steps)     # words past k_steps are padding: dropped
+            m.d.sync += [pack.eq(pack >> (8 * W)), fill.eq(Mux(flush, 0, fill - W)), ks.eq(ks + 1)]
         with m.Elif(beats.valid & beats.ready):
             m.d.sync += [pack.eq(pack | (beats.payload.q.as_value() << (fill * 8))), fill.eq(fill + VL)]
-        return fill == 0, [fill.eq(0), pack.eq(0)], write
+        return fill == 0, [fill.eq(0), pack.eq(0)]

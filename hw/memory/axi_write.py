@@ -175,21 +175,15 @@ class AxiBurstWriter(wiring.Component):
                           data_bytes=self.data_bytes, max_burst=self.max_burst)
         addr, beats = cut.addr, cut.beats
 
-        # Once the burst may go, it still may until the handshake (`outstanding` and the burst FIFO's space
-        # only grow, and the payload registers change only on it), so awvalid is a flip-flop loaded with
-        # that condition, a cycle late: the handshake that moves the cutter is two flip-flops ANDed (the
-        # cutter's `sized` through the condition into its own enables made the nets with the most late
-        # endpoints in SAVE_X's and the logits writer's writers, placed on the ECP5 shell at 2ee4ca5).
-        awvalid = Signal()
-        m.d.sync += awvalid.eq(cut.active & cut.sized & (outstanding < self.max_outstanding) & bursts.w_rdy
-                               & ~aw_fire)
+        # Once raised, awvalid holds: `outstanding` and the burst FIFO's space only grow until the
+        # handshake, and the payload registers change only on it.
         m.d.comb += [
             axi.awaddr.eq(addr),
             axi.awlen.eq(beats - 1),
             axi.awsize.eq(size),
             axi.awburst.eq(AxiBurst.INCR),
             axi.awid.eq(0),
-            axi.awvalid.eq(awvalid),
+            axi.awvalid.eq(cut.active & cut.sized & (outstanding < self.max_outstanding) & bursts.w_rdy),
         ]
         m.d.comb += [
             aw_fire.eq(axi.awvalid & axi.awready),

@@ -141,9 +141,6 @@ class TlmmEngine(wiring.Component):
         sums = stream.Signature(self.sums_layout).create(path=("raw",))
         reduce_and_accumulate(m, en, c_valid, (c_ctrl.slot, c_ctrl.first, c_ctrl.last, c_ctrl.shift), lanes,
                               acc_bits=self.acc_bits, depth=self.max_tokens, sums=sums)
-        # Only a step with `last` makes a sum: those are the beats the FIFO is owed. Reads are counted a
-        # cycle late (`back=1`, one more FIFO entry): the FIFO sits at the pipeline's far end, and its
-        # `r_rdy` reached `take` across the die (12.29 ns placed on the ECP5 shell at 2ee4ca5).
-        output_fifo(m, take, fire & self.acts.payload.last, sums.valid, sums.payload, self.sums,
-                    self.latency - FIFO_LATENCY, back=1)
+        # Only a step with `last` makes a sum: those are the beats the FIFO is owed.
+        output_fifo(m, take, fire & self.acts.payload.last, sums.valid, sums.payload, self.sums, self.latency - FIFO_LATENCY)
         return m
