@@ -6,12 +6,11 @@ is tested by co-simulation (tests/test_cosim.py)."""
 import gc
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from firmware.cli import main
-from hw.config import load_hw_config
+from hw.config import available_hw_configs, load_hw_config
 from hw.top import READ_MASTERS, WRITE_MASTERS, TrilliumTop
 
 
@@ -55,8 +54,7 @@ def test_stash_units_have_their_own_masters():
         gc.collect()           # the unused-elaboratable warnings now, while they are filtered
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "hw" / "configs")
-                                        .glob("*.yaml")))
+@pytest.mark.parametrize("name", available_hw_configs())
 @pytest.mark.parametrize("platform", [None, "vendor"])
 def test_every_bundled_config_elaborates(name, platform):
     """The whole top level elaborates for every bundled config, for simulation and for a vendor flow (a
