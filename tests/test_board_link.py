@@ -461,3 +461,28 @@ def test_link_arguments():
         BoardLink(timeout_cycles=0)
     link = BoardLink(data_bits=64, max_payload=100)
     assert link.buffer_words == 14 and link.ping_info()[4:] == bytes([1, 8, 100, 0])
+
+
+def test_the_payload_buffer_reads_into_block_ram_output_registers(tmp_path):
+    """On ECP5 the payload buffer is block RAM read through each block's own output register: no collision
+    bypass between the block RAM and the register (``hw.collision``), and every read bit lands in a plain
+    flip-flop that ``hw.bram_output_registers`` moves into the block (a 36-bit-wide block could not take
+    half of them)."""
+    import json
+    import subprocess
+
+    from amaranth.back import rtlil
+
+    from hw.bram_output_registers import absorb_output_registers
+    from hw.synth import ECP5_SYNTH_PLATFORM, YOSYS_AFTER_READ, yosys_command
+
+    (tmp_path / "link.il").write_text(rtlil.convert(BoardLink(), name="link", platform=ECP5_SYNTH_PLATFORM,
+                                                    emit_src=False))
+    (tmp_path / "link.ys").write_text(f"read_rtlil link.il\n{YOSYS_AFTER_READ}\nsynth_ecp5 -top link\n"
+                                      "write_json link.json\n")
+    subprocess.run([*yosys_command(), "-q", "-s", "link.ys"], cwd=tmp_path, check=True, capture_output=True)
+    net = json.loads((tmp_path / "link.json").read_text())
+    assert absorb_output_registers(net) == 32
+    brams = [c for c in net["modules"]["link"]["cells"].values() if c["type"] == "DP16KD"]
+    assert len(brams) == 2
+    assert all(b["parameters"]["REGMODE_B"] == "OUTREG" for b in brams)

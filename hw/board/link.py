@@ -34,7 +34,6 @@ completes does wedge it (AXI cannot abort one): the host then sees no answer.
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -53,6 +52,7 @@ from firmware.board_protocol import (
     Status,
 )
 
+from ..collision import assert_no_collision, collision_free_memory
 from ..control.axi_lite import AxiLiteSignature
 from ..memory.axi import BOUNDARY_BYTES, MAX_BURST, AxiBurst, AxiReadSignature
 from ..memory.axi_write import AxiWriteSignature
@@ -167,10 +167,24 @@ class BoardLink(wiring.Component):
         lb = exact_log2(W)
         rx, tx, csr, ard, awr = self.rx, self.tx, self.csr, self.axi_rd, self.axi_wr
 
-        m.submodules.buffer = mem = Memory(shape=self.data_bits, depth=self.buffer_words, init=[])
-        wp = mem.write_port(granularity=8)
-        rp = mem.read_port()
+        # Writes (payload bytes, DRAM read beats) and used reads (DRAM write beats, response bytes) happen in
+        # different states, so the buffer needs no collision bypass; `rword` is a plain flip-flop after it,
+        # which the ECP5 flow moves into the block RAM's output register (hw/bram_output_registers.py): the
+        # block RAM's 5.8 ns clock-to-out then ends at a register, not in the byte select or the W slice.
+        # The buffer is memories of 16-bit halves: a 32-bit one maps to a 36-bit-wide block RAM, whose
+        # read data leaves half through port A, and port A's output register is not usable there.
         word_bits = max(1, (self.buffer_words - 1).bit_length())
+        wp_addr, rp_addr = Signal(word_bits), Signal(word_bits)
+        wp_data, wp_en = Signal(self.data_bits), Signal(W)
+        rword = Signal(self.data_bits, reset_less=True)     # the word read last cycle at `rp_addr`
+        halves = []
+        for h in range(self.data_bits // 16):
+            m.submodules[f"buffer{h}"] = mem = collision_free_memory(shape=16, depth=self.buffer_words)
+            wp, rp = mem.write_port(granularity=8), mem.read_port()
+            m.d.comb += [wp.addr.eq(wp_addr), wp.data.eq(wp_data[16 * h:16 * h + 16]),
+                         wp.en.eq(wp_en[2 * h:2 * h + 2]), rp.addr.eq(rp_addr)]
+            m.d.sync += rword[16 * h:16 * h + 16].eq(rp.data)
+            halves.append((wp, rp))
 
         # -- request registers ---------------------------------------------------------------------------
         cmd, seq = Signal(8), Signal(8)
@@ -243,10 +257,10 @@ class BoardLink(wiring.Component):
             ard.arlen.eq(beats - 1),
             awr.awsize.eq(lb), awr.awburst.eq(AxiBurst.INCR), awr.awid.eq(0), awr.awaddr.eq(cur),
             awr.awlen.eq(beats - 1),
-            awr.wdata.eq(rp.data), awr.wstrb.eq(strb), awr.wlast.eq(burst_left == 1),
+            awr.wdata.eq(rword), awr.wstrb.eq(strb), awr.wlast.eq(burst_left == 1),
             csr.awaddr.eq(addr[:self.csr_addr_bits]), csr.araddr.eq(addr[:self.csr_addr_bits]),
             csr.awprot.eq(0), csr.arprot.eq(0), csr.wdata.eq(csr_wdata), csr.wstrb.eq(0b1111),
-            rp.addr.eq(bi),
+            rp_addr.eq(bi),
         ]
 
         in_frame = Signal()                 # states whose bytes run the timeout
@@ -311,8 +325,8 @@ class BoardLink(wiring.Component):
                     m.d.sync += [crc.eq(crc_in), left.eq(left - 1), bp.eq(bp + 1),
                                  csr_wdata.eq(Cat(csr_wdata[8:], byte))]
                     with m.If(cmd == Command.DRAM_WRITE):
-                        m.d.comb += [wp.addr.eq(bp[lb:]), wp.data.eq(Cat(*([byte] * W))),
-                                     wp.en.eq(Const(1, W) << bp[:lb])]
+                        m.d.comb += [wp_addr.eq(bp[lb:]), wp_data.eq(Cat(*([byte] * W))),
+                                     wp_en.eq(Const(1, W) << bp[:lb])]
                     with m.If(left == 1):
                         m.next = "CRC"
                 with m.Elif(timed_out):
@@ -391,7 +405,7 @@ class BoardLink(wiring.Component):
                 m.d.comb += ard.rready.eq(1)
                 with m.If(ard.rvalid):
                     with m.If(bi < self.buffer_words):
-                        m.d.comb += [wp.addr.eq(bi), wp.data.eq(ard.rdata), wp.en.eq(-1)]
+                        m.d.comb += [wp_addr.eq(bi), wp_data.eq(ard.rdata), wp_en.eq(-1)]
                     m.d.sync += bi.eq(bi + 1)
                     with m.If(ard.rresp[1]):
                         m.d.sync += err.eq(1)
@@ -406,15 +420,21 @@ class BoardLink(wiring.Component):
                 m.d.comb += awr.awvalid.eq(1)
                 with m.If(awr.awready):
                     m.d.sync += [cur.eq(cur + (beats << lb)), words.eq(words - beats), burst_left.eq(beats)]
-                    m.next = "WR_W"
+                    m.next = "WR_WORD"
+            with m.State("WR_WORD"):
+                # Word `bi` is on the read port's output; it is in `rword` next cycle.
+                m.next = "WR_W"
             with m.State("WR_W"):
                 m.d.comb += awr.wvalid.eq(1)
                 with m.If(awr.wready):
-                    # Fetch the next word now, so that it is on the read port's output next cycle.
-                    m.d.comb += rp.addr.eq(bi + 1)
+                    # Fetch the next word now, so that it is in `rword` two cycles on (a beat every two
+                    # cycles: the UART brings a byte in hundreds).
+                    m.d.comb += rp_addr.eq(bi + 1)
                     m.d.sync += [bi.eq(bi + 1), burst_left.eq(burst_left - 1)]
                     with m.If(burst_left == 1):
                         m.next = "WR_B"
+                    with m.Else():
+                        m.next = "WR_WORD"
             with m.State("WR_B"):
                 m.d.comb += awr.bready.eq(1)
                 with m.If(awr.bvalid):
@@ -446,18 +466,20 @@ class BoardLink(wiring.Component):
                         m.next = "TX_NEXT"
             with m.State("TX_NEXT"):
                 # The buffer word of the next payload byte is read here (one cycle of latency).
-                m.d.comb += rp.addr.eq(bp[lb:])
+                m.d.comb += rp_addr.eq(bp[lb:])
                 with m.If(pay_i == rsp_len):
                     m.next = "TX_CRC"
                 with m.Else():
-                    m.next = "TX_PICK"
+                    m.next = "TX_WORD"
+            with m.State("TX_WORD"):
+                m.d.comb += rp_addr.eq(bp[lb:])     # the word goes into `rword`
+                m.next = "TX_PICK"
             with m.State("TX_PICK"):
-                # The byte is registered before it goes out: the block RAM's output, the byte select and
-                # the CRC update would otherwise be one path (a byte takes thousands of cycles on the UART).
-                m.d.comb += rp.addr.eq(bp[lb:])
+                # The byte is registered before it goes out: the byte select and the CRC update would
+                # otherwise be one path (a byte takes thousands of cycles on the UART).
                 with m.Switch(cmd):
                     with m.Case(Command.DRAM_READ):
-                        m.d.sync += tx_byte.eq(rp.data.word_select(bp[:lb], 8))
+                        m.d.sync += tx_byte.eq(rword.word_select(bp[:lb], 8))
                     with m.Case(Command.CSR_READ):
                         m.d.sync += tx_byte.eq(csr_rdata.word_select(pay_i[:2], 8))
                     with m.Default():
@@ -476,6 +498,12 @@ class BoardLink(wiring.Component):
                         m.next = "HUNT"
 
         m.d.comb += self.busy.eq(~fsm.ongoing("HUNT"))
+        # The reads whose words are used: sampled in these states, in `rword` two cycles later.
+        read_used = Signal()
+        m.d.comb += read_used.eq(fsm.ongoing("WR_AW") | fsm.ongoing("WR_WORD") | fsm.ongoing("WR_W")
+                                 | fsm.ongoing("TX_NEXT") | fsm.ongoing("TX_WORD"))
+        for h, (wp, rp) in enumerate(halves):
+            assert_no_collision(m, platform, wp, rp, read_used, f"the host link's payload buffer (half {h})")
         return m
 
 
