@@ -13,6 +13,13 @@ qualify, which is the behaviour of the output register with its enable (``OCE``)
 tied low), reset value 0 (``REGSET`` ``RESET``, as after configuration), no ``keep``. The block RAM's
 latch still loads under its own ``CE``, and the register loads on every edge, as the flip-flop did, so the
 design's behaviour is unchanged, cycle for cycle. Simulation never sees this: it runs the Amaranth design.
+
+A 36-bit-wide block (``DATA_WIDTH`` 36: Yosys's pseudo-dual-port mapping, port A writing and port B
+reading) sends its read word out on both ports' pins, the low half on ``DOA``. Whichever port's register
+the silicon uses for that half, the halves move together or not at all: only when every used bit of both
+qualifies, and then both ports get ``OUTREG`` with their ``OCE`` tied high (Yosys ties port A's low there),
+as Lattice's own 36-bit primitive has one register mode and one enable for the whole word. Moving one half
+alone would leave the other half's timing to a guess about the silicon.
 """
 
 import json
@@ -43,6 +50,33 @@ def _plain_ff(ff, clk_bits):
             and not ff.get("attributes", {}).get("keep"))
 
 
+def _width(params, port):
+    value = params.get(f"DATA_WIDTH_{port}", 18)
+    return int(value, 2) if isinstance(value, str) else int(value)
+
+
+def _register_free(conn, params, port):
+    """The port's output register is unused, not reset, and clocked as the port: it can take flip-flops."""
+    return (str(params.get(f"REGMODE_{port}", "NOREG")).strip() == "NOREG" and conn.get(f"RST{port}") == ["0"]
+            and str(params.get(f"CLK{port}MUX", f"CLK{port}")).strip() == f"CLK{port}")
+
+
+def _port_flip_flops(cells, sinks, conn, port, clk_bits):
+    """``[(output pin, flip-flop name)]`` for the port's used output bits, or None if any of them does not
+    drive exactly one plain flip-flop (and nothing else) clocked by ``clk_bits``."""
+    used = []
+    for i in range(_DATA_BITS):
+        bits = conn.get(f"DO{port}{i}")
+        if not bits or not isinstance(bits[0], int) or bits[0] not in sinks:
+            continue
+        loads = sinks[bits[0]]
+        ff = cells[loads[0][0]] if len(loads) == 1 else None
+        if ff is None or ff["type"] != _FF or loads[0][1] != "DI" or not _plain_ff(ff, clk_bits):
+            return None
+        used.append((f"DO{port}{i}", loads[0][0]))
+    return used
+
+
 def absorb_output_registers(netlist):
     """Rewrite ``netlist`` (Yosys JSON, as a dict) in place; returns the flip-flops absorbed.
 
@@ -60,35 +94,35 @@ def absorb_output_registers(netlist):
                 for bit in bits:
                     if isinstance(bit, int):
                         sinks.setdefault(bit, []).append((name, port))
+
+    def move(conn, used):
+        for pin, ff_name in used:
+            conn[pin] = list(cells[ff_name]["connections"]["Q"])
+            del cells[ff_name]
+        return len(used)
+
     absorbed = 0
     for bram in [c for c in cells.values() if c["type"] == _BRAM]:
         conn, params = bram["connections"], bram["parameters"]
+        if 36 in (_width(params, "A"), _width(params, "B")):
+            # One read word on both ports' pins: both halves under both registers, or neither.
+            if not all(_register_free(conn, params, p) for p in "AB") or conn.get("CLKA") != conn.get("CLKB"):
+                continue
+            halves = [_port_flip_flops(cells, sinks, conn, p, conn.get("CLKB")) for p in "AB"]
+            if None in halves or not any(halves):
+                continue
+            for port, used in zip("AB", halves):
+                absorbed += move(conn, used)
+                params[f"REGMODE_{port}"] = "OUTREG"
+                conn[f"OCE{port}"] = ["1"]
+            continue
         for port in "AB":
-            if str(params.get(f"REGMODE_{port}", "NOREG")).strip() != "NOREG":
+            if not _register_free(conn, params, port) or conn.get(f"OCE{port}") != ["1"]:
                 continue
-            if conn.get(f"OCE{port}") != ["1"] or conn.get(f"RST{port}") != ["0"]:
-                continue
-            if str(params.get(f"CLK{port}MUX", f"CLK{port}")).strip() != f"CLK{port}":
-                continue
-            used = []                    # (output pin, flip-flop name)
-            for i in range(_DATA_BITS):
-                bits = conn.get(f"DO{port}{i}")
-                if not bits or not isinstance(bits[0], int) or bits[0] not in sinks:
-                    continue
-                loads = sinks[bits[0]]
-                ff = cells[loads[0][0]] if len(loads) == 1 else None
-                if ff is None or ff["type"] != _FF or loads[0][1] != "DI" or \
-                        not _plain_ff(ff, conn.get(f"CLK{port}")):
-                    used = None
-                    break
-                used.append((f"DO{port}{i}", loads[0][0]))
-            if not used:
-                continue
-            for pin, ff_name in used:
-                conn[pin] = list(cells[ff_name]["connections"]["Q"])
-                del cells[ff_name]
-            params[f"REGMODE_{port}"] = "OUTREG"
-            absorbed += len(used)
+            used = _port_flip_flops(cells, sinks, conn, port, conn.get(f"CLK{port}"))
+            if used:
+                absorbed += move(conn, used)
+                params[f"REGMODE_{port}"] = "OUTREG"
     return absorbed
 
 
