@@ -62,7 +62,8 @@ class Exp2Neg(wiring.Component):
         m.d.comb += rd.addr.eq(t10[:EXP_TABLE_BITS])
         word = rd.data
         if self.latency >= 2:
-            word, sh_word = Signal.like(rd.data), Signal.like(sh)
+            # `word` reset-less: a plain flip-flop, which the ECP5 build moves into the ROM's output register.
+            word, sh_word = Signal.like(rd.data, reset_less=True), Signal.like(sh)
             m.d.sync += [word.eq(rd.data), sh_word.eq(sh)]
             sh = sh_word
         m.d.comb += self.p.eq(word >> sh)

@@ -256,8 +256,8 @@ class RopeUnit(wiring.Component):
         fire = Signal()
         m.d.comb += fire.eq(self.pairs.valid & room)
 
-        def stage(name, shape, value):
-            reg = Signal(shape, name=name)
+        def stage(name, shape, value, reset_less=False):
+            reg = Signal(shape, name=name, reset_less=reset_less)
             m.d.sync += reg.eq(value)
             return reg
 
@@ -348,8 +348,9 @@ class RopeUnit(wiring.Component):
             zero = stage(f"kzero_{n}", 1, k == 0)
             quad3.append(stage(f"quad5_{n}", 2, quad))
             zero3.append(stage(f"kzero5_{n}", 1, zero))
-            mags.append((stage(f"s_k_{n}", unsigned(MAG_BITS), rd_a.data),
-                         stage(f"s_mk_{n}", unsigned(MAG_BITS), rd_b.data)))
+            # Reset-less: plain flip-flops, which the ECP5 build moves into the ROM's output registers.
+            mags.append((stage(f"s_k_{n}", unsigned(MAG_BITS), rd_a.data, reset_less=True),
+                         stage(f"s_mk_{n}", unsigned(MAG_BITS), rd_b.data, reset_less=True)))
         x3 = carry(4, x2)
         x3 = carry(5, x3)
 
@@ -433,5 +434,8 @@ class RopeUnit(wiring.Component):
                          beat.hi[n].eq(round_sat(im, f"im_rounded_{n}"))]
         valid.append(stage("v11", 1, valid[-1]))
         assert len(valid) == self.STAGES
-        output_fifo(m, room, fire, valid[-1], beat, self.rotated, self.STAGES)
+        # Reads counted a cycle late: `rotated`'s ready is a flip-flop of a credit link placed far from
+        # here (7.8 ns of route into the count's adder and `room`, 12.6 ns placed on the ECP5 shell at
+        # 1fe27f9). A FIFO entry more; no latency, no rate.
+        output_fifo(m, room, fire, valid[-1], beat, self.rotated, self.STAGES, back=1)
         return m
