@@ -23,14 +23,14 @@ cost no cycles. Per segment:
   register, is written to its row one cycle later).
 * until the K pipeline is empty (about eleven cycles) the scores are landing; each row's ``M'`` and
   ``E'`` then follow from its registers.
-* V rows, a twelve-stage pipeline (stage 0 the chunk's cycle, stage 11 the write of ``num``): for
+* V rows, a thirteen-stage pipeline (stage 0 the chunk's cycle, stage 12 the write of ``num``): for
   each chunk of each key row and query row, ``p_j = exp2_neg(M' - z_j)``, ``pv = round_shift(p_j,
   E' - ev_j)`` and ``num += pv * v8_j`` on ``chunk`` lanes; the first key of a block rescales ``num``
   by ``a = exp2_neg(M' - M)`` (``round_shift(num * a, 15 + E' - E)``) in the same pass. ``den`` is
   updated once per key row. Masked keys (``j > pos_r``) change nothing, and a row without any valid
   key in the block keeps its state, as in the golden model. ``num`` is a read-modify-write of block
-  RAM: the first key reads its words early (seven stages before the write, for the rescale; nothing
-  in flight writes them), the others two stages before the write, with the words written in between
+  RAM: the first key reads its words early (eight stages before the write, for the rescale; nothing
+  in flight writes them), the others three stages before the write, with the words summed in between
   forwarded.
 * padding chunks are dropped.
 
@@ -177,12 +177,13 @@ class AttentionEngine(wiring.Component):
         m.submodules.exp_a = exp_a = Exp2Neg(latency=3)   # rescale factor a
         m.submodules.exp_p = exp_p = Exp2Neg(latency=3)   # weights p_j
 
-        def delays(value, n, name):
+        def delays(value, n, name, reset_less=False):
             """``[value, value one cycle ago, ..., n cycles ago]``: the pipelines never stall, so a value
-            travels with its chunk through plain registers."""
+            travels with its chunk through plain registers (``reset_less`` for a block RAM's read data:
+            plain flip-flops, which the ECP5 build moves into its output registers)."""
             out = [value]
             for i in range(n):
-                reg = Signal(Value.cast(value).shape(), name=f"{name}_{i + 1}")
+                reg = Signal(Value.cast(value).shape(), name=f"{name}_{i + 1}", reset_less=reset_less)
                 m.d.sync += reg.eq(out[-1])
                 out.append(reg)
             return out
@@ -203,9 +204,9 @@ class AttentionEngine(wiring.Component):
         q_wr, q_rd = qmem.write_port(), qmem.read_port()
         m.submodules.zbuf = zbuf = collision_free_memory(shape=signed(32), depth=_BLK << rb)
         z_wr, z_rd = zbuf.write_port(), zbuf.read_port()
-        # The weighted sum is a read-modify-write with the read two stages before the write; the port is
-        # not transparent, and the words written in those two cycles are forwarded (V stage 11 below), the
-        # word written in the read's own cycle included. So no read uses a word written in its cycle (the
+        # The weighted sum is a read-modify-write with the read three stages before the write; the port is
+        # not transparent, and the words written in those three cycles are forwarded (V stage 11 below),
+        # the word written in the read's own cycle included. So no read uses a word written in its cycle (the
         # normaliser reads the other bank), and the memory has undefined collisions: no bypass logic in
         # synthesis (two read ports of 144 bits: 288 LUT4 on the ECP5 shell). Checked in simulation below.
         m.submodules.num = num = collision_free_memory(shape=data.ArrayLayout(signed(NUM_BITS), C),
@@ -346,7 +347,7 @@ class AttentionEngine(wiring.Component):
         ken = [None] + delays(row_mask(krq[1], kj[1])[2], KD - 1, "k_en")
         kqe = delays(qe[r], 1, "k_qe")
         kke = delays(ke[j], 1, "k_ke")
-        k_q = delays(q_rd.data.as_value(), 1, "k_q")[1]                 # stage 2
+        k_q = delays(q_rd.data.as_value(), 1, "k_q", reset_less=True)[1]                 # stage 2
         k_kv = delays(self.kv.payload, 2, "k_kv")[2]
         k_prod = [registered_product(m, f"k_prod{i}", k_q[8 * i:8 * i + 8].as_signed(),
                                      k_kv[8 * i:8 * i + 8].as_signed(), platform=platform) for i in range(C)]
@@ -410,7 +411,8 @@ class AttentionEngine(wiring.Component):
         # key reads num (early, for the rescale: nothing in flight writes its words). 6: the multiplier
         # operands (num * a, den * a). 7, 8: products. 9: the rescale's shift; pv = round_shift(p_j,
         # E' - ev_j); the other keys read num (late). 10: the rescale's rounding, den's rescale,
-        # pv * v8_j. 11: num is written (+ pv * v8_j), den updated on the row's first beat.
+        # pv * v8_j. 11: num's new word (+ pv * v8_j), den updated on the row's first beat. 12: num is
+        # written.
         # Everything a stage needs travels with the chunk, so the next segment's exponent rows and scores
         # may overwrite ve, ke and blk_max meanwhile (q_blk_e is read in stage 1, before the first
         # exponent row can change it).
@@ -430,9 +432,9 @@ class AttentionEngine(wiring.Component):
         vbm = delays(blk_max[r], 2, "v_blk_max")
         vre = delays(run_e[r], 3, "v_run_e")
         vst = delays(started[r], 6, "v_started")
-        vz = delays(z_rd.data, 1, "v_z")          # read in stage 0, here from stage 2
+        vz = delays(z_rd.data, 1, "v_z", reset_less=True)          # read in stage 0, here from stage 2
         vev = delays(ve[j], 3, "v_ev")
-        vaddr = delays(num_address(NR, R, bank, r, k), VD, "v_addr")
+        vaddr = delays(num_address(NR, R, bank, r, k), VD + 1, "v_addr")
         vkv = delays(self.kv.payload, 10, "v_kv")
         m.d.comb += z_rd.addr.eq(z_addr(r, j))
         assert_no_collision(m, platform, z_wr, z_rd, v_go, "attention scores")
@@ -473,7 +475,7 @@ class AttentionEngine(wiring.Component):
         # The first key's num word (read in stage 4, registered in stage 5: a register, not the block
         # RAM's output, beside the normaliser's word, which keeps Yosys from merging the two read ports
         # into one with a deep shared address path).
-        n_early = Signal.like(n_rd.data)
+        n_early = Signal.like(n_rd.data, reset_less=True)
         m.d.sync += n_early.eq(n_rd.data)
         m.d.sync += [mul_a[i].eq(Mux(rescaling, n_early[i], norm.num_data[i])) for i in range(C)]
         # k_score as flip-flops of its own, one per operand (the pipeline never stalls, so they equal
@@ -501,7 +503,7 @@ class AttentionEngine(wiring.Component):
                for i in range(C)]
         rs_shifted = [Signal(signed(PROD_BITS - EXP_FRAC + 1), name=f"rs_shifted{i}") for i in range(C)]
         rescaled = [Signal(signed(NUM_BITS + 1), name=f"rescaled{i}") for i in range(C)]
-        v_acc = [Signal(signed(NUM_BITS), name=f"v_acc{i}") for i in range(C)]
+        v_acc = [Signal(signed(NUM_BITS), name=f"v_acc{i}", reset_less=True) for i in range(C)]
         # The rescale flag's last stage, one copy per lane: a single register selected the shift of all
         # 213 bits of the four lanes, 9 ns of route away at worst on the ECP5 shell at 183e789.
         vrs5 = registered_copies(m, vrs[4], C, "v_rescale5")
@@ -516,25 +518,33 @@ class AttentionEngine(wiring.Component):
         # stage 4 never meets a later key's chunk in stage 9: those come after it (the previous V phase
         # ended at least 33 cycles before).
         m.d.comb += n_rd.addr.eq(Mux(vbusy[4] & vfirst[4], vaddr[4], vaddr[VD - 2]))
-        # Stage 11: the late read missed the writes of the two cycles after it (stage 11 in stages 9 and
-        # 10); those words are forwarded.
-        wen = Signal()
+        # Stage 11 sums the word, stage 12 writes it from its register (`w1`): the sum's adders went
+        # straight into the block RAMs' data inputs, which sit in a row across the die (188 late endpoints
+        # on those inputs, 12.3 ns placed on the ECP5 shell at 1fe27f9). So the late read (stage 9) misses
+        # the sums of the three chunks ahead (stage 11 in stages 9 and 10, written in stages 10 to 12:
+        # the last in the read's own cycle); those words are forwarded from the sums' registers.
+        wen, wen_w = Signal(), Signal()
         m.d.comb += wen.eq(vbusy[VD] & ven[VD])
+        m.d.sync += wen_w.eq(wen)
         hit1, hit2a, hit2a_nx, hit2 = Signal(), Signal(), Signal(), Signal()
-        m.d.comb += hit2a_nx.eq(wen & (vaddr[VD] == vaddr[VD - 2]))
-        m.d.sync += [hit1.eq(wen & (vaddr[VD] == vaddr[VD - 1])), hit2a.eq(hit2a_nx), hit2.eq(hit2a)]
+        hit3a_nx, hit3a, hit3 = Signal(), Signal(), Signal()
+        m.d.comb += [hit2a_nx.eq(wen & (vaddr[VD] == vaddr[VD - 2])),
+                     hit3a_nx.eq(wen_w & (vaddr[VD + 1] == vaddr[VD - 2]))]
+        m.d.sync += [hit1.eq(wen & (vaddr[VD] == vaddr[VD - 1])), hit2a.eq(hit2a_nx), hit2.eq(hit2a),
+                     hit3a.eq(hit3a_nx), hit3.eq(hit3a)]
         # The words the design uses: the early read of a first key (stage 4), and a later key's read (stage
         # 9) unless the word written in the same cycle is forwarded in its place; and the normaliser's.
-        n_used = (vbusy[4] & ven[4] & vfirst[4]) | (vbusy[VD - 2] & ven[VD - 2] & ~vfirst[VD - 2] & ~hit2a_nx)
+        n_used = (vbusy[4] & ven[4] & vfirst[4]) | (vbusy[VD - 2] & ven[VD - 2] & ~vfirst[VD - 2] & ~hit3a_nx)
         assert_no_collision(m, platform, n_wr, n_rd, n_used, "attention num (weighted sums)")
         assert_no_collision(m, platform, n_wr, n_norm, norm.num_used, "attention num (normaliser)")
         w1 = [Signal(signed(NUM_BITS), name=f"w1_{i}") for i in range(C)]
         w2 = [Signal(signed(NUM_BITS), name=f"w2_{i}") for i in range(C)]
-        m.d.comb += [n_wr.addr.eq(vaddr[VD]), n_wr.en.eq(wen)]
+        w3 = [Signal(signed(NUM_BITS), name=f"w3_{i}") for i in range(C)]
+        m.d.comb += [n_wr.addr.eq(vaddr[VD + 1]), n_wr.en.eq(wen_w)]
         for i in range(C):
-            acc = Mux(hit1, w1[i], Mux(hit2, w2[i], v_acc[i]))
-            m.d.comb += n_wr.data[i].eq(Mux(vfirst[VD], rescaled[i], acc) + pvv[i])
-            m.d.sync += [w1[i].eq(n_wr.data[i]), w2[i].eq(w1[i])]
+            acc = Mux(hit1, w1[i], Mux(hit2, w2[i], Mux(hit3, w3[i], v_acc[i])))
+            m.d.sync += [w1[i].eq(Mux(vfirst[VD], rescaled[i], acc) + pvv[i]), w2[i].eq(w1[i]), w3[i].eq(w2[i])]
+            m.d.comb += n_wr.data[i].eq(w1[i])
         # den: read in stage 9, the word written in the cycle between forwarded.
         den_wen = Signal()
         m.d.comb += den_wen.eq(wen & vden[VD])
@@ -551,10 +561,10 @@ class AttentionEngine(wiring.Component):
         for i in range(NR):
             with m.If(den_row[i]):
                 m.d.sync += den[i].eq(den_new)
-        # Chunks in V stages 1 .. 11, as a register (stages 0 .. 10 one cycle earlier): the hand-off to the
-        # normaliser then starts from registers.
+        # Chunks in V stages 1 .. 12, as a register (stages 0 .. 11 one cycle earlier): the hand-off to the
+        # normaliser then starts from registers, once the last num word is written.
         v_busy = Signal()
-        m.d.sync += v_busy.eq(Cat(vbusy[:VD]).any())
+        m.d.sync += v_busy.eq(Cat(vbusy).any())
 
         # -- normaliser hand-off --------------------------------------------------------------------------
         m.d.comb += [norm.start.payload.bank.eq(bank), norm.start.payload.count.eq(rows_m1 + 1)]
