@@ -16,8 +16,8 @@ the position are held here from the command's acceptance until then, and beats a
 finish there. Every token's input scale comes on ``sx`` (one SFloat per token): ``2^-16`` for the
 residual stream and the attention output, the gate's per-token scale for the FFN intermediate.
 
-The command passes a :class:`~hw.dataflow.skid.SkidBuffer` (a cycle): the core takes it from a register
-beside it, and the sender sees ``cfg.ready`` from one. With the sender's state machine on the core's
+The command passes a :class:`~hw.dataflow.command_slice.CommandSlice` (a cycle): the core takes it from a
+register beside it, and the sender sees ``cfg.ready`` from one. With the sender's state machine on the core's
 command handshake, the core's command registers were enabled from the LINEAR unit's state (14.4 ns placed
 on the ECP5 shell at cbb845a). ``idle`` says the core has taken its command and finished it.
 """
@@ -32,11 +32,11 @@ from ..isa import GATE_EPILOGUES, Epilogue
 from ..params import check_int
 from ..vector.epilogue import vector_layout
 from ..vector.quant_pow2 import quant_out_layout
+from .command_slice import CommandSlice
 from .credit_link import CreditLink
 from .epilogues import (GateEpilogue, LogitsEpilogue, QkvEpilogue, ResidualEpilogue, logits_mult_layout,
                         logits_rows_layout)
 from .linear import LinearCore
-from .skid import SkidBuffer
 
 __all__ = ["FusedLinear", "fused_cfg_layout"]
 
@@ -128,7 +128,8 @@ class FusedLinear(wiring.Component):
 
         kind = Signal(Epilogue)
         logits = Signal()
-        m.submodules.cfg_slice = cfg_slice = SkidBuffer(self.cfg.payload.shape())
+        # The command waits in a slice whose wide register loads under flip-flops only (see CommandSlice).
+        m.submodules.cfg_slice = cfg_slice = CommandSlice(self.cfg.payload.shape())
         wiring.connect(m, wiring.flipped(self.cfg), cfg_slice.i)
         cmd = cfg_slice.o
         m.d.comb += [core.cfg.payload.eq(cmd.payload.core), core.cfg.valid.eq(cmd.valid),
