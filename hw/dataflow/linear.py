@@ -49,7 +49,7 @@ Sequence
    belong to the command until then).
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -185,13 +185,22 @@ class LinearCore(wiring.Component):
         # from the fused core's command slice, which sits with the epilogues; the setup's resets reach the
         # gearbox and counters all over the core (as one gate from `valid`: 14.21 ns placed paths into the
         # gearbox's slot reset on the ECP5 shell at 2ee4ca5). One cycle per command.
+        # `busy` has copies: one for `cfg.ready` (which enables registers in the fused core's command
+        # slice) and four that enable a quarter of the command register each: `busy` itself has hundreds
+        # of sinks across the core, and as the command register's enable it ended 55 late endpoints
+        # (placed at 1fe27f9).
         cfg = Signal(self.cfg.payload.shape())
-        busy = Signal()
-        m.d.comb += self.cfg.ready.eq(~busy)
-        start = self.cfg.valid & ~busy
+        busy, busy_next = Signal(), Signal()
+        m.d.sync += busy.eq(busy_next)
+        busy_ready, *busy_load = registered_copies(m, busy_next, 5, "busy")
+        m.d.comb += self.cfg.ready.eq(~busy_ready)
+        start = self.cfg.valid & ~busy_ready
         begin, begin_gear = registered_copies(m, start, 2, "begin")
-        with m.If(~busy):
-            m.d.sync += cfg.eq(self.cfg.payload)
+        cfg_bits, cfg_in = Value.cast(cfg), Value.cast(self.cfg.payload)
+        share = -(-len(cfg_bits) // len(busy_load))
+        for i, b in enumerate(busy_load):
+            with m.If(~b):
+                m.d.sync += cfg_bits[share * i:share * (i + 1)].eq(cfg_in[share * i:share * (i + 1)])
 
         # -- prologue: NormQuant per token ---------------------------------------------------------------
         load_tok = Signal(range(M + 1))        # token whose vector NormQuant is working on
@@ -291,8 +300,9 @@ class LinearCore(wiring.Component):
 
         # -- load control -------------------------------------------------------------------------------
         loaded = Signal()                      # every token's words are in the buffer
+        m.d.comb += busy_next.eq(busy)
         with m.If(start):
-            m.d.sync += busy.eq(1)
+            m.d.comb += busy_next.eq(1)
         with m.If(begin):
             m.d.sync += [loading.eq(1), load_tok.eq(0), wr_base.eq(0), scale_tok.eq(0), norm_cfg_sent.eq(0),
                          ks.eq(0), vec_in.eq(0)]
@@ -396,6 +406,8 @@ class LinearCore(wiring.Component):
             return Mux(c.interleave, tile[0], (tile >= c.bound0).as_unsigned() + (tile >= c.bound1).as_unsigned())
 
         slot = sums.payload.slot
+        slot_last = Signal()                   # the beat is its row tile's last token
+        m.d.comb += slot_last.eq(slot == tokens_m1)
         dq_in = data.StructLayout({"y": sums.payload.y.shape(), "slot": slot.shape(), "m16": unsigned(16),
                                    "shift": signed(_SHIFT_BITS), "tile_last": 1, "last": 1})
         m.submodules.sums_slice = sl = SkidBuffer(dq_in)
@@ -403,10 +415,10 @@ class LinearCore(wiring.Component):
             sl.i.valid.eq(sums.valid), sums.ready.eq(sl.i.ready),
             sl.i.payload.y.eq(sums.payload.y), sl.i.payload.slot.eq(slot),
             sl.i.payload.m16.eq(mult_m16[slot][g_sel]), sl.i.payload.shift.eq(mult_sh[slot][g_sel]),
-            sl.i.payload.tile_last.eq(slot == tokens_m1),
-            sl.i.payload.last.eq((slot == tokens_m1) & (tile_in == row_tiles_m1)),
+            sl.i.payload.tile_last.eq(slot_last),
+            sl.i.payload.last.eq(slot_last & (tile_in == row_tiles_m1)),
         ]
-        with m.If(sums.valid & sums.ready & (slot == tokens_m1)):
+        with m.If(sums.valid & sums.ready & slot_last):
             m.d.sync += [tile_in.eq(tile_in + 1), g_sel.eq(group_of(tile_in + 1, cfg))]
         with m.If(begin):
             m.d.sync += [tile_in.eq(0), g_sel.eq(group_of(Const(0, len(tile_in)), cfg))]
@@ -449,7 +461,7 @@ class LinearCore(wiring.Component):
         wiring.connect(m, osl.o, wiring.flipped(o))
         # The command ends when its last beat has left the slice (the owner's epilogue choice holds until then).
         with m.If(o.valid & o.ready & o.payload.last):
-            m.d.sync += busy.eq(0)
+            m.d.comb += busy_next.eq(0)
         return m
 
     @staticmethod
