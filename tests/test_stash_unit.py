@@ -36,6 +36,7 @@ CASES = [
     (128, 4, 13, 3, 5),       # one beat per bus word
     (1024, 16, 40, 5, 5),     # two beats per bus word: 15 beats, the stash ends in half a word
     (256, 4, 9, 1, 3),        # two beats per word, one token of 3 beats (a half word again)
+    (64, 4, 3, 3, 4),         # one beat per token: every beat ends its token
 ]
 _IDS = [f"bus{d}-lanes{l}-hidden{h}-n{n}" for d, l, h, n, _ in CASES]
 
