@@ -242,6 +242,13 @@ class NormQuant(wiring.Component):
         rd = mem.read_port(domain="sync")
         addr = Signal(range(self.depth + 1))
         left = Signal(range(self.max_n + L + 1))  # elements not yet loaded / issued, incl. this beat
+        # `left <= L` (this is the last beat) and `left == 0`, registered with `left` wherever it is set:
+        # the compares' carry chains, then the state machine's next-state logic, into the state register's
+        # enable were 17.2 ns placed paths on the ECP5 shell (the LINEAR core's prologue).
+        left_last, left_none = Signal(init=1), Signal(init=1)        # as left = 0
+
+        def set_left(value):
+            m.d.sync += [left.eq(value), left_last.eq(value <= L), left_none.eq(value == 0)]
 
         ipay = self.i.payload
         m.d.comb += [wr.addr.eq(addr), wr.data.eq(ipay.as_value())]
@@ -282,7 +289,7 @@ class NormQuant(wiring.Component):
 
         m.d.sync += [vA.eq(issuing), vA2.eq(vA), vB1.eq(vA2), vB.eq(vB1), vC.eq(vB), vC2.eq(vC),
                      vD.eq(vC2 & pass3), vE.eq(vD), oV.eq(vE),
-                     lastA.eq(issuing & (left <= L)), lastA2.eq(lastA), lastB1.eq(lastA2), lastB.eq(lastB1),
+                     lastA.eq(issuing & left_last), lastA2.eq(lastA), lastB1.eq(lastA2), lastB.eq(lastB1),
                      lastC.eq(lastB), lastC2.eq(lastC), lastD.eq(lastC2), lastE.eq(lastD), oq.last.eq(lastE)]
         with m.If(issuing):
             m.d.sync += leftA.eq(left)
@@ -433,27 +440,31 @@ class NormQuant(wiring.Component):
                 # at 183e789, 144 endpoints).
                 c = self.cfg.payload
                 m.d.sync += [n.eq(c.n), sx.eq(c.sx), eps.eq(c.eps), gshift.eq(c.shift),
-                             addr.eq(0), left.eq(c.n), orx.eq(0)]
+                             addr.eq(0), orx.eq(0)]
+                set_left(c.n)
                 with m.If(self.cfg.valid):
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += [self.i.ready.eq(1), wr.en.eq(self.i.valid)]
                 with m.If(self.i.valid):
-                    m.d.sync += [addr.eq(addr + 1), left.eq(left - L)]
-                    with m.If(left <= L):
+                    m.d.sync += addr.eq(addr + 1)
+                    set_left(left - L)
+                    with m.If(left_last):
                         m.next = "BITLEN00"
             with m.State("BITLEN00"):
                 m.next = "BITLEN0"             # the last beat's OR joins orx
             with m.State("BITLEN0"):
                 m.next = "BITLEN"              # orx's bit length is registered in two steps
             with m.State("BITLEN"):
-                m.d.sync += [b.eq(b_comb), addr.eq(0), left.eq(n), ss.eq(0), mv.eq(0), pass3.eq(0)]
+                m.d.sync += [b.eq(b_comb), addr.eq(0), ss.eq(0), mv.eq(0), pass3.eq(0)]
+                set_left(n)
                 m.next = "PASS"
             with m.State("PASS"):
-                m.d.comb += issuing.eq((left != 0) & (room | ~pass3))     # pass 2 sends nothing to `o`
+                m.d.comb += issuing.eq(~left_none & (room | ~pass3))     # pass 2 sends nothing to `o`
                 with m.If(issuing):
-                    m.d.sync += [addr.eq(addr + 1), left.eq(Mux(left > L, left - L, 0))]
-                with m.If((left == 0) & drained):
+                    m.d.sync += addr.eq(addr + 1)
+                    set_left(Mux(left_last, 0, left - L))
+                with m.If(left_none & drained):
                     m.next = "AFTER"
             with m.State("AFTER"):
                 with m.If(pass3):
@@ -479,6 +490,7 @@ class NormQuant(wiring.Component):
                     with m.If(dstep == 1):
                         m.next = "START3"
             with m.State("START3"):
-                m.d.sync += [addr.eq(0), left.eq(n), pass3.eq(1)]
+                m.d.sync += [addr.eq(0), pass3.eq(1)]
+                set_left(n)
                 m.next = "PASS"
         return m
