@@ -226,14 +226,13 @@ class ActivationBuffers(wiring.Component):
         for b in Buffer:
             bits = _ELEMENT_BITS[b]
             picked[b] = Signal.like(words[b][0], name=f"picked_{b.name.lower()}", reset_less=True)
+            if self.banks[b] == 1:
+                m.d.sync += picked[b].eq(words[b][0])
+                continue
             # Lane n's slice (and the exponent's, copy N) chosen by its own copy of the bank.
             spans = [(bits * n, bits * (n + 1)) for n in range(N)] + [(bits * N, len(picked[b]))]
             for copy, (lo, hi) in enumerate(spans):
-                if lo == hi:
-                    continue
-                if self.banks[b] == 1:
-                    m.d.sync += picked[b][lo:hi].eq(words[b][0][lo:hi])
-                else:
+                if lo < hi:
                     m.d.sync += picked[b][lo:hi].eq(Array(w[lo:hi] for w in words[b])[bank_sel[b][copy]])
 
         # Every element sign-extended to 64 bits.
