@@ -16,9 +16,8 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
-from ..collision import CollisionFreeSyncFIFOBuffered
-from ..dataflow.skid import SkidBuffer
 from ..params import check_int
+from .bram_fifo import BlockRamFifo
 
 __all__ = [
     "AxiBurst",
@@ -246,9 +245,8 @@ class AxiBurstReader(wiring.Component):
         size = exact_log2(self.data_bytes)
         info_layout = _burst_info_layout(self.tag_bits)
 
-        # A block RAM without Yosys's collision bypass in front of the beats' consumers (hw.collision).
-        m.submodules.buffer = buf = CollisionFreeSyncFIFOBuffered(width=self.data_layout.size,
-                                                                  depth=self.buffer_words)
+        # Block RAM read through its output register into a small output FIFO (hw.memory.bram_fifo).
+        m.submodules.buffer = buf = BlockRamFifo(self.data_layout, depth=self.buffer_words)
         m.submodules.bursts = bursts = SyncFIFO(width=info_layout.size, depth=self.max_outstanding)
 
         # Command state: the next burst starts at `addr`; `left` beats of the command remain.
@@ -303,19 +301,11 @@ class AxiBurstReader(wiring.Component):
         with m.If(r_fire & axi.rresp[1]):
             m.d.sync += self.error.eq(1)
 
-        # The words leave through a skid buffer: the buffer's read data comes straight from a block RAM
-        # (about 4 ns after the clock on ECP5), and every consumer shifts or parses it further (EMBED's byte
-        # queue made an 11.4 ns routed path). Credits return as words leave the buffer: the skid's two
-        # words are outside it.
-        m.submodules.out = out = SkidBuffer(self.data_layout)
-        m.d.comb += [
-            out.i.valid.eq(buf.r_rdy),
-            out.i.payload.eq(buf.r_data),
-            buf.r_en.eq(out.i.ready),
-            self.idle.eq(~cut.active & ~bursts.r_rdy),
-        ]
-        wiring.connect(m, out.o, wiring.flipped(self.data))
+        # The words leave from the buffer's output FIFO (a block RAM's 5.8 ns clock-to-out on ECP5 never
+        # reaches a consumer, which shifts or parses the word further). Credits return as words leave.
+        m.d.comb += self.idle.eq(~cut.active & ~bursts.r_rdy)
+        wiring.connect(m, buf.o, wiring.flipped(self.data))
         popped = Signal()
-        m.d.comb += popped.eq(buf.r_rdy & buf.r_en)
+        m.d.comb += popped.eq(self.data.valid & self.data.ready)
         m.d.sync += credits.eq(credits + popped - Mux(ar_fire, beats, 0))
         return m
