@@ -16,10 +16,10 @@ simulation when its platform is ``None``; synthesis passes a platform and gets n
 """
 
 from amaranth.hdl import Assert
-from amaranth.lib import fifo, memory
+from amaranth.lib import memory
 
 __all__ = ["COLLISION_ATTR", "YOSYS_UNDEFINED_COLLISIONS", "collision_free_memory", "assert_no_collision",
-           "CollisionFreeSyncFIFOBuffered", "MAX_READ_PORTS"]
+           "MAX_READ_PORTS"]
 
 COLLISION_ATTR = "trillium_collision"
 
@@ -79,22 +79,3 @@ def assert_no_collision(m, platform, write_port, read_port, used, name):
         return
     collide = used & read_port.en & write_port.en.any() & (write_port.addr == read_port.addr)
     m.d.sync += Assert(~collide, f"{name}: a used read met a write to the same word in the same cycle")
-
-
-class CollisionFreeSyncFIFOBuffered(fifo.SyncFIFOBuffered):
-    """:class:`amaranth.lib.fifo.SyncFIFOBuffered` whose storage has undefined collisions.
-
-    The FIFO reads its storage only at an occupied slot (its inner level is not zero) and writes only a free
-    one (``w_rdy``: the inner level is below the depth), so a read never meets a write to its slot; the
-    simulation check (every read counts as used) confirms it. Relies on the library naming its memory
-    ``storage`` and giving it one write and one read port (``tests/test_collision.py`` checks the tag
-    reaches it).
-    """
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        storage = m.submodules.storage
-        (wp,), (rp,) = storage.write_ports, storage.read_ports
-        storage.attrs[COLLISION_ATTR] = "undefined"
-        assert_no_collision(m, platform, wp, rp, rp.en, "FIFO storage")
-        return m
