@@ -182,19 +182,17 @@ class KvWriter(wiring.Component):
         # Stage 5.
         seg5 = Signal(ADDR_BITS)
         m.d.sync += seg5.eq(s.kv_base + (sum(piece << shift for shift, piece in pieces) << lg))
-        # The FIFO; its head is the beat being written.
-        head = stream.Signature(data.StructLayout({"w": p.shape(), "seg": ADDR_BITS, "row_off": ADDR_BITS,
-                                                   "exp_off": len(exp_off[-1])})).create()
+        # The FIFO; its head is the beat being written, with its two addresses. They are summed on the way
+        # in: summed at the head, the adders sat between the FIFO's distributed RAM and the byte shift into
+        # the writer's W slice (12.2 ns placed, 60 endpoints, in a trial build).
+        head = stream.Signature(data.StructLayout({"w": p.shape(), "row_addr": ADDR_BITS,
+                                                   "exp_addr": ADDR_BITS})).create()
         five = Signal(head.payload.shape())
-        m.d.comb += [five.w.eq(st[-1]), five.seg.eq(seg5), five.row_off.eq(row_off[-1]),
-                     five.exp_off.eq(exp_off[-1])]
+        m.d.comb += [five.w.eq(st[-1]), five.row_addr.eq(seg5 + row_off[-1]), five.exp_addr.eq(seg5 + exp_off[-1])]
         owed = output_fifo(m, room, beat.valid & beat.ready, valid[-1], five, head, n_st)
         m.d.comb += head.ready.eq(done)
-        w_valid, w, seg = head.valid, head.payload.w, head.payload.seg
-
-        row_addr = Signal(ADDR_BITS)
-        exp_addr = Signal(ADDR_BITS)
-        m.d.comb += [row_addr.eq(seg + head.payload.row_off), exp_addr.eq(seg + head.payload.exp_off)]
+        w_valid, w = head.valid, head.payload.w
+        row_addr, exp_addr = head.payload.row_addr, head.payload.exp_addr
         phase_exp = Signal()                 # the beat's values are out; its exponent byte is next
         addr = Mux(phase_exp, exp_addr, row_addr)
         off = addr[:lg]
