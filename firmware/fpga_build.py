@@ -297,6 +297,8 @@ def format_report(result):
     lines = []
     lines.append(f"design {result['design']} on {result['board']} ({result['device']}), hw {result['hw']}"
                  f" ({result.get('config_hash', '?')}), commit {result.get('commit', '?')}")
+    if result.get("seed") is not None:
+        lines.append(f"nextpnr placement seed {result['seed']}")
     lines.append("")
     lines.append(f"{'resource':<10}{'used':>10}{'available':>12}{'util':>9}")
     for r, u in result["utilisation"].items():
@@ -465,10 +467,12 @@ def _say(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def nextpnr_options(board_opts="", place_only=False):
-    """nextpnr's extra options: the board's, the flow's (:data:`NEXTPNR_OPTS`) and :data:`PLACE_ONLY_OPTS`
-    (placing only) or :data:`ROUTED_OPTS`."""
-    return " ".join(x for x in (board_opts, NEXTPNR_OPTS, PLACE_ONLY_OPTS if place_only else ROUTED_OPTS) if x)
+def nextpnr_options(board_opts="", place_only=False, seed=None):
+    """nextpnr's extra options: the board's, the flow's (:data:`NEXTPNR_OPTS`), :data:`PLACE_ONLY_OPTS`
+    (placing only) or :data:`ROUTED_OPTS`, and ``--seed`` when ``seed`` is given."""
+    seed_opt = f"--seed {seed}" if seed is not None else ""
+    return " ".join(x for x in (board_opts, NEXTPNR_OPTS, PLACE_ONLY_OPTS if place_only else ROUTED_OPTS,
+                                seed_opt) if x)
 
 
 def flow_commands(commands, place_only=False):
@@ -526,12 +530,14 @@ def _routed_timing(build_dir, parsed, clocks, *, opts, say):
 
 
 def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, progress=_say, name="top",
-                    place_only=False):
+                    place_only=False, seed=None):
     """Build ``design_name`` for ``board_name`` and hardware config ``hw`` (a name, a path or a
     :class:`hw.config.HwConfig`); return the report dict (see the module docstring).
 
     With ``place_only`` nextpnr stops after placement, the packer does not run, and the placed design's
-    timing is analysed (:func:`placed_timing`; the module docstring's "Place only").
+    timing is analysed (:func:`placed_timing`; the module docstring's "Place only"). ``seed`` (an integer
+    from 0 to 2^31 - 1) is nextpnr's placement seed: placements of one netlist under different seeds differ
+    in timing by several MHz, so a build that misses its clock narrowly may meet it under another seed.
 
     Raises
     ------
@@ -549,6 +555,9 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     from hw.bram_output_registers import absorb_output_registers_file
     from hw.synth import YOSYS_AFTER_READ
 
+    if seed is not None:
+        from hw.params import check_int
+        check_int("seed", seed, 0, (1 << 31) - 1, "build")
     board = get_board(board_name)
     spec = get_design(design_name)
     hw_cfg = load_hw_config(hw) if not hasattr(hw, "config_hash") else hw
@@ -560,7 +569,7 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     top = spec.make(platform, hw_cfg)
     clocks = dict(getattr(top, "clocks", {}))
     overrides = dict(board.overrides)
-    overrides["nextpnr_opts"] = nextpnr_options(overrides.get("nextpnr_opts", ""), place_only)
+    overrides["nextpnr_opts"] = nextpnr_options(overrides.get("nextpnr_opts", ""), place_only, seed)
     # Register replicas stay apart (hw.replica), tagged block RAMs get no collision bypass (hw.collision).
     overrides["script_after_read"] = "\n".join(filter(None, [overrides.get("script_after_read", ""),
                                                              YOSYS_AFTER_READ]))
@@ -646,7 +655,7 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
         board=board.name, device=board.device, design=spec.name, hw=hw_cfg.name, config_hash=hw_cfg.config_hash,
         commit=git_commit(), stage_seconds=stage_seconds, tools=tools, placed_only=place_only,
         placed_timing=timing if place_only else None, routed_timing=None if place_only else timing)
-    result.update({"bram_output_registers": absorbed,
+    result.update({"bram_output_registers": absorbed, "seed": seed,
                    "bitstream_bytes": None if place_only else bitstream.stat().st_size,
                    "wheels": _wheel_versions(), "build_dir": str(build_dir), "report": str(report_path),
                    "logs": logs})

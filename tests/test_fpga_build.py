@@ -664,3 +664,27 @@ def test_cli_default_design_is_the_shell_on_the_ulx3s(monkeypatch, capsys):
     main(["build", "--board", "ulx3s-85f", "--hw", "ecp5"])
     main(["build", "--board", "nexus-40", "--hw", "ecp5"])
     assert seen == [("ulx3s-85f", "shell"), ("nexus-40", "link")]
+
+
+def test_build_passes_the_seed_to_nextpnr_and_reports_it(tmp_path, fake_tools):
+    assert nextpnr_options("", place_only=True, seed=7).endswith("--seed 7")
+    tools = fake_tools()
+    r = build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=None, place_only=True, seed=7)
+    nextpnr = tools.runs[1]
+    assert nextpnr[nextpnr.index("--seed") + 1] == "7"
+    assert r["seed"] == 7 and "nextpnr placement seed 7" in format_report(r)
+    r = build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=None, place_only=True)
+    assert "--seed" not in tools.runs[-1] and r["seed"] is None
+
+
+@pytest.mark.parametrize("seed", [-1, 1 << 31, True])
+def test_build_refuses_a_bad_seed(tmp_path, fake_tools, seed):
+    fake_tools()
+    with pytest.raises(ValueError, match="seed"):
+        build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=None, place_only=True, seed=seed)
+
+
+def test_cli_bad_seed_is_one_line(capsys):
+    assert main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--seed", "-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("trillium: error: build: seed must be an integer in [0, 2147483647]") and "\n" not in err
