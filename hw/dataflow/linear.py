@@ -397,7 +397,13 @@ class LinearCore(wiring.Component):
         # slice's registered `ready` ends the engine's ready chain (the dequantiser, the epilogue and the
         # consumer stall it a cycle later), and the multiplier choice (a mux over tokens and groups) does
         # not share a cycle with the dequantiser's first stage.
-        sums = engine.sums
+        # The engine's sums come from a distributed-RAM FIFO: a register slice first, so the scale lookup
+        # by slot and scale group (a 24-way multiplexer at 8 tokens) and the slot compare start from
+        # flip-flops (13.3 ns placed from the FIFO's read, 101 endpoints on the slice after the lookup, in
+        # a trial build). A cycle of latency.
+        m.submodules.sums_in = sums_in = SkidBuffer(engine.sums.payload.shape())
+        wiring.connect(m, engine.sums, sums_in.i)
+        sums = sums_in.o
         out_tile = Signal.like(self.o.payload.tile)
         tile_in = Signal.like(out_tile)        # tile of the beat entering the slice
         g_sel = Signal(range(SCALE_GROUPS))    # its scale group, kept with it (no comparator in the path)
