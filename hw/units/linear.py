@@ -529,7 +529,8 @@ class LinearUnit(wiring.Component):
         # -- the command sequence -----------------------------------------------------------------------------
         # Beat counts of the feed and the results, registered products of the command fields (settled by START).
         ans_total = registered_product(m, "ans_total", tokens, x_beats, platform=platform)
-        out_total = registered_product(m, "out_total", tokens, Mux(gate & ~lg, row_tiles >> 1, row_tiles),
+        # (`to_h`: ~lg & gate from a register, which reaches the multiplier block's input on a net of its own.)
+        out_total = registered_product(m, "out_total", tokens, Mux(to_h, row_tiles >> 1, row_tiles),
                                        platform=platform)
         all_out = (out_left == 0) & (sq_left == 0) & ~self.kv.valid & ~self.wr.valid & ~self.lg_out.valid
         finished = Signal()
