@@ -16,7 +16,7 @@ from amaranth.hdl import Signal, Value
 
 from .params import check_int
 
-__all__ = ["REPLICA_ATTR", "YOSYS_KEEP_REPLICAS", "registered_copies"]
+__all__ = ["REPLICA_ATTR", "YOSYS_KEEP_REPLICAS", "registered_copies", "load_in_shares"]
 
 REPLICA_ATTR = "trillium_replica"
 YOSYS_KEEP_REPLICAS = f"setattr -set keep 1 a:{REPLICA_ATTR} %ci1 c:* %i"
@@ -48,3 +48,29 @@ def registered_copies(m, next_value, count, name, *, init=0):
         m.d.sync += reg.eq(next_value)
         copies.append(reg)
     return copies
+
+
+def load_in_shares(m, target, source, enables):
+    """Load ``target`` from ``source`` (same width) in contiguous shares, share ``k`` under ``enables[k]``.
+
+    For a wide register whose load enable is a flip-flop with copies (:func:`registered_copies`): each copy
+    then enables only its share of the bits (a quarter of a command register, say), and the placer can put
+    it beside them.
+
+    Parameters
+    ----------
+    m : Module
+    target, source : Value
+        The register (assigned in ``m.d.sync``) and what it loads.
+    enables : list of Value
+        One enable per share; shares are ``ceil(width / len(enables))`` bits, the last one shorter.
+    """
+    bits, src = Value.cast(target), Value.cast(source)
+    if len(bits) != len(src) or not enables:
+        raise ValueError(f"load_in_shares: {len(src)} bits into {len(bits)}, {len(enables)} enables")
+    share = -(-len(bits) // len(enables))
+    for k, enable in enumerate(enables):
+        lo, hi = min(share * k, len(bits)), min(share * (k + 1), len(bits))
+        if lo < hi:
+            with m.If(enable):
+                m.d.sync += bits[lo:hi].eq(src[lo:hi])

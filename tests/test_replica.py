@@ -6,7 +6,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw.replica import REPLICA_ATTR, registered_copies
+from hw.replica import REPLICA_ATTR, load_in_shares, registered_copies
 from hw.synth import synth_ecp5
 
 
@@ -66,3 +66,30 @@ def test_synthesis_keeps_the_copies_apart():
     plain = synth_ecp5(Fanout(4, replicate=False), "fanout_plain")
     kept = synth_ecp5(Fanout(4), "fanout_kept")
     assert kept.ff - plain.ff == 3, (plain.ff, kept.ff)
+
+
+def test_load_in_shares_loads_each_share_under_its_enable():
+    """10 bits in 3 shares (4, 4, 2 bits): each enable loads exactly its share, the rest keep their bits."""
+    m = Module()
+    target, source, en = Signal(10), Signal(10), Signal(3)
+    load_in_shares(m, target, source, [en[0], en[1], en[2]])
+    seen = []
+
+    async def bench(ctx):
+        for enables, value in [(0b000, 0x3FF), (0b001, 0x3FF), (0b100, 0x155), (0b010, 0x2AA), (0b111, 0)]:
+            ctx.set(en, enables)
+            ctx.set(source, value)
+            await ctx.tick()
+            seen.append(ctx.get(target))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [0x000, 0x00F, 0x10F, 0x1AF, 0x000]
+
+
+@pytest.mark.parametrize("width, enables", [(9, 2), (10, 0)])
+def test_load_in_shares_refuses_a_width_mismatch_or_no_enables(width, enables):
+    with pytest.raises(ValueError, match="load_in_shares"):
+        load_in_shares(Module(), Signal(10), Signal(width), [Signal() for _ in range(enables)])

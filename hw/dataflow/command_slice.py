@@ -9,12 +9,12 @@ at 1fe27f9). Here the payload register loads in every cycle the slice is empty, 
 A command is in ``o`` the cycle after it is taken, and the slice takes one command in two cycles at most.
 """
 
-from amaranth.hdl import Module, Mux, Signal, Value
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import check_int
-from ..replica import registered_copies
+from ..replica import load_in_shares, registered_copies
 
 __all__ = ["CommandSlice"]
 
@@ -49,11 +49,5 @@ class CommandSlice(wiring.Component):
         m.d.sync += full.eq(full_next)
         ready, *loads = registered_copies(m, ~full_next, self.copies + 1, "empty", init=1)
         m.d.comb += [self.i.ready.eq(ready), self.o.valid.eq(full)]
-        bits, src = Value.cast(self.o.payload), Value.cast(self.i.payload)
-        share = -(-len(bits) // len(loads))
-        for k, load in enumerate(loads):
-            lo, hi = min(share * k, len(bits)), min(share * (k + 1), len(bits))
-            if lo < hi:
-                with m.If(load):
-                    m.d.sync += bits[lo:hi].eq(src[lo:hi])
+        load_in_shares(m, self.o.payload, self.i.payload, loads)
         return m

@@ -49,7 +49,7 @@ Sequence
    belong to the command until then).
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -58,7 +58,7 @@ from golden.tlmm import GROUP_SIZE
 
 from ..collision import assert_no_collision, collision_free_memory
 from ..params import check_int
-from ..replica import registered_copies
+from ..replica import load_in_shares, registered_copies
 from ..tlmm.engine import TlmmEngine
 from ..tlmm.layouts import token_bits
 from ..vector.epilogue import Dequant, lane, vector_layout
@@ -196,11 +196,7 @@ class LinearCore(wiring.Component):
         m.d.comb += self.cfg.ready.eq(~busy_ready)
         start = self.cfg.valid & ~busy_ready
         begin, begin_gear = registered_copies(m, start, 2, "begin")
-        cfg_bits, cfg_in = Value.cast(cfg), Value.cast(self.cfg.payload)
-        share = -(-len(cfg_bits) // len(busy_load))
-        for i, b in enumerate(busy_load):
-            with m.If(~b):
-                m.d.sync += cfg_bits[share * i:share * (i + 1)].eq(cfg_in[share * i:share * (i + 1)])
+        load_in_shares(m, cfg, self.cfg.payload, [~b for b in busy_load])
 
         # -- prologue: NormQuant per token ---------------------------------------------------------------
         load_tok = Signal(range(M + 1))        # token whose vector NormQuant is working on
