@@ -19,10 +19,16 @@ from amaranth.lib.wiring import In, Out
 
 from ..params import check_int
 
-__all__ = ["LandingFifo", "LATENCY"]
+__all__ = ["LandingFifo", "LATENCY", "ring_step"]
 
 #: Cycles from ``w_en`` to ``r_rdy`` for that entry (in an empty FIFO).
 LATENCY = 1
+
+
+def ring_step(ptr, depth):
+    """The next value of a FIFO pointer over ``depth`` entries: a power-of-two depth wraps by truncation
+    (the pointer has exactly log2(depth) bits), any other at ``depth - 1``."""
+    return ptr + 1 if depth & (depth - 1) == 0 else Mux(ptr == depth - 1, 0, ptr + 1)
 
 
 class LandingFifo(wiring.Component):
@@ -67,17 +73,13 @@ class LandingFifo(wiring.Component):
         rp = storage.read_port(domain="comb")
         produce, consume = Signal(range(D)), Signal(range(D))
 
-        def step(ptr):
-            # A power-of-two depth wraps by truncation (the pointer has exactly log2(depth) bits).
-            return ptr + 1 if D & (D - 1) == 0 else Mux(ptr == D - 1, 0, ptr + 1)
-
         m.d.comb += [wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(self.w_en),
                      rp.addr.eq(consume), self.r_data.eq(rp.data)]
         with m.If(self.w_en):
-            m.d.sync += produce.eq(step(produce))
+            m.d.sync += produce.eq(ring_step(produce, D))
         take = self.r_rdy & self.r_en
         with m.If(take):
-            m.d.sync += consume.eq(step(consume))
+            m.d.sync += consume.eq(ring_step(consume, D))
         nxt = self.level + self.w_en - take
         m.d.sync += [self.level.eq(nxt), self.r_rdy.eq(nxt != 0)]
         return m

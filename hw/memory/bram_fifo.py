@@ -18,11 +18,12 @@ guarantee it); the storage is then never written at the word being read, so it h
 (:mod:`hw.collision`; checked in simulation).
 """
 
-from amaranth.hdl import Module, Mux, Shape, Signal, Value, unsigned
+from amaranth.hdl import Module, Shape, Signal, Value, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..collision import assert_no_collision, collision_free_memory
+from ..dataflow.landing_fifo import ring_step
 from ..params import check_int
 from ..vector.epilogue import FIFO_LATENCY, output_fifo
 
@@ -67,9 +68,6 @@ class BlockRamFifo(wiring.Component):
         wp, rp = storage.write_port(), storage.read_port()
         w_ptr, r_ptr = Signal(range(D)), Signal(range(D))
 
-        def step(ptr):
-            return ptr + 1 if D & (D - 1) == 0 else Mux(ptr == D - 1, 0, ptr + 1)
-
         # Words in the block RAM and not yet issued, and whether there is one (a flip-flop).
         held, holds = Signal(range(D + 1)), Signal()
         take = Signal(init=1)                  # the output FIFO has room for one more word in flight
@@ -80,9 +78,9 @@ class BlockRamFifo(wiring.Component):
         m.d.comb += [wp.addr.eq(w_ptr), wp.data.eq(Value.cast(self.w_data)), wp.en.eq(self.w_en),
                      rp.addr.eq(r_ptr)]
         with m.If(self.w_en):
-            m.d.sync += w_ptr.eq(step(w_ptr))
+            m.d.sync += w_ptr.eq(ring_step(w_ptr, D))
         with m.If(issue):
-            m.d.sync += r_ptr.eq(step(r_ptr))
+            m.d.sync += r_ptr.eq(ring_step(r_ptr, D))
         assert_no_collision(m, platform, wp, rp, issue, "block RAM FIFO")
 
         # The read: the block RAM's data, then a plain register (its output register on ECP5).
