@@ -242,17 +242,17 @@ class NormQuant(wiring.Component):
         rd = mem.read_port(domain="sync")
         addr = Signal(range(self.depth + 1))
         left = Signal(range(self.max_n + L + 1))  # elements not yet loaded / issued, incl. this beat
-        # `left <= L` (this is the last beat) and `left == 0`, registered with `left` wherever it is set:
-        # the compares' carry chains, then the state machine's next-state logic, into the state register's
-        # enable were 17.2 ns placed paths on the ECP5 shell (the LINEAR core's prologue).
-        left_last, left_none = Signal(init=1), Signal(init=1)        # as left = 0
+        # `left <= L` (this is the last beat), registered with `left` wherever it is set: the compare's
+        # carry chain, then the state machine's next-state logic, into the state register's enable were
+        # 17.2 ns placed paths on the ECP5 shell (the LINEAR core's prologue).
+        left_last = Signal(init=1)             # as left = 0
         # Which lanes of the beat are below n (`l < left`), registered the same way: the compares were
-        # a carry chain ahead of each lane's |x| and its OR (11.7 ns placed in a trial build).
+        # a carry chain ahead of each lane's |x| and its OR (11.7 ns placed in a trial build). Lane 0's
+        # flag is `left != 0`.
         live = Signal(L)
 
         def set_left(value):
-            m.d.sync += [left.eq(value), left_last.eq(value <= L), left_none.eq(value == 0),
-                         live.eq(Cat(*(value > l for l in range(L))))]
+            m.d.sync += [left.eq(value), left_last.eq(value <= L), live.eq(Cat(*(value > l for l in range(L))))]
 
         ipay = self.i.payload
         m.d.comb += [wr.addr.eq(addr), wr.data.eq(ipay.as_value())]
@@ -464,11 +464,11 @@ class NormQuant(wiring.Component):
                 set_left(n)
                 m.next = "PASS"
             with m.State("PASS"):
-                m.d.comb += issuing.eq(~left_none & (room | ~pass3))     # pass 2 sends nothing to `o`
+                m.d.comb += issuing.eq(live[0] & (room | ~pass3))     # pass 2 sends nothing to `o`
                 with m.If(issuing):
                     m.d.sync += addr.eq(addr + 1)
                     set_left(Mux(left_last, 0, left - L))
-                with m.If(left_none & drained):
+                with m.If(~live[0] & drained):
                     m.next = "AFTER"
             with m.State("AFTER"):
                 with m.If(pass3):
