@@ -46,9 +46,10 @@ class ByteQueue:
         enters whenever no more than one such record is held.)
 
     Every compare of the count (``room``, :meth:`holds`, and where an incoming word lands) is a
-    flip-flop (a thermometer, shifted by what each cycle moves), so the slot multiplexers' selects are the owner's strobes and
-    flip-flops: comparing the count after the strobes took the parameter loader's state through five
-    levels of logic into the 320 slot multiplexers (14.4 ns placed on the ECP5 shell at 183e789).
+    flip-flop (a thermometer, shifted by what each cycle moves), so the slot multiplexers' selects are
+    the owner's strobes and flip-flops: comparing the count after the strobes took the parameter
+    loader's state through five levels of logic into the 320 slot multiplexers (14.4 ns placed on the
+    ECP5 shell at 183e789).
     """
 
     def __init__(self, m, word, *, word_bytes, head_bytes, item_bytes):
