@@ -288,7 +288,10 @@ class Ulx3sShell(wiring.Component):
             self.running.eq(top.cp.running),
             self.link_busy.eq(link.busy),
             self.sdram_ready.eq(ctrl.ready),
-            self.leds.eq(Cat(top.irq, top.cp.running, link.busy, ctrl.ready, framing_seen, link_dram, acc_dram,
-                             beat)),
         ]
+        # The LEDs come from flip-flops of their own, which the placer can put by the pins: driven straight
+        # from the units' registers, they pulled those toward the pins (the SDRAM controller's `running`,
+        # which also enables its refresh counter, was an 11.1 ns route to it on the ECP5 shell at cdbee47).
+        m.d.sync += self.leds.eq(Cat(top.irq, top.cp.running, link.busy, ctrl.ready, framing_seen, link_dram,
+                                     acc_dram, beat))
         return m

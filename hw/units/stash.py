@@ -95,13 +95,13 @@ class _BeatCursor:
     and ``bt + 1 == beats`` on LOAD_X's were 13.72 ns placed on the ECP5 shell at 1fe27f9).
     """
 
-    def __init__(self, m, n_tok, beats, max_beats):
+    def __init__(self, m, n_tok, beats, max_beats, name=""):
         self._m, self._n_tok, self._beats = m, n_tok, beats
-        self.tok = Signal.like(n_tok, name="tok")
-        self.bt = Signal(range(max_beats + 1), name="bt")
-        self._bt_end, self._tok_end = Signal(name="bt_end"), Signal(name="tok_end")
+        self.tok = Signal.like(n_tok, name=f"{name}tok")
+        self.bt = Signal(range(max_beats + 1), name=f"{name}bt")
+        self._bt_end, self._tok_end = Signal(name=f"{name}bt_end"), Signal(name=f"{name}tok_end")
         #: The beat at the cursor is the stash's last.
-        self.last = Signal(name="last")
+        self.last = Signal(name=f"{name}last")
         m.d.comb += self.last.eq(self._tok_end & self._bt_end)
 
     def start(self):
@@ -335,8 +335,10 @@ class SaveXUnit(_StashGeometry, wiring.Component):
         words_next = self._words(m, n_tok, beats, platform)
         fault = Signal(ErrorCode)
         m.d.comb += self.fault.eq(fault)
-        # Requests (token, beat) run ahead; the buffers refuse them while two answers are owed.
-        rq_tok, rq_bt, rq_done = Signal.like(n_tok), Signal(range(self.max_beats + 1)), Signal()
+        # Requests (token, beat) run ahead; the buffers refuse them while two answers are owed. Their
+        # counters' end compares fed `rq_done`'s enable (10.8 ns placed on the ECP5 shell at 6c79f98).
+        requests = _BeatCursor(m, n_tok, beats, self.max_beats, name="rq_")
+        rq_done = Signal()
         # Answers: the (token, beat) of the beat on rd_data.
         cursor = _BeatCursor(m, n_tok, beats, self.max_beats)
         last = cursor.last
@@ -362,7 +364,7 @@ class SaveXUnit(_StashGeometry, wiring.Component):
                     a = self.cmd.payload.addr
                     m.d.sync += [addr.eq(a), n_tok.eq(self.n_tokens), hidden.eq(self.hidden),
                                  beats.eq((self.hidden + L - 1) >> exact_log2(L)),
-                                 rq_tok.eq(0), rq_bt.eq(0), rq_done.eq(0), fault.eq(ErrorCode.NONE),
+                                 rq_done.eq(0), fault.eq(ErrorCode.NONE),
                                  self.busy.eq(1)]
                     with m.If(a[:exact_log2(self.align)] != 0):
                         m.d.sync += fault.eq(ErrorCode.BAD_ADDRESS)
@@ -371,6 +373,7 @@ class SaveXUnit(_StashGeometry, wiring.Component):
                         m.next = "SIZE"
             with m.State("SIZE"):           # the product register loads n_tok * beats
                 cursor.start()
+                requests.start()
                 m.d.sync += live.eq(live_lanes(Const(0, 1), hidden))
                 with m.If((n_tok == 0) | (beats == 0)):
                     m.next = "DONE"
@@ -386,13 +389,11 @@ class SaveXUnit(_StashGeometry, wiring.Component):
             with m.State("STREAM"):
                 req = self.rd_req
                 m.d.comb += [req.valid.eq(~rq_done), req.payload.buf.eq(Buffer.X),
-                             req.payload.token.eq(rq_tok), req.payload.index.eq(rq_bt)]
+                             req.payload.token.eq(requests.tok), req.payload.index.eq(requests.bt)]
                 with m.If(req.valid & req.ready):
-                    m.d.sync += rq_bt.eq(rq_bt + 1)
-                    with m.If(rq_bt + 1 == beats):
-                        m.d.sync += [rq_bt.eq(0), rq_tok.eq(rq_tok + 1)]
-                        with m.If(rq_tok + 1 == n_tok):
-                            m.d.sync += rq_done.eq(1)
+                    requests.advance()
+                    with m.If(requests.last):
+                        m.d.sync += rq_done.eq(1)
                 popped = self.rd_data.valid & self.rd_data.ready
                 if W > 1:
                     # A beat is W whole bus words.
