@@ -342,8 +342,16 @@ class LinearCore(wiring.Component):
         rd_base = Signal(range(M * KS + 1))    # stok * KS
         running = Signal()
         replayed = Signal()                    # the command's act steps have all been issued
-        with m.If(loaded & ~running & ~replayed):
-            m.d.sync += [running.eq(1), rt.eq(0), sks.eq(0), spl.eq(0), stok.eq(0), rd_base.eq(0)]
+        # Each counter's "at its last value", a flip-flop set up with the counter and stepped with it: the
+        # compares (carry chains) and the scale count's sat before the counters' enables (11.95 ns placed
+        # on the ECP5 shell at 6c79f98). The replay starts a cycle after `loaded`, from a register.
+        stok_last, spl_last, sks_last, rt_last = (Signal(name=f"{n}_last") for n in ("stok", "spl", "sks", "rt"))
+        replay = Signal()
+        m.d.sync += replay.eq(loaded & ~running & ~replayed & ~replay)
+        with m.If(replay):
+            m.d.sync += [running.eq(1), rt.eq(0), sks.eq(0), spl.eq(0), stok.eq(0), rd_base.eq(0),
+                         stok_last.eq(tokens_m1 == 0), spl_last.eq(last_plane == 0), sks_last.eq(k_steps_m1 == 0),
+                         rt_last.eq(row_tiles_m1 == 0)]
         with m.If(begin):
             m.d.sync += replayed.eq(0)
         # The act steps reach the engine over a credit link: the sequencer's enable comes from the link's
@@ -362,30 +370,30 @@ class LinearCore(wiring.Component):
                 acts.valid.eq(issue),
                 step.token.eq(stok),
                 step.first.eq((sks == 0) & (spl == 0)),
-                step.last.eq((sks == k_steps_m1) & (spl == last_plane)),
-                step.release.eq(stok == tokens_m1),
+                step.last.eq(sks_last & spl_last),
+                step.release.eq(stok_last),
                 step.shift.eq(Mux(serial, spl, 0)),
-                step.negate.eq(serial & (spl == last_plane)),
+                step.negate.eq(serial & spl_last),
             ]
         m.d.comb += [acts.payload.eq(step), acts.payload.x.as_value().eq(ard.data)]
         with m.If(issue):
             # Order: row tile, k-step, bit plane, token (the engine's contract, sim/tlmm_driver.py).
-            with m.If(stok == tokens_m1):
-                m.d.sync += [stok.eq(0), rd_base.eq(0)]
-                with m.If(spl == last_plane):
-                    m.d.sync += spl.eq(0)
-                    with m.If(sks == k_steps_m1):
-                        m.d.sync += sks.eq(0)
-                        with m.If(rt == row_tiles_m1):
+            with m.If(stok_last):
+                m.d.sync += [stok.eq(0), rd_base.eq(0), stok_last.eq(tokens_m1 == 0)]
+                with m.If(spl_last):
+                    m.d.sync += [spl.eq(0), spl_last.eq(last_plane == 0)]
+                    with m.If(sks_last):
+                        m.d.sync += [sks.eq(0), sks_last.eq(k_steps_m1 == 0)]
+                        with m.If(rt_last):
                             m.d.sync += [running.eq(0), replayed.eq(1)]
                         with m.Else():
-                            m.d.sync += rt.eq(rt + 1)
+                            m.d.sync += [rt.eq(rt + 1), rt_last.eq(rt + 1 == row_tiles_m1)]
                     with m.Else():
-                        m.d.sync += sks.eq(sks + 1)
+                        m.d.sync += [sks.eq(sks + 1), sks_last.eq(sks + 1 == k_steps_m1)]
                 with m.Else():
-                    m.d.sync += spl.eq(spl + 1)
+                    m.d.sync += [spl.eq(spl + 1), spl_last.eq(spl + 1 == last_plane)]
             with m.Else():
-                m.d.sync += [stok.eq(stok + 1), rd_base.eq(rd_base + KS)]
+                m.d.sync += [stok.eq(stok + 1), rd_base.eq(rd_base + KS), stok_last.eq(stok + 1 == tokens_m1)]
         wiring.connect(m, wiring.flipped(self.weights), engine.weights)
 
         # -- epilogue: Dequant with the token's and group's multiplier, raw sums beside it ---------------
