@@ -48,6 +48,7 @@ from ..memory.gearbox import Gearbox
 from ..params import check_int
 from ..tlmm.layouts import token_bits
 from ..vector.quant_pow2 import E_FIELD_BITS
+from ..vector.epilogue import output_fifo
 from ..vector.scalar_unit import E_BITS, MANT_BITS, Op, ScalarUnit, sfloat_layout
 from .buffers import ANSWER_PLACES, Buffer, rd_req_layout, wr_layout
 from .params_loader import ParamsLoader
@@ -349,27 +350,41 @@ class LinearUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += req_t.eq(req_t + 1)
 
-        # Answers, in request order: x beats (with the gains of beat `ans_i`) then residual beats.
+        # Answers, in request order: x beats (each with its gains) then residual beats.
         ans_x_left = Signal(range(M * (-(-self.max_k // N)) + 1))
-        ans_i = Signal(range(-(-self.max_k // N) + 1))
-        # The gain memory reads synchronously (block RAM): it is given the counter's next value, so its data
-        # is that of `ans_i` in the cycle `ans_i` holds it.
-        ans_i_next = Signal.like(ans_i)
-        m.d.comb += [ans_i_next.eq(ans_i), pl.gain_addr.eq(ans_i_next)]
-        m.d.sync += ans_i.eq(ans_i_next)
+        # The gains are read ahead of the answers, in their order (beats 0 .. x_beats - 1 of each token),
+        # into a small FIFO (hw.vector.epilogue.output_fifo): the block RAM's data passes a register (its
+        # output register on ECP5) and no handshake reaches its address. Read at the answer's handshake,
+        # the address came from the buffers' answer valid, and the data, 5.8 ns out of the block, went
+        # unregistered into the fused core's input slice (10.9 to 15.4 ns placed at 6c79f98). Exactly
+        # the command's x answers are read, so the FIFO is empty again when the command ends.
+        g_i = Signal(range(-(-self.max_k // N) + 1))    # the next gain word to read
+        g_left = Signal.like(ans_x_left)                # reads still to issue
+        g_more = Signal()                               # g_left != 0
+        g_take = Signal(init=1)                         # the FIFO has room for one more read in flight
+        g_issue = Signal()
+        m.d.comb += [g_issue.eq(g_more & g_take), pl.gain_addr.eq(g_i), pl.gain_read.eq(g_issue)]
+        with m.If(g_issue):
+            m.d.sync += [g_i.eq(Mux(g_i == x_beats_m1, 0, g_i + 1)), g_left.eq(g_left - 1), g_more.eq(g_left != 1)]
+        g_issued, g_landing = Signal(), Signal()
+        g_word = Signal(16 * N, reset_less=True)
+        m.d.sync += [g_issued.eq(g_issue), g_landing.eq(g_issued), g_word.eq(pl.gain_data)]
+        gains = stream.Signature(unsigned(16 * N)).create()
+        output_fifo(m, g_take, g_issue, g_landing, g_word, gains, 2)
         xin = fl.x.payload
         for n in range(N):
             m.d.comb += [xin.x[f"lane{n}"].eq(self.rd_data.payload[64 * n:64 * n + 63]),
-                         xin.g[f"lane{n}"].eq(pl.gain_data[16 * n:16 * n + 16])]
+                         xin.g[f"lane{n}"].eq(gains.payload[16 * n:16 * n + 16])]
         m.d.comb += fl.res.payload.as_value().eq(Cat(*(self.rd_data.payload[64 * n:64 * n + 32] for n in range(N))))
         ans_x_nz = Signal()                    # ans_x_left != 0, kept as a register (it steers rd_data)
         with m.If(ans_x_nz):
-            m.d.comb += [fl.x.valid.eq(self.rd_data.valid), self.rd_data.ready.eq(fl.x.ready)]
+            m.d.comb += [fl.x.valid.eq(self.rd_data.valid & gains.valid),
+                         self.rd_data.ready.eq(fl.x.ready & gains.valid)]
         with m.Else():
             m.d.comb += [fl.res.valid.eq(self.rd_data.valid), self.rd_data.ready.eq(fl.res.ready)]
+        m.d.comb += gains.ready.eq(answered & ans_x_nz)
         with m.If(answered & ans_x_nz):
             m.d.sync += [ans_x_left.eq(ans_x_left - 1), ans_x_nz.eq(ans_x_left != 1)]
-            m.d.comb += ans_i_next.eq(Mux(ans_i == x_beats_m1, 0, ans_i + 1))
 
         # -- 5. results --------------------------------------------------------------------------------------
         out_a = Signal(range(self.max_index + 1))   # row tile / tile pair / head
@@ -628,8 +643,8 @@ class LinearUnit(wiring.Component):
                 # The core's command, then the weight read; counters for the feed and the results.
                 m.d.comb += fl.cfg.valid.eq(settled)
                 with m.If(fl.cfg.ready & settled):
-                    m.d.comb += ans_i_next.eq(0)
                     m.d.sync += [
+                        g_i.eq(0), g_left.eq(ans_total), g_more.eq(ans_total != 0),
                         sx_t.eq(0), sx_more.eq(tokens != 0), feeding.eq(1),
                         req_t.eq(0), req_i.eq(0), req_res.eq(0), req_done.eq(0),
                         ans_x_left.eq(ans_total), ans_x_nz.eq(ans_total != 0),

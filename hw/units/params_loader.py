@@ -11,9 +11,10 @@ EMBED unit's) takes the 36 header bytes and then ``lanes`` gains per beat; gain 
 """
 
 from amaranth.hdl import Cat, Module, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..collision import assert_no_collision, collision_free_memory
 from ..dram_format import PARAM_HEADER_BYTES, SFLOAT_BYTES
 from ..isa import ADDR_BITS
 from ..memory.axi import AxiBurstReader
@@ -51,9 +52,11 @@ class ParamsLoader(wiring.Component):
         Load the record at ``addr`` for ``k`` inputs.
     header : Out(params_header_layout())
         Valid once ``done`` (the SFloats' exponents truncated to the scalar unit's ``e_bits``).
-    gain_addr : In(range(words)), gain_data : Out(lanes * 16)
+    gain_addr : In(range(words)), gain_data : Out(lanes * 16), gain_read : In(1)
         Synchronous read port of the gain memory: ``gain_data`` is the word ``gain_addr`` named in the
-        previous cycle (block RAM), and shows a write of that word made in the previous cycle.
+        previous cycle (block RAM). ``gain_read`` marks a read whose data is used: it must not meet a
+        write of the same word (there is no collision bypass; checked in simulation), so read the gains
+        once the loader is done.
     axi : Out(AxiReadSignature)
     busy : Out(1)
     """
@@ -80,6 +83,7 @@ class ParamsLoader(wiring.Component):
             "header": Out(params_header_layout()),
             "gain_addr": In(range(max(2, self.words))),
             "gain_data": Out(lanes * _GAIN_BITS),
+            "gain_read": In(1),
             "axi": Out(self._reader.axi_signature),
             "busy": Out(1),
         })
@@ -91,13 +95,15 @@ class ParamsLoader(wiring.Component):
         L, B = self.lanes, self.data_bits // 8
         vec_bytes = 2 * L
 
-        m.submodules.gains = gains = memory.Memory(shape=unsigned(L * _GAIN_BITS), depth=max(2, self.words),
-                                                   init=[])
+        m.submodules.gains = gains = collision_free_memory(shape=unsigned(L * _GAIN_BITS),
+                                                           depth=max(2, self.words))
         wr = gains.write_port()
         # Synchronous read, so the memory is block RAM rather than LUTs (704 x 64 bits at the ecp5 config
-        # took 4,224 LUT sites as distributed RAM); a write shows in the next cycle's data.
-        rdp = gains.read_port(domain="sync", transparent_for=(wr,))
+        # took 4,224 LUT sites as distributed RAM), without a collision bypass: its multiplexer would sit
+        # after the block RAM's data, which the LINEAR unit registers in the block's output register.
+        rdp = gains.read_port(domain="sync")
         m.d.comb += [rdp.addr.eq(self.gain_addr), self.gain_data.eq(rdp.data)]
+        assert_no_collision(m, platform, wr, rdp, self.gain_read, "gain words")
 
         # Byte queue: bus words in; the header (36 bytes) then `lanes` gains per step out.
         bq = ByteQueue(m, rd.data.payload.data, word_bytes=B, head_bytes=PARAM_HEADER_BYTES, item_bytes=vec_bytes)
