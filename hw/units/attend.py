@@ -430,6 +430,7 @@ class AttendUnit(wiring.Component):
         # The checks of the accepting cycle, in registered steps (the comparisons of SETUP are several logic
         # levels deep): CHECK compares SETUP and n_tokens as registered in the accepting cycle, CHECK2
         # acts on the results.
+        finished = Signal()                    # RUN: every walk and the reads have drained
         with m.FSM(name="attend"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -481,8 +482,12 @@ class AttendUnit(wiring.Component):
                                  k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset, *o_reset]
                     m.next = "RUN"
             with m.State("RUN"):
-                with m.If(~o_active & ~c_active & ~k_active & ~q_active & (outstanding == 0) & rd.idle
-                          & ~rd.data.valid & ~gb.o.valid):
-                    m.d.sync += self.busy.eq(0)
+                # Everything has drained: registered, and acted on a cycle later (nothing starts again in
+                # this state, so it stays true). As a gate, the gearbox's valid and the walks' flags went
+                # through three levels into the state register and `busy` (11.27 ns placed at 6c79f98).
+                m.d.sync += finished.eq(~o_active & ~c_active & ~k_active & ~q_active & (outstanding == 0)
+                                        & rd.idle & ~rd.data.valid & ~gb.o.valid)
+                with m.If(finished):
+                    m.d.sync += [self.busy.eq(0), finished.eq(0)]
                     m.next = "IDLE"
         return m
