@@ -252,14 +252,23 @@ class TrilliumTop(wiring.Component):
         # queue holds, so beats still come one per cycle): the answer queue's valid, through the unit's
         # answer accounting, chose the address of its gain memory's block RAM (12.8 ns placed on the ECP5
         # shell at a3e84bf).
-        m.submodules.linear_answers = lin_ans = SkidBuffer(unsigned(len(answer.payload)))
+        # ATTEND's and SAVE_X's pass one too, so the answer queue's read enable is a choice of three
+        # skid-buffer flip-flops: with the units' own ready logic in it, ATTEND's and SAVE_X's states went
+        # into the queue's pointer (11.40 ns placed at 6c79f98).
+        P = len(answer.payload)
+        m.submodules.linear_answers = lin_ans = SkidBuffer(unsigned(P))
+        m.submodules.attend_answers = att_ans = SkidBuffer(unsigned(P + len(buf.rd_e)))
+        m.submodules.save_x_answers = svx_ans = SkidBuffer(unsigned(P))
         wiring.connect(m, lin_ans.o, lin.rd_data)
-        m.d.comb += [lin_ans.i.payload.eq(answer.payload), att.rd_data.payload.eq(answer.payload),
-                     svx.rd_data.payload.eq(answer.payload), att.rd_e.eq(buf.rd_e),
-                     lin_ans.i.valid.eq(answer.valid & use_lin), att.rd_data.valid.eq(answer.valid & use_att),
-                     svx.rd_data.valid.eq(answer.valid & ~use_att & use_svx),
-                     answer.ready.eq(Mux(use_att, att.rd_data.ready,
-                                         Mux(use_svx, svx.rd_data.ready, lin_ans.i.ready)))]
+        wiring.connect(m, svx_ans.o, svx.rd_data)
+        m.d.comb += [att.rd_data.valid.eq(att_ans.o.valid), att.rd_data.payload.eq(att_ans.o.payload[:P]),
+                     att.rd_e.eq(att_ans.o.payload[P:]), att_ans.o.ready.eq(att.rd_data.ready)]
+        m.d.comb += [lin_ans.i.payload.eq(answer.payload), att_ans.i.payload.eq(Cat(answer.payload, buf.rd_e)),
+                     svx_ans.i.payload.eq(answer.payload),
+                     lin_ans.i.valid.eq(answer.valid & use_lin), att_ans.i.valid.eq(answer.valid & use_att),
+                     svx_ans.i.valid.eq(answer.valid & ~use_att & use_svx),
+                     answer.ready.eq(Mux(use_att, att_ans.i.ready,
+                                         Mux(use_svx, svx_ans.i.ready, lin_ans.i.ready)))]
 
         # -- busy and faults -----------------------------------------------------------------------------
         # An instruction lasts until its DRAM writes are acknowledged.
