@@ -164,10 +164,18 @@ class QuantPow2(wiring.Component):
         total_or = Signal(_X_BITS + 1)
         m.d.comb += total_or.eq(Mux(first_1, 0, orx[slot_1]) | beat_or_1)
 
+        # The beat's write passes a register: the slot's phase and count multiplexers and the region's busy
+        # flag went into the block RAM's address and byte-enable pins (12.3 ns placed at 6c79f98). It lands
+        # a cycle later; the vector is read only after it is queued in `done` (a cycle after its last beat,
+        # then the queue's latency), which the simulation's collision check confirms.
+        w_addr = Signal.like(wr.addr, reset_less=True)
+        w_data = Signal.like(wr.data, reset_less=True)
+        w_en = Signal()
+        m.d.sync += [w_addr.eq(region * B + beat), w_data.eq(ipay.x.as_value()), w_en.eq(fire)]
         m.d.comb += [
-            wr.addr.eq(region * B + beat),
-            wr.data.eq(ipay.x.as_value()),
-            wr.en.eq(fire),
+            wr.addr.eq(w_addr),
+            wr.data.eq(w_data),
+            wr.en.eq(w_en),
             done.w_data.eq(Cat(region_1, total_or)),
             done.w_en.eq(v_1 & last_1),
         ]
