@@ -201,8 +201,6 @@ class LoadXUnit(_StashGeometry, wiring.Component):
                 m.d.sync += lane(xo.payload.data, n).eq(Mux(base + n < hidden, vec[32 * n:32 * n + 32], 0))
             cursor.advance()
 
-        streaming = Signal()               # the state is STREAM
-        emitted = Signal()                 # a beat goes into the slice this cycle
         with m.FSM(name="load_x"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -228,12 +226,32 @@ class LoadXUnit(_StashGeometry, wiring.Component):
             with m.State("ISSUE"):
                 m.d.comb += [rd.cmd.valid.eq(1), rd.cmd.payload.addr.eq(addr), rd.cmd.payload.beats.eq(words)]
                 with m.If(rd.cmd.ready):
-                    m.d.sync += streaming.eq(1)
                     m.next = "STREAM"
             with m.State("STREAM"):
-                with m.If(emitted & last):
-                    m.d.sync += streaming.eq(0)
-                    m.next = "DRAIN"
+                word = rd.data.payload.data
+                if W > 1:
+                    # A beat spans W bus words: shift the first W - 1 in (lowest address first), emit with the last.
+                    held = Signal(8 * B * (W - 1))
+                    wsel = Signal(range(W))
+                    m.d.comb += rd.data.ready.eq((wsel != W - 1) | out_ready)
+                    with m.If(rd.data.valid & rd.data.ready):
+                        with m.If(wsel == W - 1):
+                            m.d.sync += wsel.eq(0)
+                            emit(Cat(held, word))
+                            with m.If(last):
+                                m.next = "DRAIN"
+                        with m.Else():
+                            m.d.sync += [wsel.eq(wsel + 1), held.eq(Cat(held[8 * B:], word) if W > 2 else word)]
+                else:
+                    # K beats per bus word: emit them in turn; pop the word after its last beat (or the stash's).
+                    k = Signal(range(K))
+                    vec = word.word_select(k, 32 * L) if K > 1 else word[:32 * L]
+                    m.d.comb += rd.data.ready.eq(out_ready & ((k == K - 1) | last))
+                    with m.If(rd.data.valid & out_ready):
+                        emit(vec)
+                        m.d.sync += k.eq(Mux((k == K - 1) | last, 0, k + 1))
+                        with m.If(last):
+                            m.next = "DRAIN"
             with m.State("DRAIN"):
                 # Nothing should be left over; drop it if it is (the reader must be empty for the next command).
                 m.d.comb += rd.data.ready.eq(1)
@@ -243,33 +261,6 @@ class LoadXUnit(_StashGeometry, wiring.Component):
                 with m.If(~xo.valid & ~self.x.valid):    # the last beat has left the slice
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"
-
-        # The STREAM state's work, under a flip-flop of its own rather than the state register's decode:
-        # the decode, the reader's valid and the slice's ready took four levels of logic into the beat
-        # counters' enables (15.40 ns placed on the ECP5 shell at 6c79f98).
-        with m.If(streaming):
-            word = rd.data.payload.data
-            if W > 1:
-                # A beat spans W bus words: shift the first W - 1 in (lowest address first), emit with the last.
-                held = Signal(8 * B * (W - 1))
-                wsel = Signal(range(W))
-                m.d.comb += rd.data.ready.eq((wsel != W - 1) | out_ready)
-                with m.If(rd.data.valid & rd.data.ready):
-                    with m.If(wsel == W - 1):
-                        m.d.comb += emitted.eq(1)
-                        m.d.sync += wsel.eq(0)
-                        emit(Cat(held, word))
-                    with m.Else():
-                        m.d.sync += [wsel.eq(wsel + 1), held.eq(Cat(held[8 * B:], word) if W > 2 else word)]
-            else:
-                # K beats per bus word: emit them in turn; pop the word after its last beat (or the stash's).
-                k = Signal(range(K))
-                vec = word.word_select(k, 32 * L) if K > 1 else word[:32 * L]
-                m.d.comb += rd.data.ready.eq(out_ready & ((k == K - 1) | last))
-                with m.If(rd.data.valid & out_ready):
-                    m.d.comb += emitted.eq(1)
-                    emit(vec)
-                    m.d.sync += k.eq(Mux((k == K - 1) | last, 0, k + 1))
 
         # A DRAM error on any beat of this command's reads.
         axi = self.axi
