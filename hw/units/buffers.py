@@ -194,13 +194,19 @@ class ActivationBuffers(wiring.Component):
         bank_flight = {}                    # the bank of the word at the block RAMs, per buffer
         for b in Buffer:
             name = b.name.lower()
-            rd_addr = Signal(range(self.max_tokens * self.stride[b]), name=f"rd_addr_{name}", reset_less=True)
-            m.d.sync += rd_addr.eq(addr(b, r.token, r.index))
+            # One copy of the read address per bank, which the placer can put by that bank's block RAMs:
+            # a single register reached every bank of the H buffer across the die (a 14.4 ns route into
+            # an H bank's address pin, the worst routed path of 6c79f98 with seed 5).
+            addr_bits = len(Signal(range(self.max_tokens * self.stride[b])))
+            addr_copies = registered_copies(m, addr(b, r.token, r.index)[:addr_bits], len(rports[b]),
+                                            f"rd_addr_{name}")
+            rd_addr = addr_copies[0]
             words[b] = []
             for k, rp in enumerate(rports[b]):
-                m.d.comb += [rp.addr.eq(rd_addr[:low_bits[b]]), rp.en.eq(1)]
+                m.d.comb += [rp.addr.eq(addr_copies[k][:low_bits[b]]), rp.en.eq(1)]
                 assert_no_collision(m, platform, wports[b][k], rp,
-                                    issued & (issued_buf == b) & (rd_addr[low_bits[b]:] == k), f"buffer {name}{k}")
+                                    issued & (issued_buf == b) & (addr_copies[k][low_bits[b]:] == k),
+                                    f"buffer {name}{k}")
                 # Loaded on every cycle, so it is placed by its block RAMs with no enable to reach it.
                 word = Signal.like(rp.data, name=f"word_{name}{k}", reset_less=True)
                 m.d.sync += word.eq(rp.data)
