@@ -27,7 +27,7 @@ from ..dataflow.landing_fifo import ring_step
 from ..params import check_int
 from ..vector.epilogue import FIFO_LATENCY, output_fifo
 
-__all__ = ["BlockRamFifo", "LATENCY"]
+__all__ = ["BlockRamFifo", "LATENCY", "registered_read"]
 
 #: Cycles from the read issue to the word's landing in the output FIFO: the block RAM, then its register.
 _READ_STAGES = 2
@@ -83,11 +83,20 @@ class BlockRamFifo(wiring.Component):
             m.d.sync += r_ptr.eq(ring_step(r_ptr, D))
         assert_no_collision(m, platform, wp, rp, issue, "block RAM FIFO")
 
-        # The read: the block RAM's data, then a plain register (its output register on ECP5).
-        issued, landing = Signal(), Signal()
-        word = Signal(self.width, reset_less=True)
-        m.d.sync += [issued.eq(issue), landing.eq(issued), word.eq(rp.data)]
-        beat = Signal(self.shape)
-        m.d.comb += Value.cast(beat).eq(word)
-        output_fifo(m, take, issue, landing, beat, self.o, _READ_STAGES, back=1)
+        registered_read(m, take, issue, rp.data, self.o, self.shape, back=1)
         return m
+
+
+def registered_read(m, take, issue, data, o, shape=None, *, back=0):
+    """A synchronous block RAM read landing in an output FIFO (:func:`~hw.vector.epilogue.output_fifo`)
+    that drives the stream ``o``: the block RAM's ``data``, then a plain register (its output register on
+    ECP5, :mod:`hw.bram_output_registers`), then the FIFO. ``issue`` is high in the cycle the read's address
+    is at the block RAM, and only while ``take`` (a ``Signal(init=1)``, driven here) is high; ``back`` as
+    in :func:`~hw.vector.epilogue.output_fifo`. A read reaches ``o.valid`` :data:`LATENCY` - 1 cycles after
+    its issue. ``shape`` (default: ``data``'s) is the payload's."""
+    issued, landing = Signal(), Signal()
+    word = Signal(len(data), reset_less=True)
+    m.d.sync += [issued.eq(issue), landing.eq(issued), word.eq(data)]
+    beat = Signal(Value.cast(data).shape() if shape is None else shape)
+    m.d.comb += Value.cast(beat).eq(word)
+    output_fifo(m, take, issue, landing, beat, o, _READ_STAGES, back=back)

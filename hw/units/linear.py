@@ -44,11 +44,11 @@ from ..dataflow.fused import FusedLinear
 from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS, BODIES, GATE_EPILOGUES, RUN_ARGS, Epilogue, ErrorCode, Opcode, Source
 from ..memory.axi import AxiBurstReader
+from ..memory.bram_fifo import registered_read
 from ..memory.gearbox import Gearbox
 from ..params import check_int
 from ..tlmm.layouts import token_bits
 from ..vector.quant_pow2 import E_FIELD_BITS
-from ..vector.epilogue import output_fifo
 from ..vector.scalar_unit import E_BITS, MANT_BITS, Op, ScalarUnit, sfloat_layout
 from .buffers import ANSWER_PLACES, Buffer, rd_req_layout, wr_layout
 from .params_loader import ParamsLoader
@@ -353,8 +353,8 @@ class LinearUnit(wiring.Component):
         # Answers, in request order: x beats (each with its gains) then residual beats.
         ans_x_left = Signal(range(M * (-(-self.max_k // N)) + 1))
         # The gains are read ahead of the answers, in their order (beats 0 .. x_beats - 1 of each token),
-        # into a small FIFO (hw.vector.epilogue.output_fifo): the block RAM's data passes a register (its
-        # output register on ECP5) and no handshake reaches its address. Read at the answer's handshake,
+        # into a small FIFO (hw.memory.bram_fifo.registered_read): the block RAM's data passes a register
+        # (its output register on ECP5) and no handshake reaches its address. Read at the answer's handshake,
         # the address came from the buffers' answer valid, and the data, 5.8 ns out of the block, went
         # unregistered into the fused core's input slice (10.9 to 15.4 ns placed at 6c79f98). Exactly
         # the command's x answers are read, so the FIFO is empty again when the command ends.
@@ -366,11 +366,8 @@ class LinearUnit(wiring.Component):
         m.d.comb += [g_issue.eq(g_more & g_take), pl.gain_addr.eq(g_i), pl.gain_read.eq(g_issue)]
         with m.If(g_issue):
             m.d.sync += [g_i.eq(Mux(g_i == x_beats_m1, 0, g_i + 1)), g_left.eq(g_left - 1), g_more.eq(g_left != 1)]
-        g_issued, g_landing = Signal(), Signal()
-        g_word = Signal(16 * N, reset_less=True)
-        m.d.sync += [g_issued.eq(g_issue), g_landing.eq(g_issued), g_word.eq(pl.gain_data)]
         gains = stream.Signature(unsigned(16 * N)).create()
-        output_fifo(m, g_take, g_issue, g_landing, g_word, gains, 2)
+        registered_read(m, g_take, g_issue, pl.gain_data, gains)
         xin = fl.x.payload
         for n in range(N):
             m.d.comb += [xin.x[f"lane{n}"].eq(self.rd_data.payload[64 * n:64 * n + 63]),
