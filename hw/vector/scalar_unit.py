@@ -351,7 +351,10 @@ class ScalarUnit(wiring.Component):
         # Subtractor (DIV, SQRT): x is the shifted remainder, y the divisor or trial root.
         #   DIV: x = r << 1, y = 2 * mb: restoring division of ma << 25 by 2 mb, starting from r = ma.
         #   SQRT: x = (r << 2) | next two radicand bits, y = (root << 2) | 1.
-        # With use_sqrt low, x is also the left shift of hi for the wide normalisation.
+        # With use_sqrt low, x is also the left shift of hi for the wide normalisation. use_sqrt is a
+        # flip-flop loaded with the command (the op is SQRT), not the SQRT state's decode: the decode ahead
+        # of x and y, the subtractor's 27-bit carry chain and the mux by its sign into hi and lo were
+        # 13.59 ns routed on the ECP5 shell at 6c79f98 (the LINEAR unit's scalar unit).
         use_sqrt = Signal()
         x = Signal(W + 3)
         y = Signal(W + 3)
@@ -377,7 +380,7 @@ class ScalarUnit(wiring.Component):
                 """The command's decode: load the working registers and go to the op's first state."""
                 m.d.sync += [lo.eq(lo_load), hi.eq(hi_load), bb.eq(bb_load), ex.eq(ex_load),
                              cnt.eq(cnt_load), cnt_z.eq(cnt_load == 0), dz.eq(0), nz.eq(0),
-                             dd.eq(d), eb.eq(b.e)]
+                             dd.eq(d), eb.eq(b.e), use_sqrt.eq(cmd.op == Op.SQRT)]
                 with m.Switch(cmd.op):
                     with m.Case(Op.MUL):
                         m.next = "MUL" if self.multiplier == "serial" else "MUL_DSP"
@@ -430,7 +433,7 @@ class ScalarUnit(wiring.Component):
 
             for name in ("DIV", "SQRT"):
                 with m.State(name):
-                    m.d.comb += [use_sqrt.eq(name == "SQRT"), lo_in.eq(ge)]
+                    m.d.comb += lo_in.eq(ge)
                     m.d.sync += [hi.eq(Mux(ge, diff, x)), lo.eq(lo_shl), cnt.eq(cnt - 1), cnt_z.eq(cnt == 1)]
                     if name == "SQRT":
                         m.d.sync += bb.eq(bb << 2)
