@@ -189,6 +189,13 @@ class LoadXUnit(_StashGeometry, wiring.Component):
         wiring.connect(m, x_slice.o, wiring.flipped(self.x))
         xo = x_slice.i
         out_ready = ~xo.valid | xo.ready
+        # The bus words come in through a register slice as well: the reader's output FIFO sat across the
+        # die from the beat assembly, and its ready (from `wsel`) went out to the FIFO's read logic and
+        # came back as the handshake into `wsel`'s, `held`'s and the beat register's enables (two 4 ns
+        # routes; 12.2 ns placed on the ECP5 shell at dfe4cdf, both seeds). A stash starts a cycle later.
+        m.submodules.word_slice = word_slice = SkidBuffer(rd.data.payload.shape())
+        wiring.connect(m, rd.data, word_slice.i)
+        words_in = word_slice.o
         with m.If(xo.ready):
             m.d.sync += xo.valid.eq(0)
 
@@ -228,13 +235,13 @@ class LoadXUnit(_StashGeometry, wiring.Component):
                 with m.If(rd.cmd.ready):
                     m.next = "STREAM"
             with m.State("STREAM"):
-                word = rd.data.payload.data
+                word = words_in.payload.data
                 if W > 1:
                     # A beat spans W bus words: shift the first W - 1 in (lowest address first), emit with the last.
                     held = Signal(8 * B * (W - 1))
                     wsel = Signal(range(W))
-                    m.d.comb += rd.data.ready.eq((wsel != W - 1) | out_ready)
-                    with m.If(rd.data.valid & rd.data.ready):
+                    m.d.comb += words_in.ready.eq((wsel != W - 1) | out_ready)
+                    with m.If(words_in.valid & words_in.ready):
                         with m.If(wsel == W - 1):
                             m.d.sync += wsel.eq(0)
                             emit(Cat(held, word))
@@ -246,16 +253,16 @@ class LoadXUnit(_StashGeometry, wiring.Component):
                     # K beats per bus word: emit them in turn; pop the word after its last beat (or the stash's).
                     k = Signal(range(K))
                     vec = word.word_select(k, 32 * L) if K > 1 else word[:32 * L]
-                    m.d.comb += rd.data.ready.eq(out_ready & ((k == K - 1) | last))
-                    with m.If(rd.data.valid & out_ready):
+                    m.d.comb += words_in.ready.eq(out_ready & ((k == K - 1) | last))
+                    with m.If(words_in.valid & out_ready):
                         emit(vec)
                         m.d.sync += k.eq(Mux((k == K - 1) | last, 0, k + 1))
                         with m.If(last):
                             m.next = "DRAIN"
             with m.State("DRAIN"):
                 # Nothing should be left over; drop it if it is (the reader must be empty for the next command).
-                m.d.comb += rd.data.ready.eq(1)
-                with m.If(rd.idle & ~rd.data.valid):
+                m.d.comb += words_in.ready.eq(1)
+                with m.If(rd.idle & ~rd.data.valid & ~words_in.valid):
                     m.next = "DONE"
             with m.State("DONE"):
                 with m.If(~xo.valid & ~self.x.valid):    # the last beat has left the slice
