@@ -232,6 +232,11 @@ class AttentionEngine(wiring.Component):
         r_nx, k_nx, j_nx = Signal.like(r), Signal.like(k), Signal.like(j)
         m.d.comb += [r_nx.eq(r), k_nx.eq(k), j_nx.eq(j)]
         m.d.sync += [r.eq(r_nx), k.eq(k_nx), j.eq(j_nx)]
+        # Copies of r for the per-row registers the K and V pipelines read (row_q, qe, run_max, blk_max,
+        # run_e, started: 32-bit words chosen by r): r also drives the buffer addresses and the pipelines'
+        # delay lines, and from the one register the choice of run_max was a 6.3 ns route away (13.02 ns
+        # routed on the ECP5 shell at 6c79f98).
+        r_k, r_v = registered_copies(m, r_nx, 2, "r_row")
         # Whether r, k, j are at their last values, registered beside them (from the next values), so the
         # loop steps and the prefetch addresses start from registers rather than comparators. rows_m1 is
         # set one cycle before the first use (the START state).
@@ -343,9 +348,9 @@ class AttentionEngine(wiring.Component):
         kfirst = delays(k == 0, 4, "k_first")
         klast = delays(last_k, 4, "k_last")
         kj = delays(j, KD, "k_j")
-        krq = delays(row_q[r], 1, "k_rq")
+        krq = delays(row_q[r_k], 1, "k_rq")
         ken = [None] + delays(row_mask(krq[1], kj[1])[2], KD - 1, "k_en")
-        kqe = delays(qe[r], 1, "k_qe")
+        kqe = delays(qe[r_k], 1, "k_qe")
         kke = delays(ke[j], 1, "k_ke")
         k_q = delays(q_rd.data.as_value(), 1, "k_q", reset_less=True)[1]                 # stage 2
         k_kv = delays(self.kv.payload, 2, "k_kv")[2]
@@ -423,15 +428,15 @@ class AttentionEngine(wiring.Component):
         vfirst = delays(j == 0, VD, "v_first")
         vden = delays(k == 0, VD, "v_den")
         # The row's last chunk of the block (a row without a valid key in the block keeps its state).
-        vrq = delays(row_q[r], 1, "v_rq")
+        vrq = delays(row_q[r_v], 1, "v_rq")
         vj = delays(j, 1, "v_j")
         v_live, v_idx, v_valid = row_mask(vrq[1], vj[1])
         vupd = [None] + delays(delays(last_j & last_k, 1, "v_last")[1] & v_live, 2, "v_upd")
         ven = [None] + delays(v_valid, VD - 1, "v_en")
-        vrm = delays(run_max[r], 2, "v_run_max")
-        vbm = delays(blk_max[r], 2, "v_blk_max")
-        vre = delays(run_e[r], 3, "v_run_e")
-        vst = delays(started[r], 6, "v_started")
+        vrm = delays(run_max[r_v], 2, "v_run_max")
+        vbm = delays(blk_max[r_v], 2, "v_blk_max")
+        vre = delays(run_e[r_v], 3, "v_run_e")
+        vst = delays(started[r_v], 6, "v_started")
         vz = delays(z_rd.data, 1, "v_z", reset_less=True)          # read in stage 0, here from stage 2
         vev = delays(ve[j], 3, "v_ev")
         vaddr = delays(num_address(NR, R, bank, r, k), VD + 1, "v_addr")
