@@ -19,6 +19,7 @@ from golden.model_int import IntegerModel
 from golden.weights import random_model
 from hw.config import load_hw_config
 from hw.control.command_processor import UNIT_OPCODES, CommandProcessor
+from hw.control.csr_bus import READ_LATENCY
 from hw.csr_map import CSR_BY_NAME, UNITS
 from hw.isa import BODIES, INSTRUCTION_BYTES, ErrorCode, Opcode, decode, encode
 from hw.memory.dram_model import FastDramModel
@@ -71,6 +72,8 @@ def simulate(image, *, data_bits=64, program=None, args=None, dram_size=None, fa
         ctx.set(cp.csr.r_stb, 1)
         await ctx.tick()
         ctx.set(cp.csr.r_stb, 0)
+        ctx.set(cp.csr.addr, 0)   # the bus need not hold the address
+        await ctx.tick().repeat(READ_LATENCY - 1)
         return ctx.get(cp.csr.r_data)
 
     async def driver(ctx):

@@ -11,7 +11,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import check_int
-from .csr_bus import CsrBusSignature
+from .csr_bus import READ_LATENCY, CsrBusSignature
 
 __all__ = ["AxiLiteSignature", "AxiLiteCsrBridge"]
 
@@ -88,7 +88,10 @@ class AxiLiteCsrBridge(wiring.Component):
                     m.next = "READ_STROBE"
             with m.State("READ_STROBE"):
                 m.d.comb += csr.r_stb.eq(in_range)
-                m.next = "READ"
+                m.next = "READ_WAIT0" if READ_LATENCY > 1 else "READ"
+            for i in range(READ_LATENCY - 1):
+                with m.State(f"READ_WAIT{i}"):
+                    m.next = f"READ_WAIT{i + 1}" if i + 2 < READ_LATENCY else "READ"
             with m.State("WRITE"):
                 m.d.comb += [csr.w_data.eq(wdata),
                              csr.w_stb.eq(w_en & (waddr[2 + n:] == 0))]
@@ -99,7 +102,7 @@ class AxiLiteCsrBridge(wiring.Component):
                 with m.If(axi.bready):
                     m.next = "IDLE"
             with m.State("READ"):
-                # The CSR bus returns data one cycle after r_stb: it is in csr.r_data now.
+                # The CSR bus returns data READ_LATENCY cycles after r_stb: it is in csr.r_data now.
                 m.d.sync += rdata.eq(0)
                 with m.If(in_range):
                     m.d.sync += rdata.eq(csr.r_data)

@@ -37,7 +37,7 @@ from ..isa import (ADDR_BITS, BODIES, INSTRUCTION_BITS, INSTRUCTION_BYTES, RUN_A
                    instruction_layout)
 from ..memory.axi import AxiBurstReader
 from ..params import check_int
-from .csr_bus import CsrBusSignature
+from .csr_bus import READ_LATENCY, CsrBusSignature
 
 __all__ = ["CommandProcessor", "run_args_layout", "UNIT_OPCODES", "ADDRESS_FIELDS"]
 
@@ -53,6 +53,8 @@ ADDRESS_FIELDS = {
     Opcode.SAVE_X: ("addr",),
 }
 _OPCODE_BITS = 8
+#: CSR reads choose among this many registers by the index's low bits in their first cycle.
+READ_GROUP = 8
 _COUNTER_BITS = 32
 
 
@@ -163,14 +165,34 @@ class CommandProcessor(wiring.Component):
                     "instructions": n_instr, **writable,
                     **{f"busy_{u}": busy_cnt[i] for i, u in enumerate(UNITS)},
                     **{f"stall_{u}": stall_cnt[i] for i, u in enumerate(UNITS)}}
+        # Reads in two registered steps (READ_LATENCY): in the r_stb cycle each group of READ_GROUP
+        # registers picks its member by the index's low bits (the values read are those of this cycle),
+        # then r_data takes the group chosen by the high bits.
+        assert READ_LATENCY == 2
+        groups = {}
+        for name, value in readable.items():
+            groups.setdefault(idx[name] // READ_GROUP, []).append((idx[name] % READ_GROUP, name, value))
+        picked = {g: Signal(32, name=f"csr_group{g}") for g in groups}
+        group_of = Signal(range(max(groups) + 1))
+        read_pick = Signal()
+        m.d.sync += read_pick.eq(csr.r_stb)
+        low = exact_log2(READ_GROUP)
         with m.If(csr.r_stb):
+            m.d.sync += group_of.eq(csr.addr[low:])
+            for g, members in groups.items():
+                m.d.sync += picked[g].eq(0)
+                with m.Switch(csr.addr[:low]):
+                    for sub, _, value in members:
+                        with m.Case(sub):
+                            m.d.sync += picked[g].eq(value)
+            with m.If(csr.addr == idx["cycles_lo"]):
+                m.d.sync += cycles_hi_latch.eq(cycles[32:])
+        with m.If(read_pick):
             m.d.sync += csr.r_data.eq(0)
-            with m.Switch(csr.addr):
-                for name, value in readable.items():
-                    with m.Case(idx[name]):
-                        m.d.sync += csr.r_data.eq(value)
-                        if name == "cycles_lo":
-                            m.d.sync += cycles_hi_latch.eq(cycles[32:])
+            with m.Switch(group_of):
+                for g in groups:
+                    with m.Case(g):
+                        m.d.sync += csr.r_data.eq(picked[g])
 
         # -- per-run counters ------------------------------------------------------------------------------
         units = [getattr(self, u) for u in UNITS]
