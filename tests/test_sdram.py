@@ -657,3 +657,44 @@ def test_model_violations(case, code):
     assert out["violation"] == code
     if case == "refresh_missed":
         assert out["ok_after_one"] == SdramViolation.NONE
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+def test_head_queue_is_a_fifo_with_a_registered_head(depth):
+    """The burst queue (``_HeadQueue``) against a deque, with random writes and reads: order kept, at most
+    ``depth`` entries, an entry readable the cycle after its write (also straight into an empty head), and
+    ``w_rdy`` never a function of this cycle's ``r_en`` (it depends on registers only)."""
+    from hw.board.sdram import _HeadQueue
+
+    dut = _HeadQueue(8, depth)
+    rng = random.Random(depth)
+    model = deque()
+    seen = []
+
+    async def bench(ctx):
+        n = 0
+        for _ in range(600):
+            w_en, r_en = rng.random() < 0.5, rng.random() < 0.5
+            ctx.set(dut.w_en, 0)
+            ctx.set(dut.r_en, 0)
+            rdy_idle = ctx.get(dut.w_rdy)
+            ctx.set(dut.r_en, int(r_en))
+            assert ctx.get(dut.w_rdy) == rdy_idle           # r_en does not reach w_rdy
+            ctx.set(dut.w_en, int(w_en))
+            ctx.set(dut.w_data, n & 0xFF)
+            r_rdy, r_data, w_rdy = ctx.get(dut.r_rdy), ctx.get(dut.r_data), ctx.get(dut.w_rdy)
+            assert r_rdy == bool(model)                     # the head is there iff something was written
+            assert w_rdy == (len(model) < depth)
+            if r_rdy and r_en:
+                assert r_data == model.popleft()
+                seen.append(r_data)
+            if w_en and w_rdy:
+                model.append(n & 0xFF)
+                n += 1
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(seen) > 100
