@@ -626,7 +626,7 @@ class AttentionEngine(wiring.Component):
                 with m.If(self.q.valid):
                     m.d.comb += q_wr.en.eq(1)
                     with m.If(k == 0):
-                        m.d.sync += qe[r].eq(self.q.payload.e)
+                        m.d.sync += qe[r_k].eq(self.q.payload.e)     # r_k: where qe is read (r is far)
                     m.d.comb += k_nx.eq(k + 1)
                     with m.If(last_k):
                         m.d.comb += [k_nx.eq(0), r_nx.eq(r + 1)]

@@ -136,7 +136,15 @@ class QuantPow2(wiring.Component):
         m.d.comb += region.eq(Cat(slot, phase[slot]) if S > 1 else phase[0])
         beat = cnt[slot]
         is_last_beat = beat == B - 1
-        m.d.comb += inp.ready.eq(~busy.bit_select(region, 1) & done.w_rdy)
+        # Whether the region each slot fills is free, for every slot side by side (a bit of `busy` chosen by
+        # the slot's own phase), then chosen by the beat's slot: the slot's phase multiplexer and a choice
+        # among all regions' flags were in a row between the slice's slot and the per-slot counters'
+        # enables (11.81 ns routed on the ECP5 shell at dfe4cdf, 48 late endpoints).
+        slot_free = Signal(S)
+        for s in range(S):
+            fills = Cat(Const(s, token_bits(S)), phase[s]) if S > 1 else phase[0]
+            m.d.comb += slot_free[s].eq(~busy.bit_select(fills, 1))
+        m.d.comb += inp.ready.eq((slot_free.bit_select(slot, 1) if S > 1 else slot_free[0]) & done.w_rdy)
         fire = inp.valid & inp.ready
 
         # OR of |x| over this beat's live lanes (padding lanes of the last beat are masked).
