@@ -627,7 +627,7 @@ def build_parser():
                       help="sweep placement seeds, e.g. 1-4 or 1,2,5: Yosys runs once, nextpnr places under each "
                            "seed (files in <build dir>/seed-<n>/), the best estimate is kept and, unless "
                            "--place-only, placed and routed again under its seed. The report tabulates every "
-                           "seed (JSON: seed_sweep). A shell placement takes about 15 minutes per seed")
+                           "seed (JSON: seed_sweep). A shell placement takes 15 to 25 minutes per seed")
     bd.add_argument("--jobs", type=int, default=1,
                     help="with --seeds: placements to run at once (one nextpnr process each; default 1)")
     bd.set_defaults(func=cmd_build)
