@@ -236,7 +236,9 @@ class AttentionEngine(wiring.Component):
         # run_e, started: 32-bit words chosen by r): r also drives the buffer addresses and the pipelines'
         # delay lines, and from the one register the choice of run_max was a 6.3 ns route away (13.02 ns
         # routed on the ECP5 shell at 6c79f98).
-        r_k, r_v = registered_copies(m, r_nx, 2, "r_row")
+        # One copy per array on the V side (routed at 9887928 the copy shared by all of them still reached
+        # run_max's multiplexer over a 7 ns route, 12.94 ns).
+        r_k, r_vq, r_vm, r_vb, r_ve, r_vs = registered_copies(m, r_nx, 6, "r_row")
         # Whether r, k, j are at their last values, registered beside them (from the next values), so the
         # loop steps and the prefetch addresses start from registers rather than comparators. rows_m1 is
         # set one cycle before the first use (the START state).
@@ -428,15 +430,15 @@ class AttentionEngine(wiring.Component):
         vfirst = delays(j == 0, VD, "v_first")
         vden = delays(k == 0, VD, "v_den")
         # The row's last chunk of the block (a row without a valid key in the block keeps its state).
-        vrq = delays(row_q[r_v], 1, "v_rq")
+        vrq = delays(row_q[r_vq], 1, "v_rq")
         vj = delays(j, 1, "v_j")
         v_live, v_idx, v_valid = row_mask(vrq[1], vj[1])
         vupd = [None] + delays(delays(last_j & last_k, 1, "v_last")[1] & v_live, 2, "v_upd")
         ven = [None] + delays(v_valid, VD - 1, "v_en")
-        vrm = delays(run_max[r_v], 2, "v_run_max")
-        vbm = delays(blk_max[r_v], 2, "v_blk_max")
-        vre = delays(run_e[r_v], 3, "v_run_e")
-        vst = delays(started[r_v], 6, "v_started")
+        vrm = delays(run_max[r_vm], 2, "v_run_max")
+        vbm = delays(blk_max[r_vb], 2, "v_blk_max")
+        vre = delays(run_e[r_ve], 3, "v_run_e")
+        vst = delays(started[r_vs], 6, "v_started")
         vz = delays(z_rd.data, 1, "v_z", reset_less=True)          # read in stage 0, here from stage 2
         vev = delays(ve[j], 3, "v_ev")
         vaddr = delays(num_address(NR, R, bank, r, k), VD + 1, "v_addr")
@@ -487,8 +489,12 @@ class AttentionEngine(wiring.Component):
         # kvalid[4] & klast[4]): the AND of the stage flags went across the die to the operands' enables
         # beside their multiplier blocks (12.4 ns placed on the ECP5 shell at cbb845a).
         score_a, score_b = registered_copies(m, kvalid[3] & klast[3], 2, "k_score_sm")
+        # den's row in stage 6 from a copy of vr[6] of its own: Yosys merges the K and V pipelines' delay
+        # lines of r (both start from r), and from the shared register den's multiplexer was a 4.5 ns
+        # route away (13.39 ns routed on the ECP5 shell at 9887928, the worst path).
+        den_row, = registered_copies(m, vr[5], 1, "v_den_row")
         with m.If(rescaling & vden[6]):
-            m.d.sync += [sm_a.eq(den[vr[6]]), sm_b.eq(alpha)]
+            m.d.sync += [sm_a.eq(den[den_row]), sm_b.eq(alpha)]
         with m.Else():
             with m.If(score_a):
                 m.d.sync += sm_a.eq(dot)
