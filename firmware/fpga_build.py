@@ -557,6 +557,14 @@ def _run_tool(argv, log, *, exe, stage, cwd, env, own_log=None):
     return dt, str(quoted)
 
 
+def _read_report(path, board, *, opts, log):
+    """nextpnr's ``--report`` at ``path``, parsed for ``board`` (:func:`parse_nextpnr_report`); a
+    :class:`BuildError` naming ``log`` if nextpnr wrote none."""
+    if not Path(path).exists():
+        raise BuildError(f"nextpnr wrote no {NEXTPNR_REPORT}{_opts_hint(opts)} (log: {log})")
+    return parse_nextpnr_report(json.loads(Path(path).read_text()), board.family, board.budget)
+
+
 def _sweep(argv, seeds, jobs, *, run, build_dir, board, clocks, name, opts, say, label):
     """Place with each of ``seeds`` (:mod:`firmware.seed_sweep`) and choose the best. Returns ``{"trials":
     [...], "chosen": trial, "seconds": wall time}`` (:func:`firmware.seed_sweep.run_trials`' dicts)."""
@@ -566,10 +574,7 @@ def _sweep(argv, seeds, jobs, *, run, build_dir, board, clocks, name, opts, say,
         return run(cmd, log, own_log=Path(log).parent / f"{name}.tim")[0]
 
     def analyse(path):
-        report = path / NEXTPNR_REPORT
-        if not report.exists():
-            raise BuildError(f"nextpnr wrote no {NEXTPNR_REPORT}{_opts_hint(opts)} (log: {path / f'{name}.tim'})")
-        parsed = parse_nextpnr_report(json.loads(report.read_text()), board.family, board.budget)
+        parsed = _read_report(path / NEXTPNR_REPORT, board, opts=opts, log=path / f"{name}.tim")
         parsed, timing, text, _ = _place_only_timing(path, parsed, clocks, log=path / f"{name}.tim", opts=opts,
                                                      say=lambda msg: None, label="")
         return parsed, timing, text
@@ -696,10 +701,7 @@ def build_bitstream(board_name, design_name="link", hw="ecp5", *, out_dir=None, 
     chosen = sweep["chosen"] if sweep and place_only else None
     report_path = Path(chosen["dir"]) / NEXTPNR_REPORT if chosen else build_dir / NEXTPNR_REPORT
     nextpnr_log = logs.get("nextpnr", build_dir)
-    if not report_path.exists():
-        raise BuildError(f"nextpnr wrote no {NEXTPNR_REPORT}{_opts_hint(overrides['nextpnr_opts'])} "
-                         f"(log: {nextpnr_log})")
-    parsed = parse_nextpnr_report(json.loads(report_path.read_text()), board.family, board.budget)
+    parsed = _read_report(report_path, board, opts=overrides["nextpnr_opts"], log=nextpnr_log)
     bitstream = build_dir / f"{name}{board.bitstream}"
     timing, timing_txt = None, None
     if chosen:

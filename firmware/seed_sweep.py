@@ -8,7 +8,7 @@ outputs (report, log, placed SDF and netlist, text config) in ``seed-<n>/`` of t
 the place-only analysis (:func:`firmware.fpga_build.placed_timing`). Trials may run side by side
 (``jobs``): each is one nextpnr process.
 
-A placed estimate is a draw too: routing has moved the shell's clock by -17.7 to +6.9 MHz from its
+A placed estimate is a draw too: routing has moved the shell's clock by -27.7 to +6.9 MHz from its
 estimate. The best estimate is the best bet, not a promise; the sweep's table keeps every trial so the
 spread is visible.
 """
@@ -160,8 +160,9 @@ def run_trials(argv, seeds, *, build_dir, run, analyse, jobs=1, say=lambda msg: 
     -------
     list of dict
         Per seed, in ``seeds`` order: ``seed``, ``dir``, ``seconds`` (placement), ``fmax_mhz`` (nextpnr's
-        estimate per clock), ``placed_timing`` (the analysis, without its paths: those are in the trial's
-        ``placed-timing.txt``).
+        estimate per clock), ``placed_timing`` (the analysis, with its paths), ``placed_timing_report`` (its
+        text, hop by hop), ``parsed`` (the trial's nextpnr report, parsed) and ``log`` (nextpnr's output).
+        Each is also written to the trial's ``trial.json``.
     """
     from .fpga_build import PLACED_NETLIST, PLACED_SDF
 

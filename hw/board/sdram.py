@@ -64,6 +64,7 @@ from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
+from ..dataflow.landing_fifo import ring_step
 from ..memory.axi import AxiReadSignature, AxiResp
 from ..memory.axi_write import AxiWriteSignature
 from ..params import check_int
@@ -392,9 +393,9 @@ class _HeadQueue(Elaboratable):
             produce, consume = Signal(range(inner)), Signal(range(inner))
             m.d.comb += [wp.addr.eq(produce), wp.data.eq(self.w_data), wp.en.eq(write), rp.addr.eq(consume)]
             with m.If(push):
-                m.d.sync += produce.eq(Mux(produce == inner - 1, 0, produce + 1))
+                m.d.sync += produce.eq(ring_step(produce, inner))
             with m.If(pop):
-                m.d.sync += consume.eq(Mux(consume == inner - 1, 0, consume + 1))
+                m.d.sync += consume.eq(ring_step(consume, inner))
             head_in = rp.data
         with m.If(pop):
             m.d.sync += self.r_data.eq(head_in)

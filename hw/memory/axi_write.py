@@ -213,7 +213,6 @@ class AxiBurstWriter(wiring.Component):
         # (the arbiters' grant logic behind it reached a KV writer's pipeline advance in the same cycle).
         beat = Signal(len_bits)
         last = Signal()
-        queued = bursts.r_rdy
         w_slice = SkidBuffer(data.StructLayout({"data": self.data_bits, "strb": self.data_bytes, "last": 1}))
         m.submodules.w_slice = w_slice
         w = w_slice.i
@@ -222,8 +221,8 @@ class AxiBurstWriter(wiring.Component):
             w.payload.data.eq(self.data.payload.data if self.strobes else self.data.payload),
             w.payload.strb.eq(self.data.payload.strb if self.strobes else Const(-1, self.data_bytes)),
             w.payload.last.eq(last),
-            w.valid.eq(queued & self.data.valid),
-            self.data.ready.eq(queued & w.ready),
+            w.valid.eq(bursts.r_rdy & self.data.valid),
+            self.data.ready.eq(bursts.r_rdy & w.ready),
             axi.wdata.eq(w_slice.o.payload.data), axi.wstrb.eq(w_slice.o.payload.strb),
             axi.wlast.eq(w_slice.o.payload.last), axi.wvalid.eq(w_slice.o.valid), w_slice.o.ready.eq(axi.wready),
         ]
