@@ -6,9 +6,11 @@ consumer one beat leaves per cycle after one cycle of latency."""
 import random
 
 import pytest
+from amaranth.lib import data
 from amaranth.sim import Simulator
 
 from hw.dataflow.skid import SkidBuffer
+from hw.replica import REPLICA_ATTR
 
 
 def run(p_gap, p_stall, n=200, seed=0):
@@ -58,3 +60,37 @@ def test_every_beat_once_in_order(p_gap, p_stall):
 def test_full_rate_after_one_cycle():
     beats, got, cycles = run(0.0, 0.0, n=100)
     assert got == beats and cycles == 100 + 1
+
+
+def test_field_copies_always_equal_the_output_field():
+    layout = data.StructLayout({"y": 12, "slot": 3})
+    dut = SkidBuffer(layout, copy_field="slot", copies=2)
+    assert all(c.attrs[REPLICA_ATTR] == 1 for c in dut.field_copies)
+    rng = random.Random(7)
+    checked = {"n": 0}
+
+    async def bench(ctx):
+        for _ in range(300):
+            ctx.set(dut.i.valid, rng.random() < 0.7)
+            ctx.set(dut.i.payload, {"y": rng.randrange(1 << 12), "slot": rng.randrange(8)})
+            ctx.set(dut.o.ready, rng.random() < 0.6)
+            await ctx.tick()
+            slot = ctx.get(dut.o.payload.slot)
+            assert [ctx.get(c) for c in dut.field_copies] == [slot, slot]
+            checked["n"] += ctx.get(dut.o.valid)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert checked["n"] > 100
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"copy_field": "tile", "copies": 1}, "not a field"),
+    ({"copy_field": "slot", "copies": 0}, r"copies must be an integer in \[1, 16\]"),
+    ({"copies": 2}, r"copies must be an integer in \[0, 0\]"),
+])
+def test_bad_copy_arguments_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SkidBuffer(data.StructLayout({"y": 12, "slot": 3}), **kwargs)

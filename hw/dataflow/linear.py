@@ -58,7 +58,7 @@ from golden.tlmm import GROUP_SIZE
 
 from ..collision import assert_no_collision, collision_free_memory
 from ..params import check_int
-from ..replica import load_in_shares, registered_copies
+from ..replica import REPLICA_ATTR, load_in_shares, registered_copies
 from ..tlmm.engine import TlmmEngine
 from ..tlmm.layouts import token_bits
 from ..vector.epilogue import Dequant, lane, vector_layout
@@ -408,12 +408,16 @@ class LinearCore(wiring.Component):
         # by slot and scale group (a 24-way multiplexer at 8 tokens) and the slot compare start from
         # flip-flops (13.3 ns placed from the FIFO's read, 101 endpoints on the slice after the lookup, in
         # a trial build). A cycle of latency.
-        m.submodules.sums_in = sums_in = SkidBuffer(engine.sums.payload.shape())
+        # The multiplier lookup takes the slot from copies of its own, one for m16 and one for the shift
+        # (the slot register's net to the lookup's 25 multiplexers, beside the payload's other sinks, was a
+        # 5 ns route in an 11.93 ns routed path on ECP5); so does the scale group (g_sel's two copies).
+        m.submodules.sums_in = sums_in = SkidBuffer(engine.sums.payload.shape(), copy_field="slot", copies=2)
         wiring.connect(m, engine.sums, sums_in.i)
         sums = sums_in.o
         out_tile = Signal.like(self.o.payload.tile)
         tile_in = Signal.like(out_tile)        # tile of the beat entering the slice
-        g_sel = Signal(range(SCALE_GROUPS))    # its scale group, kept with it (no comparator in the path)
+        # its scale group, kept with it (no comparator in the path), in two copies kept apart (see above)
+        g_sel = [Signal(range(SCALE_GROUPS), name=f"g_sel{k}", attrs={REPLICA_ATTR: 1}) for k in range(2)]
 
         def group_of(tile, c):
             return Mux(c.interleave, tile[0], (tile >= c.bound0).as_unsigned() + (tile >= c.bound1).as_unsigned())
@@ -427,14 +431,15 @@ class LinearCore(wiring.Component):
         m.d.comb += [
             sl.i.valid.eq(sums.valid), sums.ready.eq(sl.i.ready),
             sl.i.payload.y.eq(sums.payload.y), sl.i.payload.slot.eq(slot),
-            sl.i.payload.m16.eq(mult_m16[slot][g_sel]), sl.i.payload.shift.eq(mult_sh[slot][g_sel]),
+            sl.i.payload.m16.eq(mult_m16[sums_in.field_copies[0]][g_sel[0]]),
+            sl.i.payload.shift.eq(mult_sh[sums_in.field_copies[1]][g_sel[1]]),
             sl.i.payload.tile_last.eq(slot_last),
             sl.i.payload.last.eq(slot_last & (tile_in == row_tiles_m1)),
         ]
         with m.If(sums.valid & sums.ready & slot_last):
-            m.d.sync += [tile_in.eq(tile_in + 1), g_sel.eq(group_of(tile_in + 1, cfg))]
+            m.d.sync += [tile_in.eq(tile_in + 1), *(g.eq(group_of(tile_in + 1, cfg)) for g in g_sel)]
         with m.If(begin):
-            m.d.sync += [tile_in.eq(0), g_sel.eq(group_of(Const(0, len(tile_in)), cfg))]
+            m.d.sync += [tile_in.eq(0), *(g.eq(group_of(Const(0, len(tile_in)), cfg)) for g in g_sel)]
 
         sp = sl.o.payload
         m.d.comb += [

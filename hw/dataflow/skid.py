@@ -12,8 +12,11 @@ soon as ``o`` is taken, before any new beat.
 """
 
 from amaranth.hdl import Module, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from ..params import check_int
+from ..replica import REPLICA_ATTR
 
 __all__ = ["SkidBuffer"]
 
@@ -26,15 +29,35 @@ class SkidBuffer(wiring.Component):
     shape : shape-like
         The payload shape of both streams.
 
+    copy_field : str or None
+        A field of a struct ``shape`` to keep extra copies of at the output (see ``field_copies``).
+    copies : int
+        How many copies of ``copy_field`` (0..16; at least 1 when ``copy_field`` is given).
+
     Attributes
     ----------
     i : In(stream.Signature(shape))
     o : Out(stream.Signature(shape))
+    field_copies : list of Signal
+        ``copies`` registers that always equal ``o.payload[copy_field]``, marked as replicas
+        (:mod:`hw.replica`) so that synthesis keeps them apart: a field that selects in a wide multiplexer
+        (a slot index, say) gets a copy beside each share of its sinks instead of one net across them.
     """
 
-    def __init__(self, shape):
+    def __init__(self, shape, *, copy_field=None, copies=0):
         self.shape = shape
+        if copy_field is None:
+            self.copies = check_int("copies", copies, 0, 0, "SkidBuffer without copy_field")
+        else:
+            layout = data.Layout.cast(shape) if isinstance(shape, data.Layout) else None
+            if not isinstance(layout, data.StructLayout) or copy_field not in dict(layout):
+                raise ValueError(f"SkidBuffer: copy_field {copy_field!r} is not a field of {shape!r}")
+            self.copies = check_int("copies", copies, 1, 16, "SkidBuffer")
+        self.copy_field = copy_field
         super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+        self.field_copies = [] if copy_field is None else [
+            Signal(layout[copy_field].shape, name=f"{copy_field}_copy{k}", attrs={REPLICA_ATTR: 1})
+            for k in range(self.copies)]
 
     def elaborate(self, platform):
         m = Module()
@@ -45,8 +68,10 @@ class SkidBuffer(wiring.Component):
             # The output register is free this cycle: the skid beat first, else the arriving one.
             with m.If(skid_valid):
                 m.d.sync += [self.o.payload.eq(skid), self.o.valid.eq(1), skid_valid.eq(0)]
+                m.d.sync += [c.eq(skid[self.copy_field]) for c in self.field_copies]
             with m.Else():
                 m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(self.i.valid)]
+                m.d.sync += [c.eq(self.i.payload[self.copy_field]) for c in self.field_copies]
         with m.Elif(self.i.valid & ~skid_valid):
             m.d.sync += skid_valid.eq(1)
         # The skid register takes the arriving payload in every cycle it is empty, and keeps the one it
