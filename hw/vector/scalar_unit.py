@@ -345,7 +345,14 @@ class ScalarUnit(wiring.Component):
 
         # -- shared arithmetic --------------------------------------------------------------------------
         # Adder (MUL partial products, ADD); with the gate off, s[1:] is lo >> 1.
+        # The gate is on in MUL (by hi[0]) and in ALIGN's last step; which of the two states the unit is in
+        # comes from flags set and cleared with the state moves, not from the state's decode (the decode
+        # and the gate were two LUT levels and two long routes ahead of the adder's carry chain: 11.41 ns
+        # routed on the ECP5 shell at 9887928, the fused LINEAR core's NormQuant).
         gate = Signal()
+        in_mul = Signal()
+        in_align = Signal()
+        m.d.comb += gate.eq((in_mul & hi[0]) | (in_align & cnt_z))
         s = Signal(W + 2)
         m.d.comb += s.eq(lo + Mux(gate, bb[:W], 0))
         # Subtractor (DIV, SQRT): x is the shifted remainder, y the divisor or trial root.
@@ -380,7 +387,8 @@ class ScalarUnit(wiring.Component):
                 """The command's decode: load the working registers and go to the op's first state."""
                 m.d.sync += [lo.eq(lo_load), hi.eq(hi_load), bb.eq(bb_load), ex.eq(ex_load),
                              cnt.eq(cnt_load), cnt_z.eq(cnt_load == 0), dz.eq(0), nz.eq(0),
-                             dd.eq(d), eb.eq(b.e), use_sqrt.eq(cmd.op == Op.SQRT)]
+                             dd.eq(d), eb.eq(b.e), use_sqrt.eq(cmd.op == Op.SQRT),
+                             in_mul.eq((cmd.op == Op.MUL) if self.multiplier == "serial" else 0)]
                 with m.Switch(cmd.op):
                     with m.Case(Op.MUL):
                         m.next = "MUL" if self.multiplier == "serial" else "MUL_DSP"
@@ -417,11 +425,11 @@ class ScalarUnit(wiring.Component):
 
             with m.State("MUL"):
                 # {lo, hi[0:24]} = ({lo + (hi[0] ? mb : 0)}, hi[0:24]) >> 1
-                m.d.comb += gate.eq(hi[0])
                 m.d.sync += [lo.eq(s[1:]), hi.eq(Cat(hi[1:W], s[0])), cnt.eq(cnt - 1), cnt_z.eq(cnt == 1)]
                 with m.If(cnt_z):
                     m.d.comb += ex_add.eq(W)
-                    m.d.sync += [ex.eq(ex_step), cnt.eq(1), cnt_z.eq(0)]  # a nonzero product needs <= 1 shift
+                    m.d.sync += [ex.eq(ex_step), cnt.eq(1), cnt_z.eq(0),   # a nonzero product needs <= 1 shift
+                                 in_mul.eq(0)]
                     m.next = "WIDE"
 
             if self.multiplier == "dsp":
@@ -447,13 +455,13 @@ class ScalarUnit(wiring.Component):
                     m.d.sync += [lo.eq(bb[:W]), bb.eq(lo[:W])]
                 with m.Else():
                     m.d.sync += ex.eq(eb)
-                m.d.sync += [cnt.eq(align), cnt_z.eq(add_a_zero | add_b_zero | (dd == 0))]   # align == 0
+                m.d.sync += [cnt.eq(align), cnt_z.eq(add_a_zero | add_b_zero | (dd == 0)),   # align == 0
+                             in_align.eq(1)]
                 m.next = "ALIGN"
 
             with m.State("ALIGN"):
                 with m.If(cnt_z):
-                    m.d.comb += gate.eq(1)
-                    m.d.sync += lo.eq(s)
+                    m.d.sync += [lo.eq(s), in_align.eq(0)]
                     m.next = "NARROW"
                 with m.Else():
                     m.d.sync += [lo.eq(s[1:]), cnt.eq(cnt - 1), cnt_z.eq(cnt == 1)]
