@@ -63,6 +63,12 @@ def test_quant_pow2_amaranth_sim(lanes, length, slots, tokens, vectors):
     _amaranth_run(lanes, length, slots, tokens, vectors, seed=lanes * 100 + length, p_in=0.3, p_out=0.4)
 
 
+def test_slow_consumer_fills_every_region():
+    # A consumer taking one beat in ten: every slot's next region is still queued when its vector
+    # completes, so the input must wait on the per-slot free flags (a wrong flag overwrites a vector).
+    _amaranth_run(4, 16, 4, 3, 8, seed=5, p_in=0.0, p_out=0.9)
+
+
 def test_stimulus_reaches_the_corners():
     from golden.numerics import quant_pow2
     x = make_vectors(np.random.default_rng(0), 2, 8, 8)
