@@ -727,6 +727,14 @@ class SdramController(wiring.Component):
         wdata_beat = wr.wdata.word_select(w_beat, sd) if beat_bits else wr.wdata
         wstrb_beat = wr.wstrb.word_select(w_beat, sd // 8) if beat_bits else wr.wstrb
 
+        # BA and A load on every edge (no enable): the command decision (a credit or room flag, the owner's
+        # lookahead, the timers) ended on their clock enables, 13 flip-flops (10.66 ns routed on the ECP5
+        # shell at 9887928). A NOP ignores them, so between commands they carry the owner's next word: its
+        # row if its bank is to be activated (`act` excludes `col` and `pre`), else its column (A10 low:
+        # a READ or WRITE without auto-precharge, or a PRECHARGE of that bank alone; col_bits <= 10). The
+        # init sequence's commands set their own below.
+        m.d.sync += [ba.eq(s_bank), a.eq(Mux(Mux(owner, w_act, r_act), s_row, s_col))]
+
         with m.FSM(name="sdram"):
             # Power-up: NOPs for t_powerup (busy starts there), PRECHARGE ALL, two REFRESH, LOAD MODE.
             with m.State("POWERUP"):
@@ -759,24 +767,24 @@ class SdramController(wiring.Component):
 
         # Traffic commands (`slot` keeps them out of the init sequence and a pending refresh).
         with m.If(r_step & ~r_err):
-            m.d.sync += [cmd.eq(SdramCommand.READ), ba.eq(s_bank), a.eq(s_col)]     # A10 low: no auto-precharge
+            m.d.sync += cmd.eq(SdramCommand.READ)
             _arm(m, rd2wr, cyc.cas_latency + 1)
         with m.If(w_step & ~w_err):
-            m.d.sync += [cmd.eq(SdramCommand.WRITE), ba.eq(s_bank), a.eq(s_col), dq_o.eq(wdata_beat), dq_oe.eq(1),
+            m.d.sync += [cmd.eq(SdramCommand.WRITE), dq_o.eq(wdata_beat), dq_oe.eq(1),
                          dqm.eq(~wstrb_beat)]
             for i in range(nb):
                 with m.If(s_bank == i):
                     _arm(m, pre_ok[i], cyc.wr)
         with m.If(do_pre):
             # Row miss: close the bank (a later slot activates the new row).
-            m.d.sync += [cmd.eq(SdramCommand.PRECHARGE), ba.eq(s_bank), a.eq(0)]
+            m.d.sync += cmd.eq(SdramCommand.PRECHARGE)
             m.d.comb += bank_cmd.eq(1)
             for i in range(nb):
                 with m.If(s_bank == i):
                     m.d.sync += is_open[i].eq(0)
                     _arm(m, act_ok[i], cyc.rp)
         with m.If(do_act):
-            m.d.sync += [cmd.eq(SdramCommand.ACTIVE), ba.eq(s_bank), a.eq(s_row)]
+            m.d.sync += cmd.eq(SdramCommand.ACTIVE)
             m.d.comb += bank_cmd.eq(1)
             _arm(m, rrd, cyc.rrd)
             for i in range(nb):
