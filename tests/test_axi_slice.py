@@ -51,10 +51,11 @@ def _run(dut, channels, rng, p_valid, p_ready):
     return got, cycles
 
 
+@pytest.mark.parametrize("credit", [(), ("w",), ("aw", "w")])
 @pytest.mark.parametrize("seed, p_valid, p_ready", [(1, 0.5, 0.5), (2, 0.9, 0.3), (3, 0.3, 0.9), (4, 1.0, 1.0)])
-def test_write_slice_beats_pass_in_order(seed, p_valid, p_ready):
+def test_write_slice_beats_pass_in_order(seed, p_valid, p_ready, credit):
     rng = random.Random(seed)
-    dut = AxiWriteSlice(32, 64, 3)
+    dut = AxiWriteSlice(32, 64, 3, credit=credit)
     aws = [{"awaddr": rng.getrandbits(32), "awlen": rng.getrandbits(8), "awsize": 3, "awburst": 1,
             "awid": rng.getrandbits(3)} for _ in range(60)]
     ws = [{"wdata": rng.getrandbits(64), "wstrb": rng.getrandbits(8), "wlast": rng.getrandbits(1)}
@@ -87,3 +88,9 @@ def test_read_slice_beats_pass_in_order(seed, p_valid, p_ready):
 def test_arguments_are_checked(cls):
     with pytest.raises(ValueError, match="id_bits"):
         cls(32, 64, 0)
+
+
+@pytest.mark.parametrize("credit", [("b",), ("r",), "w", ("x",)])
+def test_credit_names_forward_channels(credit):
+    with pytest.raises(ValueError, match="credit must name forward channels"):
+        AxiWriteSlice(32, 64, 3, credit=credit)

@@ -15,13 +15,14 @@ from hw.memory.axi_write import AxiBurstWriter
 
 
 @pytest.mark.parametrize("max_bursts", [2, 8])
-@pytest.mark.parametrize("sliced", [False, True])
+@pytest.mark.parametrize("sliced", [False, True, "credit_w"])
 @pytest.mark.parametrize("masters", [1, 2, 3])
 def test_writers_share_one_port(masters, sliced, max_bursts):
     """With max_bursts 2 the grant FIFO fills (three writers keep two bursts each in flight): the grants
     pending on W never exceed it, and the arbiter's room flag never claims a full FIFO (its Assert)."""
     rng = random.Random(masters)
-    arb = AxiWriteArbiter(masters, 32, 64, sliced=sliced, max_bursts=max_bursts)
+    arb = AxiWriteArbiter(masters, 32, 64, sliced=bool(sliced), credit_w=sliced == "credit_w",
+                          max_bursts=max_bursts)
     writers = [AxiBurstWriter(32, 64, max_burst=4, max_outstanding=2, beats_bits=8) for _ in range(masters)]
     m = Module()
     m.submodules.arb = arb
@@ -96,3 +97,8 @@ def test_writers_share_one_port(masters, sliced, max_bursts):
     sim.add_testbench(slave)
     sim.run()
     assert mem == want
+
+
+def test_credit_w_needs_slices():
+    with pytest.raises(ValueError, match="credit_w needs sliced"):
+        AxiWriteArbiter(2, 32, 64, credit_w=True)

@@ -39,14 +39,20 @@ class AxiWriteArbiter(wiring.Component):
         Granted bursts whose W beats may still be pending (the grant FIFO depth).
     sliced : bool
         A register slice on every master's port (see the module docstring).
+    credit_w : bool
+        With ``sliced``: each master's W channel through a credit link
+        (:class:`~hw.bus.axi_slice.AxiWriteSlice` ``credit``), for masters placed far from the arbiter.
     """
 
-    def __init__(self, masters, addr_bits, data_bits, *, id_bits=1, max_bursts=8, sliced=False):
+    def __init__(self, masters, addr_bits, data_bits, *, id_bits=1, max_bursts=8, sliced=False, credit_w=False):
         self.masters = check_int("masters", masters, 1, 16, "AxiWriteArbiter")
         self.max_bursts = check_int("max_bursts", max_bursts, 2, 256, "AxiWriteArbiter")
         self.sel_bits = max(1, (masters - 1).bit_length())
         self.id_bits = id_bits
         self.sliced = bool(sliced)
+        if credit_w and not sliced:
+            raise ValueError("AxiWriteArbiter: credit_w needs sliced")
+        self.credit_w = bool(credit_w)
         self._bits = (addr_bits, data_bits, id_bits)
         super().__init__({
             "m": In(AxiWriteSignature(addr_bits, data_bits, id_bits)).array(masters),
@@ -59,7 +65,7 @@ class AxiWriteArbiter(wiring.Component):
         ports = list(self.m)
         if self.sliced:
             for i in range(n):
-                m.submodules[f"slice{i}"] = sl = AxiWriteSlice(*self._bits)
+                m.submodules[f"slice{i}"] = sl = AxiWriteSlice(*self._bits, credit=("w",) if self.credit_w else ())
                 wiring.connect(m, wiring.flipped(self.m[i]), sl.m)
                 ports[i] = sl.s
         # Buffered: the head grant comes from a register, not a distributed-RAM read, as it selects every
