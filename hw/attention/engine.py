@@ -492,14 +492,19 @@ class AttentionEngine(wiring.Component):
         # den's row in stage 6 from a copy of vr[6] of its own: Yosys merges the K and V pipelines' delay
         # lines of r (both start from r), and from the shared register den's multiplexer was a 4.5 ns
         # route away (13.39 ns routed on the ECP5 shell at 9887928, the worst path).
-        den_row, = registered_copies(m, vr[5], 1, "v_den_row")
-        with m.If(rescaling & vden[6]):
-            m.d.sync += [sm_a.eq(den[den_row]), sm_b.eq(alpha)]
-        with m.Else():
-            with m.If(score_a):
-                m.d.sync += sm_a.eq(dot)
-            with m.If(score_b):
-                m.d.sync += sm_b.eq(self.score_m)
+        rescale_row, = registered_copies(m, vr[5], 1, "v_den_row")
+        # Whether den's rescale loads the operands (rescaling & vden[6]), as flip-flops of their own, one
+        # per operand: from `rescaling` (which also selects every lane's multiplier operand) the choice was
+        # a 5.9 ns route away from smul's operands (11.03 ns routed at 9887928, 36 late endpoints).
+        den_a, den_b = registered_copies(m, vbusy[5] & ven[5] & vfirst[5] & vden[5], 2, "v_den_sm")
+        with m.If(den_a):
+            m.d.sync += sm_a.eq(den[rescale_row])
+        with m.Elif(score_a):
+            m.d.sync += sm_a.eq(dot)
+        with m.If(den_b):
+            m.d.sync += sm_b.eq(alpha)
+        with m.Elif(score_b):
+            m.d.sync += sm_b.eq(self.score_m)
         vp = delays(p_p, 5, "v_p")              # p_j from stage 6 to 11
         vpa = delays(pv_amount, 5, "v_pv_amount")
         vrs = delays(rescale, 4, "v_rescale")
