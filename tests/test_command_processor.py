@@ -188,6 +188,20 @@ def test_bad_addresses():
     assert code is ErrorCode.BAD_ADDRESS
 
 
+def test_fetch_address_bounds():
+    """An instruction must end within dram_size: its last byte at dram_size - 1 is fetched, one byte
+    further is BAD_ADDRESS; so is every pc when dram_size is smaller than an instruction."""
+    image = bytearray(COMPILED.image)
+    last = len(image) - INSTRUCTION_BYTES
+    image[last:] = encode(Opcode.END)
+    for size, want in ((len(image), ErrorCode.NONE), (len(image) - 1, ErrorCode.BAD_ADDRESS),
+                       (INSTRUCTION_BYTES - 1, ErrorCode.BAD_ADDRESS)):
+        (status, csrs, _, _), = simulate(image, program=last, dram_size=size)
+        assert ErrorCode(status >> 4) is want, size
+        if want is ErrorCode.BAD_ADDRESS:
+            assert csrs["error_pc"] == last
+
+
 def test_stash_instructions_are_dispatched_and_their_address_checked():
     """LOAD_X and SAVE_X go to their own units (with busy counters); an ``addr`` at or beyond ``dram_size``
     is BAD_ADDRESS before dispatch."""

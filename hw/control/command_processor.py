@@ -255,8 +255,14 @@ class CommandProcessor(wiring.Component):
                          | (args.n_tokens == 0) | (args.n_tokens > self.max_tokens)
                          | (setup_body.kv_heads == 0) | (setup_body.heads < setup_body.kv_heads)),
         ]
+        # pc is bad if its instruction does not end within dram_size: pc + 8 > dram_size, i.e. dram_size < 8
+        # or pc > dram_size - 8, against registers derived from dram_size (one compare from pc; the sum
+        # pc + 8 and two compares ended on the FSM's state enable: 10.41 ns routed at 9887928).
+        pc_limit = Signal(ADDR_BITS)
+        size_small = Signal()
+        m.d.sync += [pc_limit.eq(dram_size - INSTRUCTION_BYTES), size_small.eq(dram_size < INSTRUCTION_BYTES)]
         pc_bad = Signal()
-        m.d.comb += pc_bad.eq((dram_size != 0) & ((pc >= dram_size) | (pc + INSTRUCTION_BYTES > dram_size)))
+        m.d.comb += pc_bad.eq(size_set & (size_small | (pc > pc_limit)))
 
         fail_code = Signal(ErrorCode)
         target = Signal(range(len(UNITS) + 1))
