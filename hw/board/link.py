@@ -220,16 +220,16 @@ class BoardLink(wiring.Component):
         crc_in = crc16_next(crc, byte)
         m.d.comb += rx_fire.eq(rx.valid & rx.ready)
 
-        # Response payload length (0 unless OK).
-        rsp_len = Signal(16)
+        # Response payload length (0 unless OK), registered in RESPOND (status is final there).
+        rsp_len, rsp_len_next = Signal(16), Signal(16)
         with m.If(status == Status.OK):
             with m.Switch(cmd):
                 with m.Case(Command.PING):
-                    m.d.comb += rsp_len.eq(len(self.ping_info()))
+                    m.d.comb += rsp_len_next.eq(len(self.ping_info()))
                 with m.Case(Command.CSR_READ):
-                    m.d.comb += rsp_len.eq(CSR_BYTES)
+                    m.d.comb += rsp_len_next.eq(CSR_BYTES)
                 with m.Case(Command.DRAM_READ):
-                    m.d.comb += rsp_len.eq(length)
+                    m.d.comb += rsp_len_next.eq(length)
         tx_i = Signal(range(RSP_HEADER_BYTES))
         head_bytes = Array([Const(RSP_SYNC, 8), cmd, seq, status, rsp_len[:8], rsp_len[8:]])
         ping_bytes = Array([Const(b, 8) for b in self.ping_info()])
@@ -276,6 +276,17 @@ class BoardLink(wiring.Component):
             m.d.sync += timer.eq(0)
         timed_out = Signal()
         m.d.comb += timed_out.eq(in_frame & ~rx_fire & (timer == self.timeout_cycles - 1))
+
+        # Whether the request repeats the last executed write (a retry), and whether a CSR address has bits
+        # beyond the CSR space: registered on every cycle, for EXEC, which comes at least a cycle after the
+        # header and `last_*` last changed (the 32-bit compares ahead of EXEC's choice ended on the state
+        # and status registers: 10.70 ns routed on the ECP5 shell at 9887928).
+        dup, csr_addr_high = Signal(), Signal()
+        m.d.sync += [
+            dup.eq(last_valid & (cmd == last_cmd) & (seq == last_seq) & (addr == last_addr)
+                   & (length == last_len) & ((cmd == Command.CSR_WRITE) | (cmd == Command.DRAM_WRITE))),
+            csr_addr_high.eq(addr[self.csr_addr_bits:] != 0),
+        ]
 
         with m.FSM(name="link") as fsm:
             # -- receive -----------------------------------------------------------------------------------
@@ -361,13 +372,11 @@ class BoardLink(wiring.Component):
                 m.d.sync += [err.eq(0), cur.eq(Cat(Const(0, lb), addr[lb:])),
                              words.eq((lane + length + W - 1) >> lb), bi.eq(0), lane0.eq(lane),
                              end_off.eq(lane + length), aw_done.eq(0), w_done.eq(0)]
-                dup = (last_valid & (cmd == last_cmd) & (seq == last_seq) & (addr == last_addr)
-                       & (length == last_len) & ((cmd == Command.CSR_WRITE) | (cmd == Command.DRAM_WRITE)))
                 with m.If(dup):
                     m.d.sync += status.eq(last_status)
                     m.next = "RESPOND"
                 with m.Elif((cmd == Command.CSR_READ) | (cmd == Command.CSR_WRITE)):
-                    with m.If(addr[self.csr_addr_bits:] != 0):
+                    with m.If(csr_addr_high):
                         m.d.sync += err.eq(1)
                         m.next = "DONE"
                     with m.Elif(cmd == Command.CSR_READ):
@@ -461,11 +470,16 @@ class BoardLink(wiring.Component):
 
             # -- respond -----------------------------------------------------------------------------------
             with m.State("RESPOND"):
-                m.d.sync += [tx_i.eq(0), crc.eq(CRC_INIT), pay_i.eq(0),
+                m.d.sync += [tx_i.eq(0), crc.eq(CRC_INIT), pay_i.eq(0), rsp_len.eq(rsp_len_next),
                              bp.eq(Mux(cmd == Command.DRAM_READ, addr[:lb], 0))]
+                m.next = "TX_HEAD_PICK"
+            with m.State("TX_HEAD_PICK"):
+                # The header byte is registered before it goes out, as TX_PICK does for the payload (the
+                # byte choice and the CRC update were one path).
+                m.d.sync += tx_byte.eq(head_bytes[tx_i])
                 m.next = "TX_HEAD"
             with m.State("TX_HEAD"):
-                m.d.comb += [tx.valid.eq(1), tx.payload.eq(head_bytes[tx_i])]
+                m.d.comb += [tx.valid.eq(1), tx.payload.eq(tx_byte)]
                 with m.If(tx_fire):
                     m.d.sync += tx_i.eq(tx_i + 1)
                     with m.If(tx_i != 0):
@@ -473,6 +487,8 @@ class BoardLink(wiring.Component):
                     with m.If(tx_i == RSP_HEADER_BYTES - 1):
                         m.d.sync += crc_i.eq(0)
                         m.next = "TX_NEXT"
+                    with m.Else():
+                        m.next = "TX_HEAD_PICK"
             with m.State("TX_NEXT"):
                 # The buffer word of the next payload byte is read here (one cycle of latency).
                 m.d.comb += rp_addr.eq(bp[lb:])
