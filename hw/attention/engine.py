@@ -60,7 +60,7 @@ from golden.numerics import ATTN_KEY_BLOCK, EXP_FRAC, RES_FRAC, score_constant
 from ..arith.dsp import registered_product
 from ..collision import assert_no_collision, collision_free_memory
 from ..params import check_int
-from ..replica import registered_copies
+from ..replica import REPLICA_ATTR, registered_copies
 from .arith import clamp, const_mul, mul_parts, round_shift, saturate, tree_sum, vmax
 from .exp2 import Exp2Neg
 from .normalise import DEN_BITS, EXP_BITS, NUM_BITS, PROD_BITS, Normaliser, num_address, num_depth
@@ -177,13 +177,16 @@ class AttentionEngine(wiring.Component):
         m.submodules.exp_a = exp_a = Exp2Neg(latency=3)   # rescale factor a
         m.submodules.exp_p = exp_p = Exp2Neg(latency=3)   # weights p_j
 
-        def delays(value, n, name, reset_less=False):
+        def delays(value, n, name, reset_less=False, apart=False):
             """``[value, value one cycle ago, ..., n cycles ago]``: the pipelines never stall, so a value
             travels with its chunk through plain registers (``reset_less`` for a block RAM's read data:
-            plain flip-flops, which the ECP5 build moves into its output registers)."""
+            plain flip-flops, which the ECP5 build moves into its output registers). ``apart``: the
+            registers are replicas (hw.replica), which synthesis does not merge with another pipeline's
+            delay line of the same value."""
             out = [value]
+            attrs = {REPLICA_ATTR: 1} if apart else {}
             for i in range(n):
-                reg = Signal(Value.cast(value).shape(), name=f"{name}_{i + 1}", reset_less=reset_less)
+                reg = Signal(Value.cast(value).shape(), name=f"{name}_{i + 1}", reset_less=reset_less, attrs=attrs)
                 m.d.sync += reg.eq(out[-1])
                 out.append(reg)
             return out
@@ -345,7 +348,10 @@ class AttentionEngine(wiring.Component):
         assert_no_collision(m, platform, q_wr, q_rd, k_go, "attention query words")
         KD = 10
         kvalid = delays(k_go, KD, "k_valid")
-        kr = delays(r, KD, "k_r")
+        # K's delay line of r is kept apart from V's (and from the V addresses, which hold r too): Yosys
+        # merged them, and the K stage 9 block-maximum read took the row from a V-side register 7 ns of
+        # route away (11.22 ns routed at 9887928).
+        kr = delays(r, KD, "k_r", apart=True)
         kj0 = delays(j == 0, KD, "k_j0")
         kfirst = delays(k == 0, 4, "k_first")
         klast = delays(last_k, 4, "k_last")
