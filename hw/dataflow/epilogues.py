@@ -159,20 +159,32 @@ class QkvEpilogue(wiring.Component):
 
         # Index of the beat in its head vector, tile mod d/N, followed as tiles go by (beats of a tile
         # are consecutive; a head starts at every d/N-th tile and at tile 0).
+        # Whether a beat starts a command or a tile, and whether its tile is a v tile, come from flags
+        # the previous beats leave behind (a command's beats run through tiles 0, 1, 2, ... in order, a
+        # tile's beats are consecutive, and `tile_last`/`last` end them), not from compares of the beat's
+        # own tile: the beats come from a credit link's distributed-RAM FIFO, and its read, the tile
+        # compares and the index choice ended on the pairs slice (10.38 ns routed at 9887928).
         beat = self.i.payload
-        prev_tile = Signal.like(beat.tile)
+        fire = self.i.valid & self.i.ready
+        cmd_start = Signal(init=1)                    # the next beat is a command's first (tile 0)
+        tile_start = Signal()                         # the next beat is its tile's first
+        tile_next = Signal.like(beat.tile, init=1)    # the tile after the next beat's
+        v_tile = Signal()                             # the next beat's tile (not tile 0) is >= v_from
         prev_idx = Signal(range(self.head_beats))
         next_idx = Signal(range(self.head_beats))     # the index after prev_idx, registered beside it
         idx = Signal(range(self.head_beats))
-        with m.If(beat.tile == 0):
-            m.d.comb += idx.eq(0)
-        with m.Elif(beat.tile == prev_tile):
-            m.d.comb += idx.eq(prev_idx)
-        with m.Else():
-            m.d.comb += idx.eq(next_idx)
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [prev_tile.eq(beat.tile), prev_idx.eq(idx),
-                         next_idx.eq(Mux(idx == self.head_beats - 1, 0, idx + 1))]
+        in_v = Signal()
+        m.d.comb += [idx.eq(Mux(cmd_start, 0, Mux(tile_start, next_idx, prev_idx))),
+                     in_v.eq(Mux(cmd_start, self.v_from == 0, v_tile))]
+        with m.If(fire):
+            m.d.sync += [prev_idx.eq(idx), next_idx.eq(Mux(idx == self.head_beats - 1, 0, idx + 1)),
+                         cmd_start.eq(beat.last), tile_start.eq(beat.tile_last)]
+            with m.If(beat.last):
+                m.d.sync += tile_next.eq(1)
+            with m.Elif(beat.tile_last):
+                m.d.sync += [tile_next.eq(tile_next + 1), v_tile.eq(tile_next >= self.v_from)]
+            with m.If(cmd_start & ~beat.tile_last):
+                m.d.sync += v_tile.eq(self.v_from == 0)
 
         # The beat's index and position are registered in a slice before RoPE (its frequency ROM read
         # follows them): the slice's registered ready keeps RoPE's ready logic out of the previous
@@ -184,7 +196,7 @@ class QkvEpilogue(wiring.Component):
         pairs = psl.i.payload
         m.d.comb += [
             pairs.lo.eq(y[:32 * hl]), pairs.hi.eq(y[32 * hl:]),
-            pairs.pos.eq(Mux(beat.tile >= self.v_from, 0, self.pos0 + beat.slot)),
+            pairs.pos.eq(Mux(in_v, 0, self.pos0 + beat.slot)),
             pairs.beat.eq(idx), pairs.tag.eq(beat.slot), pairs.first.eq(idx == 0),
             psl.i.valid.eq(self.i.valid), self.i.ready.eq(psl.i.ready),
         ]
