@@ -477,10 +477,15 @@ class AttendUnit(wiring.Component):
             with m.State("LAYER_BASE"):
                 mul_step()
                 with m.If(mul_y == 0):
-                    m.d.sync += [layer_base.eq(mul_acc), k_addr.eq(mul_acc), k_pos.eq(pos0), k_h.eq(0), c_pos.eq(pos0),
-                                 *tile_first(c_tile), *tile_first(k_tile), c_active.eq(1),
-                                 k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset, *o_reset]
-                    m.next = "RUN"
+                    m.next = "START"
+            with m.State("START"):
+                # The walks start from the state register alone: started from `mul_y == 0`, the compare
+                # went through the state decode into the enables of every walk register (10.32 ns routed
+                # at 9887928). One cycle more per command; mul_acc holds the layer's base.
+                m.d.sync += [layer_base.eq(mul_acc), k_addr.eq(mul_acc), k_pos.eq(pos0), k_h.eq(0), c_pos.eq(pos0),
+                             *tile_first(c_tile), *tile_first(k_tile), c_active.eq(1),
+                             k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset, *o_reset]
+                m.next = "RUN"
             with m.State("RUN"):
                 # Everything has drained: registered, and acted on a cycle later (nothing starts again in
                 # this state, so it stays true). As a gate, the gearbox's valid and the walks' flags went
