@@ -42,7 +42,8 @@ Design, in short (the ``docs`` section "SDRAM controller" has the long form):
 * **Reads** reserve space in the R buffer before their first command (a credit counter), so a
   master that stalls R only stops new read commands; responses come back in order. Data is captured
   ``CL + read_delay`` cycles after the command leaves the controller's pin registers.
-* **Writes** take a W beat when its last SDRAM word is issued; byte strobes become DQM. The B
+* **Writes** take W beats into a two-entry queue (its ready depends on registers only); the head
+  beat leaves it when its last SDRAM word is issued; byte strobes become DQM. The B
   response is queued once a burst's last word is issued (posted write: any later READ command is
   behind it on the pins, so reads after B see the data).
 * **Errors**: a word beyond the SDRAM size issues no command; it reads as zero with SLVERR, and a
@@ -654,13 +655,21 @@ class SdramController(wiring.Component):
         b_head = b_layout(bq.r_data)
         m.d.comb += [wr.bvalid.eq(bq.r_rdy), wr.bid.eq(b_head.id), wr.bresp.eq(b_head.resp),
                      bq.r_en.eq(wr.bready)]
+        # W beats wait in a queue of their own (a registered head, and a ready from registers): wready
+        # was the end of the command decision (a WRITE's last SDRAM word takes the beat), and it reached
+        # the shell's W slice across the die (b_room to its skid register, 11.67 ns placed on the ECP5
+        # shell at 1843871). One cycle more from W to the pins; a beat a cycle still goes through.
+        w_beat_layout = data.StructLayout({"data": unsigned(self.data_bits), "strb": unsigned(self.data_bits // 8)})
+        m.submodules.w_queue = wq = _HeadQueue(w_beat_layout.size, 2)
+        m.d.comb += [wq.w_data.eq(Cat(wr.wdata, wr.wstrb)), wq.w_en.eq(wr.wvalid), wr.wready.eq(wq.w_rdy)]
+        w_head = w_beat_layout(wq.r_data)
         w_req = Signal()
         w_dev = Signal(g.word_bits)
         w_last_beat = Signal()
         w_load = Signal()
         w_err, w_col, w_pre, w_act = lookahead("w", w_addr, w_addr1, aw_head.addr, w_load, w_step & w_last_beat)
         m.d.comb += [
-            w_req.eq(w_valid & wr.wvalid & b_room),
+            w_req.eq(w_valid & wq.r_rdy & b_room),
             w_dev.eq(Cat(w_beat, w_addr[:dev_axi_bits]) if beat_bits else w_addr[:dev_axi_bits]),
             w_last_beat.eq(w_err | (w_beat == max_beat)),
         ]
@@ -730,8 +739,8 @@ class SdramController(wiring.Component):
             m.d.sync += [cmd.eq(SdramCommand.REFRESH), self.refreshes.eq(self.refreshes + 1)]
             _arm(m, busy, cyc.rfc, idle=True)       # only under busy.ok
 
-        wdata_beat = wr.wdata.word_select(w_beat, sd) if beat_bits else wr.wdata
-        wstrb_beat = wr.wstrb.word_select(w_beat, sd // 8) if beat_bits else wr.wstrb
+        wdata_beat = w_head.data.word_select(w_beat, sd) if beat_bits else w_head.data
+        wstrb_beat = w_head.strb.word_select(w_beat, sd // 8) if beat_bits else w_head.strb
 
         # BA and A load on every edge (no enable): the command decision (a credit or room flag, the owner's
         # lookahead, the timers) ended on their clock enables, 13 flip-flops (10.66 ns routed on the ECP5
@@ -868,7 +877,7 @@ class SdramController(wiring.Component):
             bq.w_data.eq(b_entry),
         ]
         with m.If(w_step & w_last_beat):
-            m.d.comb += [wr.wready.eq(1), bq.w_en.eq(w_final)]
+            m.d.comb += [wq.r_en.eq(1), bq.w_en.eq(w_final)]
         with m.If(w_load):
             m.d.sync += [w_valid.eq(awq.r_rdy), w_addr.eq(aw_head.addr), w_addr1.eq(aw_head.addr + 1),
                          w_left.eq(aw_head.len), w_final.eq(aw_head.len == 0), w_id.eq(aw_head.id), w_beat.eq(0),
