@@ -181,7 +181,7 @@ class LinearCore(wiring.Component):
         # -- command registers ---------------------------------------------------------------------------
         # A command is taken in one cycle (`start`: busy rises, and the command register has loaded the
         # payload in every idle cycle, so its enable is `~busy`, not the handshake) and its state is set up
-        # in the next (`begin`, two copies: the gearbox, and the counters). The handshake's `valid` comes
+        # in the next (`begin`, copies for the gearbox, the counters and the epilogue side). The handshake's `valid` comes
         # from the fused core's command slice, which sits with the epilogues; the setup's resets reach the
         # gearbox and counters all over the core (as one gate from `valid`: 14.21 ns placed paths into the
         # gearbox's slot reset on the ECP5 shell at 2ee4ca5). One cycle per command.
@@ -195,7 +195,9 @@ class LinearCore(wiring.Component):
         busy_ready, *busy_load = registered_copies(m, busy_next, 5, "busy")
         m.d.comb += self.cfg.ready.eq(~busy_ready)
         start = self.cfg.valid & ~busy_ready
-        begin, begin_gear = registered_copies(m, start, 2, "begin")
+        # A third copy resets the epilogue side's tile counters and scale group (`begin_tail`): from the
+        # counters' copy it was 11.32 ns placed into g_sel on the ECP5 shell at 1843871.
+        begin, begin_gear, begin_tail = registered_copies(m, start, 3, "begin")
         load_in_shares(m, cfg, self.cfg.payload, [~b for b in busy_load])
 
         # -- prologue: NormQuant per token ---------------------------------------------------------------
@@ -438,7 +440,7 @@ class LinearCore(wiring.Component):
         ]
         with m.If(sums.valid & sums.ready & slot_last):
             m.d.sync += [tile_in.eq(tile_in + 1), *(g.eq(group_of(tile_in + 1, cfg)) for g in g_sel)]
-        with m.If(begin):
+        with m.If(begin_tail):
             m.d.sync += [tile_in.eq(0), *(g.eq(group_of(Const(0, len(tile_in)), cfg)) for g in g_sel)]
 
         sp = sl.o.payload
@@ -473,7 +475,7 @@ class LinearCore(wiring.Component):
         ]
         with m.If(ob.valid & ob.ready & side_tile_last):
             m.d.sync += out_tile.eq(out_tile + 1)
-        with m.If(begin):
+        with m.If(begin_tail):
             m.d.sync += out_tile.eq(0)
         o = self.o
         wiring.connect(m, osl.o, wiring.flipped(o))
