@@ -126,9 +126,19 @@ class UartRx(wiring.Component):
         bit = Signal(range(8))
         shift = Signal(8)
 
+        # A received byte is handed to `data` a cycle after its stop bit (`done`), so the handshake with
+        # the consumer does not share a cycle with the bit timer's compare: the receiver sits by its pin
+        # and the consumer across the die (the timer to the link's payload enable, 10.99 ns placed on
+        # the ECP5 shell at 7f9b7c7). `shift` holds still until the next start bit, half a bit later.
+        done = Signal()
         with m.If(self.data.valid & self.data.ready):
             m.d.sync += self.data.valid.eq(0)
-        m.d.sync += [self.framing_error.eq(0), self.overrun.eq(0)]
+        m.d.sync += [self.framing_error.eq(0), self.overrun.eq(0), done.eq(0)]
+        with m.If(done):
+            with m.If(self.data.valid & ~self.data.ready):
+                m.d.sync += self.overrun.eq(1)
+            with m.Else():
+                m.d.sync += [self.data.valid.eq(1), self.data.payload.eq(shift)]
 
         with m.FSM(name="uart_rx"):
             with m.State("IDLE"):
@@ -156,10 +166,7 @@ class UartRx(wiring.Component):
                 with m.If(timer == d - 1):
                     m.d.sync += timer.eq(0)
                     with m.If(line):
-                        with m.If(self.data.valid & ~self.data.ready):
-                            m.d.sync += self.overrun.eq(1)
-                        with m.Else():
-                            m.d.sync += [self.data.valid.eq(1), self.data.payload.eq(shift)]
+                        m.d.sync += done.eq(1)
                         m.next = "IDLE"
                     with m.Else():
                         m.d.sync += self.framing_error.eq(1)
