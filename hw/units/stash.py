@@ -199,15 +199,19 @@ class LoadXUnit(_StashGeometry, wiring.Component):
         with m.If(xo.ready):
             m.d.sync += xo.valid.eq(0)
 
-        def emit(vec):
-            """Send ``vec`` (``lanes`` int32) as beat ``(tok, bt)``, lanes beyond ``hidden`` zeroed."""
+        def emit(vec, advance=True):
+            """Send ``vec`` (``lanes`` int32) as beat ``(tok, bt)``, lanes beyond ``hidden`` zeroed; the
+            cursor moves on now, or (``advance=False``) the caller moves it."""
             m.d.sync += [xo.valid.eq(fault == ErrorCode.NONE),
                          xo.payload.token.eq(tok), xo.payload.beat.eq(bt)]
             base = bt << exact_log2(L)
             for n in range(L):
                 m.d.sync += lane(xo.payload.data, n).eq(Mux(base + n < hidden, vec[32 * n:32 * n + 32], 0))
-            cursor.advance()
+            if advance:
+                cursor.advance()
 
+        emitted = Signal()      # (W > 1) a beat was sent last cycle: the cursor moves now
+        m.d.sync += emitted.eq(0)
         with m.FSM(name="load_x"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -243,11 +247,16 @@ class LoadXUnit(_StashGeometry, wiring.Component):
                     # wsel == W - 1 as a register beside it: the compare sat between the slice's ready and
                     # the beat cursor's enables (10.17 ns routed on the ECP5 shell at 9887928).
                     wsel_last = Signal()
+                    # The cursor moves a cycle after its beat is sent (`emitted`, a flip-flop): the
+                    # handshake (the slices' valid and ready flags) went on into the cursor's enables,
+                    # spread over the unit (x_slice's skid flag to `tok_end`, 12.10 ns placed on the ECP5
+                    # shell at 7f9b7c7, 27 late endpoints). A beat takes W >= 2 words, so the next send,
+                    # two cycles on at the earliest, sees the cursor moved.
                     m.d.comb += words_in.ready.eq(~wsel_last | out_ready)
                     with m.If(words_in.valid & words_in.ready):
                         with m.If(wsel_last):
-                            m.d.sync += [wsel.eq(0), wsel_last.eq(0)]
-                            emit(Cat(held, word))
+                            m.d.sync += [wsel.eq(0), wsel_last.eq(0), emitted.eq(1)]
+                            emit(Cat(held, word), advance=False)
                             with m.If(last):
                                 m.next = "DRAIN"
                         with m.Else():
@@ -272,6 +281,9 @@ class LoadXUnit(_StashGeometry, wiring.Component):
                 with m.If(~xo.valid & ~self.x.valid):    # the last beat has left the slice
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"
+        if W > 1:
+            with m.If(emitted):
+                cursor.advance()
 
         # A DRAM error on any beat of this command's reads.
         axi = self.axi
