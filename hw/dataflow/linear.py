@@ -181,10 +181,10 @@ class LinearCore(wiring.Component):
         # -- command registers ---------------------------------------------------------------------------
         # A command is taken in one cycle (`start`: busy rises, and the command register has loaded the
         # payload in every idle cycle, so its enable is `~busy`, not the handshake) and its state is set up
-        # in the next (`begin`, copies for the gearbox, the counters and the epilogue side). The handshake's `valid` comes
-        # from the fused core's command slice, which sits with the epilogues; the setup's resets reach the
-        # gearbox and counters all over the core (as one gate from `valid`: 14.21 ns placed paths into the
-        # gearbox's slot reset on the ECP5 shell at 2ee4ca5). One cycle per command.
+        # in the next (`begin`, copies for the gearbox, the counters and the epilogue side). The
+        # handshake's `valid` comes from the fused core's command slice, which sits with the epilogues; the
+        # setup's resets reach the gearbox and counters all over the core (as one gate from `valid`: 14.21 ns
+        # placed paths into the gearbox's slot reset on the ECP5 shell at 2ee4ca5). One cycle per command.
         # `busy` has copies: one for `cfg.ready` (which enables registers in the fused core's command
         # slice) and four that enable a quarter of the command register each: `busy` itself has hundreds
         # of sinks across the core, and as the command register's enable it ended 55 late endpoints

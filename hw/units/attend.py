@@ -273,11 +273,15 @@ class AttendUnit(wiring.Component):
         m.d.sync += [k_beats.eq(const_mul(last_block + 1, self.seg_beats)), k_beats_ok.eq(k_active)]
         m.d.comb += [rd.cmd.valid.eq(k_active & k_beats_ok), rd.cmd.payload.addr.eq(k_addr),
                      rd.cmd.payload.beats.eq(k_beats), rd.cmd.payload.tag.eq(0)]
+        # k_h == kvh_m1 as a flip-flop stepped with k_h: the compare sat between the read command's
+        # handshake and the walk's enables (kvh_m1 to k_active, 11.73 ns placed on the ECP5 shell at
+        # 7f9b7c7, 16 late endpoints).
+        k_h_last = Signal()
         with m.If(rd.cmd.valid & rd.cmd.ready):
-            m.d.sync += [k_h.eq(k_h + 1), k_addr.eq(k_addr + head_bytes)]
-            with m.If(k_h == kvh_m1):
-                m.d.sync += [k_h.eq(0), k_addr.eq(layer_base), k_pos.eq(k_pos + QB), *tile_start(k_tile, k_left - QB),
-                             k_beats_ok.eq(0)]
+            m.d.sync += [k_h.eq(k_h + 1), k_addr.eq(k_addr + head_bytes), k_h_last.eq(k_h == kvh_m2)]
+            with m.If(k_h_last):
+                m.d.sync += [k_h.eq(0), k_h_last.eq(kvh_m1 == 0), k_addr.eq(layer_base), k_pos.eq(k_pos + QB),
+                             *tile_start(k_tile, k_left - QB), k_beats_ok.eq(0)]
                 with m.If(k_final):
                     m.d.sync += k_active.eq(0)
         # Bus words to chunks; the last word of each segment flushes the gearbox, dropping the bus padding.
@@ -482,9 +486,9 @@ class AttendUnit(wiring.Component):
                 # The walks start from the state register alone: started from `mul_y == 0`, the compare
                 # went through the state decode into the enables of every walk register (10.32 ns routed
                 # at 9887928). One cycle more per command; mul_acc holds the layer's base.
-                m.d.sync += [layer_base.eq(mul_acc), k_addr.eq(mul_acc), k_pos.eq(pos0), k_h.eq(0), c_pos.eq(pos0),
-                             *tile_first(c_tile), *tile_first(k_tile), c_active.eq(1),
-                             k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset, *o_reset]
+                m.d.sync += [layer_base.eq(mul_acc), k_addr.eq(mul_acc), k_pos.eq(pos0), k_h.eq(0),
+                             k_h_last.eq(kvh_m1 == 0), c_pos.eq(pos0), *tile_first(c_tile), *tile_first(k_tile),
+                             c_active.eq(1), k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset, *o_reset]
                 m.next = "RUN"
             with m.State("RUN"):
                 # Everything has drained: registered, and acted on a cycle later (nothing starts again in
