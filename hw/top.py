@@ -259,13 +259,9 @@ class TrilliumTop(wiring.Component):
         m.submodules.linear_answers = lin_ans = SkidBuffer(unsigned(P))
         m.submodules.attend_answers = att_ans = SkidBuffer(unsigned(P + len(buf.rd_e)))
         m.submodules.save_x_answers = svx_ans = SkidBuffer(unsigned(P))
-        # SAVE_X's answers pass a second one: SAVE_X's ready (its writer's W slice and word select) reached
-        # the first one's skid register across the die from the answer queue (11.90 and 12.78 ns placed
-        # at 1843871, seeds 1 and 2, the worst path of both). A cycle more per answer, none between them.
-        m.submodules.save_x_answers2 = svx_ans2 = SkidBuffer(unsigned(P))
+        # (SAVE_X takes its answers into a slice of its own, so its ready here is a flip-flop.)
         wiring.connect(m, lin_ans.o, lin.rd_data)
-        wiring.connect(m, svx_ans.o, svx_ans2.i)
-        wiring.connect(m, svx_ans2.o, svx.rd_data)
+        wiring.connect(m, svx_ans.o, svx.rd_data)
         m.d.comb += [att.rd_data.valid.eq(att_ans.o.valid), att.rd_data.payload.eq(att_ans.o.payload[:P]),
                      att.rd_e.eq(att_ans.o.payload[P:]), att_ans.o.ready.eq(att.rd_data.ready)]
         m.d.comb += [lin_ans.i.payload.eq(answer.payload), att_ans.i.payload.eq(Cat(answer.payload, buf.rd_e)),
