@@ -49,7 +49,7 @@ Sequence
    belong to the command until then).
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -421,8 +421,15 @@ class LinearCore(wiring.Component):
         # its scale group, kept with it (no comparator in the path), in two copies kept apart (see above)
         g_sel = [Signal(range(SCALE_GROUPS), name=f"g_sel{k}", attrs={REPLICA_ATTR: 1}) for k in range(2)]
 
-        def group_of(tile, c):
-            return Mux(c.interleave, tile[0], (tile >= c.bound0).as_unsigned() + (tile >= c.bound1).as_unsigned())
+        # The group steps with the tile rather than being recomputed from it: group_of(tile_in + 1), two
+        # carry-chain compares after an adder, went into g_sel's inputs (11.23 ns placed on the ECP5 shell
+        # at 7f9b7c7). Outside interleave the group is the number of bounds the tile has reached, so it
+        # grows by one at each tile equal to a bound: `at_b[i]` says the next tile is bound i (a flip-flop,
+        # set from an equality compare of this tile with bound i - 2, kept in a register).
+        at_b = [Signal(name=f"at_bound{i}") for i in range(2)]
+        bound_m2 = [Signal(signed(len(cfg.bound0) + 1), name=f"bound{i}_m2") for i in range(2)]
+        m.d.sync += [bound_m2[0].eq(cfg.bound0 - 2), bound_m2[1].eq(cfg.bound1 - 2)]
+        g_next = Mux(cfg.interleave, ~tile_in[0], g_sel[0] + at_b[0] + at_b[1])
 
         slot = sums.payload.slot
         slot_last = Signal()                   # the beat is its row tile's last token
@@ -439,9 +446,13 @@ class LinearCore(wiring.Component):
             sl.i.payload.last.eq(slot_last & (tile_in == row_tiles_m1)),
         ]
         with m.If(sums.valid & sums.ready & slot_last):
-            m.d.sync += [tile_in.eq(tile_in + 1), *(g.eq(group_of(tile_in + 1, cfg)) for g in g_sel)]
+            m.d.sync += [tile_in.eq(tile_in + 1), *(g.eq(g_next) for g in g_sel),
+                         *(a.eq(tile_in == b) for a, b in zip(at_b, bound_m2))]
         with m.If(begin_tail):
-            m.d.sync += [tile_in.eq(0), *(g.eq(group_of(Const(0, len(tile_in)), cfg)) for g in g_sel)]
+            # Tile 0's group: interleave's tile & 1, or the bounds at 0.
+            g0 = Mux(cfg.interleave, 0, (cfg.bound0 == 0).as_unsigned() + (cfg.bound1 == 0).as_unsigned())
+            m.d.sync += [tile_in.eq(0), *(g.eq(g0) for g in g_sel),
+                         at_b[0].eq(cfg.bound0 == 1), at_b[1].eq(cfg.bound1 == 1)]
 
         sp = sl.o.payload
         m.d.comb += [
