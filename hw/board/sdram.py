@@ -42,7 +42,7 @@ Design, in short (the ``docs`` section "SDRAM controller" has the long form):
 * **Reads** reserve space in the R buffer before their first command (a credit counter), so a
   master that stalls R only stops new read commands; responses come back in order. Data is captured
   ``CL + read_delay`` cycles after the command leaves the controller's pin registers.
-* **Writes** take W beats into a two-entry queue (its ready depends on registers only); the head
+* **Writes** take W beats into a two-entry FIFO (its ready depends on registers only); the head
   beat leaves it when its last SDRAM word is issued; byte strobes become DQM. The B
   response is queued once a burst's last word is issued (posted write: any later READ command is
   behind it on the pins, so reads after B see the data).
@@ -655,12 +655,14 @@ class SdramController(wiring.Component):
         b_head = b_layout(bq.r_data)
         m.d.comb += [wr.bvalid.eq(bq.r_rdy), wr.bid.eq(b_head.id), wr.bresp.eq(b_head.resp),
                      bq.r_en.eq(wr.bready)]
-        # W beats wait in a queue of their own (a registered head, and a ready from registers): wready
-        # was the end of the command decision (a WRITE's last SDRAM word takes the beat), and it reached
-        # the shell's W slice across the die (b_room to its skid register, 11.67 ns placed on the ECP5
-        # shell at 1843871). One cycle more from W to the pins; a beat a cycle still goes through.
+        # W beats wait in a queue of their own (a ready from registers): wready was the end of the command
+        # decision (a WRITE's last SDRAM word takes the beat), and it reached the shell's W slice across
+        # the die (b_room to its skid register, 11.67 ns placed on the ECP5 shell at 1843871). A SyncFIFO,
+        # whose head is read from its memory at a pointer: the decision moves the pointer and the count
+        # only. (A _HeadQueue's head register took the decision into its 36 data inputs: 12.94 ns placed
+        # at 956eb7e.) One cycle more from W to the pins; a beat a cycle still goes through.
         w_beat_layout = data.StructLayout({"data": unsigned(self.data_bits), "strb": unsigned(self.data_bits // 8)})
-        m.submodules.w_queue = wq = _HeadQueue(w_beat_layout.size, 2)
+        m.submodules.w_queue = wq = SyncFIFO(width=w_beat_layout.size, depth=2)
         m.d.comb += [wq.w_data.eq(Cat(wr.wdata, wr.wstrb)), wq.w_en.eq(wr.wvalid), wr.wready.eq(wq.w_rdy)]
         w_head = w_beat_layout(wq.r_data)
         w_req = Signal()
@@ -869,7 +871,16 @@ class SdramController(wiring.Component):
 
         # ---- Write engine progress: a W beat is accepted with its last SDRAM word (or at once if it
         # falls beyond the SDRAM); the burst's last beat queues the B response.
-        m.d.comb += [w_load.eq(~w_valid | (w_step & w_last_beat & w_final)), awq.r_en.eq(w_load)]
+        # The burst registers take the AW queue's head on `w_load`, and the queue pops it a cycle later
+        # (`aw_pop`, a flip-flop; its head is stale in that cycle and not taken): popped on `w_load`, the
+        # command decision chose the next value of the head's 42 registers (10.5-11.3 ns placed on the
+        # ECP5 shell at 956eb7e). Only a burst whose single word falls beyond the SDRAM ends within a
+        # cycle, and only after it does the next burst start a cycle later.
+        aw_pop = Signal()
+        aw_take = Signal()
+        m.d.comb += [w_load.eq(~w_valid | (w_step & w_last_beat & w_final)), aw_take.eq(awq.r_rdy & ~aw_pop),
+                     awq.r_en.eq(aw_pop)]
+        m.d.sync += aw_pop.eq(w_load & aw_take)
         b_entry = Signal(b_layout)
         m.d.comb += [
             b_entry.id.eq(w_id),
@@ -879,7 +890,7 @@ class SdramController(wiring.Component):
         with m.If(w_step & w_last_beat):
             m.d.comb += [wq.r_en.eq(1), bq.w_en.eq(w_final)]
         with m.If(w_load):
-            m.d.sync += [w_valid.eq(awq.r_rdy), w_addr.eq(aw_head.addr), w_addr1.eq(aw_head.addr + 1),
+            m.d.sync += [w_valid.eq(aw_take), w_addr.eq(aw_head.addr), w_addr1.eq(aw_head.addr + 1),
                          w_left.eq(aw_head.len), w_final.eq(aw_head.len == 0), w_id.eq(aw_head.id), w_beat.eq(0),
                          w_failed.eq(0)]
         with m.Elif(w_step):
