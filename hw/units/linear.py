@@ -320,13 +320,22 @@ class LinearUnit(wiring.Component):
         req_i = Signal(range(self.max_index + 1))
         req_res = Signal()                     # the request phase has moved on to residual beats
         req_done = Signal()
-        outstanding = Signal(range(ANSWER_PLACES + 1))  # requests not yet answered (the buffers refuse more)
+        # The answers enter through a register slice of the unit's own, so `rd_data.ready` is a flip-flop:
+        # the choice between the fused core's x and residual inputs and the gains FIFO's valid went out to
+        # the top level's answer slice across the die (x_slice's skid flag to that slice's skid flag,
+        # 12.14 and 12.62 ns placed on the ECP5 shell at 956eb7e). A cycle per answer, none between them.
+        m.submodules.answers = answers = SkidBuffer(self.rd_data.payload.shape())
+        wiring.connect(m, wiring.flipped(self.rd_data), answers.i)
+        rd_data = answers.o
+        # Requests not yet answered: the buffers hold ANSWER_PLACES, and the top level's slice and this
+        # unit's two each.
+        outstanding = Signal(range(ANSWER_PLACES + 5))
         sent, answered = Signal(), Signal()
         m.d.comb += [self.rd_req.valid.eq(feeding & ~req_done),
                      self.rd_req.payload.buf.eq(Mux(req_res, Buffer.X, source)),
                      self.rd_req.payload.token.eq(req_t + tok0), self.rd_req.payload.index.eq(req_i),
                      sent.eq(self.rd_req.valid & self.rd_req.ready),
-                     answered.eq(self.rd_data.valid & self.rd_data.ready)]
+                     answered.eq(rd_data.valid & rd_data.ready)]
         m.d.sync += outstanding.eq(outstanding + sent - answered)
         with m.If(sent):
             with m.If(~req_res):
@@ -370,15 +379,15 @@ class LinearUnit(wiring.Component):
         registered_read(m, g_take, g_issue, pl.gain_data, gains)
         xin = fl.x.payload
         for n in range(N):
-            m.d.comb += [xin.x[f"lane{n}"].eq(self.rd_data.payload[64 * n:64 * n + 63]),
+            m.d.comb += [xin.x[f"lane{n}"].eq(rd_data.payload[64 * n:64 * n + 63]),
                          xin.g[f"lane{n}"].eq(gains.payload[16 * n:16 * n + 16])]
-        m.d.comb += fl.res.payload.as_value().eq(Cat(*(self.rd_data.payload[64 * n:64 * n + 32] for n in range(N))))
+        m.d.comb += fl.res.payload.as_value().eq(Cat(*(rd_data.payload[64 * n:64 * n + 32] for n in range(N))))
         ans_x_nz = Signal()                    # ans_x_left != 0, kept as a register (it steers rd_data)
         with m.If(ans_x_nz):
-            m.d.comb += [fl.x.valid.eq(self.rd_data.valid & gains.valid),
-                         self.rd_data.ready.eq(fl.x.ready & gains.valid)]
+            m.d.comb += [fl.x.valid.eq(rd_data.valid & gains.valid),
+                         rd_data.ready.eq(fl.x.ready & gains.valid)]
         with m.Else():
-            m.d.comb += [fl.res.valid.eq(self.rd_data.valid), self.rd_data.ready.eq(fl.res.ready)]
+            m.d.comb += [fl.res.valid.eq(rd_data.valid), rd_data.ready.eq(fl.res.ready)]
         m.d.comb += gains.ready.eq(answered & ans_x_nz)
         with m.If(answered & ans_x_nz):
             m.d.sync += [ans_x_left.eq(ans_x_left - 1), ans_x_nz.eq(ans_x_left != 1)]
