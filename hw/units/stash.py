@@ -199,14 +199,29 @@ class LoadXUnit(_StashGeometry, wiring.Component):
         with m.If(xo.ready):
             m.d.sync += xo.valid.eq(0)
 
-        def emit(vec, advance=True):
-            """Send ``vec`` (``lanes`` int32) as beat ``(tok, bt)``, lanes beyond ``hidden`` zeroed; the
-            cursor moves on now, or (``advance=False``) the caller moves it."""
-            m.d.sync += [xo.valid.eq(fault == ErrorCode.NONE),
-                         xo.payload.token.eq(tok), xo.payload.beat.eq(bt)]
+        # The beat being assembled: W > 1 bus words shifted into `held` (lowest address first) and the
+        # last one, or beat `k` of K in one word.
+        word = words_in.payload.data
+        if W > 1:
+            held = Signal(8 * B * (W - 1))
+            wsel = Signal(range(W))
+            vec = Cat(held, word)
+        else:
+            k = Signal(range(K))
+            vec = word.word_select(k, 32 * L) if K > 1 else word[:32 * L]
+        # The beat register loads whenever the slice can take a beat (its valid says whether it holds
+        # one): under the send condition, a handshake of both slices, its 77 enables were spread over
+        # the unit and the logic ran out to them and back (12.34 ns placed on the ECP5 shell at 956eb7e).
+        with m.If(out_ready):
+            m.d.sync += [xo.payload.token.eq(tok), xo.payload.beat.eq(bt)]
             base = bt << exact_log2(L)
             for n in range(L):
                 m.d.sync += lane(xo.payload.data, n).eq(Mux(base + n < hidden, vec[32 * n:32 * n + 32], 0))
+
+        def emit(advance=True):
+            """Send the beat as ``(tok, bt)``, lanes beyond ``hidden`` zeroed; the cursor moves on now, or
+            (``advance=False``) the caller moves it."""
+            m.d.sync += xo.valid.eq(fault == ErrorCode.NONE)
             if advance:
                 cursor.advance()
 
@@ -239,11 +254,8 @@ class LoadXUnit(_StashGeometry, wiring.Component):
                 with m.If(rd.cmd.ready):
                     m.next = "STREAM"
             with m.State("STREAM"):
-                word = words_in.payload.data
                 if W > 1:
                     # A beat spans W bus words: shift the first W - 1 in (lowest address first), emit with the last.
-                    held = Signal(8 * B * (W - 1))
-                    wsel = Signal(range(W))
                     # wsel == W - 1 as a register beside it: the compare sat between the slice's ready and
                     # the beat cursor's enables (10.17 ns routed on the ECP5 shell at 9887928).
                     wsel_last = Signal()
@@ -256,7 +268,7 @@ class LoadXUnit(_StashGeometry, wiring.Component):
                     with m.If(words_in.valid & words_in.ready):
                         with m.If(wsel_last):
                             m.d.sync += [wsel.eq(0), wsel_last.eq(0), emitted.eq(1)]
-                            emit(Cat(held, word), advance=False)
+                            emit(advance=False)
                             with m.If(last):
                                 m.next = "DRAIN"
                         with m.Else():
@@ -264,11 +276,9 @@ class LoadXUnit(_StashGeometry, wiring.Component):
                                          held.eq(Cat(held[8 * B:], word) if W > 2 else word)]
                 else:
                     # K beats per bus word: emit them in turn; pop the word after its last beat (or the stash's).
-                    k = Signal(range(K))
-                    vec = word.word_select(k, 32 * L) if K > 1 else word[:32 * L]
                     m.d.comb += words_in.ready.eq(out_ready & ((k == K - 1) | last))
                     with m.If(words_in.valid & out_ready):
-                        emit(vec)
+                        emit()
                         m.d.sync += k.eq(Mux((k == K - 1) | last, 0, k + 1))
                         with m.If(last):
                             m.next = "DRAIN"
