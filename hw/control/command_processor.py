@@ -196,14 +196,25 @@ class CommandProcessor(wiring.Component):
                         m.d.sync += csr.r_data.eq(picked[g])
 
         # -- per-run counters ------------------------------------------------------------------------------
+        # The units' busy and stall flags are registered before they are counted, so each counter's carry
+        # chain starts from a flip-flop beside it: a unit's state decode (its command `ready`, its busy)
+        # came from across the die into the adder (ATTEND's state to stall_attend, 10.83 ns placed on the
+        # ECP5 shell at 956eb7e). Every running cycle is still counted once, a cycle later.
         units = [getattr(self, u) for u in UNITS]
+        counting = Signal()                    # the flags below are of a running cycle
+        busy_seen = [Signal(name=f"busy_seen_{u}") for u in UNITS]
+        stall_seen = [Signal(name=f"stall_seen_{u}") for u in UNITS]
+        m.d.sync += [counting.eq(self.running & ~start), *(b.eq(f) for b, f in zip(busy_seen, self.busy)),
+                     *(st.eq(u.valid & ~u.ready) for st, u in zip(stall_seen, units))]
         with m.If(start):
             m.d.sync += [run_cycles.eq(0), n_instr.eq(0), *(c.eq(0) for c in busy_cnt + stall_cnt)]
-        with m.Elif(self.running):
-            m.d.sync += run_cycles.eq(run_cycles + 1)
-            for i, u in enumerate(units):
-                m.d.sync += [busy_cnt[i].eq(busy_cnt[i] + self.busy[i]),
-                             stall_cnt[i].eq(stall_cnt[i] + (u.valid & ~u.ready))]
+        with m.Else():
+            with m.If(self.running):
+                m.d.sync += run_cycles.eq(run_cycles + 1)
+            with m.If(counting):
+                for i in range(len(units)):
+                    m.d.sync += [busy_cnt[i].eq(busy_cnt[i] + busy_seen[i]),
+                                 stall_cnt[i].eq(stall_cnt[i] + stall_seen[i])]
 
         # -- fetch -----------------------------------------------------------------------------------------
         pc = Signal(ADDR_BITS)
