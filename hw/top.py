@@ -41,6 +41,7 @@ from .dataflow.skid import SkidBuffer
 from .isa import ADDR_BITS, RUN_ARGS, Epilogue, ErrorCode
 from .memory.axi import AxiReadSignature
 from .memory.axi_write import AxiWriteSignature
+from .replica import registered_copies
 from .units.attend import AttendUnit
 from .units.buffers import ActivationBuffers, Buffer
 from .units.embed import EmbedUnit
@@ -247,6 +248,11 @@ class TrilliumTop(wiring.Component):
 
         share(buf.rd_req, [(use_att, att.rd_req), (use_svx, svx.rd_req), (1, lin.rd_req)])
         share(buf.wr, [(use_att, att.wr), (1, lin.wr)])
+        # LINEAR's write ready from a copy of the choice of its own (a replica): the one register beside
+        # the buffers was 4.5 ns of route from the QKV slice's skid flag, which it resets (11.02 ns placed
+        # on the ECP5 shell at 956eb7e). The statement after share()'s takes its place.
+        use_att_for_lin, = registered_copies(m, att.busy, 1, "use_att_lin")
+        m.d.comb += lin.wr.ready.eq(buf.wr.ready & ~use_att_for_lin)
         answer = buf.rd_data
         # LINEAR's answers pass a skid buffer (a cycle; the buffers keep as many answers in flight as their
         # queue holds, so beats still come one per cycle): the answer queue's valid, through the unit's
