@@ -133,6 +133,9 @@ class KvWriter(wiring.Component):
         # One beat -> a write of its lanes; the vector's last beat -> also its exponent byte.
         # The beat's address runs down a free-running pipeline (every register loads on every clock edge,
         # no clock enable), one step per stage, each product registered in its block:
+        #   0: row = exp_rows + 32 is_v + pos % 32 (the multiplier block's operand from a register: the
+        #      sum ran from the command registers to the block's input, 6 ns of route away, 11.32 ns
+        #      placed on the ECP5 shell at 142dbaf)
         #   1: row_d = row d                       lh = layer_heads + head
         #   2: hb = lh blocks                      row_off = row_d + beat lanes
         #   3: index = hb + block                  (the segment's index in the cache)
@@ -146,23 +149,27 @@ class KvWriter(wiring.Component):
         m.submodules.kv_in = kv_in = SkidBuffer(self.kv.payload.shape())
         wiring.connect(m, wiring.flipped(self.kv), kv_in.i)
         beat = kv_in.o
-        p = beat.payload
-        n_st = 5
-        valid = [Signal(name=f"kv_st{k}_valid") for k in range(1, n_st + 1)]
-        st = [Signal.like(p, name=f"kv_st{k}") for k in range(1, n_st + 1)]
+        n_st = 6                             # stages 0 to 5
         done = Signal()                      # the head beat's last write is accepted this cycle
         room = Signal(init=1)
         m.d.comb += beat.ready.eq(ready & room)
-        m.d.sync += [valid[0].eq(beat.valid & beat.ready), st[0].eq(p)]
-        m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, n_st)]
-        m.d.sync += [st[k].eq(st[k - 1]) for k in range(1, n_st)]
 
         def j_of(q):
             return q.pos[:exact_log2(ATTN_KEY_BLOCK)]
 
-        # Stage 1.
+        # Stage 0.
+        p = Signal.like(beat.payload, name="kv_st0")
+        p_valid = Signal(name="kv_st0_valid")
         row = Signal(8)                      # the row's index in its segment, < exp_rows + 64 <= 128
-        m.d.comb += row.eq(exp_rows + Mux(p.is_v, ATTN_KEY_BLOCK, 0) + j_of(p))
+        m.d.sync += [p_valid.eq(beat.valid & beat.ready), p.eq(beat.payload),
+                     row.eq(exp_rows + Mux(beat.payload.is_v, ATTN_KEY_BLOCK, 0) + j_of(beat.payload))]
+        valid = [Signal(name=f"kv_st{k}_valid") for k in range(1, n_st)]
+        st = [Signal.like(p, name=f"kv_st{k}") for k in range(1, n_st)]
+        m.d.sync += [valid[0].eq(p_valid), st[0].eq(p)]
+        m.d.sync += [valid[k].eq(valid[k - 1]) for k in range(1, n_st - 1)]
+        m.d.sync += [st[k].eq(st[k - 1]) for k in range(1, n_st - 1)]
+
+        # Stage 1.
         row_d = registered_product(m, "row_d", row, d, platform=platform)
         lh = Signal(16)
         m.d.sync += lh.eq(layer_heads + p.head)
