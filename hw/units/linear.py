@@ -320,16 +320,18 @@ class LinearUnit(wiring.Component):
         req_i = Signal(range(self.max_index + 1))
         req_res = Signal()                     # the request phase has moved on to residual beats
         req_done = Signal()
-        # The answers enter through a register slice of the unit's own, so `rd_data.ready` is a flip-flop:
-        # the choice between the fused core's x and residual inputs and the gains FIFO's valid went out to
-        # the top level's answer slice across the die (x_slice's skid flag to that slice's skid flag,
-        # 12.14 and 12.62 ns placed on the ECP5 shell at 956eb7e). A cycle per answer, none between them.
-        m.submodules.answers = answers = SkidBuffer(self.rd_data.payload.shape())
+        # The answers come over a credit link of the unit's own, so `rd_data.ready` is a flip-flop and the
+        # unit's ready (the choice between the fused core's x and residual inputs, the gains FIFO's valid)
+        # only steps the link's FIFO pointer: it went out to the top level's answer slice (12.14 and
+        # 12.62 ns placed on the ECP5 shell at 956eb7e) and, with a register slice here, to that slice's
+        # skid flag, which the placer put beside the top's (11.58 and 10.62 ns at 142dbaf). Two cycles
+        # per answer, none between them.
+        m.submodules.answers = answers = CreditLink(self.rd_data.payload.shape(), forward=1, back=1)
         wiring.connect(m, wiring.flipped(self.rd_data), answers.i)
         rd_data = answers.o
-        # Requests not yet answered: the buffers hold ANSWER_PLACES, and the top level's slice and this
-        # unit's two each.
-        outstanding = Signal(range(ANSWER_PLACES + 5))
+        # Requests not yet answered: the buffers hold ANSWER_PLACES, the top level's slice two, the link
+        # its depth.
+        outstanding = Signal(range(ANSWER_PLACES + 2 + answers.depth + 1))
         sent, answered = Signal(), Signal()
         m.d.comb += [self.rd_req.valid.eq(feeding & ~req_done),
                      self.rd_req.payload.buf.eq(Mux(req_res, Buffer.X, source)),

@@ -33,6 +33,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from ..arith.dsp import registered_product
+from ..dataflow.credit_link import CreditLink
 from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS, BODIES, RUN_ARGS, ErrorCode, Opcode
 from ..memory.axi import AxiBurstReader
@@ -264,13 +265,19 @@ class LoadXUnit(_StashGeometry, wiring.Component):
                     # spread over the unit (x_slice's skid flag to `tok_end`, 12.10 ns placed on the ECP5
                     # shell at 7f9b7c7, 27 late endpoints). A beat takes W >= 2 words, so the next send,
                     # two cycles on at the earliest, sees the cursor moved.
-                    m.d.comb += words_in.ready.eq(~wsel_last | out_ready)
+                    # The state moves to DRAIN a cycle after the last beat is sent (`to_drain`): the
+                    # handshake reached the state register's enables through the word slice's ready logic,
+                    # placed by the slice (13.24 and 10.84 ns placed on the ECP5 shell at 142dbaf). In
+                    # that cycle nothing is sent or taken.
+                    to_drain = Signal()
+                    m.d.sync += to_drain.eq(0)
+                    m.d.comb += words_in.ready.eq(~to_drain & (~wsel_last | out_ready))
+                    with m.If(to_drain):
+                        m.next = "DRAIN"
                     with m.If(words_in.valid & words_in.ready):
                         with m.If(wsel_last):
-                            m.d.sync += [wsel.eq(0), wsel_last.eq(0), emitted.eq(1)]
+                            m.d.sync += [wsel.eq(0), wsel_last.eq(0), emitted.eq(1), to_drain.eq(last)]
                             emit(advance=False)
-                            with m.If(last):
-                                m.next = "DRAIN"
                         with m.Else():
                             m.d.sync += [wsel.eq(wsel + 1), wsel_last.eq(wsel + 1 == W - 1),
                                          held.eq(Cat(held[8 * B:], word) if W > 2 else word)]
@@ -368,11 +375,13 @@ class SaveXUnit(_StashGeometry, wiring.Component):
         words_next = self._words(m, n_tok, beats, platform)
         fault = Signal(ErrorCode)
         m.d.comb += self.fault.eq(fault)
-        # The answers enter through a register slice, so `rd_data.ready` is a flip-flop: the writer's W
-        # ready and the word select, and the answer's valid with them, went out across the die to the top
+        # The answers come over a credit link, so `rd_data.ready` is a flip-flop and the writer's W ready
+        # and word select only step the link's FIFO pointer: they went out across the die to the top
         # level's answer slice and back (its skid flag's reset, 11.90 ns placed at 1843871 and, behind a
-        # second slice there, 12.86 ns at 7f9b7c7). A cycle per answer, none between answers.
-        m.submodules.answers = answers = SkidBuffer(self.rd_data.payload.shape())
+        # second slice there, 12.86 ns at 7f9b7c7) and, with a register slice here, to that slice's skid
+        # flag, which the placer put beside the top's (12.14 and 11.72 ns at 142dbaf). Two cycles per
+        # answer, none between answers.
+        m.submodules.answers = answers = CreditLink(self.rd_data.payload.shape(), forward=1, back=1)
         wiring.connect(m, wiring.flipped(self.rd_data), answers.i)
         rd_data = answers.o
         # Requests (token, beat) run ahead; the buffers refuse them while two answers are owed. Their
