@@ -49,6 +49,7 @@ from golden.numerics import ATTN_KEY_BLOCK, score_constant
 
 from ..attention.arith import const_mul
 from ..attention.engine import AttentionEngine, chunk_geometry
+from ..dataflow.credit_link import CreditLink
 from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS, BODIES, RUN_ARGS, ErrorCode, Opcode
 from ..memory.axi import AxiBurstReader
@@ -287,11 +288,12 @@ class AttendUnit(wiring.Component):
         # Bus words to chunks; the last word of each segment flushes the gearbox, dropping the bus padding.
         seg_i = Signal(range(max(2, self.seg_beats)))       # never zero bits wide (Verilator)
         seg_end = seg_i == self.seg_beats - 1
-        # The reader's words pass a register slice before the gearbox, so the reader's credit count sees a
-        # flip-flop's ready: the gearbox sits with the engine, across the die from the reader, and its
-        # ready went into the credit adder (the KV slice's skid flag to the reader's credits, 12.10 ns
-        # placed on the ECP5 shell at 956eb7e). A cycle more per KV word's latency, none between words.
-        m.submodules.kv_words = kv_words = SkidBuffer(rd.data.payload.shape())
+        # The reader's words reach the gearbox over a credit link, so the reader's credit count sees a
+        # flip-flop's ready beside it: the gearbox sits with the engine, across the die from the reader,
+        # and its ready went into the credit adder (12.10 ns placed on the ECP5 shell at 956eb7e); a
+        # register slice took the same route from its skid flag, placed by the gearbox (11.14 ns at
+        # 142dbaf). Two cycles more per KV word's latency, none between words.
+        m.submodules.kv_words = kv_words = CreditLink(rd.data.payload.shape(), forward=1, back=1)
         wiring.connect(m, rd.data, kv_words.i)
         words = kv_words.o
         m.d.comb += [gb.i.valid.eq(words.valid), words.ready.eq(gb.i.ready),
@@ -502,7 +504,7 @@ class AttendUnit(wiring.Component):
                 # this state, so it stays true). As a gate, the gearbox's valid and the walks' flags went
                 # through three levels into the state register and `busy` (11.27 ns placed at 6c79f98).
                 m.d.sync += finished.eq(~o_active & ~c_active & ~k_active & ~q_active & (outstanding == 0)
-                                        & rd.idle & ~rd.data.valid & ~words.valid & kv_words.i.ready
+                                        & rd.idle & ~rd.data.valid & kv_words.idle
                                         & ~gb.o.valid)
                 with m.If(finished):
                     m.d.sync += [self.busy.eq(0), finished.eq(0)]
