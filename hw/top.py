@@ -132,7 +132,7 @@ class TrilliumTop(wiring.Component):
         # bursts (the LogitsWriter sends one write command per beat), and needs no mux on the LINEAR
         # unit's logits stream. The cost is a third write-arbiter port and one small AxiBurstWriter.
         self.save_x = SaveXUnit(**stash, max_index=self.linear.max_index)
-        self.read_arbiter = AxiReadArbiter(len(READ_MASTERS), ADDR_BITS, bits, sliced=True)
+        self.read_arbiter = AxiReadArbiter(len(READ_MASTERS), ADDR_BITS, bits, sliced=True, credit_ar=True)
         self.write_arbiter = AxiWriteArbiter(len(WRITE_MASTERS), ADDR_BITS, bits, sliced=True, credit_w=True)
         # Fail at construction, not deep in elaboration, if the attention geometry is impossible.
         chunk_geometry(lim.head_dim, hw.attention.lanes)

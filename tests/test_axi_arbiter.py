@@ -14,11 +14,11 @@ from hw.memory.axi import AxiBurstReader
 from hw.memory.dram_model import FastDramModel
 
 
-@pytest.mark.parametrize("sliced", [False, True])
+@pytest.mark.parametrize("sliced, credit_ar", [(False, False), (True, False), (True, True), (False, True)])
 @pytest.mark.parametrize("masters, jitter", [(3, 0), (3, 2), (2, 1), (1, 0)])
-def test_readers_share_one_port(masters, jitter, sliced):
+def test_readers_share_one_port(masters, jitter, sliced, credit_ar):
     words = [(i * 0x9E3779B97F4A7C15) & ((1 << 64) - 1) for i in range(4096)]
-    arb = AxiReadArbiter(masters, 32, 64, sliced=sliced)
+    arb = AxiReadArbiter(masters, 32, 64, sliced=sliced, credit_ar=credit_ar)
     readers = [AxiBurstReader(32, 64, buffer_words=32, max_burst=16, max_outstanding=2, beats_bits=12)
                for _ in range(masters)]
     dram = FastDramModel(32, 64, depth=len(words), init=words, latency=8, id_bits=1 + arb.sel_bits, jitter=jitter)
