@@ -445,10 +445,12 @@ class LinearUnit(wiring.Component):
         # QKV: vectors in (head, token) order, d/N beats each; q heads to Q, k and v to the KV cache. The
         # beats pass a register slice: the destination's ready (chosen by the epilogue kind and the head)
         # ends there instead of rippling into the quantiser's FIFOs in the same cycle.
-        # The KV writer takes the lanes from a copy of the slice's register: the buffers' write data and
-        # the KV writer sit apart, and one register for both ran 4 ns of route to the buffers' write-data
-        # register (11.19 ns placed on the ECP5 shell at 844f344).
-        m.submodules.qkv_slice = qsl = SkidBuffer(fl.qkv.payload.shape(), copy_field="q", copies=1)
+        # The KV writer and the buffers' write data take the lanes from copies of their own of the slice's
+        # register: they sit apart, and one register for both ran 4 ns of route to the buffers' write-data
+        # register (11.19 ns placed on the ECP5 shell at 844f344). Two copies, the original unused: Yosys
+        # merges the original register into a kept copy (0586f3d had one copy, and the path stayed).
+        m.submodules.qkv_slice = qsl = SkidBuffer(fl.qkv.payload.shape(), copy_field="q", copies=2)
+        kv_lanes, buf_lanes = qsl.field_copies
         wiring.connect(m, fl.qkv, qsl.i)
         qkv = qsl.o
         q = qkv.payload
@@ -458,12 +460,12 @@ class LinearUnit(wiring.Component):
         is_q, is_v = Signal(), Signal()
         kvp = self.kv.payload
         m.d.comb += [kvp.pos.eq(pos0 + out_t), kvp.head.eq(kv_head), kvp.is_v.eq(is_v),
-                     kvp.beat.eq(out_b), kvp.data.eq(qsl.field_copies[0].as_value()), kvp.e.eq(q.e),
+                     kvp.beat.eq(out_b), kvp.data.eq(kv_lanes.as_value()), kvp.e.eq(q.e),
                      kvp.last.eq(q.last)]
         with m.If(to_qkv):
             m.d.comb += [w.buf.eq(Buffer.Q), w.index.eq(out_a + out_b), w.e.eq(q.e)]
             for n in range(N):
-                m.d.comb += w.data[64 * n:64 * n + 64].eq(q.q[f"lane{n}"].as_signed())
+                m.d.comb += w.data[64 * n:64 * n + 64].eq(buf_lanes[f"lane{n}"].as_signed())
             with m.If(is_q):
                 m.d.comb += [self.wr.valid.eq(qkv.valid), qkv.ready.eq(self.wr.ready)]
             with m.Else():
