@@ -492,8 +492,9 @@ class NormQuant(wiring.Component):
                 m.next = "MVN"
             with m.State("MVN"):
                 m.d.comb += seq_start.eq(1)
-                m.d.sync += [dv.eq(shifted_mv[:16] << (_R_BITS - 1)), rem.eq(127 << 24), recip.eq(0), dstep.eq(_R_BITS),
-                             dv_zero.eq((shifted_mv[:16] << (_R_BITS - 1))[:len(dv)] == 0), dstep_one.eq(_R_BITS == 1)]
+                dv_first = (shifted_mv[:16] << (_R_BITS - 1))[:len(dv)]
+                m.d.sync += [dv.eq(dv_first), rem.eq(127 << 24), recip.eq(0), dstep.eq(_R_BITS),
+                             dv_zero.eq(dv_first == 0), dstep_one.eq(_R_BITS == 1)]
                 m.next = "DIVIDE"
             with m.State("DIVIDE"):
                 with m.If(dv_zero):
