@@ -42,6 +42,8 @@ class SkidBuffer(wiring.Component):
         ``copies`` registers that always equal ``o.payload[copy_field]``, marked as replicas
         (:mod:`hw.replica`) so that synthesis keeps them apart: a field that selects in a wide multiplexer
         (a slot index, say) gets a copy beside each share of its sinks instead of one net across them.
+        ``o.payload[copy_field]`` itself is not kept: Yosys merges it into one of the copies, so sinks read
+        from it share that copy's register (a share that must stand apart needs a copy of its own).
     """
 
     def __init__(self, shape, *, copy_field=None, copies=0):
