@@ -76,7 +76,9 @@ def test_rounding_shift_helpers_match_golden():
 
 @pytest.mark.parametrize("heads, kv_heads, head_dim, lanes, pos, kind", [
     (2, 2, 16, 8, 0, "random"),       # position 0: one key, one block
+    (2, 2, 16, 8, 45, "random"),      # one row of two beats: a row's scores two cycles apart (forwarded)
     (1, 1, 16, 16, 40, "random"),     # two blocks, the last one partial
+    (1, 1, 16, 16, 100, "random"),    # one row of one beat: a row's scores in consecutive cycles (forwarded)
     (4, 1, 16, 16, 70, "random"),     # GQA ratio 4
     (5, 1, 16, 8, 33, "random"),      # GQA ratio 5, two beats per row
     (2, 2, 32, 8, 95, "saturate"),    # scores saturate int32, exp2_neg shifts reach the limit

@@ -370,7 +370,9 @@ class AttentionEngine(wiring.Component):
         # merged them, and the K stage 9 block-maximum read took the row from a V-side register 7 ns of
         # route away (11.22 ns routed at 9887928).
         kr = delays(r, KD, "k_r", apart=True)
-        kj0 = delays(j == 0, KD, "k_j0")
+        # Apart from V's v_first (the same delay line of j == 0): merged, the block maximum's choice of z
+        # took its flag from a V-side register (12.17 ns routed on the ECP5 shell at 142dbaf).
+        kj0 = delays(j == 0, KD, "k_j0", apart=True)
         kfirst = delays(k == 0, 4, "k_first")
         klast = delays(last_k, 4, "k_last")
         kj = delays(j, KD, "k_j")
@@ -415,20 +417,31 @@ class AttentionEngine(wiring.Component):
         kscore = delays(k_score, KD - 4, "k_score")
         # The block maximum: read in stage 9, the new value computed in stage 10 into a register
         # (``bm_last``) and written from it in stage 11, so the compare does not drive the row registers.
-        # The read misses the writes of stages 10 and 11: the one in stage 11 (the chunk two ahead) is
-        # forwarded into the read register, the one in stage 10 (one ahead) into the compare.
+        # A row's scores are R chunks apart at least (the rows take turns beat by beat), so with rows of
+        # three beats or more no read meets a write in flight. Shorter rows forward them: the read misses
+        # the writes of stages 10 and 11; the one in stage 11 (the chunk two ahead) is forwarded into the
+        # read register, the one in stage 10 (one ahead, one-beat rows only) into the compare. (Built only
+        # where needed: the forwarding multiplexers sat between the compare's carry chain and bm_last.)
         bm_write, bm_write_1, bm_r_1 = Signal(), Signal(), Signal.like(r)
         m.d.comb += bm_write.eq(kscore[-1] & ken[KD])
         bm_new, bm_last, bm_rd = Signal(signed(32)), Signal(signed(32)), Signal(signed(32))
-        bm_fwd, bm_fwd2 = Signal(), Signal()
-        m.d.sync += [bm_fwd2.eq(bm_write & (kr[KD] == kr[KD - 2])),
-                     bm_rd.eq(Mux(bm_fwd2, bm_last, blk_max[kr[KD - 1]])),
-                     bm_fwd.eq(bm_write & (kr[KD] == kr[KD - 1])),
-                     bm_last.eq(bm_new), bm_write_1.eq(bm_write), bm_r_1.eq(kr[KD])]
-        # Valid keys of a row are a prefix of the block, so a live row's first key is j = 0. z is compared
-        # with both candidates (the word read and the word forwarded) from registers, then one is chosen.
-        bm_cur = Mux(bm_fwd, bm_last, bm_rd)
-        take_z = Mux(bm_fwd, z_cmp > bm_last, z_cmp > bm_rd)
+        m.d.sync += [bm_last.eq(bm_new), bm_write_1.eq(bm_write), bm_r_1.eq(kr[KD])]
+        if R <= 2:
+            bm_fwd2 = Signal()
+            m.d.sync += [bm_fwd2.eq(bm_write & (kr[KD] == kr[KD - 2])),
+                         bm_rd.eq(Mux(bm_fwd2, bm_last, blk_max[kr[KD - 1]]))]
+        else:
+            m.d.sync += bm_rd.eq(blk_max[kr[KD - 1]])
+        # Valid keys of a row are a prefix of the block, so a live row's first key is j = 0. With forwarding
+        # z is compared with both candidates (the word read and the word forwarded) from registers, then
+        # one is chosen.
+        if R == 1:
+            bm_fwd = Signal()
+            m.d.sync += bm_fwd.eq(bm_write & (kr[KD] == kr[KD - 1]))
+            bm_cur = Mux(bm_fwd, bm_last, bm_rd)
+            take_z = Mux(bm_fwd, z_cmp > bm_last, z_cmp > bm_rd)
+        else:
+            bm_cur, take_z = bm_rd, z_cmp > bm_rd
         m.d.comb += bm_new.eq(Mux(kj0[KD] | take_z, z, bm_cur))
         with m.If(kscore[-1]):
             m.d.comb += [z_wr.addr.eq(z_addr(kr[KD], kj[KD])), z_wr.data.eq(z), z_wr.en.eq(1)]
