@@ -18,10 +18,10 @@ cost no cycles. Per segment:
 * K rows: for each chunk of each key row, one cycle per active query row, each a dot product of
   ``chunk`` int8 pairs (``chunk`` MACs per cycle). Per finished key and query row, the score
   ``z = saturate(round_shift(dot * mA, sA + 16 - eq - ek_j), 32)`` goes into the score buffer and,
-  if the key is not masked for that row, the row's block maximum. An eleven-stage pipeline (stage 0
-  the chunk's cycle, stage 10 the score's write; the block maximum, computed in stage 10 into a
+  if the key is not masked for that row, the row's block maximum. A twelve-stage pipeline (stage 0
+  the chunk's cycle, stage 11 the score's write; the block maximum, computed in stage 11 into a
   register, is written to its row one cycle later).
-* until the K pipeline is empty (about eleven cycles) the scores are landing; each row's ``M'`` and
+* until the K pipeline is empty (about twelve cycles) the scores are landing; each row's ``M'`` and
   ``E'`` then follow from its registers.
 * V rows, a thirteen-stage pipeline (stage 0 the chunk's cycle, stage 12 the write of ``num``): for
   each chunk of each key row and query row, ``p_j = exp2_neg(M' - z_j)``, ``pv = round_shift(p_j,
@@ -329,7 +329,7 @@ class AttentionEngine(wiring.Component):
         # themselves (arith.mul_parts, registered_product: no path crosses a block between fabric
         # registers), and the partial products are summed into a register: three cycles from operands to
         # product.
-        # * ``smul``: the score scale dot * mA (K stage 3 loads it) and den's rescale den * a (V stage 6,
+        # * ``smul``: the score scale dot * mA (K stage 5 loads it) and den's rescale den * a (V stage 6,
         #   first key of a block only). They never overlap: the V phase starts once the K pipeline is
         #   empty, and the next K phase starts after the V phase's 31 other keys.
         # * one 36 x 16 multiplier per lane: the block rescale num * a (V stage 6, first key of a block
@@ -354,20 +354,20 @@ class AttentionEngine(wiring.Component):
         # -- score pipeline (K rows) ---------------------------------------------------------------------
         # stage 0: the chunk arrives; its query words are read, the row's query offset and the exponents
         # come from (r, j). 1: the key's mask bit; the score's shift. 2: chunk products (one multiplier
-        # block each). 3: their sum; the row's partial dot product is read. 4: it accumulates; on the
-        # key's last chunk the dot product goes to smul. 5, 6: smul. 7, 8: the rounding shift (by
-        # multiples of 8, then the rest, + 1, >> 1). 9: saturation; the row's block maximum is read.
-        # 10: the score is written, and the row's new block maximum computed into a register if the key
-        # is not masked for the row; 11: that register is written to the row.
+        # block each). 3: their sum; the row's partial dot product is read. 4: it accumulates into a
+        # register. 5: on the key's last chunk that register goes to smul. 6, 7: smul. 8, 9: the rounding
+        # shift (by multiples of 8, then the rest, + 1, >> 1). 10: saturation; the row's block maximum is
+        # read. 11: the score is written, and the row's new block maximum computed into a register if the
+        # key is not masked for the row; 12: that register is written to the row.
         # The per-row read-modify-writes read before they write and forward the words written in between
         # (one-beat rows with one active row update a row every cycle): dacc one stage before, blk_max two.
         k_go = Signal()
         m.d.comb += q_rd.addr.eq(q_addr(r, k))
         assert_no_collision(m, platform, q_wr, q_rd, k_go, "attention query words")
-        KD = 10
+        KD = 11
         kvalid = delays(k_go, KD, "k_valid")
         # K's delay line of r is kept apart from V's (and from the V addresses, which hold r too): Yosys
-        # merged them, and the K stage 9 block-maximum read took the row from a V-side register 7 ns of
+        # merged them, and the K stage 9 (now 10) block-maximum read took the row from a V-side register 7 ns of
         # route away (11.22 ns routed at 9887928).
         kr = delays(r, KD, "k_r", apart=True)
         # Apart from V's v_first (the same delay line of j == 0): merged, the block maximum's choice of z
@@ -392,7 +392,7 @@ class AttentionEngine(wiring.Component):
         m.d.comb += shift.eq(self.score_s + RES_FRAC - kqe[1] - kke[1])
         k_amount = Signal(range(z_hi - z_lo + 1))
         m.d.sync += k_amount.eq(clamp(shift, z_lo, z_hi) - z_lo)
-        kamt = delays(k_amount, 6, "k_amount")          # from stage 2 to 8
+        kamt = delays(k_amount, 7, "k_amount")          # from stage 2 to 9
         k_part = Signal(signed(24))
         m.d.sync += k_part.eq(tree_sum(k_prod))
         dot = Signal(signed(24))
@@ -411,16 +411,16 @@ class AttentionEngine(wiring.Component):
         # write port and the maximum's multiplexer, and the compares' carry chains started 2 ns of
         # route away from the shared register (10.24 ns routed at 9887928, 43 endpoints).
         z_cmp = Signal(signed(32), attrs={REPLICA_ATTR: 1})
-        m.d.sync += [z_coarse.eq((sm_prod << (1 - z_lo)) >> Cat(Const(0, 3), kamt[5][3:])),
-                     z_half.eq(((z_coarse >> kamt[6][:3]) + 1) >> 1),
+        m.d.sync += [z_coarse.eq((sm_prod << (1 - z_lo)) >> Cat(Const(0, 3), kamt[6][3:])),
+                     z_half.eq(((z_coarse >> kamt[7][:3]) + 1) >> 1),
                      z.eq(saturate(z_half, 32)), z_cmp.eq(saturate(z_half, 32))]
         kscore = delays(k_score, KD - 4, "k_score")
-        # The block maximum: read in stage 9, the new value computed in stage 10 into a register
-        # (``bm_last``) and written from it in stage 11, so the compare does not drive the row registers.
+        # The block maximum: read in stage 10, the new value computed in stage 11 into a register
+        # (``bm_last``) and written from it in stage 12, so the compare does not drive the row registers.
         # A row's scores are R chunks apart at least (the rows take turns beat by beat), so with rows of
         # three beats or more no read meets a write in flight. Shorter rows forward them: the read misses
-        # the writes of stages 10 and 11; the one in stage 11 (the chunk two ahead) is forwarded into the
-        # read register, the one in stage 10 (one ahead, one-beat rows only) into the compare. (Built only
+        # the writes of stages 11 and 12; the one in stage 12 (the chunk two ahead) is forwarded into the
+        # read register, the one in stage 11 (one ahead, one-beat rows only) into the compare. (Built only
         # where needed: the forwarding multiplexers sat between the compare's carry chain and bm_last.)
         bm_write, bm_write_1, bm_r_1 = Signal(), Signal(), Signal.like(r)
         m.d.comb += bm_write.eq(kscore[-1] & ken[KD])
@@ -447,7 +447,7 @@ class AttentionEngine(wiring.Component):
             m.d.comb += [z_wr.addr.eq(z_addr(kr[KD], kj[KD])), z_wr.data.eq(z), z_wr.en.eq(1)]
         with m.If(bm_write_1):
             m.d.sync += blk_max[bm_r_1].eq(bm_last)
-        # Chunks in K stages 1 .. 10, as a register: the same stages one cycle earlier were 0 .. 9.
+        # Chunks in K stages 1 .. 11, as a register: the same stages one cycle earlier were 0 .. 10.
         k_busy = Signal()
         m.d.sync += k_busy.eq(Cat(kvalid[:KD]).any())
 
@@ -526,10 +526,10 @@ class AttentionEngine(wiring.Component):
         n_early = Signal.like(n_rd.data, reset_less=True)
         m.d.sync += n_early.eq(n_rd.data)
         m.d.sync += [mul_a[i].eq(Mux(rescaling, n_early[i], norm.num_data[i])) for i in range(C)]
-        # k_score as flip-flops of its own, one per operand (the pipeline never stalls, so they equal
-        # kvalid[4] & klast[4]): the AND of the stage flags went across the die to the operands' enables
+        # k_score a stage later (the pipeline never stalls, so they equal kscore[1]) as flip-flops of its
+        # own, one per operand: the AND of the stage flags went across the die to the operands' enables
         # beside their multiplier blocks (12.4 ns placed on the ECP5 shell at cbb845a).
-        score_a, score_b = registered_copies(m, kvalid[3] & klast[3], 2, "k_score_sm")
+        score_a, score_b = registered_copies(m, k_score, 2, "k_score_sm")
         # den's row in stage 6 from a copy of vr[6] of its own: Yosys merges the K and V pipelines' delay
         # lines of r (both start from r), and from the shared register den's multiplexer was a 4.5 ns
         # route away (13.39 ns routed on the ECP5 shell at 9887928, the worst path).
@@ -541,7 +541,10 @@ class AttentionEngine(wiring.Component):
         with m.If(den_a):
             m.d.sync += sm_a.eq(den[rescale_row])
         with m.Elif(score_a):
-            m.d.sync += sm_a.eq(dot)
+            # The dot product from its register, a stage after the accumulation: loaded straight from the
+            # adder (its carry chain and the forwarding multiplexer before it), 12.17 ns placed on the ECP5
+            # shell at ba6d29e.
+            m.d.sync += sm_a.eq(dot_last)
         with m.If(den_b):
             m.d.sync += sm_b.eq(alpha)
         with m.Elif(score_b):
@@ -715,7 +718,7 @@ class AttentionEngine(wiring.Component):
 
             with m.State("K_WAIT"):
                 # The V phase reads the scores and block maxima: wait for the last ones to land. (The
-                # last block maximum is written in K stage 11, the cycle this state sees k_busy low; V
+                # last block maximum is written in K stage 12, the cycle this state sees k_busy low; V
                 # stage 0 reads it one cycle later at the earliest.)
                 with m.If(~k_busy):
                     m.next = "V"
