@@ -218,11 +218,12 @@ class TrilliumTop(wiring.Component):
         # behind LOAD_X's busy flag (its first beat comes many cycles after busy rises, and its busy falls
         # after its last beat is taken): the flag itself, in LOAD_X, reached EMBED's byte queue through the
         # ready multiplexer (11.5 ns placed, 96 endpoints, in a trial build).
-        use_ldx = Signal()
-        m.d.sync += use_ldx.eq(ldx.busy)
+        # One copy of the choice per place it steers (replicas: see busy_r below for why every register of a
+        # unit's busy flag is one).
+        use_ldx, ldx_for_emb, ldx_for_ldx = registered_copies(m, ldx.busy, 3, "use_ldx")
         m.d.comb += [buf.x_in.valid.eq(Mux(use_ldx, ldx.x.valid, emb.x.valid)),
                      buf.x_in.payload.eq(Mux(use_ldx, ldx.x.payload.as_value(), emb.x.payload.as_value())),
-                     emb.x.ready.eq(buf.x_in.ready & ~use_ldx), ldx.x.ready.eq(buf.x_in.ready & use_ldx)]
+                     emb.x.ready.eq(buf.x_in.ready & ~ldx_for_emb), ldx.x.ready.eq(buf.x_in.ready & ldx_for_ldx)]
         wiring.connect(m, lin.kv, kvw.kv)
         wiring.connect(m, lin.lg_out, lgw.lg)
         # The buffers' read port: ATTEND's or SAVE_X's while it runs, LINEAR's otherwise; the write port:
@@ -230,8 +231,8 @@ class TrilliumTop(wiring.Component):
         # behind the units' busy flags (a unit's requests wait that cycle; instructions run one at a time and
         # a unit is done with the buffers before its busy falls): with the flags themselves, SAVE_X's busy
         # went across the die into the LINEAR unit's answer accounting (15.96 ns placed at cbb845a).
-        use_att, use_svx = Signal(), Signal()
-        m.d.sync += [use_att.eq(att.busy), use_svx.eq(svx.busy)]
+        use_att, = registered_copies(m, att.busy, 1, "use_att")
+        use_svx, = registered_copies(m, svx.busy, 1, "use_svx")
         use_lin = ~use_att & ~use_svx
 
         def share(sink, clients):
@@ -285,8 +286,12 @@ class TrilliumTop(wiring.Component):
         # processor's WAIT state ends on their OR (14.7 ns placed paths into it on the ECP5 shell at
         # 7543e99). A unit's busy rises the cycle after it takes its command, so the register still
         # shows it when WAIT first looks (after its one settle cycle); each instruction ends a cycle later.
-        busy_r = Signal(len(UNITS))
-        m.d.sync += busy_r.eq(Cat(*(busy[u] for u in UNITS)))
+        # A replica, as are the buffers' and the residual's choices (use_att, use_svx, use_ldx, their
+        # copies): they are all registers of the same busy flags, and Yosys merges equal flip-flops, a plain
+        # one into a kept replica too. Merged, LINEAR's write-ready copy of ATTEND's busy also ran the
+        # processor's WAIT and its command logic (10.29 ns placed on the ECP5 shell at e8c64fe from
+        # use_att_lin into the command register's enables; 10.60 ns from it into the QKV lanes).
+        busy_r, = registered_copies(m, Cat(*(busy[u] for u in UNITS)), 1, "busy_r")
         m.d.comb += cp.busy.eq(busy_r)
         m.d.comb += [
             cp.fault_embed.eq(emb.fault),
