@@ -319,6 +319,22 @@ class AttentionEngine(wiring.Component):
                     if _BLK <= i < _EXP_BYTES:
                         ev = ve_beat[8 * lane:8 * lane + EXP_BITS]
                         m.d.sync += [ve[i - _BLK].eq(ev), ve_pmax[i - _BLK].eq(ev)]
+        # The exponent rows' chunks that carry ke and ve (the first n_exp_chunks of the EXP state's beats),
+        # one-hot: a beat loads its lanes under the stream's valid and a flip-flop. (With the state and a
+        # compare of the chunk count, ATTEND's command handshake ran through four levels into the 20 ke
+        # enables: 10.51 ns placed on the ECP5 shell at e8c64fe.) Zero outside EXP: set to 1 wherever EXP is entered,
+        # shifted by each of its beats, and EXP has exp_rows * R >= n_exp_chunks beats.
+        exp_sel = Signal(n_exp_chunks)
+        with m.If(self.kv.valid):
+            m.d.sync += exp_sel.eq(exp_sel << 1)
+        for c in range(n_exp_chunks):
+            with m.If(self.kv.valid & exp_sel[c]):
+                for lane in range(C):
+                    i = c * C + lane
+                    if i < _BLK:
+                        m.d.sync += ke[i].eq(self.kv.payload[8 * lane:8 * lane + EXP_BITS])
+                if c in ve_chunks:
+                    m.d.sync += ve_at[ve_chunks.index(c)].eq(1)
         # Each query offset's block maximum of ev, ve_pmax[q_idx[q]], registered: final one cycle after the
         # scan, and it only changes three cycles after the next segment's first exponent row.
         q_blk_e = _array(QB, EXP_BITS, "q_blk_e")
@@ -651,6 +667,7 @@ class AttentionEngine(wiring.Component):
             with m.If(b == last_block):
                 m.next = "HEAD_END"
             with m.Else():
+                m.d.sync += exp_sel.eq(1)
                 m.next = "EXP"
 
         with m.FSM(name="attention"):
@@ -689,19 +706,12 @@ class AttentionEngine(wiring.Component):
                             m.d.comb += [r_nx.eq(0), j_nx.eq(0)]
                             m.d.sync += [b.eq(0), seg_pos.eq(pos), cnt.eq(0)]
                             m.d.sync += [started[i].eq(0) for i in range(NR)]
+                            m.d.sync += exp_sel.eq(1)
                             m.next = "EXP"
 
             with m.State("EXP"):
                 m.d.comb += self.kv.ready.eq(1)
                 with m.If(self.kv.valid):
-                    for c in range(n_exp_chunks):
-                        with m.If(cnt == c):
-                            for lane in range(C):
-                                i = c * C + lane
-                                if i < _BLK:
-                                    m.d.sync += ke[i].eq(self.kv.payload[8 * lane:8 * lane + EXP_BITS])
-                            if c in ve_chunks:
-                                m.d.sync += ve_at[ve_chunks.index(c)].eq(1)
                     m.d.sync += cnt.eq(cnt + 1)
                     with m.If(cnt == self.exp_rows * R - 1):
                         m.d.sync += cnt.eq(0)
