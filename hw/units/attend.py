@@ -55,6 +55,7 @@ from ..isa import ADDR_BITS, BODIES, RUN_ARGS, ErrorCode, Opcode
 from ..memory.axi import AxiBurstReader
 from ..memory.gearbox import Gearbox
 from ..params import check_int
+from ..replica import registered_copies
 from ..vector.quant_pow2 import E_FIELD_BITS
 from .buffers import ANSWER_PLACES, Buffer, rd_req_layout, wr_layout
 
@@ -444,7 +445,7 @@ class AttendUnit(wiring.Component):
         # levels deep): CHECK compares SETUP and n_tokens as registered in the accepting cycle, CHECK2
         # acts on the results.
         finished = Signal()                    # RUN: every walk and the reads have drained
-        with m.FSM(name="attend"):
+        with m.FSM(name="attend") as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
@@ -492,12 +493,9 @@ class AttendUnit(wiring.Component):
                 with m.If(mul_y == 0):
                     m.next = "START"
             with m.State("START"):
-                # The walks start from the state register alone: started from `mul_y == 0`, the compare
-                # went through the state decode into the enables of every walk register (10.32 ns routed
-                # at 9887928). One cycle more per command; mul_acc holds the layer's base.
-                m.d.sync += [layer_base.eq(mul_acc), k_addr.eq(mul_acc), k_pos.eq(pos0), k_h.eq(0),
-                             k_h_last.eq(kvh_m1 == 0), c_pos.eq(pos0), *tile_first(c_tile), *tile_first(k_tile),
-                             c_active.eq(1), k_active.eq(1), q_active.eq(1), o_active.eq(1), *q_reset, *o_reset]
+                # The walks start here (below), a cycle after `mul_y == 0`: from the compare, through the
+                # state decode, into the enables of every walk register was 10.32 ns routed at 9887928.
+                # One cycle more per command; mul_acc holds the layer's base.
                 m.next = "RUN"
             with m.State("RUN"):
                 # Everything has drained: registered, and acted on a cycle later (nothing starts again in
@@ -509,4 +507,18 @@ class AttendUnit(wiring.Component):
                 with m.If(finished):
                     m.d.sync += [self.busy.eq(0), finished.eq(0)]
                     m.next = "IDLE"
+        # The walks start in START from flip-flops of their own, one per walk (replicas), set as LAYER_BASE
+        # ends: with START's state decode the enables of the ~100 walk registers had the state register's
+        # fanout across the unit in front of them (11.30 ns placed on the ECP5 shell at e8c64fe, from the
+        # state into k_active's enable).
+        go_c, go_k, go_q, go_o = registered_copies(m, fsm.ongoing("LAYER_BASE") & (mul_y == 0), 4, "walks_go")
+        with m.If(go_c):
+            m.d.sync += [c_pos.eq(pos0), *tile_first(c_tile), c_active.eq(1)]
+        with m.If(go_k):
+            m.d.sync += [layer_base.eq(mul_acc), k_addr.eq(mul_acc), k_pos.eq(pos0), k_h.eq(0),
+                         k_h_last.eq(kvh_m1 == 0), *tile_first(k_tile), k_active.eq(1)]
+        with m.If(go_q):
+            m.d.sync += [q_active.eq(1), *q_reset]
+        with m.If(go_o):
+            m.d.sync += [o_active.eq(1), *o_reset]
         return m
