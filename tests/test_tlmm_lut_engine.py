@@ -106,7 +106,8 @@ from sim import build_component, run_cocotb  # noqa: E402
 from sim.testbenches import TESTBENCH_DIR  # noqa: E402
 
 
-@pytest.mark.parametrize("cfg_name", ["tiny", "ecp5", "tellme-kv260"])
+# The KV260 geometry is the largest build (about two minutes of the default suite): behind the slow marker.
+@pytest.mark.parametrize("cfg_name", ["tiny", "ecp5", pytest.param("tellme-kv260", marks=pytest.mark.slow)])
 def test_lut_engine_cocotb(cfg_name, tmp_path):
     cfg = load_hw_config(cfg_name)
     eng = TlmmLutEngine(cfg.tlmm.tables, cfg.tlmm.lanes, slots=64)
