@@ -25,6 +25,7 @@ from amaranth.utils import exact_log2
 from golden.numerics import ATTN_KEY_BLOCK
 
 from ..arith.dsp import registered_pieces, registered_product
+from ..dataflow.credit_link import CreditLink
 from ..dataflow.skid import SkidBuffer
 from ..isa import ADDR_BITS, BODIES, Opcode
 from ..memory.axi_write import AxiBurstWriter
@@ -144,9 +145,11 @@ class KvWriter(wiring.Component):
         # and into a FIFO (hw.vector.epilogue.output_fifo: a beat enters only while the FIFO has room for
         # every beat in flight); the writes go out from the FIFO's head, a beat taking as many cycles as
         # its writes. So the write channel's ready reaches only the FIFO's read side, never the stages (a
-        # stall enable on all five stages was a 430-flip-flop net). The beats enter through a skid
-        # buffer, so `kv.ready` is a register.
-        m.submodules.kv_in = kv_in = SkidBuffer(self.kv.payload.shape())
+        # stall enable on all five stages was a 430-flip-flop net). The beats enter over a credit link, so
+        # `kv.ready` is a register at the producer's end: the LINEAR unit's QKV slice, which also feeds the
+        # buffers, sits across the die, and through a skid buffer here its handshake ran from this unit's
+        # skid flag into the slice's enables and back (10.86 ns placed on the ECP5 shell at e8c64fe).
+        m.submodules.kv_in = kv_in = CreditLink(self.kv.payload.shape(), forward=1, back=1)
         wiring.connect(m, wiring.flipped(self.kv), kv_in.i)
         beat = kv_in.o
         n_st = 6                             # stages 0 to 5
@@ -244,7 +247,7 @@ class KvWriter(wiring.Component):
             with m.Else():
                 m.d.sync += phase_exp.eq(0)
                 m.d.comb += done.eq(1)
-        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid & kv_in.i.ready & ~beat.valid & (owed == 0)
+        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid & kv_in.idle & ~beat.valid & (owed == 0)
                                    & head_reg.i.ready & ~cur.valid),
                      self.error.eq(wr.error)]
         return m
