@@ -190,13 +190,16 @@ class LoadXUnit(_StashGeometry, wiring.Component):
         wiring.connect(m, x_slice.o, wiring.flipped(self.x))
         xo = x_slice.i
         out_ready = ~xo.valid | xo.ready
-        # The bus words come in through a register slice as well: the reader's output FIFO sat across the
-        # die from the beat assembly, and its ready (from `wsel`) went out to the FIFO's read logic and
-        # came back as the handshake into `wsel`'s, `held`'s and the beat register's enables (two 4 ns
-        # routes; 12.2 ns placed on the ECP5 shell at dfe4cdf, both seeds). A stash starts a cycle later.
-        m.submodules.word_slice = word_slice = SkidBuffer(rd.data.payload.shape())
-        wiring.connect(m, rd.data, word_slice.i)
-        words_in = word_slice.o
+        # The bus words come in over a credit link: the reader's output FIFO sat across the die from the
+        # beat assembly, and its ready (from `wsel`) went out to the FIFO's read logic and came back as the
+        # handshake into `wsel`'s, `held`'s and the beat register's enables (two 4 ns routes; 12.2 ns
+        # placed on the ECP5 shell at dfe4cdf, both seeds). A register slice there still had its output
+        # register's enable, from this end's ready, reach registers placed by the reader (10.91 ns placed
+        # at e8c64fe, 34 endpoints); the link's FIFO is here and its ready a flip-flop at the reader. A
+        # stash starts two cycles later.
+        m.submodules.word_link = word_link = CreditLink(rd.data.payload.shape(), forward=1, back=1)
+        wiring.connect(m, rd.data, word_link.i)
+        words_in = word_link.o
         with m.If(xo.ready):
             m.d.sync += xo.valid.eq(0)
 
@@ -292,7 +295,7 @@ class LoadXUnit(_StashGeometry, wiring.Component):
             with m.State("DRAIN"):
                 # Nothing should be left over; drop it if it is (the reader must be empty for the next command).
                 m.d.comb += words_in.ready.eq(1)
-                with m.If(rd.idle & ~rd.data.valid & ~words_in.valid):
+                with m.If(rd.idle & ~rd.data.valid & word_link.idle):
                     m.next = "DONE"
             with m.State("DONE"):
                 with m.If(~xo.valid & ~self.x.valid):    # the last beat has left the slice
