@@ -493,7 +493,11 @@ class AttentionEngine(wiring.Component):
         vupd = [None] + delays(delays(last_j & last_k, 1, "v_last")[1] & v_live, 2, "v_upd")
         ven = [None] + delays(v_valid, VD - 1, "v_en")
         vrm = delays(run_max[r_vm], 2, "v_run_max")
-        vbm = delays(blk_max[r_vb], 2, "v_blk_max")
+        # The block maximum's word by quarters, each chosen by a copy of the row of its own: one copy
+        # steered all 32 bits of the 16-row choice, and the routes out to it and through it took 10 ns of
+        # 11.53 (routed on the ECP5 shell at e8c64fe, the worst path).
+        r_vbq = [r_vb, *registered_copies(m, r_nx, 3, "r_row_bm")]
+        vbm = delays(Cat(*(blk_max[r_vbq[g]][8 * g:8 * g + 8] for g in range(4))).as_signed(), 2, "v_blk_max")
         vre = delays(run_e[r_ve], 3, "v_run_e")
         vst = delays(started[r_vs], 6, "v_started")
         vz = delays(z_rd.data, 1, "v_z", reset_less=True)          # read in stage 0, here from stage 2
