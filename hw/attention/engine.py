@@ -241,7 +241,8 @@ class AttentionEngine(wiring.Component):
         # routed on the ECP5 shell at 6c79f98).
         # One copy per array on the V side (routed at 9887928 the copy shared by all of them still reached
         # run_max's multiplexer over a 7 ns route, 12.94 ns).
-        r_k, r_vq, r_vm, r_vb, r_ve, r_vs = registered_copies(m, r_nx, 6, "r_row")
+        # The V side's block-maximum read takes four (r_vb, one per quarter of the word: below).
+        r_k, r_vq, r_vm, r_ve, r_vs, *r_vb = registered_copies(m, r_nx, 9, "r_row")
         # Whether r, k, j are at their last values, registered beside them (from the next values), so the
         # loop steps and the prefetch addresses start from registers rather than comparators. rows_m1 is
         # set one cycle before the first use (the START state).
@@ -322,8 +323,8 @@ class AttentionEngine(wiring.Component):
         # The exponent rows' chunks that carry ke and ve (the first n_exp_chunks of the EXP state's beats),
         # one-hot: a beat loads its lanes under the stream's valid and a flip-flop. (With the state and a
         # compare of the chunk count, ATTEND's command handshake ran through four levels into the 20 ke
-        # enables: 10.51 ns placed on the ECP5 shell at e8c64fe.) Zero outside EXP: set to 1 wherever EXP is entered,
-        # shifted by each of its beats, and EXP has exp_rows * R >= n_exp_chunks beats.
+        # enables: 10.51 ns placed on the ECP5 shell at e8c64fe.) Zero outside EXP: set to 1 wherever EXP
+        # is entered, shifted by each of its beats, and EXP has exp_rows * R >= n_exp_chunks beats.
         exp_sel = Signal(n_exp_chunks)
         with m.If(self.kv.valid):
             m.d.sync += exp_sel.eq(exp_sel << 1)
@@ -383,8 +384,8 @@ class AttentionEngine(wiring.Component):
         KD = 11
         kvalid = delays(k_go, KD, "k_valid")
         # K's delay line of r is kept apart from V's (and from the V addresses, which hold r too): Yosys
-        # merged them, and the K stage 9 (now 10) block-maximum read took the row from a V-side register 7 ns of
-        # route away (11.22 ns routed at 9887928).
+        # merged them, and the K stage 9 (now 10) block-maximum read took the row from a V-side register
+        # 7 ns of route away (11.22 ns routed at 9887928).
         kr = delays(r, KD, "k_r", apart=True)
         # Apart from V's v_first (the same delay line of j == 0): merged, the block maximum's choice of z
         # took its flag from a V-side register (12.17 ns routed on the ECP5 shell at 142dbaf).
@@ -496,8 +497,7 @@ class AttentionEngine(wiring.Component):
         # The block maximum's word by quarters, each chosen by a copy of the row of its own: one copy
         # steered all 32 bits of the 16-row choice, and the routes out to it and through it took 10 ns of
         # 11.53 (routed on the ECP5 shell at e8c64fe, the worst path).
-        r_vbq = [r_vb, *registered_copies(m, r_nx, 3, "r_row_bm")]
-        vbm = delays(Cat(*(blk_max[r_vbq[g]][8 * g:8 * g + 8] for g in range(4))).as_signed(), 2, "v_blk_max")
+        vbm = delays(Cat(*(blk_max[r_vb[g]][8 * g:8 * g + 8] for g in range(4))).as_signed(), 2, "v_blk_max")
         vre = delays(run_e[r_ve], 3, "v_run_e")
         vst = delays(started[r_vs], 6, "v_started")
         vz = delays(z_rd.data, 1, "v_z", reset_less=True)          # read in stage 0, here from stage 2

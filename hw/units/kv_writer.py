@@ -247,7 +247,7 @@ class KvWriter(wiring.Component):
             with m.Else():
                 m.d.sync += phase_exp.eq(0)
                 m.d.comb += done.eq(1)
-        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid & kv_in.idle & ~beat.valid & (owed == 0)
+        m.d.comb += [self.idle.eq(wr.idle & ~self.kv.valid & kv_in.idle & (owed == 0)
                                    & head_reg.i.ready & ~cur.valid),
                      self.error.eq(wr.error)]
         return m
