@@ -141,10 +141,15 @@ class QuantPow2(wiring.Component):
         # Whether the region each slot fills is free, for every slot side by side, then chosen by the beat's
         # slot: the slot's phase multiplexer and a choice among all regions' flags were in a row between
         # the slice's slot and the per-slot counters' enables (11.81 ns routed on the ECP5 shell at
-        # dfe4cdf). Each slot's flag is a register (exactly ~busy[slot, phase[slot]], formed a cycle ahead
-        # from the next busy flags, for the region it fills now and the one after it, with the slot's
-        # advance choosing last): the slot choice behind the slice's slot was still 10.92 ns routed at
-        # 9887928, on the slice's own load enable (69 flip-flops).
+        # dfe4cdf). Each slot's flag is a register (~busy[slot, phase[slot]], formed a cycle ahead, for the
+        # region it fills now and the one after it, with the slot's advance choosing last): the slot choice
+        # behind the slice's slot was still 10.92 ns routed at 9887928, on the slice's own load enable
+        # (69 flip-flops). The flags take this cycle's sets but see a release (``busy_clr``) a cycle late,
+        # which can only hold a beat back: the release comes from the output side's FIFO ready, beat count
+        # and region decode, which sat in a row ahead of the busy flags and these multiplexers (11.36 ns
+        # routed at e8c64fe).
+        seen_busy = Signal(regions)
+        m.d.comb += seen_busy.eq(busy | busy_set)
         slot_free = Signal(S, init=(1 << S) - 1)
         m.d.comb += inp.ready.eq((slot_free.bit_select(slot, 1) if S > 1 else slot_free[0]) & done.w_rdy)
         fire = inp.valid & inp.ready
@@ -152,7 +157,7 @@ class QuantPow2(wiring.Component):
             stay = Cat(Const(s, token_bits(S)), phase[s]) if S > 1 else phase[0]
             move = Cat(Const(s, token_bits(S)), (phase[s] + 1)[:2]) if S > 1 else (phase[0] + 1)[:2]
             advance = fire & is_last_beat & ((slot == s) if S > 1 else 1)
-            m.d.sync += slot_free[s].eq(Mux(advance, ~busy_next.bit_select(move, 1), ~busy_next.bit_select(stay, 1)))
+            m.d.sync += slot_free[s].eq(Mux(advance, ~seen_busy.bit_select(move, 1), ~seen_busy.bit_select(stay, 1)))
 
         # OR of |x| over this beat's live lanes (padding lanes of the last beat are masked).
         beat_or = Signal(_X_BITS + 1)
