@@ -262,14 +262,17 @@ class Ulx3sShell(wiring.Component):
             m.d.sync += framing_seen.eq(1)
 
         def open_txn(port, kind):
-            """A sticky-until-answered view of an AXI port: an address accepted and its last beat not."""
+            """A sticky-until-answered view of an AXI port: an address accepted and its last beat not.
+
+            The handshakes are registered before they reach the count (the LED follows a cycle late):
+            the port's valid and ready come from across the die, and with the count's adder behind them
+            they were 10.94 ns placed on the ECP5 shell at 01d9a6a."""
             count = Signal(8, name=f"{kind}_open")
+            start, end = Signal(name=f"{kind}_start"), Signal(name=f"{kind}_end")
             if kind.endswith("rd"):
-                start = port.arvalid & port.arready
-                end = port.rvalid & port.rready & port.rlast
+                m.d.sync += [start.eq(port.arvalid & port.arready), end.eq(port.rvalid & port.rready & port.rlast)]
             else:
-                start = port.awvalid & port.awready
-                end = port.bvalid & port.bready
+                m.d.sync += [start.eq(port.awvalid & port.awready), end.eq(port.bvalid & port.bready)]
             m.d.sync += count.eq(count + start - end)
             return (count != 0) | start
 
