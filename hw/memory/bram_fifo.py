@@ -11,10 +11,7 @@ word in flight); the word leaves the block RAM into a plain register, which the 
 block RAM's own output register (:mod:`hw.bram_output_registers`), and lands in the output FIFO a cycle
 later. Its room is counted as :func:`~hw.vector.epilogue.output_fifo` counts it, with the consumer's reads
 counted a cycle late, so no ``ready`` reaches the block RAM's address or the read-issue logic in the same
-cycle. The write passes a register too: the writer (an AXI reader's R channel, whose valid comes from the
-bus across the die) then reaches neither the block RAM's pins nor the count of words held (the weights
-reader's count, from the bus's valid, was 10.78 ns placed on the ECP5 shell at 01d9a6a). It moves a word
-per cycle; a word written is readable five cycles later (:data:`LATENCY`).
+cycle. It moves a word per cycle; a word written is readable four cycles later (:data:`LATENCY`).
 
 The writer must never write more than ``depth`` words that have not been read (an AXI reader's credits
 guarantee it); the storage is then never written at the word being read, so it has no collision bypass
@@ -34,9 +31,9 @@ __all__ = ["BlockRamFifo", "LATENCY", "registered_read"]
 
 #: Cycles from the read issue to the word's landing in the output FIFO: the block RAM, then its register.
 _READ_STAGES = 2
-#: Cycles from a word's write to its ``o.valid`` in an empty FIFO: the write register, the storage's
-#: count, the read stages, the output FIFO.
-LATENCY = 2 + _READ_STAGES + FIFO_LATENCY
+#: Cycles from a word's write to its ``o.valid`` in an empty FIFO: the storage's count, the read stages,
+#: the output FIFO.
+LATENCY = 1 + _READ_STAGES + FIFO_LATENCY
 
 
 class BlockRamFifo(wiring.Component):
@@ -76,13 +73,11 @@ class BlockRamFifo(wiring.Component):
         take = Signal(init=1)                  # the output FIFO has room for one more word in flight
         issue = Signal()
         m.d.comb += issue.eq(holds & take)
-        w_en = Signal()
-        w_data = Signal(self.width, reset_less=True)
-        m.d.sync += [w_en.eq(self.w_en), w_data.eq(Value.cast(self.w_data))]
-        held_next = held + w_en - issue
+        held_next = held + self.w_en - issue
         m.d.sync += [held.eq(held_next), holds.eq(held_next != 0)]
-        m.d.comb += [wp.addr.eq(w_ptr), wp.data.eq(w_data), wp.en.eq(w_en), rp.addr.eq(r_ptr)]
-        with m.If(w_en):
+        m.d.comb += [wp.addr.eq(w_ptr), wp.data.eq(Value.cast(self.w_data)), wp.en.eq(self.w_en),
+                     rp.addr.eq(r_ptr)]
+        with m.If(self.w_en):
             m.d.sync += w_ptr.eq(ring_step(w_ptr, D))
         with m.If(issue):
             m.d.sync += r_ptr.eq(ring_step(r_ptr, D))
