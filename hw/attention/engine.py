@@ -191,6 +191,20 @@ class AttentionEngine(wiring.Component):
                 out.append(reg)
             return out
 
+        def two_level_read(arr, index, name):
+            """``arr[index]`` (``index`` a register, ``arr`` 8 x groups of registers) in two registered
+            levels: each group of 8 chosen by the index's low bits, then the group by its high bits. The
+            result (combinational from registers) is the word at ``index`` one cycle earlier."""
+            assert len(arr) % 8 == 0
+            firsts = []
+            for g in range(len(arr) // 8):
+                f = Signal.like(arr[0], name=f"{name}_g{g}")
+                m.d.sync += f.eq(Array(arr[8 * g:8 * g + 8])[index[:3]])
+                firsts.append(f)
+            high = Signal(max(1, len(index) - 3), name=f"{name}_hi")
+            m.d.sync += high.eq(index[3:])
+            return Array(firsts)[high] if len(firsts) > 1 else firsts[0]
+
         # All memories are read synchronously, so they map to block RAM (DP16KD on ECP5) rather than
         # distributed RAM. Addresses are bit fields (Cat), not products: no multiplier, and any depth.
         # The q and z reads are *prefetched*: their address is that of the next cycle's (row, beat, key)
@@ -243,6 +257,7 @@ class AttentionEngine(wiring.Component):
         # run_max's multiplexer over a 7 ns route, 12.94 ns).
         # The V side's block-maximum read takes four (r_vb, one per quarter of the word: below).
         r_k, r_vq, r_vm, r_ve, r_vs, *r_vb = registered_copies(m, r_nx, 9, "r_row")
+        j_ke, j_ve = registered_copies(m, j_nx, 2, "j_exp")
         # Whether r, k, j are at their last values, registered beside them (from the next values), so the
         # loop steps and the prefetch addresses start from registers rather than comparators. rows_m1 is
         # set one cycle before the first use (the START state).
@@ -395,8 +410,11 @@ class AttentionEngine(wiring.Component):
         kj = delays(j, KD, "k_j")
         krq = delays(row_q[r_k], 1, "k_rq")
         ken = [None] + delays(row_mask(krq[1], kj[1])[2], KD - 1, "k_en")
-        kqe = delays(qe[r_k], 1, "k_qe")
-        kke = delays(ke[j], 1, "k_ke")
+        # ke[j] in two levels from a copy of j of its own (j_ke; V's ve[j] from j_ve): from j, which also
+        # steers the score addresses and the pipelines' delay lines, the 32-way choice was 11.45 ns routed
+        # into k_ke (v_ev: 10.70 ns) on the ECP5 shell at 03db802. The shift is then formed in stage 2.
+        kqe = delays(qe[r_k], 2, "k_qe")
+        kke = delays(two_level_read(ke, j_ke, "k_ke_rd"), 1, "k_ke")
         k_q = delays(q_rd.data.as_value(), 1, "k_q", reset_less=True)[1]                 # stage 2
         k_kv = delays(self.kv.payload, 2, "k_kv")[2]
         k_prod = [registered_product(m, f"k_prod{i}", k_q[8 * i:8 * i + 8].as_signed(),
@@ -406,10 +424,10 @@ class AttentionEngine(wiring.Component):
         z_hi = self.score_s + RES_FRAC
         z_lo = min(1, z_hi - 2 * ((1 << EXP_BITS) - 1))
         shift = Signal(signed(8))
-        m.d.comb += shift.eq(self.score_s + RES_FRAC - kqe[1] - kke[1])
+        m.d.comb += shift.eq(self.score_s + RES_FRAC - kqe[2] - kke[1])
         k_amount = Signal(range(z_hi - z_lo + 1))
         m.d.sync += k_amount.eq(clamp(shift, z_lo, z_hi) - z_lo)
-        kamt = delays(k_amount, 7, "k_amount")          # from stage 2 to 9
+        kamt = delays(k_amount, 6, "k_amount")          # from stage 3 to 9
         k_part = Signal(signed(24))
         m.d.sync += k_part.eq(tree_sum(k_prod))
         dot = Signal(signed(24))
@@ -428,8 +446,8 @@ class AttentionEngine(wiring.Component):
         # write port and the maximum's multiplexer, and the compares' carry chains started 2 ns of
         # route away from the shared register (10.24 ns routed at 9887928, 43 endpoints).
         z_cmp = Signal(signed(32), attrs={REPLICA_ATTR: 1})
-        m.d.sync += [z_coarse.eq((sm_prod << (1 - z_lo)) >> Cat(Const(0, 3), kamt[6][3:])),
-                     z_half.eq(((z_coarse >> kamt[7][:3]) + 1) >> 1),
+        m.d.sync += [z_coarse.eq((sm_prod << (1 - z_lo)) >> Cat(Const(0, 3), kamt[5][3:])),
+                     z_half.eq(((z_coarse >> kamt[6][:3]) + 1) >> 1),
                      z.eq(saturate(z_half, 32)), z_cmp.eq(saturate(z_half, 32))]
         kscore = delays(k_score, KD - 4, "k_score")
         # The block maximum: read in stage 10, the new value computed in stage 11 into a register
@@ -484,7 +502,10 @@ class AttentionEngine(wiring.Component):
         v_go = Signal()
         VD = 11
         vbusy = delays(v_go, VD, "v_busy")
-        vr = delays(r, VD, "v_r")
+        # Replicas: as plain flip-flops, Yosys merged the copies of vr made below (den's rows) back into
+        # this line, and den's choices again took the row from a register with many other loads (sm_a from
+        # v_r_6: 11.12 ns; den_rd from v_r_10: 10.57 ns routed on the ECP5 shell at 03db802).
+        vr = delays(r, VD, "v_r", apart=True)
         vfirst = delays(j == 0, VD, "v_first")
         vden = delays(k == 0, VD, "v_den")
         # The row's last chunk of the block (a row without a valid key in the block keeps its state).
@@ -501,7 +522,7 @@ class AttentionEngine(wiring.Component):
         vre = delays(run_e[r_ve], 3, "v_run_e")
         vst = delays(started[r_vs], 6, "v_started")
         vz = delays(z_rd.data, 1, "v_z", reset_less=True)          # read in stage 0, here from stage 2
-        vev = delays(ve[j], 3, "v_ev")
+        vev = [None] + delays(two_level_read(ve, j_ve, "v_ev_rd"), 2, "v_ev")   # stage 1 on
         vaddr = delays(num_address(NR, R, bank, r, k), VD + 1, "v_addr")
         vkv = delays(self.kv.payload, 10, "v_kv")
         m.d.comb += z_rd.addr.eq(z_addr(r, j))
@@ -629,7 +650,8 @@ class AttentionEngine(wiring.Component):
         den_wen = Signal()
         m.d.comb += den_wen.eq(wen & vden[VD])
         den_new, den_last, den_rd, den_fwd = Signal(DEN_BITS), Signal(DEN_BITS), Signal(DEN_BITS), Signal()
-        m.d.sync += [den_rd.eq(den[vr[VD - 1]]), den_fwd.eq(den_wen & (vr[VD] == vr[VD - 1])), den_last.eq(den_new)]
+        den_rd_row, = registered_copies(m, vr[VD - 2], 1, "v_den_rd_row")     # vr[VD - 1], for den alone
+        m.d.sync += [den_rd.eq(den[den_rd_row]), den_fwd.eq(den_wen & (vr[VD] == vr[VD - 1])), den_last.eq(den_new)]
         # `first` for the den update from a flip-flop of its own (first & den, equal to `first` whenever den
         # is written or forwarded): vfirst[VD] also steers every num lane, and on ECP5 its one net reached
         # the den adder after 8.75 ns of route (the routed critical path at cb7d6aa).
