@@ -231,7 +231,7 @@ class _Pipe:
         return value
 
 
-def output_fifo(m, take, fire, last_valid, beat, o, stages, back=0, take_next=None):
+def output_fifo(m, take, fire, last_valid, beat, o, stages, back=0, take_next=None, lag=0):
     """End a free-running pipeline of ``stages`` stages (registers that load on every clock edge, as
     :class:`_Pipe` with ``en`` None) in an output FIFO that drives the stream ``o``.
 
@@ -243,11 +243,16 @@ def output_fifo(m, take, fire, last_valid, beat, o, stages, back=0, take_next=No
     from ``take`` (:class:`~hw.dataflow.credit_link.CreditLink`). From ``fire`` to ``o.valid`` is
     ``stages + FIFO_LATENCY`` cycles.
     ``take_next`` (a 1-bit signal, optional) is driven with the value ``take`` has after this cycle.
-    Returns the count of beats accepted and not yet counted back (0: the pipeline and FIFO are empty).
+    ``lag`` (0 or 1): ``fire`` is counted a cycle late, from a register, for a ``fire`` formed late in its
+    cycle; the FIFO then has one entry more than ``take`` counts, for the beat not yet counted, and the
+    count one more for the longer loop. (``take_next`` needs ``lag`` 0.)
+    Returns the count of beats accepted and not yet counted back (0 with ``lag`` 0: the pipeline and FIFO
+    are empty).
     """
-    depth = stages + FIFO_SLACK + back
+    assert lag in (0, 1) and not (lag and take_next is not None)
+    depth = stages + FIFO_SLACK + back + lag
     # Never full when written (``take`` counts its room), so no full flag gates the write.
-    m.submodules.out_fifo = q = LandingFifo(width=len(Value.cast(beat)), depth=depth)
+    m.submodules.out_fifo = q = LandingFifo(width=len(Value.cast(beat)), depth=depth + lag)
     m.d.comb += [q.w_en.eq(last_valid), q.w_data.eq(beat),
                  o.valid.eq(q.r_rdy), o.payload.eq(q.r_data), q.r_en.eq(o.ready)]
     returned = o.valid & o.ready
@@ -255,7 +260,11 @@ def output_fifo(m, take, fire, last_valid, beat, o, stages, back=0, take_next=No
         r = Signal(name=f"read_back{k}")
         m.d.sync += r.eq(returned)
         returned = r
-    owed = Signal(range(depth + 1))              # beats accepted and not yet counted back as read
+    if lag:
+        fired = Signal(name="fire_late")
+        m.d.sync += fired.eq(fire)
+        fire = fired
+    owed = Signal(range(depth + lag + 1))        # beats accepted and not yet counted back as read
     nxt = owed + fire - returned
     m.d.sync += [owed.eq(nxt), take.eq(nxt < depth)]
     if take_next is not None:
