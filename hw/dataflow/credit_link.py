@@ -25,6 +25,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import check_int
+from ..replica import REPLICA_ATTR
 from ..vector.epilogue import FIFO_LATENCY, FIFO_SLACK, output_fifo
 
 __all__ = ["CreditLink"]
@@ -77,7 +78,7 @@ class CreditLink(wiring.Component):
 
         valid, payload = fire, Value.cast(self.i.payload)
         for k in range(self.forward):
-            v = Signal(name=f"fwd_valid{k}")
+            v = Signal(name=f"fwd_valid{k}", attrs={REPLICA_ATTR: 1})     # not merged: see output_fifo
             p = Signal(width, name=f"fwd_payload{k}", reset_less=True)
             m.d.sync += [v.eq(valid), p.eq(payload)]
             valid, payload = v, p
