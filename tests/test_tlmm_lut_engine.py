@@ -133,6 +133,9 @@ class _Ecp5Netlist(TlmmLutEngine):
         return super().elaborate(ECP5_SYNTH_PLATFORM)
 
 
+# Slow (about 80 s: Yosys synthesis, then the netlist on Verilator): behind the marker with the other builds,
+# to keep the default suite within its time.
+@pytest.mark.slow
 @pytest.mark.parametrize("tables,lanes", [(4, 4)])
 def test_lut_engine_ecp5_netlist_cocotb(tables, lanes, tmp_path):
     """The ECP5 form of the engine (carry cells simulated with Yosys' ECP5 models) against golden."""
