@@ -159,15 +159,17 @@ class ActivationBuffers(wiring.Component):
             # arithmetic reached the block RAM pins straight (17.6 ns placed on the ECP5 shell at 5463a01,
             # once Yosys stopped delaying writes for its collision bypass). A write lands a cycle after it
             # is taken, so a read requested in the cycle a word is written must not be used (checked below).
-            # Each bank's address and data registers are replicas: all banks load the same values, and Yosys
-            # merged them into one set that reached every bank's pins (9.94 ns of route into an activation
-            # buffer's address pins, 10.19 ns routed on the ECP5 shell at 03db802).
+            # Each bank's address register is a replica: all banks load the same address, and Yosys merged
+            # the registers into one that reached every bank's pins (9.94 ns of route into an activation
+            # buffer's address pins, 10.19 ns routed on the ECP5 shell at 03db802). The data registers stay
+            # shared: as replicas (44eb47e) each bank's copy took the writers' multiplexer with it, 12.15 ns
+            # placed into X's bank 1 (seed 1).
             for k, mem in enumerate(mems[b]):
                 wp = mem.write_port()
                 wports[b].append(wp)
                 tag = f"{b.name.lower()}{k}"
                 bank_addr = Signal(low_bits[b], name=f"w_addr_{tag}", reset_less=True, attrs={REPLICA_ATTR: 1})
-                bank_data = Signal.like(w_data, name=f"w_data_{tag}", reset_less=True, attrs={REPLICA_ATTR: 1})
+                bank_data = Signal.like(w_data, name=f"w_data_{tag}", reset_less=True)
                 bank_en = Signal(name=f"w_en_{tag}")
                 m.d.sync += [bank_addr.eq(w_addr[:low_bits[b]]), bank_data.eq(w_data),
                              bank_en.eq(w_en & (w_addr[low_bits[b]:] == k))]
