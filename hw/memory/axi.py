@@ -176,9 +176,8 @@ class AxiBurstReader(wiring.Component):
     A command is cut into INCR bursts of at most ``max_burst`` beats that never cross a 4 KiB
     boundary. Up to ``max_outstanding`` bursts are in flight, all with ID 0, so the slave returns them
     in order. The read data lands in registers, then goes into a buffer of ``buffer_words`` bus words
-    (block RAM), and a burst is
-    issued only once its data has room there: the reader reserves space (a credit counter) before the
-    address handshake. So ``rready`` is always high, and a consumer that
+    (block RAM), and a burst is issued only once its data has room there: the reader reserves space (a
+    credit counter) before the address handshake. So ``rready`` is always high, and a consumer that
     stalls slows down address issue instead of blocking the data channel (and, in a shared
     interconnect, other masters). ``arvalid`` is a flip-flop: a burst's address goes out three cycles
     after its command is taken (or its previous burst's handshake), and bursts are at least four cycles
