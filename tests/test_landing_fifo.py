@@ -1,7 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """LandingFifo (Amaranth simulator): entries come out in order under random writes (never beyond the
-room the writer counts) and random reads, at depths 1, 2, 5 (not a power of two) and 8; an entry is
-readable the cycle after its write; ``level`` and ``r_rdy`` follow the count; arguments are checked."""
+room the writer counts) and random reads, at depths 1, 2, 5 (not a power of two), 8, 32 (the deepest
+whose ``r_rdy`` comes from a thermometer) and 33 (from the level's adder), the write-heavy cases filled to the top; an
+entry is readable the cycle after its write; ``level`` and ``r_rdy`` follow the count in every cycle;
+arguments are checked."""
 
 import random
 
@@ -18,11 +20,12 @@ def _run(dut, bench):
     sim.run()
 
 
-@pytest.mark.parametrize("depth, p_write, p_read", [(1, 0.7, 0.5), (2, 0.9, 0.9), (5, 0.8, 0.4), (8, 0.5, 0.8)])
+@pytest.mark.parametrize("depth, p_write, p_read", [(1, 0.7, 0.5), (2, 0.9, 0.9), (5, 0.8, 0.4), (8, 0.5, 0.8),
+                                                   (32, 0.9, 0.3), (33, 0.9, 0.3)])
 def test_order_under_random_traffic(depth, p_write, p_read):
     dut = LandingFifo(width=12, depth=depth)
     rng = random.Random(depth)
-    sent, got = [], []
+    sent, got, levels = [], [], set()
 
     async def bench(ctx):
         held = 0                               # the writer's count: written and not yet read
@@ -33,6 +36,8 @@ def test_order_under_random_traffic(depth, p_write, p_read):
             ctx.set(dut.w_data, value)
             ctx.set(dut.r_en, rng.random() < p_read)
             assert ctx.get(dut.level) == held
+            assert ctx.get(dut.r_rdy) == (held != 0)
+            levels.add(held)
             read = ctx.get(dut.r_rdy) and ctx.get(dut.r_en)
             if read:
                 got.append(ctx.get(dut.r_data))
@@ -42,6 +47,8 @@ def test_order_under_random_traffic(depth, p_write, p_read):
             held += write - read
         assert got == sent[:len(got)]
         assert len(got) > 100
+        if p_write > p_read:                        # the traffic meant to fill it: every level visited
+            assert levels == set(range(depth + 1))
 
     _run(dut, bench)
 
