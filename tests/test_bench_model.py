@@ -80,6 +80,8 @@ def test_isa_work_counts_from_one_layer_equal_the_real_model(model_dir):
     assert "decode ctx 1024" not in text and "decode ctx 40" in text
 
 
+# A benchmark run on Verilator (about 95 s): behind the slow marker with the other benchmarks.
+@pytest.mark.slow
 def test_rtl_cycles_from_one_layer_match_the_real_model(model_dir, tmp_path, capsys):
     res = bench_model("tiny", str(model_dir), backend="verilator", contexts=CONTEXTS, prompts=PROMPTS)
     real = real_runs(model_dir, "verilator")
