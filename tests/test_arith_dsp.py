@@ -2,7 +2,8 @@
 
 The ECP5 form is an ``Instance("MULT18X18D")``, which neither the Amaranth simulator nor Yosys' ECP5
 library can simulate (Yosys ships only a black box of it). Its test therefore reads the Yosys netlist:
-one block per product, only its output register on, clocked, enabled and reset by the right nets, each
+one block per product, its output register on (and its A and B input registers, with
+``input_registers``, nothing else), clocked, enabled and reset by the right nets, each
 ``A``/``B`` input bit wired to the operand bit (or its sign, or 0) that an 18-bit signed (or unsigned)
 operand has there, and each product bit driven by the block's ``P`` output of the same index.
 """
@@ -26,9 +27,11 @@ CASES = [(signed(18), signed(18)), (signed(12), unsigned(17)), (unsigned(9), uns
 
 
 class Products(wiring.Component):
-    """One :func:`registered_product` per case of :data:`CASES`, all under the enable ``en``."""
+    """One :func:`registered_product` per case of :data:`CASES`, all under the enable ``en`` (with the
+    operands registered too when ``input_registers``)."""
 
-    def __init__(self):
+    def __init__(self, input_registers=False):
+        self.input_registers = input_registers
         members = {"en": In(1)}
         for k, (sa, sb) in enumerate(CASES):
             members[f"a{k}"] = In(sa)
@@ -40,7 +43,7 @@ class Products(wiring.Component):
         m = Module()
         for k in range(len(CASES)):
             p = registered_product(m, f"prod{k}", getattr(self, f"a{k}"), getattr(self, f"b{k}"), en=self.en,
-                                   platform=platform)
+                                   platform=platform, input_registers=self.input_registers)
             m.d.comb += getattr(self, f"p{k}").eq(p)
         return m
 
@@ -59,8 +62,9 @@ def _value(rng, shape, corner):
     return rng.choice([lo, hi, 0, 1 if hi else 0]) if corner else rng.randint(lo, hi)
 
 
-def test_plain_form_matches_integers():
-    dut = Products()
+@pytest.mark.parametrize("input_registers", [False, True])
+def test_plain_form_matches_integers(input_registers):
+    dut = Products(input_registers)
     rng = random.Random(2026)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -68,6 +72,7 @@ def test_plain_form_matches_integers():
 
     async def bench(ctx):
         expect = [0] * len(CASES)               # the register's reset value
+        held = [(0, 0)] * len(CASES)            # the input registers' (reset 0)
         for step in range(300):
             ops = [(_value(rng, sa, step % 4 == 0), _value(rng, sb, step % 5 == 0)) for sa, sb in CASES]
             en = rng.random() < 0.7
@@ -77,7 +82,8 @@ def test_plain_form_matches_integers():
             ctx.set(dut.en, en)
             await ctx.tick()
             if en:
-                expect = [a * b for a, b in ops]
+                expect = [a * b for a, b in (held if input_registers else ops)]
+                held = ops
             for k in range(len(CASES)):
                 got = ctx.get(getattr(dut, f"p{k}"))
                 if got != expect[k]:
@@ -88,16 +94,17 @@ def test_plain_form_matches_integers():
     assert not failures, failures[:5]
 
 
-@pytest.fixture(scope="module")
-def ecp5_netlist(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["output-register", "input-registers"])
+def ecp5_netlist(request, tmp_path_factory):
     from hw.unit_timing import synth_netlist
 
     out = tmp_path_factory.mktemp("dsp")
-    path = synth_netlist(Products(), "products", out, platform=ECP5_SYNTH_PLATFORM)
-    return json.loads(path.read_text())["modules"]["products"]
+    path = synth_netlist(Products(request.param), "products", out, platform=ECP5_SYNTH_PLATFORM)
+    return request.param, json.loads(path.read_text())["modules"]["products"]
 
 
 def test_ecp5_form_wiring(ecp5_netlist):
+    input_registers, ecp5_netlist = ecp5_netlist
     ports = {name: p["bits"] for name, p in ecp5_netlist["ports"].items()}
     blocks = {name: c for name, c in ecp5_netlist["cells"].items() if c["type"] == "MULT18X18D"}
     fitting = [k for k, (sa, sb) in enumerate(CASES) if fits_dsp(sa, sb)]
@@ -110,7 +117,10 @@ def test_ecp5_form_wiring(ecp5_netlist):
         (name, cell), = by_output[ports[f"p{k}"][0]]
         par, con = cell["parameters"], cell["connections"]
         assert par["REG_OUTPUT_CLK"] == "CLK0" and par["REG_OUTPUT_CE"] == "CE0" and par["REG_OUTPUT_RST"] == "RST0"
-        for reg in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_INPUTC_CLK", "REG_PIPELINE_CLK"):
+        for op in "AB":
+            assert par[f"REG_INPUT{op}_CLK"] == ("CLK0" if input_registers else "NONE"), (name, op)
+            assert par[f"REG_INPUT{op}_CE"] == "CE0" and par[f"REG_INPUT{op}_RST"] == "RST0", (name, op)
+        for reg in ("REG_INPUTC_CLK", "REG_PIPELINE_CLK"):
             assert par.get(reg, "NONE") == "NONE", (name, reg)
         assert par["RESETMODE"] == "SYNC"
         assert con["CLK0"] == ports["clk"] and con["RST0"] == ports["rst"] and con["CE0"] == ports["en"]

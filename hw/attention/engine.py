@@ -18,10 +18,10 @@ cost no cycles. Per segment:
 * K rows: for each chunk of each key row, one cycle per active query row, each a dot product of
   ``chunk`` int8 pairs (``chunk`` MACs per cycle). Per finished key and query row, the score
   ``z = saturate(round_shift(dot * mA, sA + 16 - eq - ek_j), 32)`` goes into the score buffer and,
-  if the key is not masked for that row, the row's block maximum. A twelve-stage pipeline (stage 0
-  the chunk's cycle, stage 11 the score's write; the block maximum, computed in stage 11 into a
+  if the key is not masked for that row, the row's block maximum. A thirteen-stage pipeline (stage 0
+  the chunk's cycle, stage 12 the score's write; the block maximum, computed in stage 12 into a
   register, is written to its row one cycle later).
-* until the K pipeline is empty (about twelve cycles) the scores are landing; each row's ``M'`` and
+* until the K pipeline is empty (about thirteen cycles) the scores are landing; each row's ``M'`` and
   ``E'`` then follow from its registers.
 * V rows, a thirteen-stage pipeline (stage 0 the chunk's cycle, stage 12 the write of ``num``): for
   each chunk of each key row and query row, ``p_j = exp2_neg(M' - z_j)``, ``pv = round_shift(p_j,
@@ -361,7 +361,7 @@ class AttentionEngine(wiring.Component):
         # themselves (arith.mul_parts, registered_product: no path crosses a block between fabric
         # registers), and the partial products are summed into a register: three cycles from operands to
         # product.
-        # * ``smul``: the score scale dot * mA (K stage 5 loads it) and den's rescale den * a (V stage 6,
+        # * ``smul``: the score scale dot * mA (K stage 6 loads it) and den's rescale den * a (V stage 6,
         #   first key of a block only). They never overlap: the V phase starts once the K pipeline is
         #   empty, and the next K phase starts after the V phase's 31 other keys.
         # * one 36 x 16 multiplier per lane: the block rescale num * a (V stage 6, first key of a block
@@ -385,28 +385,29 @@ class AttentionEngine(wiring.Component):
 
         # -- score pipeline (K rows) ---------------------------------------------------------------------
         # stage 0: the chunk arrives; its query words are read, the row's query offset and the exponents
-        # come from (r, j). 1: the key's mask bit; the score's shift. 2: chunk products (one multiplier
-        # block each). 3: their sum; the row's partial dot product is read. 4: it accumulates into a
-        # register. 5: on the key's last chunk that register goes to smul. 6, 7: smul. 8, 9: the rounding
-        # shift (by multiples of 8, then the rest, + 1, >> 1). 10: saturation; the row's block maximum is
-        # read. 11: the score is written, and the row's new block maximum computed into a register if the
-        # key is not masked for the row; 12: that register is written to the row.
+        # come from (r, j). 1: the key's mask bit; the score's shift. 2: the chunk's operands go to the
+        # multiplier blocks' input registers. 3: chunk products (one multiplier block each). 4: their
+        # sum; the row's partial dot product is read. 5: it accumulates into a register. 6: on the key's
+        # last chunk that register goes to smul. 7, 8: smul. 9, 10: the rounding shift (by multiples of
+        # 8, then the rest, + 1, >> 1). 11: saturation; the row's block maximum is read. 12: the score is
+        # written, and the row's new block maximum computed into a register if the key is not masked for
+        # the row; 13: that register is written to the row.
         # The per-row read-modify-writes read before they write and forward the words written in between
         # (one-beat rows with one active row update a row every cycle): dacc one stage before, blk_max two.
         k_go = Signal()
         m.d.comb += q_rd.addr.eq(q_addr(r, k))
         assert_no_collision(m, platform, q_wr, q_rd, k_go, "attention query words")
-        KD = 11
+        KD = 12
         kvalid = delays(k_go, KD, "k_valid")
         # K's delay line of r is kept apart from V's (and from the V addresses, which hold r too): Yosys
-        # merged them, and the K stage 9 (now 10) block-maximum read took the row from a V-side register
+        # merged them, and the K stage 9 (now 11) block-maximum read took the row from a V-side register
         # 7 ns of route away (11.22 ns routed at 9887928).
         kr = delays(r, KD, "k_r", apart=True)
         # Apart from V's v_first (the same delay line of j == 0): merged, the block maximum's choice of z
         # took its flag from a V-side register (12.17 ns routed on the ECP5 shell at 142dbaf).
         kj0 = delays(j == 0, KD, "k_j0", apart=True)
-        kfirst = delays(k == 0, 4, "k_first")
-        klast = delays(last_k, 4, "k_last")
+        kfirst = delays(k == 0, 5, "k_first")
+        klast = delays(last_k, 5, "k_last")
         kj = delays(j, KD, "k_j")
         krq = delays(row_q[r_k], 1, "k_rq")
         ken = [None] + delays(row_mask(krq[1], kj[1])[2], KD - 1, "k_en")
@@ -417,28 +418,32 @@ class AttentionEngine(wiring.Component):
         kke = delays(two_level_read(ke, j_ke, "k_ke_rd"), 1, "k_ke")
         k_q = delays(q_rd.data.as_value(), 1, "k_q", reset_less=True)[1]                 # stage 2
         k_kv = delays(self.kv.payload, 2, "k_kv")[2]
+        # The operands are registered in the blocks (stage 3) before the multiply: k_q is the query
+        # memory's output register, and from the block RAM to the multipliers' A pins was 7.4 ns of route
+        # (11.00 ns through the multiplier, placed on the ECP5 shell at bc7124d).
         k_prod = [registered_product(m, f"k_prod{i}", k_q[8 * i:8 * i + 8].as_signed(),
-                                     k_kv[8 * i:8 * i + 8].as_signed(), platform=platform) for i in range(C)]
+                                     k_kv[8 * i:8 * i + 8].as_signed(), platform=platform,
+                                     input_registers=True) for i in range(C)]
         # shift = sA + 16 - eq - ek with 5-bit exponents lies in [sA + 16 - 62, sA + 16]: one right shift
-        # over that span (arith.round_shift_span, in stages 6 to 8 here).
+        # over that span (arith.round_shift_span, in stages 9 and 10 here).
         z_hi = self.score_s + RES_FRAC
         z_lo = min(1, z_hi - 2 * ((1 << EXP_BITS) - 1))
         shift = Signal(signed(8))
         m.d.comb += shift.eq(self.score_s + RES_FRAC - kqe[2] - kke[1])
         k_amount = Signal(range(z_hi - z_lo + 1))
         m.d.sync += k_amount.eq(clamp(shift, z_lo, z_hi) - z_lo)
-        kamt = delays(k_amount, 6, "k_amount")          # from stage 3 to 9
+        kamt = delays(k_amount, 7, "k_amount")          # from stage 3 to 10
         k_part = Signal(signed(24))
         m.d.sync += k_part.eq(tree_sum(k_prod))
         dot = Signal(signed(24))
         dot_last = Signal.like(dot)
         dacc_rd, dacc_fwd = Signal.like(dot), Signal()
-        m.d.sync += [dacc_rd.eq(dacc[kr[3]]), dacc_fwd.eq(kvalid[4] & (kr[4] == kr[3])), dot_last.eq(dot)]
-        m.d.comb += dot.eq(Mux(kfirst[4], 0, Mux(dacc_fwd, dot_last, dacc_rd)) + k_part)
-        with m.If(kvalid[4]):
-            m.d.sync += dacc[kr[4]].eq(dot)
-        k_score = kvalid[4] & klast[4]
-        # Only the key's last chunk goes on from stage 4.
+        m.d.sync += [dacc_rd.eq(dacc[kr[4]]), dacc_fwd.eq(kvalid[5] & (kr[5] == kr[4])), dot_last.eq(dot)]
+        m.d.comb += dot.eq(Mux(kfirst[5], 0, Mux(dacc_fwd, dot_last, dacc_rd)) + k_part)
+        with m.If(kvalid[5]):
+            m.d.sync += dacc[kr[5]].eq(dot)
+        k_score = kvalid[5] & klast[5]
+        # Only the key's last chunk goes on from stage 5.
         z_coarse = Signal(signed(len(sm_prod) + 1 - z_lo))
         z_half = Signal(signed(len(z_coarse)))
         z = Signal(signed(32))
@@ -446,16 +451,16 @@ class AttentionEngine(wiring.Component):
         # write port and the maximum's multiplexer, and the compares' carry chains started 2 ns of
         # route away from the shared register (10.24 ns routed at 9887928, 43 endpoints).
         z_cmp = Signal(signed(32), attrs={REPLICA_ATTR: 1})
-        m.d.sync += [z_coarse.eq((sm_prod << (1 - z_lo)) >> Cat(Const(0, 3), kamt[5][3:])),
-                     z_half.eq(((z_coarse >> kamt[6][:3]) + 1) >> 1),
+        m.d.sync += [z_coarse.eq((sm_prod << (1 - z_lo)) >> Cat(Const(0, 3), kamt[6][3:])),
+                     z_half.eq(((z_coarse >> kamt[7][:3]) + 1) >> 1),
                      z.eq(saturate(z_half, 32)), z_cmp.eq(saturate(z_half, 32))]
-        kscore = delays(k_score, KD - 4, "k_score")
-        # The block maximum: read in stage 10, the new value computed in stage 11 into a register
-        # (``bm_last``) and written from it in stage 12, so the compare does not drive the row registers.
+        kscore = delays(k_score, KD - 5, "k_score")
+        # The block maximum: read in stage 11, the new value computed in stage 12 into a register
+        # (``bm_last``) and written from it in stage 13, so the compare does not drive the row registers.
         # A row's scores are R chunks apart at least (the rows take turns beat by beat), so with rows of
         # three beats or more no read meets a write in flight. Shorter rows forward them: the read misses
-        # the writes of stages 11 and 12; the one in stage 12 (the chunk two ahead) is forwarded into the
-        # read register, the one in stage 11 (one ahead, one-beat rows only) into the compare. (Built only
+        # the writes of stages 12 and 13; the one in stage 13 (the chunk two ahead) is forwarded into the
+        # read register, the one in stage 12 (one ahead, one-beat rows only) into the compare. (Built only
         # where needed: the forwarding multiplexers sat between the compare's carry chain and bm_last.)
         bm_write, bm_write_1, bm_r_1 = Signal(), Signal(), Signal.like(r)
         m.d.comb += bm_write.eq(kscore[-1] & ken[KD])
@@ -482,7 +487,7 @@ class AttentionEngine(wiring.Component):
             m.d.comb += [z_wr.addr.eq(z_addr(kr[KD], kj[KD])), z_wr.data.eq(z), z_wr.en.eq(1)]
         with m.If(bm_write_1):
             m.d.sync += blk_max[bm_r_1].eq(bm_last)
-        # Chunks in K stages 1 .. 11, as a register: the same stages one cycle earlier were 0 .. 10.
+        # Chunks in K stages 1 .. 12, as a register: the same stages one cycle earlier were 0 .. 11.
         k_busy = Signal()
         m.d.sync += k_busy.eq(Cat(kvalid[:KD]).any())
 
@@ -754,7 +759,7 @@ class AttentionEngine(wiring.Component):
 
             with m.State("K_WAIT"):
                 # The V phase reads the scores and block maxima: wait for the last ones to land. (The
-                # last block maximum is written in K stage 12, the cycle this state sees k_busy low; V
+                # last block maximum is written in K stage 13, the cycle this state sees k_busy low; V
                 # stage 0 reads it one cycle later at the earliest.)
                 with m.If(~k_busy):
                     m.next = "V"

@@ -100,8 +100,10 @@ class LogitsWriter(wiring.Component):
         two = Signal(head.payload.shape())
         m.d.comb += [two.beat.eq(st[1]), two.addr.eq(addr2)]
         # Reads counted a cycle late (back=1, one entry more): the write handshake that pops the head ran
-        # on through the count's adder into `room` (10.07 ns placed on the ECP5 shell at e8c64fe).
-        owed = output_fifo(m, room, fire, valid[1], two, head, 2, back=1)
+        # on through the count's adder into `room` (10.07 ns placed on the ECP5 shell at e8c64fe). Beats
+        # taken counted a cycle late too (lag=1): `fire` comes from the link's FIFO level and went on
+        # through the same adder (10.07 ns again, placed at 3642338).
+        owed = output_fifo(m, room, fire, valid[1], two, head, 2, back=1, lag=1)
         m.d.comb += head.ready.eq(done)
         p, addr = head.payload.beat, head.payload.addr
         off = Signal(range(B))
@@ -123,6 +125,7 @@ class LogitsWriter(wiring.Component):
             with m.If(word == W - 1):
                 m.d.sync += sent_cmd.eq(0)
                 m.d.comb += done.eq(1)
-        m.d.comb += [self.idle.eq(wr.idle & ~self.lg.valid & lg_in.idle & (owed == 0)),
+        # owed counts a beat from two cycles after its take (lag=1); in the cycle between it is in stage 1.
+        m.d.comb += [self.idle.eq(wr.idle & ~self.lg.valid & lg_in.idle & ~valid[0] & (owed == 0)),
                      self.error.eq(wr.error)]
         return m
