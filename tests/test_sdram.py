@@ -337,6 +337,48 @@ def test_concurrent_read_write_and_errors():
         check_read(ref, addr, 256, agent.r_bursts[state["n_r1"] + k])
 
 
+class HeldBAgent(AxiAgent):
+    """An AxiAgent whose B channel is not ready before cycle ``release``."""
+
+    def __init__(self, *args, release, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.release = release
+
+    async def b(self, ctx):
+        axi = self.ctrl.axi_wr
+        for _ in range(self.release):
+            ctx.set(axi.bready, 0)
+            await ctx.tick()
+        await super().b(ctx)
+
+
+def test_write_responses_wait_for_a_master_that_holds_bready_low():
+    """Single-word bursts back to back while the master takes no B response: the controller stops
+    taking bursts once its response queue is full (none is lost or overwritten), and when the master
+    takes them every response comes out once, in order, with its burst's ID; the words are all written."""
+    rng = random.Random(11)
+    m, ctrl, model = make_system()
+    agent = HeldBAgent(ctrl, rng, p_ready=1.0, p_gap=0.0, release=400)
+    ref = bytearray(MODEL_BYTES)
+    for k in range(24):
+        word = rng.getrandbits(32)
+        agent.add_write(0x1000 + 4 * k, [word], [0xF], id_=k % 4)
+        write_ref(ref, 0x1000 + 4 * k, [word], [0xF])
+    state = {}
+
+    async def bench(ctx):
+        await wait_ready(ctx, ctrl, model)
+        await wait_done(ctx, agent, model, 400)
+        agent.add_read(0x1000, 24, id_=1)
+        await wait_done(ctx, agent, model, 400)
+        state["violation"] = ctx.get(model.violation)
+
+    run(m, bench, agent)
+    assert state["violation"] == SdramViolation.NONE
+    assert agent.b_resps == [(0, k % 4) for k in range(24)]
+    check_read(ref, 0x1000, 24, agent.r_bursts[0])
+
+
 @pytest.mark.parametrize("case", ["fast_trcd", "fast_trp", "wrong_read_delay"])
 def test_checks_catch_a_broken_controller(case):
     """The integrated checks fail when they should: a controller timed for a faster chip than the model

@@ -644,13 +644,15 @@ class SdramController(wiring.Component):
         w_id, w_beat, w_failed = Signal(wid_bits), Signal(beat_bits), Signal()
         w_final = Signal()                 # w_left == 0
         b_layout = data.StructLayout({"id": unsigned(wid_bits), "resp": unsigned(2)})
-        # One entry more than bursts outstanding, and its room kept as a register that is one write behind
-        # (`b_room`: two free entries last cycle, so at least one now): the queue's full flag was the head
-        # of the command decision's paths (13.5-14.3 ns placed on the ECP5 shell at 7543e99).
-        b_depth = max(2, self.max_outstanding) + 1
+        # Two entries more than bursts outstanding, and its room kept as a register that is two writes
+        # behind (`b_room`: three free entries last cycle, so at least one when a response decided now
+        # lands): the queue's full flag was the head of the command decision's paths (13.5-14.3 ns placed
+        # on the ECP5 shell at 7543e99). A response is written a cycle after the decision, from registers
+        # (`b_wr`, `b_entry_r`): the decision ran on into the queue's level (10.50 ns placed at 3642338).
+        b_depth = max(2, self.max_outstanding) + 2
         m.submodules.b_queue = bq = SyncFIFO(width=b_layout.size, depth=b_depth)
         b_room = Signal()
-        m.d.sync += b_room.eq(bq.level < b_depth - 1)
+        m.d.sync += b_room.eq(bq.level < b_depth - 2)
         b_head = b_layout(bq.r_data)
         m.d.comb += [wr.bvalid.eq(bq.r_rdy), wr.bid.eq(b_head.id), wr.bresp.eq(b_head.resp),
                      bq.r_en.eq(wr.bready)]
@@ -885,14 +887,15 @@ class SdramController(wiring.Component):
         m.d.comb += [w_load.eq(~w_valid | (w_step & w_last_beat & w_final)), aw_take.eq(awq.r_rdy & ~aw_pop),
                      awq.r_en.eq(aw_pop)]
         m.d.sync += aw_pop.eq(w_load & aw_take)
-        b_entry = Signal(b_layout)
+        b_entry, b_entry_r, b_wr = Signal(b_layout), Signal(b_layout), Signal()
         m.d.comb += [
             b_entry.id.eq(w_id),
             b_entry.resp.eq(Mux(w_failed | w_err, AxiResp.SLVERR, AxiResp.OKAY)),
-            bq.w_data.eq(b_entry),
+            bq.w_data.eq(b_entry_r), bq.w_en.eq(b_wr),
         ]
+        m.d.sync += [b_entry_r.eq(b_entry), b_wr.eq(w_step & w_last_beat & w_final)]
         with m.If(w_step & w_last_beat):
-            m.d.comb += [wq.r_en.eq(1), bq.w_en.eq(w_final)]
+            m.d.comb += wq.r_en.eq(1)
         with m.If(w_load):
             m.d.sync += [w_valid.eq(aw_take), w_addr.eq(aw_head.addr), w_addr1.eq(aw_head.addr + 1),
                          w_left.eq(aw_head.len), w_final.eq(aw_head.len == 0), w_id.eq(aw_head.id), w_beat.eq(0),
